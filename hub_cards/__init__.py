@@ -1,0 +1,1 @@
+"""memadapter.hub_cards: model-card templates and the code that fills them."""
