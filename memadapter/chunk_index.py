@@ -1,0 +1,419 @@
+"""Per-request chunk index: the sparse fallback of the router.
+
+Every chunk the backbone read leaves a dense summary vector (held L2-normalised in a growable
+tensor, so an append is amortised O(1)) and, when it has text, a BM25 entry (see ``bm25.py``).
+A search ranks chunks by a hybrid score
+
+    hybrid = dense_weight * cosine + (1 - dense_weight) * bm25 / max_chunks(bm25)
+
+and falls back to the cosine alone for a chunk or a query that has no text (a query "has text"
+when its text yields at least one token). It returns the top-k chunks, their +-n neighbours in
+stream order, and an abstention score computed from the score distribution alone.
+
+The BM25 side is rebuilt lazily by bm25s on the first search after new text (about 2 s at
+4,096 chunks x 512 tokens), so streaming adds stay cheap; see ``bm25.py`` for the trade-off.
+
+``reference_search`` is the plain-loop oracle of :meth:`ChunkIndex.search`; the tests compare them.
+Ties in the hybrid score rank the earlier chunk (lower id) first in both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._validate import check_positive_int, check_tensor
+from .bm25 import DEFAULT_B, DEFAULT_K1, LexicalIndex, bm25_reference, tokenize
+from .errors import CapacityError, ConfigError, DTypeError, ShapeError
+
+TextArg = Optional[str | Sequence[Optional[str]]]
+_MIN_ALLOC = 64  # first buffer size; doubling from here keeps appends amortised O(1)
+_EPS = 1e-9
+
+
+@dataclass
+class SearchResult:
+    """Top-k chunks per query. ``scores`` is the hybrid score; ``dense`` the raw cosine and
+    ``lexical`` the per-query max-normalised BM25 of the same chunks (0 where a side has no text).
+    Rows past the index size are padded: id -1, score -inf, dense and lexical 0. Tensors live
+    on the index's device; ``expanded`` is plain Python for the caller's loops.
+
+    Example:
+        >>> idx = ChunkIndex(4)
+        >>> _ = idx.add(torch.eye(4)[:3], texts=["red fox", "blue bird", "green frog"])
+        >>> res = idx.search(torch.eye(4)[1], "blue", top_k=1, neighbours=1)
+        >>> res.ids.tolist(), res.expanded, res.num_active.tolist()
+        ([[1]], [[0, 1, 2]], [3])
+    """
+
+    ids: torch.Tensor  # [Q, K] long
+    scores: torch.Tensor  # [Q, K]
+    dense: torch.Tensor  # [Q, K]
+    lexical: torch.Tensor  # [Q, K]
+    expanded: list[list[int]]
+    abstain: torch.Tensor  # [Q] in [0, 1]
+
+    @property
+    def num_active(self) -> torch.Tensor:
+        """[Q] long: how many chunks (selected plus neighbours) each query hands on."""
+        return torch.tensor([len(e) for e in self.expanded], dtype=torch.long)
+
+
+def _text_list(name: str, texts: TextArg, n: int) -> list[Optional[str]]:
+    """Normalise ``str | list[str | None] | None`` to a list of n entries."""
+    if texts is None:
+        return [None] * n
+    if isinstance(texts, str):
+        if n != 1:
+            raise ShapeError(f"{name}: a single string was given for {n} rows; pass a list of {n}")
+        return [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise DTypeError(f"{name}: expected str, list of str or None, got {type(texts).__name__}")
+    if len(texts) != n:
+        raise ShapeError(f"{name}: expected {n} entries (one per row), got {len(texts)}")
+    for i, t in enumerate(texts):
+        if t is not None and not isinstance(t, str):
+            raise DTypeError(f"{name}[{i}]: expected str or None, got {type(t).__name__}")
+    return list(texts)
+
+
+def abstain_score(scores: torch.Tensor) -> torch.Tensor:
+    """[Q, N] hybrid scores -> [Q] in [0, 1]: 1 - (top1 - top2) / (top1 - mean), clamped.
+
+    0 when the best chunk stands clear of the second relative to the spread of all scores,
+    1 when the top two tie. A single chunk has no competitor (0); all-equal scores give 1.
+    Uses the scores only, never labels. Known blind spot: a fact split across two chunks
+    makes two near-equal winners and reads as unsure.
+    """
+    q, n = scores.shape
+    if n == 1:
+        return scores.new_zeros(q)
+    top2 = scores.topk(2, dim=1).values  # [Q, 2]
+    gap = top2[:, 0] - top2[:, 1]
+    spread = top2[:, 0] - scores.mean(dim=1)
+    ratio = torch.where(spread > _EPS, gap / spread.clamp_min(_EPS), torch.zeros_like(gap))
+    return 1.0 - ratio.clamp(0.0, 1.0)
+
+
+def _expand(ids: Sequence[int], neighbours: int, n: int, starts: Sequence[int]) -> list[int]:
+    """Selected ids plus id-n..id+n that exist, deduplicated, sorted by (span start, id)."""
+    out = {j for i in ids if i >= 0 for j in range(i - neighbours, i + neighbours + 1) if 0 <= j < n}
+    return sorted(out, key=lambda j: (starts[j], j))
+
+
+class ChunkIndex:
+    """One request's chunks (a batch of requests holds one ChunkIndex each).
+
+    Args:
+        dim: size of the dense summary vectors.
+        dense_weight: weight of the cosine in the hybrid score (the rest goes to BM25).
+        capacity: most chunks it may hold (None: unbounded); an add past it raises CapacityError.
+        chunk_tokens: span length used for default (consecutive) spans.
+        k1, b: BM25 parameters (bm25s' defaults).
+
+    Example:
+        >>> idx = ChunkIndex(8)
+        >>> ids = idx.add(torch.eye(8)[:3], texts=["alice lives in paris", "bob rows", "carol"])
+        >>> res = idx.search(torch.ones(8), "where does alice live", top_k=2)
+        >>> res.ids.shape, int(res.ids[0, 0]), idx.span(1)
+        (torch.Size([1, 2]), 0, (512, 1024))
+    """
+
+    def __init__(self, dim: int, *, dense_weight: float = 0.5, capacity: int | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                 chunk_tokens: int = 512, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> None:
+        self.dim = check_positive_int("dim", dim)
+        if isinstance(dense_weight, bool) or not isinstance(dense_weight, (int, float)) \
+                or not 0.0 <= float(dense_weight) <= 1.0:
+            raise ConfigError(f"dense_weight: expected a number in [0, 1], got {dense_weight!r}")
+        if capacity is not None:
+            check_positive_int("capacity", capacity)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise DTypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
+        self.dense_weight = float(dense_weight)
+        self.capacity = capacity
+        self.chunk_tokens = check_positive_int("chunk_tokens", chunk_tokens)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.dtype = dtype
+        self._k1, self._b = k1, b
+        self._reset(0, torch.empty(0, dim), torch.empty(0, 2, dtype=torch.long), [], [], 0)
+
+    def _reset(self, n: int, vecs: torch.Tensor, spans: torch.Tensor, texts: list[Optional[str]],
+               tokens: Sequence[Sequence[str]], next_start: int) -> None:
+        """Install a complete state (used by __init__ and restore); vecs are already normalised."""
+        alloc = max(_MIN_ALLOC if self.capacity is None else min(_MIN_ALLOC, self.capacity), n)
+        self._vecs = torch.zeros(alloc, self.dim, device=self.device, dtype=self.dtype)
+        self._vecs[:n] = vecs.to(self.device, self.dtype)
+        self._spans = torch.zeros(alloc, 2, dtype=torch.long)
+        self._spans[:n] = spans
+        self._n = n
+        self._texts = list(texts)
+        self._lex_ids = [i for i, t in enumerate(texts) if t is not None]  # chunk id per BM25 doc
+        self._lexical = LexicalIndex(self._k1, self._b)
+        self._lexical.append(tokens)
+        self._next_start = next_start
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _grow(self, need: int) -> None:
+        """Double the buffers until ``need`` rows fit; allocate before swapping so a failure
+        (out of memory) leaves the old buffers in place."""
+        alloc = self._vecs.shape[0]
+        if need <= alloc:
+            return
+        while alloc < need:
+            alloc *= 2
+        if self.capacity is not None:
+            alloc = min(alloc, self.capacity)
+        vecs = torch.zeros(alloc, self.dim, device=self.device, dtype=self.dtype)
+        spans = torch.zeros(alloc, 2, dtype=torch.long)
+        vecs[: self._n] = self._vecs[: self._n]
+        spans[: self._n] = self._spans[: self._n]
+        self._vecs, self._spans = vecs, spans
+
+    def _check_spans(self, spans: object, n: int) -> torch.Tensor:
+        """-> [n, 2] long; default: consecutive blocks of chunk_tokens after the last chunk."""
+        if spans is None:
+            starts = self._next_start + self.chunk_tokens * torch.arange(n)
+            return torch.stack([starts, starts + self.chunk_tokens], dim=1)  # [n, 2]
+        if not isinstance(spans, torch.Tensor):
+            try:
+                spans = torch.as_tensor(spans)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise DTypeError(f"spans: expected an integer tensor [n, 2], got {spans!r}") from err
+        if spans.dtype.is_floating_point or spans.dtype.is_complex or spans.dtype == torch.bool:
+            raise DTypeError(f"spans: expected an integer tensor, got dtype {spans.dtype}")
+        spans = spans.reshape(1, -1) if spans.dim() == 1 else spans  # [2] -> [1, 2]
+        if spans.dim() != 2 or tuple(spans.shape) != (n, 2):
+            raise ShapeError(f"spans: expected shape ({n}, 2), got {tuple(spans.shape)}")
+        spans = spans.to(torch.long).cpu()
+        if bool((spans[:, 0] < 0).any()) or bool((spans[:, 1] < spans[:, 0]).any()):
+            raise CapacityError("spans: each span needs 0 <= start <= end")
+        return spans
+
+    def add(self, vectors: torch.Tensor, texts: TextArg = None, spans: object = None) -> torch.Tensor:
+        """Append chunks and return their ids [n] (long, consecutive).
+
+        vectors [n, dim] or [dim]; texts: str | list[str | None] | None (None: dense only);
+        spans [n, 2] token spans in the stream (default: consecutive). All checks run before
+        anything is stored, so a rejected add leaves the index exactly as it was.
+        """
+        vectors = check_tensor("vectors", vectors, ndim=(1, 2), last_dim=self.dim)
+        vectors = vectors.reshape(-1, self.dim)  # [dim] -> [1, dim]
+        n = vectors.shape[0]
+        text_list = _text_list("texts", texts, n)
+        span_t = self._check_spans(spans, n)
+        if self.capacity is not None and self._n + n > self.capacity:
+            raise CapacityError(f"vectors: adding {n} chunks to {self._n} exceeds capacity {self.capacity}")
+        normed = F.normalize(vectors.to(self.device, self.dtype), dim=-1)  # zero vector stays 0
+        tokens = tokenize([t for t in text_list if t is not None])
+        self._grow(self._n + n)
+        start = self._n
+        self._vecs[start : start + n] = normed
+        self._spans[start : start + n] = span_t
+        self._texts.extend(text_list)
+        self._lex_ids.extend(start + i for i, t in enumerate(text_list) if t is not None)
+        self._lexical.append(tokens)
+        self._n += n
+        self._next_start = int(span_t[-1, 1])
+        return torch.arange(start, start + n, dtype=torch.long)
+
+    def _check_id(self, chunk_id: int) -> int:
+        if isinstance(chunk_id, torch.Tensor) and chunk_id.numel() == 1 and not chunk_id.is_floating_point():
+            chunk_id = int(chunk_id)
+        if isinstance(chunk_id, bool) or not isinstance(chunk_id, int):
+            raise DTypeError(f"chunk_id: expected an int, got {type(chunk_id).__name__}")
+        if not 0 <= chunk_id < self._n:
+            raise CapacityError(f"chunk_id: {chunk_id} out of range [0, {self._n})")
+        return chunk_id
+
+    def text(self, chunk_id: int) -> str | None:
+        """The chunk's text, or None for a dense-only chunk."""
+        return self._texts[self._check_id(chunk_id)]
+
+    def span(self, chunk_id: int) -> tuple[int, int]:
+        """The chunk's (start, end) token span in the stream."""
+        s = self._spans[self._check_id(chunk_id)]
+        return int(s[0]), int(s[1])
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """[N, dim] copy of the L2-normalised summaries."""
+        return self._vecs[: self._n].clone()
+
+    @property
+    def spans(self) -> torch.Tensor:
+        """[N, 2] copy of the token spans."""
+        return self._spans[: self._n].clone()
+
+    def _check_query(self, query: torch.Tensor) -> torch.Tensor:
+        query = check_tensor("query", query, ndim=(1, 2), last_dim=self.dim)
+        return query.reshape(-1, self.dim).to(self.device, self.dtype)  # [dim] -> [1, dim]
+
+    def dense_scores(self, query: torch.Tensor) -> torch.Tensor:
+        """[Q, N] cosine of each query with every chunk: one matmul, for many-query benchmarks."""
+        q = F.normalize(self._check_query(query), dim=-1)
+        return q @ self._vecs[: self._n].T  # [Q, dim] @ [dim, N] -> [Q, N]
+
+    def hybrid_scores(self, query: torch.Tensor, query_text: TextArg = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(hybrid, cosine, normalised BM25), each [Q, N], for every chunk."""
+        dense = self.dense_scores(query)
+        return self._combine(dense, _text_list("query_text", query_text, dense.shape[0]))
+
+    def _combine(self, dense: torch.Tensor, texts: list[Optional[str]]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, n = dense.shape
+        lex_ids = torch.tensor(self._lex_ids, dtype=torch.long)
+        lexical = torch.zeros(q, n, dtype=self.dtype)
+        q_has = torch.zeros(q, dtype=torch.bool)
+        present = [i for i, t in enumerate(texts) if t is not None]
+        for qi, toks in zip(present, tokenize([texts[i] for i in present])):
+            if not toks:  # stopwords only: no lexical evidence, stay dense-only
+                continue
+            q_has[qi] = True
+            raw = torch.from_numpy(self._lexical.scores(toks))  # [n_text]
+            if raw.numel() and float(raw.max()) > 0:
+                lexical[qi, lex_ids] = (raw / raw.max()).to(self.dtype)
+        lexical = lexical.to(self.device)
+        chunk_has = torch.zeros(n, dtype=torch.bool)
+        chunk_has[lex_ids] = True
+        both = (q_has[:, None] & chunk_has[None, :]).to(self.device)  # [Q, N]
+        w = self.dense_weight
+        hybrid = torch.where(both, w * dense + (1.0 - w) * lexical, dense)
+        return hybrid, dense, lexical
+
+    def search(self, query: torch.Tensor, query_text: TextArg = None, top_k: int = 4, *,
+               neighbours: int = 0) -> SearchResult:
+        """Top-k chunks per query by hybrid score, with +-neighbours expansion.
+
+        query [dim] or [Q, dim]; query_text str | list[str | None] | None. top_k above the
+        index size pads with -1; an empty index returns all padding with abstain 1.
+        """
+        query = self._check_query(query)
+        top_k = check_positive_int("top_k", top_k)
+        neighbours = check_positive_int("neighbours", neighbours, allow_zero=True)
+        texts = _text_list("query_text", query_text, query.shape[0])
+        q, n = query.shape[0], self._n
+        if n == 0:
+            return _empty_result(q, top_k, self.dtype, self.device)
+        hybrid, dense, lexical = self._combine(self.dense_scores(query), texts)
+        k = min(top_k, n)
+        order = torch.sort(hybrid, dim=1, descending=True, stable=True).indices[:, :k]  # [Q, k]
+        pad = (0, top_k - k)
+        starts = self._spans[:n, 0].tolist()
+        return SearchResult(
+            ids=F.pad(order, pad, value=-1),
+            scores=F.pad(hybrid.gather(1, order), pad, value=-math.inf),
+            dense=F.pad(dense.gather(1, order), pad, value=0.0),
+            lexical=F.pad(lexical.gather(1, order), pad, value=0.0),
+            expanded=[_expand(row, neighbours, n, starts) for row in order.tolist()],
+            abstain=abstain_score(hybrid),
+        )
+
+    def snapshot(self) -> dict:
+        """A copy of the whole state: tensors, texts and tokens (no live reference escapes)."""
+        return {
+            "dim": self.dim,
+            "vectors": self._vecs[: self._n].clone(),
+            "spans": self._spans[: self._n].clone(),
+            "texts": list(self._texts),
+            "tokens": self._lexical.docs,  # immutable tuples: sharing them is safe
+            "next_start": self._next_start,
+        }
+
+    def restore(self, snap: dict) -> None:
+        """Replace the state by a snapshot; a malformed snapshot raises and changes nothing."""
+        if not isinstance(snap, dict):
+            raise DTypeError(f"snap: expected a dict from snapshot(), got {type(snap).__name__}")
+        missing = {"dim", "vectors", "spans", "texts", "next_start"} - set(snap)
+        if missing:
+            raise ConfigError(f"snap: missing keys {sorted(missing)}")
+        if snap["dim"] != self.dim:
+            raise ShapeError(f"snap: dim {snap['dim']} does not match the index dim {self.dim}")
+        vecs = check_tensor("snap['vectors']", snap["vectors"], ndim=2, last_dim=self.dim, nonempty=False)
+        n = vecs.shape[0]
+        spans = self._check_spans(snap["spans"], n) if n else torch.empty(0, 2, dtype=torch.long)
+        texts = _text_list("snap['texts']", snap["texts"], n)
+        n_text = sum(t is not None for t in texts)
+        tokens = snap.get("tokens")
+        if tokens is None:
+            tokens = tokenize([t for t in texts if t is not None])
+        elif not isinstance(tokens, list) or len(tokens) != n_text \
+                or not all(isinstance(d, (list, tuple)) for d in tokens):
+            raise ShapeError(f"snap['tokens']: expected a list of {n_text} token lists")
+        if self.capacity is not None and n > self.capacity:
+            raise CapacityError(f"snap: {n} chunks exceed capacity {self.capacity}")
+        next_start = check_positive_int("snap['next_start']", snap["next_start"], allow_zero=True)
+        self._reset(n, vecs, spans, texts, tokens, next_start)
+
+
+def _empty_result(q: int, top_k: int, dtype: torch.dtype, device: torch.device) -> SearchResult:
+    return SearchResult(
+        ids=torch.full((q, top_k), -1, dtype=torch.long, device=device),
+        scores=torch.full((q, top_k), -math.inf, dtype=dtype, device=device),
+        dense=torch.zeros(q, top_k, dtype=dtype, device=device),
+        lexical=torch.zeros(q, top_k, dtype=dtype, device=device),
+        expanded=[[] for _ in range(q)],
+        abstain=torch.ones(q, dtype=dtype, device=device),
+    )
+
+
+def _cosine_reference(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(y * y for y in b))
+    return 0.0 if na == 0.0 or nb == 0.0 else dot / (na * nb)
+
+
+def _abstain_reference(scores: Sequence[float]) -> float:
+    if len(scores) == 1:
+        return 0.0
+    ranked = sorted(scores, reverse=True)
+    spread = ranked[0] - sum(scores) / len(scores)
+    if spread <= _EPS:
+        return 1.0
+    return 1.0 - min(max((ranked[0] - ranked[1]) / spread, 0.0), 1.0)
+
+
+def reference_search(vectors: Sequence[Sequence[float]], texts: Sequence[Optional[str]],
+                     spans: Sequence[Sequence[int]], query: Sequence[float],
+                     query_text: Optional[str], top_k: int, *, neighbours: int = 0,
+                     dense_weight: float = 0.5) -> SearchResult:
+    """Plain-loop oracle of ChunkIndex.search for ONE query over raw (unnormalised) chunks."""
+    n = len(vectors)
+    lex_docs = [i for i in range(n) if texts[i] is not None]
+    q_tokens = tokenize([query_text])[0] if query_text is not None else []
+    raw = bm25_reference(tokenize([texts[i] for i in lex_docs]), q_tokens) if q_tokens else []
+    top = max(raw) if raw else 0.0
+    lexical = [0.0] * n
+    for pos, i in enumerate(lex_docs):
+        lexical[i] = raw[pos] / top if top > 0 else 0.0
+    rows = []
+    for i in range(n):
+        cos = _cosine_reference(query, vectors[i])
+        both = bool(q_tokens) and texts[i] is not None
+        hybrid = dense_weight * cos + (1 - dense_weight) * lexical[i] if both else cos
+        rows.append((hybrid, cos, lexical[i], i))
+    ranked = sorted(rows, key=lambda r: (-r[0], r[3]))[:top_k]
+    pad = [(-math.inf, 0.0, 0.0, -1)] * (top_k - len(ranked))
+    chosen = ranked + pad
+    ids = [r[3] for r in chosen]
+    expanded = set()
+    for i in ids:
+        for j in range(i - neighbours, i + neighbours + 1):
+            if i >= 0 and 0 <= j < n:
+                expanded.add(j)
+    return SearchResult(
+        ids=torch.tensor([ids], dtype=torch.long),
+        scores=torch.tensor([[r[0] for r in chosen]], dtype=torch.float64),
+        dense=torch.tensor([[r[1] for r in chosen]], dtype=torch.float64),
+        lexical=torch.tensor([[r[2] for r in chosen]], dtype=torch.float64),
+        expanded=[sorted(expanded, key=lambda j: (spans[j][0], j))],
+        abstain=torch.tensor([_abstain_reference([r[0] for r in rows])] if n else [1.0],
+                             dtype=torch.float64),
+    )
