@@ -1,0 +1,155 @@
+"""MemAdapterConfig: everything an adapter needs to be rebuilt and to refuse the wrong backbone.
+
+transformers 5.x turns every ``PreTrainedConfig`` subclass into a keyword-only dataclass, so the
+fields are class annotations and validation lives in ``__post_init__``; it runs on construction
+and on every load (``from_pretrained`` / ``from_dict`` go through ``__init__``).
+
+Naming: the base checkpoint's revision is ``base_model_revision``, not ``revision``, because
+``from_pretrained(..., revision=...)`` already means "which revision of *this* adapter repo".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import field
+from typing import Any, Optional
+
+from transformers import PreTrainedConfig
+
+from memadapter.errors import AdapterMismatchError, ConfigError, UnsupportedBackboneError
+
+from .backbones import get_family
+
+INJECTIONS = ("prefix", "cross_attn", "text")
+
+
+class MemAdapterConfig(PreTrainedConfig):
+    """Configuration of a memadapter adapter on a frozen causal LM.
+
+    Example:
+        >>> cfg = MemAdapterConfig(backbone_model_type="llama", hidden_size=64, backbone_num_layers=2,
+        ...                        read_layer=1, injection="cross_attn", cross_attn_layers=[1])
+        >>> cfg.model_type, cfg.top_k <= cfg.num_slots
+        ('memadapter', True)
+        >>> MemAdapterConfig(num_slots=0)
+        Traceback (most recent call last):
+        ...
+        memadapter.errors.ConfigError: num_slots: must be an int > 0, got 0
+    """
+
+    model_type = "memadapter"
+
+    # --- the frozen backbone this adapter belongs to (a loader refuses any other) ---
+    base_model_name_or_path: Optional[str] = None
+    base_model_revision: Optional[str] = None
+    backbone_model_type: Optional[str] = None  # registry key, e.g. "llama"
+    hidden_size: Optional[int] = None  # the backbone's hidden size (H)
+    backbone_num_layers: Optional[int] = None  # lets read_layer / cross_attn_layers be checked
+    # --- ingest ---
+    read_layer: int = -1  # index into hidden_states (0 = embeddings, -1 = last); see read_hidden_states
+    chunk_tokens: int = 512
+    # --- slot memory ---
+    num_slots: int = 64
+    top_k: int = 4
+    key_dim: int = 64
+    value_dim: int = 64
+    # --- grounding / writer heads ---
+    grounding_hidden_size: int = 128
+    num_event_types: int = 4  # new fact, newer version, retraction, irrelevant
+    # --- router ---
+    router_match_threshold: float = 0.5  # slot score above which the memory branch answers
+    router_confidence_threshold: float = 0.5  # slot confidence below which it is ignored
+    # --- injection ---
+    injection: str = "prefix"
+    prefix_tokens_per_slot: int = 1
+    cross_attn_layers: list[int] = field(default_factory=list)
+    cross_attn_heads: int = 4
+    cross_attn_gate_init: float = 0.0  # tanh gate; 0 = adapter starts as the identity
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        self.validate_fields()
+
+    # Kept separate from __post_init__ so callers can re-check after editing attributes.
+    def validate_fields(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        for name in ("chunk_tokens", "num_slots", "top_k", "key_dim", "value_dim", "grounding_hidden_size",
+                     "num_event_types", "prefix_tokens_per_slot", "cross_attn_heads"):
+            _positive_int(name, getattr(self, name))
+        for name in ("hidden_size", "backbone_num_layers"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.top_k > self.num_slots:
+            raise ConfigError(f"top_k: must be <= num_slots ({self.num_slots}), got {self.top_k}")
+        self._validate_backbone()
+        self._validate_layers()
+        self._validate_router_and_injection()
+
+    def _validate_backbone(self) -> None:
+        for name in ("base_model_name_or_path", "base_model_revision", "backbone_model_type"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{name}: expected a non-empty str or None, got {value!r}")
+        if self.backbone_model_type is not None:
+            try:
+                get_family(self.backbone_model_type)
+            except UnsupportedBackboneError as err:
+                raise ConfigError(f"backbone_model_type: {err}") from None
+
+    def _validate_layers(self) -> None:
+        if isinstance(self.read_layer, bool) or not isinstance(self.read_layer, int):
+            raise ConfigError(f"read_layer: expected an int, got {self.read_layer!r}")
+        n = self.backbone_num_layers
+        if n is not None and not -(n + 1) <= self.read_layer <= n:
+            raise ConfigError(f"read_layer: must index the {n + 1} hidden states (-{n + 1}..{n}), got {self.read_layer}")
+        layers = self.cross_attn_layers
+        if not isinstance(layers, (list, tuple)):
+            raise ConfigError(f"cross_attn_layers: expected a list of ints, got {type(layers).__name__}")
+        for i in layers:
+            if isinstance(i, bool) or not isinstance(i, int) or i < 0 or (n is not None and i >= n):
+                bound = f"0..{n - 1}" if n is not None else ">= 0"
+                raise ConfigError(f"cross_attn_layers: each index must be an int in {bound}, got {i!r}")
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"cross_attn_layers: indices must be unique, got {list(layers)}")
+        self.cross_attn_layers = sorted(layers)  # JSON round trip gives a list; keep one canonical order
+
+    def _validate_router_and_injection(self) -> None:
+        if self.injection not in INJECTIONS:
+            raise ConfigError(f"injection: must be one of {', '.join(INJECTIONS)}, got {self.injection!r}")
+        if self.injection == "cross_attn" and not self.cross_attn_layers:
+            raise ConfigError("cross_attn_layers: injection='cross_attn' needs at least one layer index")
+        _finite("router_match_threshold", self.router_match_threshold)
+        _finite("router_confidence_threshold", self.router_confidence_threshold)
+        if not 0.0 <= self.router_confidence_threshold <= 1.0:
+            raise ConfigError(f"router_confidence_threshold: must be in [0, 1], got {self.router_confidence_threshold}")
+        _finite("cross_attn_gate_init", self.cross_attn_gate_init)
+        if self.hidden_size is not None and self.injection == "cross_attn" and self.hidden_size % self.cross_attn_heads:
+            raise ConfigError(
+                f"cross_attn_heads: hidden_size {self.hidden_size} is not divisible by {self.cross_attn_heads} heads"
+            )
+
+    def check_backbone(self, backbone_config: Any) -> None:
+        """Raise AdapterMismatchError unless ``backbone_config`` is the family/size this adapter was built for."""
+        mt = getattr(backbone_config, "model_type", None)
+        hs = getattr(backbone_config, "hidden_size", None)
+        nl = getattr(backbone_config, "num_hidden_layers", None)
+        for field_name, want, got in (
+            ("backbone_model_type", self.backbone_model_type, mt),
+            ("hidden_size", self.hidden_size, hs),
+            ("backbone_num_layers", self.backbone_num_layers, nl),
+        ):
+            if want is not None and want != got:
+                raise AdapterMismatchError(
+                    f"{field_name}: adapter was built for {want!r}, but the backbone has {got!r} "
+                    f"(backbone model_type {mt!r}, hidden_size {hs!r})"
+                )
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}: must be an int > 0, got {value!r}")
+
+
+def _finite(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name}: must be a finite number, got {value!r}")

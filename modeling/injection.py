@@ -1,0 +1,350 @@
+"""Injecting selected memory into a frozen decoder: soft prefix and gated cross-attention.
+
+Neither path touches ``past_key_values``: the prefix enters through ``inputs_embeds`` (so the
+cache holds ordinary keys/values of the prefix positions), and cross-attention re-reads the
+memory at every decoding step from inside wrapped decoder layers. Both therefore work with and
+without the KV cache, with batches, left padding, greedy decoding and sampling.
+
+Soft prefix, layout with left padding (the choice documented and tested here): the prefix is
+placed directly before the text, and :meth:`SoftPrefixInjector.prepend` then moves every masked
+position (text pads *and* invalid slots) to the far left, keeping the order of the rest. Each row
+is then an ordinary left-padded sequence ``[pads][valid prefix][text]``; because transformers
+derives position ids from the attention mask, such a row generates exactly what the same row
+without any padding does.
+
+Example:
+    >>> inj = SoftPrefixInjector(value_dim=8, hidden_size=16, tokens_per_slot=2)
+    >>> prefix, pmask = inj(torch.randn(1, 3, 8), torch.tensor([[True, False, True]]))
+    >>> prefix.shape, pmask.tolist()
+    (torch.Size([1, 6, 16]), [[1, 1, 0, 0, 1, 1]])
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from memadapter._validate import check_positive_int, check_tensor
+from memadapter.errors import ConfigError, DTypeError, ShapeError
+
+from .backbones import backbone_parts
+
+_EPS = 1e-6
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square over the last dim, kept for broadcasting: [..., 1]."""
+    return x.pow(2).mean(dim=-1, keepdim=True).add(_EPS).sqrt()
+
+
+def _check_mask(name: str, mask: object, shape: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise DTypeError(f"{name}: expected a torch.Tensor, got {type(mask).__name__}")
+    if mask.is_floating_point():
+        raise DTypeError(f"{name}: expected a bool or 0/1 integer mask, got dtype {mask.dtype}")
+    if tuple(mask.shape) != shape:
+        raise ShapeError(f"{name}: expected shape {shape}, got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+class SoftPrefixInjector(nn.Module):
+    """Active slot values -> ``tokens_per_slot`` virtual token embeddings each.
+
+    The projection is RMS-normalised and multiplied by a learnable scale that starts at
+    ``embed_rms``: pass :func:`memadapter.modeling.backbones.token_embedding_rms` of the backbone
+    so that the prefix starts at the magnitude of real token embeddings. That matters for
+    Gemma, whose embeddings carry sqrt(H) and whose decoder does not rescale ``inputs_embeds``.
+
+    Example:
+        >>> inj = SoftPrefixInjector(value_dim=8, hidden_size=16)
+        >>> prefix, pmask = inj(torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool))
+        >>> prefix.shape, pmask.shape
+        (torch.Size([2, 3, 16]), torch.Size([2, 3]))
+    """
+
+    def __init__(self, value_dim: int, hidden_size: int, tokens_per_slot: int = 1, embed_rms: float = 1.0) -> None:
+        super().__init__()
+        self.value_dim = check_positive_int("value_dim", value_dim)
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.tokens_per_slot = check_positive_int("tokens_per_slot", tokens_per_slot)
+        if not (isinstance(embed_rms, (int, float)) and math.isfinite(embed_rms) and embed_rms > 0):
+            raise ConfigError(f"embed_rms: must be a finite number > 0, got {embed_rms!r}")
+        self.proj = nn.Linear(value_dim, hidden_size * tokens_per_slot)
+        self.scale = nn.Parameter(torch.tensor(float(embed_rms)))
+
+    def _check(self, values: object, valid: object) -> tuple[torch.Tensor, torch.Tensor]:
+        values = check_tensor("values", values, ndim=3, last_dim=self.value_dim, nonempty=False)
+        return values, _check_mask("valid", valid, tuple(values.shape[:2]))
+
+    def forward(self, values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """values [B, K, dv], valid [B, K] bool -> prefix embeds [B, K*t, H], prefix mask [B, K*t] (long)."""
+        values, valid = self._check(values, valid)
+        b, k, _ = values.shape
+        t, h = self.tokens_per_slot, self.hidden_size
+        x = self.proj(values.to(self.proj.weight.dtype)).view(b, k, t, h)  # [B, K, t, H]
+        x = x / _rms(x) * self.scale
+        keep = valid[:, :, None, None].to(x.dtype)  # [B, K, 1, 1]; invalid slots become exact zeros
+        prefix = (x * keep).reshape(b, k * t, h)  # [B, K*t, H], slot-major
+        mask = valid.repeat_interleave(t, dim=1).long()  # [B, K*t]
+        return prefix, mask
+
+    def forward_reference(self, values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain-loop reference for :meth:`forward` (one slot, one virtual token at a time)."""
+        values, valid = self._check(values, valid)
+        b, k, _ = values.shape
+        t, h = self.tokens_per_slot, self.hidden_size
+        prefix = values.new_zeros(b, k * t, h, dtype=self.proj.weight.dtype)
+        mask = torch.zeros(b, k * t, dtype=torch.long, device=values.device)
+        for i in range(b):
+            for j in range(k):
+                if not valid[i, j]:
+                    continue
+                flat = self.proj(values[i, j].to(self.proj.weight.dtype))  # [t*H]
+                for s in range(t):
+                    tok = flat[s * h:(s + 1) * h]
+                    prefix[i, j * t + s] = tok / tok.pow(2).mean().add(_EPS).sqrt() * self.scale
+                    mask[i, j * t + s] = 1
+        return prefix, mask
+
+    @staticmethod
+    def prepend(
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix: torch.Tensor,
+        prefix_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[prefix; text] per row, then left-aligned: every masked position moves to the left.
+
+        inputs_embeds [B, T, H], attention_mask [B, T], prefix [B, P, H], prefix_mask [B, P]
+        -> inputs_embeds [B, P+T, H], attention_mask [B, P+T] (dtype of ``attention_mask``),
+        ready for ``model.generate(inputs_embeds=..., attention_mask=...)``.
+        """
+        embeds, mask = _concat_checked(inputs_embeds, attention_mask, prefix, prefix_mask)
+        # Stable sort on the mask puts pads first and keeps the order within pads and within tokens.
+        order = torch.sort(mask.long(), dim=1, stable=True).indices  # [B, P+T]
+        embeds = torch.gather(embeds, 1, order[:, :, None].expand_as(embeds))  # [B, P+T, H]
+        return embeds, torch.gather(mask, 1, order).to(attention_mask.dtype)
+
+    @staticmethod
+    def prepend_reference(
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix: torch.Tensor,
+        prefix_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain-loop reference for :meth:`prepend`."""
+        embeds, mask = _concat_checked(inputs_embeds, attention_mask, prefix, prefix_mask)
+        rows, masks = [], []
+        for i in range(embeds.shape[0]):
+            pads = [p for p in range(embeds.shape[1]) if not mask[i, p]]
+            toks = [p for p in range(embeds.shape[1]) if mask[i, p]]
+            rows.append(embeds[i, pads + toks])
+            masks.append(mask[i, pads + toks])
+        return torch.stack(rows), torch.stack(masks).to(attention_mask.dtype)
+
+
+def _concat_checked(
+    inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor, prefix_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs_embeds = check_tensor("inputs_embeds", inputs_embeds, ndim=3, finite=False)
+    b, t, h = inputs_embeds.shape
+    text_mask = _check_mask("attention_mask", attention_mask, (b, t))
+    prefix = check_tensor("prefix", prefix, ndim=3, last_dim=h, nonempty=False)
+    if prefix.shape[0] != b:
+        raise ShapeError(f"prefix: batch {prefix.shape[0]} does not match inputs_embeds batch {b}")
+    pmask = _check_mask("prefix_mask", prefix_mask, tuple(prefix.shape[:2]))
+    embeds = torch.cat([prefix.to(inputs_embeds.dtype), inputs_embeds], dim=1)  # [B, P+T, H]
+    return embeds, torch.cat([pmask, text_mask], dim=1).long()  # [B, P+T]
+
+
+class GatedCrossAttention(nn.Module):
+    """``hidden + tanh(gate) * attn(hidden -> memory)``, the added term scaled to the hidden norm.
+
+    Queries come from the RMS-normalised hidden state (Gemma's hidden states carry sqrt(H), which
+    would saturate the softmax); the attention output is rescaled per token to the hidden state's
+    RMS, so the gate alone sets the relative size of the injection on every family. Rows whose
+    memory is fully masked get exactly zero added, and ``gate_init=0`` (default) makes the module
+    the exact identity, so an untrained adapter leaves the backbone's output unchanged.
+
+    Example:
+        >>> xattn = GatedCrossAttention(hidden_size=16, memory_dim=8, num_heads=2)
+        >>> h = torch.randn(1, 5, 16)
+        >>> out = xattn(h, torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool))
+        >>> torch.equal(out, h)
+        True
+    """
+
+    def __init__(self, hidden_size: int, memory_dim: int, num_heads: int = 4, gate_init: float = 0.0) -> None:
+        super().__init__()
+        self.hidden_size = check_positive_int("hidden_size", hidden_size)
+        self.memory_dim = check_positive_int("memory_dim", memory_dim)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        if hidden_size % num_heads:
+            raise ConfigError(f"num_heads: hidden_size {hidden_size} is not divisible by {num_heads} heads")
+        if isinstance(gate_init, bool) or not isinstance(gate_init, (int, float)) or not math.isfinite(gate_init):
+            raise ConfigError(f"gate_init: must be a finite number, got {gate_init!r}")
+        self.head_dim = hidden_size // num_heads
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(memory_dim, hidden_size, bias=False)
+        self.v_proj = nn.Linear(memory_dim, hidden_size, bias=False)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.gate = nn.Parameter(torch.tensor(float(gate_init)))
+
+    def _check(self, hidden: object, memory: object, memory_mask: object) -> tuple[torch.Tensor, ...]:
+        hidden = check_tensor("hidden", hidden, ndim=3, last_dim=self.hidden_size, finite=False)
+        memory = check_tensor("memory", memory, ndim=3, last_dim=self.memory_dim, nonempty=False)
+        if memory.shape[0] != hidden.shape[0]:
+            raise ShapeError(f"memory: batch {memory.shape[0]} does not match hidden batch {hidden.shape[0]}")
+        mask = _check_mask("memory_mask", memory_mask, tuple(memory.shape[:2]))
+        return hidden, memory, mask
+
+    def _finish(self, hidden: torch.Tensor, attn_out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = hidden.to(attn_out.dtype)
+        added = attn_out / _rms(attn_out) * _rms(x)  # [B, T, H], same per-token RMS as hidden
+        has_memory = mask.any(dim=1)[:, None, None].to(added.dtype)  # [B, 1, 1]
+        return hidden + (torch.tanh(self.gate) * added * has_memory).to(hidden.dtype)
+
+    def forward(self, hidden: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """hidden [B, T, H], memory [B, S, dm], memory_mask [B, S] bool -> [B, T, H]."""
+        hidden, memory, mask = self._check(hidden, memory, memory_mask)
+        b, t, _ = hidden.shape
+        s, nh, hd = memory.shape[1], self.num_heads, self.head_dim
+        dtype = self.q_proj.weight.dtype
+        x = hidden.to(dtype)
+        q = self.q_proj(x / _rms(x)).view(b, t, nh, hd).transpose(1, 2)  # [B, nh, T, hd]
+        k = self.k_proj(memory.to(dtype)).view(b, s, nh, hd).transpose(1, 2)  # [B, nh, S, hd]
+        v = self.v_proj(memory.to(dtype)).view(b, s, nh, hd).transpose(1, 2)  # [B, nh, S, hd]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)  # [B, nh, T, S]
+        # A fully masked row would softmax to NaN; fill it with 0 (uniform weights) and let
+        # `has_memory` in _finish zero its contribution exactly.
+        scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        ctx = torch.softmax(scores, dim=-1) @ v  # [B, nh, T, hd]
+        ctx = ctx.transpose(1, 2).reshape(b, t, nh * hd)  # [B, T, H]
+        return self._finish(hidden, self.o_proj(ctx), mask)
+
+    def forward_reference(self, hidden: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """Plain-loop reference for :meth:`forward`: one row, head and query token at a time."""
+        hidden, memory, mask = self._check(hidden, memory, memory_mask)
+        b, t, h = hidden.shape
+        hd, dtype = self.head_dim, self.q_proj.weight.dtype
+        ctx = hidden.new_zeros(b, t, h, dtype=dtype)
+        for i in range(b):
+            keep = [j for j in range(memory.shape[1]) if mask[i, j]]
+            if not keep:
+                continue  # no memory: nothing is added (its context is never used)
+            mem = memory[i, keep].to(dtype)  # [S_i, dm]
+            k, v = self.k_proj(mem), self.v_proj(mem)
+            for pos in range(t):
+                x = hidden[i, pos].to(dtype)
+                q = self.q_proj(x / x.pow(2).mean().add(_EPS).sqrt())
+                for head in range(self.num_heads):
+                    sl = slice(head * hd, (head + 1) * hd)
+                    w = torch.softmax(k[:, sl] @ q[sl] / math.sqrt(hd), dim=0)  # [S_i]
+                    ctx[i, pos, sl] = w @ v[:, sl]
+        return self._finish(hidden, self.o_proj(ctx), mask)
+
+
+class _CrossAttnLayer(nn.Module):
+    """Stands in for decoder layer ``layer``: runs it, then adds gated cross-attention to memory."""
+
+    def __init__(self, layer: nn.Module, xattn: nn.Module, memory: torch.Tensor, memory_mask: torch.Tensor) -> None:
+        super().__init__()
+        self.layer = layer
+        self.xattn = xattn
+        # Plain attributes, not buffers: the memory is request data, never part of a state dict.
+        self.__dict__["memory"] = memory
+        self.__dict__["memory_mask"] = memory_mask
+
+    def __getattr__(self, name: str):
+        # Decoders read per-layer attributes (attention_type, layer_type, self_attn.layer_idx ...).
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_modules"]["layer"], name)
+
+    def forward(self, *args, **kwargs):
+        out = self.layer(*args, **kwargs)
+        hidden = out[0] if isinstance(out, tuple) else out  # Llama & co return a plain tensor in 5.x
+        memory, mask = _match_batch(self.memory, self.memory_mask, hidden.shape[0])
+        hidden = self.xattn(hidden, memory, mask)
+        return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
+
+
+def _match_batch(memory: torch.Tensor, mask: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Repeat each request's memory to the batch generate() runs.
+
+    ``generate`` with ``num_return_sequences=n`` or ``num_beams=n`` expands every input row
+    with ``repeat_interleave(n, dim=0)``, so row i's copies are rows i*n .. i*n+n-1; repeating
+    the memory the same way keeps each request reading only its own memory.
+    """
+    if memory.shape[0] == batch:
+        return memory, mask
+    if batch % memory.shape[0]:
+        raise ShapeError(f"memory: batch {memory.shape[0]} does not divide the hidden batch {batch}")
+    n = batch // memory.shape[0]
+    return memory.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+
+
+@contextmanager
+def cross_attention(
+    model: nn.Module,
+    layer_indices: Sequence[int],
+    modules: nn.ModuleList,
+    memory: torch.Tensor,
+    memory_mask: torch.Tensor,
+) -> Iterator[None]:
+    """Wrap decoder layers ``layer_indices[j]`` with ``modules[j]`` reading ``memory`` for the block.
+
+    memory [B, S, dm], memory_mask [B, S] (bool). Inside the block the model's forward and
+    ``generate`` add ``modules[j](hidden, memory, memory_mask)`` to the output of those layers;
+    under ``num_return_sequences`` / beams the memory is repeated to the expanded batch (see
+    ``_match_batch``). On exit, also after an exception, the original layers are put back.
+    All checks run before anything is changed, so a rejected call leaves the model as it was.
+
+    Note: transformers' ``output_hidden_states`` hooks sit on the original layer, so a wrapped
+    layer's own recorded hidden state is the one *before* its cross-attention term (later layers
+    see and record the injected state). While wrapped, the state dict has extra keys; save
+    outside the block.
+    """
+    layers = backbone_parts(model).layers
+    indices = _check_cross_attention_args(layers, layer_indices, modules, memory, memory_mask)
+    mask = memory_mask.bool()
+    originals = {i: layers[i] for i in indices}
+    try:
+        for j, i in enumerate(indices):
+            layers[i] = _CrossAttnLayer(originals[i], modules[j], memory, mask)
+        yield
+    finally:
+        for i, layer in originals.items():
+            layers[i] = layer
+
+
+def _check_cross_attention_args(
+    layers: nn.ModuleList, layer_indices: object, modules: object, memory: object, memory_mask: object
+) -> list[int]:
+    if not isinstance(modules, (nn.ModuleList, list, tuple)):
+        raise DTypeError(f"modules: expected an nn.ModuleList, got {type(modules).__name__}")
+    indices = list(layer_indices) if isinstance(layer_indices, (list, tuple, range)) else None
+    if indices is None:
+        raise DTypeError(f"layer_indices: expected a sequence of ints, got {type(layer_indices).__name__}")
+    if len(indices) != len(modules):
+        raise ShapeError(f"layer_indices: {len(indices)} indices for {len(modules)} modules")
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(layers):
+            raise ShapeError(f"layer_indices: each must be an int in 0..{len(layers) - 1}, got {i!r}")
+    if len(set(indices)) != len(indices):
+        raise ShapeError(f"layer_indices: indices must be unique, got {indices}")
+    for i in indices:
+        if isinstance(layers[i], _CrossAttnLayer):
+            raise ConfigError(f"layer_indices: layer {i} is already wrapped (nested cross_attention blocks)")
+    memory = check_tensor("memory", memory, ndim=3, nonempty=False)
+    _check_mask("memory_mask", memory_mask, tuple(memory.shape[:2]))
+    for j, mod in enumerate(modules):
+        dim = getattr(mod, "memory_dim", memory.shape[-1])
+        if memory.shape[-1] != dim:
+            raise ShapeError(f"memory: last dim {memory.shape[-1]} does not match modules[{j}].memory_dim {dim}")
+    return indices

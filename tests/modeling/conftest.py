@@ -1,0 +1,108 @@
+"""Shared fixtures for the modeling tests: tiny random backbones of every family and a tiny
+word-level tokenizer. No network: every model is built from a config, every tokenizer in memory.
+
+``tiny_backbone(model_type)`` builds a causal LM with hidden 64, 2 layers, 4 heads (2 KV heads),
+vocab 1000, in eval mode and float32, seeded so that the same call gives the same weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+# The test machine's few cores are shared; one thread is faster for these tiny matmuls anyway.
+torch.set_num_threads(1)
+
+ALL_MODEL_TYPES = (
+    "llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text", "glm", "glm4", "internlm3",
+)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+VOCAB_SIZE = 1000
+
+# What every family accepts in transformers 5.23. head_dim is explicit because internlm3 and the
+# Gemmas otherwise default to large values; pad_token_id inside the vocab because GLM needs it.
+_TINY_KWARGS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=VOCAB_SIZE,
+    max_position_embeddings=256,
+    pad_token_id=PAD_ID,
+    bos_token_id=BOS_ID,
+    eos_token_id=EOS_ID,
+    # Untied so that sharpening the LM head (below) leaves the input embeddings alone.
+    tie_word_embeddings=False,
+)
+
+
+def tiny_backbone(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny random causal LM of ``model_type`` (hidden 64, 2 layers), eval mode, float32."""
+    cfg = AutoConfig.for_model(model_type, **{**_TINY_KWARGS, **overrides})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    # Random inits give near-flat logits; a larger LM head makes greedy choices decisive, so
+    # token-equality tests compare behaviour instead of float noise.
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)
+    return model.eval()
+
+
+_WORDS = (
+    "alice bob carol dave lives in paris london rome berlin the a of is now moved to where does "
+    "what city color red blue green update old new fact value key version question answer"
+).split()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over a small vocabulary (ids < 1000), left padding."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    vocab = {"<pad>": PAD_ID, "<unk>": UNK_ID, "<bos>": BOS_ID, "<eos>": EOS_ID}
+    vocab.update({w: i + 4 for i, w in enumerate(_WORDS)})
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        padding_side="left",
+    )
+
+
+@pytest.fixture(scope="session")
+def build_tiny():
+    """The :func:`tiny_backbone` builder itself, for tests that need fresh or resized models."""
+    return tiny_backbone
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict:
+    """Session cache: model_type -> tiny model (built once; tests must not modify weights)."""
+    return {}
+
+
+@pytest.fixture
+def get_tiny(tiny_models):
+    """``get_tiny(model_type)`` returns the cached tiny model of that family."""
+
+    def _get(model_type: str) -> torch.nn.Module:
+        if model_type not in tiny_models:
+            tiny_models[model_type] = tiny_backbone(model_type)
+        return tiny_models[model_type]
+
+    return _get
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return tiny_tokenizer()
