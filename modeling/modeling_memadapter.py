@@ -1,0 +1,557 @@
+"""MemAdapterForCausalLM: a frozen causal LM plus an editable, request-local memory adapter.
+
+The backbone is never trained or saved. The adapter is the grounding / write / query heads and
+the injector (soft prefix or gated cross-attention modules), plus an optional peft LoRA on the
+backbone. Data path of one request (see DESIGN.md):
+
+    ingest:   chunk of <= chunk_tokens tokens -> backbone layers [0, read_layer) -> hidden
+              -> ChunkIndex.add (summary + text)  and  GroundingHead -> WriteController -> SlotMemory
+    generate: question -> QueryHead -> Router (slots, else chunks) -> prefix | cross_attn | text
+              -> backbone.generate
+
+Nothing is injected through ``past_key_values``, so the KV cache, batching with left padding,
+greedy decoding and sampling all behave as in the plain backbone.
+
+    >>> model = MemAdapterForCausalLM.from_pretrained(base_model, tokenizer=tok)   # doctest: +SKIP
+    >>> memory = model.new_memory()                                                # doctest: +SKIP
+    >>> model.ingest(memory, "alice lives in paris")                               # doctest: +SKIP
+    >>> model.generate(**tok("where does alice live", return_tensors="pt"), memory=memory)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from memadapter.chunk_index import ChunkIndex
+from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
+from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool
+from memadapter.request_memory import RequestMemory
+from memadapter.router import MEMORY, Router
+from memadapter.slots import SlotMemory
+
+from . import hub
+from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states, token_embedding_rms
+from .configuration_memadapter import MemAdapterConfig
+from .injection import GatedCrossAttention, SoftPrefixInjector, cross_attention
+
+PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
+
+
+@dataclass
+class Selection:
+    """What the router handed to the injector: values [B, K, dv], valid [B, K], texts per row."""
+
+    values: torch.Tensor
+    valid: torch.Tensor
+    texts: list[list[str]]
+    branch: list[str]
+
+
+@dataclass
+class IngestReport:
+    """Counts from one ``ingest`` call, per request row."""
+
+    chunks: list[int]
+    candidates: list[int]
+    writes: list[int]
+
+
+class MemAdapterForCausalLM(PreTrainedModel):
+    """A frozen causal LM with a request-local slot memory and sparse chunk fallback.
+
+    Example:
+        >>> model = MemAdapterForCausalLM(MemAdapterConfig(key_dim=16, value_dim=16), backbone=lm)  # doctest: +SKIP
+        >>> memory = model.new_memory(batch_size=2)                                   # doctest: +SKIP
+        >>> model.ingest(memory, ["alice lives in paris", "bob lives in rome"])      # doctest: +SKIP
+        >>> memory.table(0)                                                           # doctest: +SKIP
+    """
+
+    config_class = MemAdapterConfig
+    base_model_prefix = "memadapter"
+    supports_gradient_checkpointing = True
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: MemAdapterConfig, backbone: Optional[nn.Module] = None, tokenizer: Any = None):
+        if backbone is None:
+            raise ConfigError("backbone: MemAdapterForCausalLM needs a base model; use from_pretrained(base, adapter=...)")
+        parts = backbone_parts(backbone)  # UnsupportedBackboneError for unknown families
+        config.check_backbone(_unwrap(backbone).config)  # AdapterMismatchError naming both sides
+        config.backbone_model_type = config.backbone_model_type or _unwrap(backbone).config.model_type
+        config.hidden_size = config.hidden_size or parts.hidden_size
+        config.backbone_num_layers = config.backbone_num_layers or parts.num_layers
+        config.validate_fields()
+        super().__init__(config)
+        self.backbone = backbone
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_("lora_" in name)  # frozen backbone; a peft LoRA on it is adapter
+        self._build_heads(config, parts.hidden_size)
+        self.tokenizer = tokenizer
+        self._adapter_enabled = True
+        self.post_init()
+        ref = next(backbone.parameters())
+        self._adapter_modules().to(device=ref.device, dtype=ref.dtype)
+
+    def _build_heads(self, config: MemAdapterConfig, hidden: int) -> None:
+        self.grounding = GroundingHead(hidden, config.key_dim, config.value_dim, config.num_event_types)
+        self.writer = WriteController(config.key_dim, config.num_event_types)
+        self.query_head = QueryHead(hidden, config.key_dim)
+        self.injector = SoftPrefixInjector(
+            config.value_dim, hidden, config.prefix_tokens_per_slot, embed_rms=token_embedding_rms(self.backbone)
+        ) if config.injection == "prefix" else None
+        self.cross_attn = nn.ModuleList(
+            GatedCrossAttention(hidden, config.value_dim, config.cross_attn_heads, config.cross_attn_gate_init)
+            for _ in config.cross_attn_layers
+        ) if config.injection == "cross_attn" else None
+
+    def _adapter_modules(self) -> nn.ModuleList:
+        return nn.ModuleList(m for m in (self.grounding, self.writer, self.query_head, self.injector, self.cross_attn) if m is not None)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Heads initialise themselves; the frozen backbone must never be re-initialised."""
+
+    # ------------------------------------------------------------------ adapter parameters
+    @staticmethod
+    def _is_adapter_key(name: str) -> bool:
+        # peft LoRA weights live inside the backbone and are part of the adapter.
+        return not name.startswith("backbone.") or "lora_" in name
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the adapter's tensors: heads, injector, cross-attention, LoRA. Never the backbone."""
+        return {k: v for k, v in self.state_dict().items() if self._is_adapter_key(k)}
+
+    def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if self._is_adapter_key(n))
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Strict load of adapter tensors; a missing or unexpected key is a ConfigError naming it."""
+        own = self.adapter_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ConfigError(f"adapter weights: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise ConfigError(f"adapter weights: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+        self.load_state_dict(state, strict=False)
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the plain backbone (no memory, no LoRA) inside the block."""
+        peft_off = getattr(self.backbone, "disable_adapter", None)
+        previous = self._adapter_enabled
+        self._adapter_enabled = False
+        try:
+            with peft_off() if callable(peft_off) else nullcontext():
+                yield
+        finally:
+            self._adapter_enabled = previous
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        # Non-reentrant by default: with a frozen backbone the reentrant variant drops adapter grads.
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        _unwrap(self.backbone).activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        _unwrap(self.backbone).activation_checkpointing_disable()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    # ------------------------------------------------------------------ text helpers
+    def _tok(self) -> Any:
+        if self.tokenizer is None:
+            raise ConfigError("tokenizer: this operation needs text; pass tokenizer= to from_pretrained or set model.tokenizer")
+        return self.tokenizer
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        # Without a tokenizer, ids as words still give BM25 an exact-token lexical channel.
+        if self.tokenizer is None:
+            return " ".join(str(i) for i in ids)
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _pad_id(self) -> int:
+        pad = check_pad_token(self.backbone)
+        return 0 if pad is None else int(pad)
+
+    def _device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def _right_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token lists -> ids [B, T], mask [B, T] (right padding: spans stay row-relative)."""
+        width = max(1, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[b, : len(r)] = 1
+        return ids.to(self._device()), mask.to(self._device())
+
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return read_hidden_states(self.backbone, ids, mask, self.config.read_layer)
+
+    def _mean(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean over tokens: [B, T, H] -> [B, H]."""
+        return masked_attention_pool(hidden, torch.zeros(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device), mask.bool())
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], kind: str) -> torch.Tensor:
+        """Texts -> key vectors [N, dk] (unit norm) or value vectors [N, dv], as ingest makes them."""
+        if kind not in ("key", "value"):
+            raise ConfigError(f"kind: expected 'key' or 'value', got {kind!r}")
+        rows = [self._tok()(t, add_special_tokens=False)["input_ids"] for t in texts]
+        if any(len(r) == 0 for r in rows):
+            raise EmptyInputError("texts: a text has no tokens")
+        ids, mask = self._right_pad(rows)
+        pooled = self.grounding.norm(self._mean(self._hidden(ids, mask), mask))  # [N, H]
+        if kind == "key":
+            return F.normalize(self.grounding.key_proj(pooled), dim=-1).float().cpu()
+        return self.grounding.value_proj(pooled).float().cpu()
+
+    # ------------------------------------------------------------------ memory and ingest
+    def new_memory(self, batch_size: int = 1) -> RequestMemory:
+        """An empty memory for ``batch_size`` independent requests."""
+        cfg = self.config
+        # Memory lives on the CPU: it is small request data, and rows are edited by index from Python.
+        slots = SlotMemory(cfg.num_slots, cfg.key_dim, cfg.value_dim, batch_size=batch_size)
+        indexes = [ChunkIndex(cfg.hidden_size, chunk_tokens=cfg.chunk_tokens) for _ in range(batch_size)]
+        return RequestMemory(slots, indexes, self.encode_text)
+
+    def _ingest_rows(self, memory: RequestMemory, text_or_ids: Any, attention_mask: Optional[torch.Tensor]) -> list[list[int]]:
+        """Normalise every accepted input form to one token list per memory row."""
+        B = memory.batch_size
+        if isinstance(text_or_ids, str):
+            text_or_ids = [text_or_ids]
+        if isinstance(text_or_ids, (list, tuple)) and all(isinstance(t, str) for t in text_or_ids):
+            rows = [self._tok()(t, add_special_tokens=False)["input_ids"] for t in text_or_ids]
+        elif isinstance(text_or_ids, torch.Tensor):
+            if text_or_ids.is_floating_point():
+                raise DTypeError(f"text_or_ids: expected integer token ids, got dtype {text_or_ids.dtype}")
+            ids = text_or_ids.reshape(1, -1) if text_or_ids.dim() == 1 else text_or_ids
+            if ids.dim() != 2:
+                raise ShapeError(f"text_or_ids: expected [T] or [B, T] ids, got shape {tuple(text_or_ids.shape)}")
+            mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.reshape(ids.shape).bool()
+            rows = [ids[b][mask[b]].tolist() for b in range(ids.shape[0])]
+        else:
+            raise DTypeError(f"text_or_ids: expected a str, a list of str or a tensor of ids, got {type(text_or_ids).__name__}")
+        if len(rows) != B:
+            raise ShapeError(f"text_or_ids: {len(rows)} rows for a memory of batch size {B}")
+        if all(len(r) == 0 for r in rows):
+            raise EmptyInputError("text_or_ids: no tokens to ingest")
+        return rows
+
+    @torch.no_grad()
+    def ingest(self, memory: RequestMemory, text_or_ids: Any, *, attention_mask: Optional[torch.Tensor] = None,
+               progress: Optional[bool] = None) -> IngestReport:
+        """Stream the rows through the backbone in chunks of ``chunk_tokens`` and update memory.
+
+        Cost is linear in tokens: each chunk is read on its own (up to ``read_layer`` only), and
+        memory stays bounded by ``num_slots``. On any error the memory is restored as it was.
+        """
+        if not isinstance(memory, RequestMemory):
+            raise DTypeError(f"memory: expected a RequestMemory (model.new_memory()), got {type(memory).__name__}")
+        rows = self._ingest_rows(memory, text_or_ids, attention_mask)
+        C = self.config.chunk_tokens
+        n_chunks = max(math.ceil(len(r) / C) for r in rows)
+        show = n_chunks >= PROGRESS_MIN_CHUNKS if progress is None else progress
+        report = IngestReport([0] * len(rows), [0] * len(rows), [0] * len(rows))
+        snap = memory.snapshot()
+        try:
+            for c in tqdm(range(n_chunks), desc="ingest", unit="chunk", disable=not show):
+                self._ingest_chunk(memory, [r[c * C:(c + 1) * C] for r in rows], report)
+        except BaseException:
+            memory.restore(snap)
+            raise
+        return report
+
+    def _ingest_chunk(self, memory: RequestMemory, chunk: list[list[int]], report: IngestReport) -> None:
+        live = [b for b, r in enumerate(chunk) if r]
+        ids, mask = self._right_pad(chunk)
+        hidden = self._hidden(ids, mask)  # [B, T, H]
+        summary = self._mean(hidden, mask).float().cpu()  # [B, H]
+        chunk_ids = torch.full((len(chunk),), -1, dtype=torch.long)
+        for b in live:
+            start = memory.tokens_seen[b]
+            span = torch.tensor([[start, start + len(chunk[b])]])
+            chunk_ids[b] = int(memory.indexes[b].add(summary[b : b + 1], [self._decode(chunk[b])], span)[0])
+            report.chunks[b] += 1
+        cands = self.grounding.propose(hidden, mask)
+        self._write_candidates(memory, chunk, cands, chunk_ids, report)
+        for b in live:
+            memory.tokens_seen[b] += len(chunk[b])
+
+    def _write_candidates(self, memory: RequestMemory, chunk: list[list[int]], cands: list, chunk_ids: torch.Tensor,
+                          report: IngestReport) -> None:
+        B, N = len(chunk), max(len(c) for c in cands)
+        if N == 0:
+            return
+        cfg, slots = self.config, memory.slots
+        keys, values = torch.zeros(B, N, cfg.key_dim), torch.zeros(B, N, cfg.value_dim)
+        keys[..., 0] = 1.0  # padding candidates need a non-zero key (they are masked out)
+        ev_probs, conf = torch.zeros(B, N, cfg.num_event_types), torch.zeros(B, N)
+        spans, cmask = torch.zeros(B, N, 2, dtype=torch.long), torch.zeros(B, N, dtype=torch.bool)
+        key_text, value_text = [[None] * N for _ in range(B)], [[None] * N for _ in range(B)]
+        for b, row in enumerate(cands):
+            off = memory.tokens_seen[b]
+            for n, c in enumerate(row):
+                keys[b, n], values[b, n], ev_probs[b, n], conf[b, n] = c.key.float().cpu(), c.value.float().cpu(), c.event_probs.float().cpu(), c.confidence
+                end = c.value_span[1] if c.value_span else c.key_span[1]
+                spans[b, n] = torch.tensor([off + c.key_span[0], off + max(end, c.key_span[1])])
+                key_text[b][n] = self._decode(chunk[b][c.key_span[0]:c.key_span[1]])
+                value_text[b][n] = self._decode(chunk[b][c.value_span[0]:c.value_span[1]]) if c.value_span else None
+                cmask[b, n] = True
+        p_write = self._p_write(slots, keys, values, ev_probs, conf)
+        result = slots.write(keys, values, p_write, event=ev_probs.argmax(-1), importance=conf.clamp(0, 1),
+                             chunk_id=chunk_ids[:, None].expand(B, N), span=spans,
+                             key_text=key_text, value_text=value_text, mask=cmask)
+        for b in range(B):
+            report.candidates[b] += int(cmask[b].sum())
+            report.writes[b] += int(result.num_writes[b])
+
+    @torch.no_grad()
+    def _p_write(self, slots: SlotMemory, keys: torch.Tensor, values: torch.Tensor, ev_probs: torch.Tensor,
+                 conf: torch.Tensor) -> torch.Tensor:
+        """WriteController over (candidate, memory) features; computed against the pre-chunk state."""
+        B, N, _ = keys.shape
+        best, slot = slots.match(keys)  # [B, N]
+        matched_v = slots.values.gather(1, slot.clamp(min=0)[..., None].expand(B, N, slots.value_dim))  # [B, N, dv]
+        conflict = torch.where(slot >= 0, 1 - F.cosine_similarity(matched_v, values, dim=-1), torch.zeros_like(best))
+        fill = slots.occupied.float().mean(1, keepdim=True).expand(B, N)
+        feats = torch.stack([conf, best.clamp(min=-1.0), conflict, fill], -1)  # [B, N, 4]
+        dt = self.writer.mlp[0].weight.dtype
+        dev = self.writer.mlp[0].weight.device
+        p = self.writer(keys.flatten(0, 1).to(dev, dt), ev_probs.flatten(0, 1).to(dev, dt), feats.flatten(0, 1).to(dev, dt))
+        return p.view(B, N).float().cpu().clamp(0, 1)  # [B*N] -> [B, N]
+
+    # ------------------------------------------------------------------ routing
+    def _unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
+        return [input_ids[b][attention_mask[b].bool()].tolist() for b in range(input_ids.shape[0])]
+
+    def select(self, memory: RequestMemory, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Selection:
+        """Encode the question, route per row, and gather what each row injects."""
+        cfg = self.config
+        if memory.batch_size != input_ids.shape[0]:
+            raise ShapeError(f"memory: batch size {memory.batch_size} does not match input_ids batch {input_ids.shape[0]}")
+        hidden = self._hidden(input_ids, attention_mask)  # [B, T, H]
+        query = self.query_head(hidden, attention_mask.bool()).float().cpu()  # [B, dk]
+        chunk_query = self._mean(hidden, attention_mask).float().cpu()  # [B, H]
+        texts = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
+        router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=cfg.top_k)
+        route = router.route(memory.slots, memory.indexes, query, texts, chunk_query)
+        rows_v: list[torch.Tensor] = []
+        rows_t: list[list[str]] = []
+        branches = list(route.branch)
+        for b, branch in enumerate(branches):
+            idx = []
+            if branch == MEMORY:
+                slots = route.memory.indices[b, 0]
+                conf = memory.slots.confidence[b, slots.clamp(min=0)]
+                idx = slots[route.memory.valid[b, 0] & (conf >= cfg.router_confidence_threshold)].tolist()
+            if idx:
+                rows_v.append(memory.slots.values[b, idx])  # [k, dv], the resolved latest versions
+                rows_t.append([f"{memory.slots.key_text[b][m]}: {memory.slots.value_text[b][m]}" for m in idx])
+                continue
+            # Fallback, also for a matched row whose slots are all below the confidence bar.
+            branches[b] = "fallback"
+            found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], cfg.top_k)
+            ids = [i for i in found.expanded[0] if i >= 0]
+            vecs = memory.indexes[b].vectors[ids] if ids else torch.zeros(0, cfg.hidden_size)
+            rows_v.append(self._chunk_values(vecs))
+            rows_t.append([memory.indexes[b].text(i) or "" for i in ids])
+        return self._stack_selection(rows_v, rows_t, branches)
+
+    def _chunk_values(self, vecs: torch.Tensor) -> torch.Tensor:
+        """Chunk summaries [k, H] -> value space [k, dv] through the grounding head's value path."""
+        if vecs.shape[0] == 0:
+            return torch.zeros(0, self.config.value_dim)
+        w = self.grounding.value_proj.weight
+        return self.grounding.value_proj(self.grounding.norm(vecs.to(w.device, w.dtype))).float().cpu()
+
+    def _stack_selection(self, rows_v: list[torch.Tensor], rows_t: list[list[str]], branch: list[str]) -> Selection:
+        K = max(1, max(v.shape[0] for v in rows_v))
+        values = torch.zeros(len(rows_v), K, self.config.value_dim)
+        valid = torch.zeros(len(rows_v), K, dtype=torch.bool)
+        for b, v in enumerate(rows_v):
+            values[b, : v.shape[0]] = v.float()
+            valid[b, : v.shape[0]] = True
+        return Selection(values, valid, rows_t, branch)
+
+    # ------------------------------------------------------------------ injection
+    def _memory_on(self, memory: Optional[RequestMemory]) -> bool:
+        if memory is not None and not isinstance(memory, RequestMemory):
+            raise DTypeError(f"memory: expected a RequestMemory, got {type(memory).__name__}")
+        return memory is not None and self._adapter_enabled
+
+    def _prefix_inputs(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(inputs_embeds [B, P+T, H], mask [B, P+T], text positions [B, T]) for the soft prefix."""
+        w = self.injector.proj.weight
+        prefix, pmask = self.injector(sel.values.to(w.device, w.dtype), sel.valid.to(w.device))
+        embeds = embed_tokens(self.backbone, input_ids)
+        full_embeds, full_mask = self.injector.prepend(embeds, attention_mask, prefix, pmask)
+        # Same stable sort as prepend: where did each original text position go?
+        order = torch.sort(torch.cat([pmask, attention_mask.long()], 1), dim=1, stable=True).indices  # [B, P+T]
+        where = torch.argsort(order, dim=1)[:, prefix.shape[1]:]  # [B, T]
+        return full_embeds, full_mask, where
+
+    def _text_inputs(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Prompt with the selected source text before the question, left-padded again."""
+        tok = self._tok()
+        rows = []
+        for b, row in enumerate(self._unpadded(input_ids, attention_mask)):
+            lines = [t for t in sel.texts[b] if t]
+            mem = tok("Memory: " + " ; ".join(lines) + " .\n", add_special_tokens=False)["input_ids"] if lines else []
+            rows.append(mem + row)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long, device=input_ids.device)
+        mask = torch.zeros(len(rows), width, dtype=attention_mask.dtype, device=input_ids.device)
+        where = torch.zeros_like(input_ids)
+        for b, r in enumerate(rows):
+            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[b, width - len(r):] = 1
+            n_text = int(attention_mask[b].sum())
+            # Original valid tokens keep their order and land at the end; pads point at column 0.
+            where[b, attention_mask[b].bool()] = torch.arange(width - n_text, width, device=input_ids.device)
+        return ids, mask, where
+
+    def _cross_attn_block(self, sel: Selection):
+        w = self.cross_attn[0].k_proj.weight
+        return cross_attention(self.backbone, self.config.cross_attn_layers, self.cross_attn,
+                               sel.values.to(w.device, w.dtype), sel.valid.to(w.device))
+
+    def _check_ids(self, input_ids: Any, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dim() != 2:
+            raise ShapeError(f"input_ids: expected integer ids [B, T], got {getattr(input_ids, 'shape', type(input_ids).__name__)}")
+        if attention_mask is None:
+            return torch.ones_like(input_ids)
+        if tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ShapeError(f"attention_mask: expected shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+        return attention_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, memory: Optional[RequestMemory] = None,
+                **kwargs: Any) -> CausalLMOutputWithPast:
+        """Causal LM forward with the memory injected; logits are aligned with ``input_ids``."""
+        attention_mask = self._check_ids(input_ids, attention_mask)
+        if not self._memory_on(memory):
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        with torch.no_grad():
+            sel = self.select(memory, input_ids, attention_mask)
+        mode = self.config.injection
+        if mode == "cross_attn":
+            with self._cross_attn_block(sel):
+                return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        if mode == "prefix":
+            embeds, mask, where = self._prefix_inputs(sel, input_ids, attention_mask)
+            out = self.backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        else:
+            ids, mask, where = self._text_inputs(sel, input_ids, attention_mask)
+            out = self.backbone(input_ids=ids, attention_mask=mask, **kwargs)
+        logits = out.logits.gather(1, where[..., None].expand(-1, -1, out.logits.shape[-1]))  # [B, T, V]
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 memory: Optional[RequestMemory] = None, **generate_kwargs: Any) -> torch.Tensor:
+        """Like the backbone's generate (returns prompt + new tokens), with the memory injected."""
+        attention_mask = self._check_ids(input_ids, attention_mask)
+        if not self._memory_on(memory):
+            return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        generate_kwargs.setdefault("pad_token_id", self._pad_id())
+        sel = self.select(memory, input_ids, attention_mask)
+        mode = self.config.injection
+        if mode == "cross_attn":
+            with self._cross_attn_block(sel):
+                return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        if mode == "prefix":
+            embeds, mask, _ = self._prefix_inputs(sel, input_ids, attention_mask)
+            new = self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+        else:
+            ids, mask, _ = self._text_inputs(sel, input_ids, attention_mask)
+            new = self.backbone.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, ids.shape[1]:]
+        return torch.cat([input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], 0), new], dim=1)
+
+    # ------------------------------------------------------------------ save, load, Hub
+    def _config_dict(self) -> dict:
+        return json.loads(self.config.to_json_string(use_diff=True))
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> list:
+        """Write adapter_config.json, adapter_model.safetensors and README.md. Nothing else."""
+        from memadapter.hub_cards.model_card import render_model_card
+
+        config = self._config_dict()
+        n_params = sum(v.numel() for v in self.adapter_state_dict().values())
+        card = render_model_card({**config, "adapter_parameters": n_params}, kwargs.get("results"))
+        return hub.save_adapter(save_directory, config, self.adapter_state_dict(), card)
+
+    def push_to_hub(self, repo_id: str, *, token: Optional[Union[str, bool]] = None, private: Optional[bool] = None,
+                    revision: Optional[str] = None, commit_message: str = "Upload memadapter adapter", **_: Any) -> Any:
+        """Save to a temporary folder and upload exactly the three adapter files."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return hub.push_adapter(tmp, repo_id, token=token, private=private, revision=revision,
+                                    commit_message=commit_message)
+
+    @classmethod
+    def from_pretrained(cls, base: Any = None, *, adapter: Any = None, revision: Optional[str] = None,
+                        tokenizer: Any = None, token: Optional[Union[str, bool]] = None, dtype: Any = None,
+                        **config_overrides: Any) -> "MemAdapterForCausalLM":
+        """``base``: repo id / local dir / loaded model; ``adapter``: adapter dir or Hub repo id (optional:
+        without it a fresh, untrained adapter is built from ``config_overrides``)."""
+        if adapter is not None and config_overrides:
+            raise ConfigError(f"config_overrides: {sorted(config_overrides)} cannot change a saved adapter's config")
+        if adapter is not None:
+            folder = hub.resolve_adapter(adapter, revision=revision, token=token)
+            config = MemAdapterConfig.from_dict(hub.load_adapter_config(folder))
+        else:
+            config = MemAdapterConfig(**config_overrides)
+        if base is None:
+            base = config.base_model_name_or_path
+        backbone, tokenizer = _load_base(base, config, tokenizer, dtype, token)
+        if isinstance(base, str) and config.base_model_name_or_path is None:
+            config.base_model_name_or_path = base
+        model = cls(config, backbone=backbone, tokenizer=tokenizer)
+        if adapter is not None:
+            model.load_adapter_state_dict(hub.load_adapter_weights(folder))
+        return model.eval()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, token: Any):
+    """A loaded model is used as is; a path or repo id loads without remote code, ever."""
+    if isinstance(base, nn.Module):
+        return base, tokenizer
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"base: expected a repo id, a local directory or a loaded model, got {base!r}")
+    from transformers import AutoTokenizer
+
+    kwargs = dict(revision=config.base_model_revision, trust_remote_code=False, token=token)
+    backbone = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(base, **kwargs)
+        except (OSError, ValueError):
+            tokenizer = None  # ids-only use still works; text methods will ask for one
+    return backbone, tokenizer
+
+
+# Registration lets AutoConfig / AutoModelForCausalLM map model_type "memadapter" to these classes
+# with no remote code (the package is the code).
+AutoConfig.register("memadapter", MemAdapterConfig, exist_ok=True)
+AutoModelForCausalLM.register(MemAdapterConfig, MemAdapterForCausalLM, exist_ok=True)

@@ -1,0 +1,299 @@
+"""MemAdapterForCausalLM on tiny random backbones of every family. No network: Hub calls are mocked."""
+
+import json
+import random
+import shutil
+from unittest import mock
+
+import pytest
+import torch
+from conftest import ALL_MODEL_TYPES, tiny_backbone
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from memadapter.errors import AdapterMismatchError, ConfigError, ShapeError, UnsafeLoadError
+from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub
+
+torch.set_num_threads(1)
+SMALL = dict(key_dim=16, value_dim=16, num_slots=8, top_k=2, chunk_tokens=8, read_layer=1)
+STREAM = "alice lives in paris . the old fact : bob lives in rome . update alice now moved to berlin"
+QUESTIONS = ["where does alice live", "what city is bob in now"]
+
+
+def build(backbone, tok, injection="prefix", seed=0, **kw):
+    if injection == "cross_attn":
+        kw = {"cross_attn_layers": [1], "cross_attn_gate_init": 0.5, **kw}
+    torch.manual_seed(seed)
+    model = MemAdapterForCausalLM.from_pretrained(backbone, tokenizer=tok, injection=injection, **{**SMALL, **kw})
+    with torch.no_grad():  # an untrained tagger may say "O" everywhere: make it propose NEW facts
+        model.grounding.tagger.bias[0] = -5.0
+        model.grounding.event.bias[0] = 5.0
+    return model
+
+
+def ingest(model, texts):
+    mem = model.new_memory(batch_size=len(texts))
+    model.ingest(mem, texts)
+    return mem
+
+
+@pytest.mark.parametrize("model_type", ALL_MODEL_TYPES)
+def test_family_contract(model_type, tokenizer, tmp_path):
+    bb = tiny_backbone(model_type)
+    model = build(bb, tokenizer)
+    enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    mem = ingest(model, [STREAM, "bob lives in london"])
+    assert mem.table(0), "the untrained head still proposes and writes candidates"
+    logits = model(**enc, memory=mem).logits
+
+    # save/load round trip: identical logits, only the adapter files, no backbone tensor
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(hub.ADAPTER_FILE_NAMES)
+    assert not any(k.startswith("backbone.") for k in load_file(tmp_path / hub.ADAPTER_WEIGHTS_NAME))
+    loaded = MemAdapterForCausalLM.from_pretrained(bb, adapter=tmp_path, tokenizer=tokenizer)
+    mem2 = ingest(loaded, [STREAM, "bob lives in london"])
+    assert mem2.table(0) == mem.table(0)
+    torch.testing.assert_close(loaded(**enc, memory=mem2).logits, logits, rtol=0, atol=0)
+
+    # disabled adapter == base model exactly
+    with model.disable_adapter():
+        torch.testing.assert_close(model(**enc, memory=mem).logits, bb(**enc).logits, rtol=0, atol=0)
+
+    # only adapter parameters receive gradients
+    out = model(**enc, memory=mem, labels=enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100))
+    out.loss.backward()
+    assert all(p.grad is None for p in bb.parameters())
+    assert model.injector.proj.weight.grad is not None and model.injector.proj.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+    # generation with cache == without; left-padded batch == each row alone, unpadded
+    g = dict(max_new_tokens=4, do_sample=False)
+    with_cache = model.generate(**enc, memory=mem, use_cache=True, **g)
+    assert torch.equal(with_cache, model.generate(**enc, memory=mem, use_cache=False, **g))
+    for b, (q, text) in enumerate(zip(QUESTIONS, [STREAM, "bob lives in london"])):
+        single = tokenizer([q], return_tensors="pt")
+        alone = model.generate(**single, memory=ingest(model, [text]), **g)
+        n = int(enc["attention_mask"][b].sum())
+        assert torch.equal(with_cache[b, -4:], alone[0, -4:]), (model_type, b)
+        assert torch.equal(with_cache[b, -4 - n:-4], alone[0, :n])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2", "glm4"])
+def test_cross_attn_generation(model_type, tokenizer):
+    bb = tiny_backbone(model_type)
+    enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    model = build(bb, tokenizer, "cross_attn")
+    mem = ingest(model, [STREAM, "bob lives in london"])
+    out = model.generate(**enc, memory=mem, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, model.generate(**enc, memory=mem, max_new_tokens=4, do_sample=False, use_cache=False))
+    assert not torch.equal(model(**enc, memory=mem).logits, bb(**enc).logits)  # gate 0.5: memory acts
+    zero = build(bb, tokenizer, "cross_attn", cross_attn_gate_init=0.0)  # gate 0 is the identity
+    torch.testing.assert_close(zero(**enc, memory=ingest(zero, [STREAM, "x"])).logits, bb(**enc).logits, rtol=0, atol=0)
+    assert all(type(layer).__name__ != "_CrossAttnLayer" for layer in bb.model.layers)  # unwrapped after
+
+
+def test_text_injection_puts_selected_source_text_in_the_prompt(tokenizer):
+    model = build(tiny_backbone("llama"), tokenizer, "text")
+    mem = ingest(model, [STREAM])
+    enc = tokenizer(["where does alice lives"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.texts[0], "something was selected"
+    ids, mask, where = model._text_inputs(sel, enc["input_ids"], enc["attention_mask"])
+    prompt = tokenizer.decode(ids[0][mask[0].bool()])
+    assert sel.texts[0][0].split()[0] in prompt and prompt.endswith("where does alice lives")
+    out = model.generate(**enc, memory=mem, max_new_tokens=3, do_sample=False)
+    assert torch.equal(out[:, : enc["input_ids"].shape[1]], enc["input_ids"])
+    logits = model(**enc, memory=mem).logits
+    assert logits.shape[:2] == enc["input_ids"].shape
+
+
+def test_sampling_is_deterministic_under_a_seed(tokenizer):
+    bb = tiny_backbone("qwen2")
+    enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    outs = []
+    for _ in range(2):
+        model = build(bb, tokenizer, seed=3)
+        mem = ingest(model, [STREAM, "bob lives in london"])
+        torch.manual_seed(7)
+        outs.append((model.generate(**enc, memory=mem, max_new_tokens=5, do_sample=True, top_k=50), mem.table(0)))
+    assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
+
+
+def test_request_isolation_batched_and_sequential(tokenizer):
+    """Row b's active set and table hold only words of row b's stream; its output equals serving it alone."""
+    model = build(tiny_backbone("llama"), tokenizer, "text", chunk_tokens=6)
+    vocab = "alice bob carol dave paris london rome berlin red blue green city color fact value key".split()
+    rng = random.Random(0)
+    for _ in range(3):  # one model object, requests one batch after another
+        rng.shuffle(vocab)
+        groups = [vocab[i * 4:(i + 1) * 4] for i in range(4)]
+        streams = [" ".join(rng.choice(g) for _ in range(14)) for g in groups]
+        mem = ingest(model, streams)
+        enc = tokenizer([" ".join(rng.sample(g, 3)) for g in groups], return_tensors="pt", padding=True)
+        sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+        out = model.generate(**enc, memory=mem, max_new_tokens=3, do_sample=False)
+        for b, g in enumerate(groups):
+            words = {w for r in mem.table(b) for t in (r["key_text"], r["value_text"]) if t for w in t.split()}
+            words |= {w for t in sel.texts[b] for w in t.split()}
+            assert words <= set(g), (b, words - set(g))
+            alone_mem = ingest(model, [streams[b]])
+            single = tokenizer([tokenizer.decode(enc["input_ids"][b][enc["attention_mask"][b].bool()])], return_tensors="pt")
+            alone = model.generate(**single, memory=alone_mem, max_new_tokens=3, do_sample=False)
+            assert torch.equal(out[b, -3:], alone[0, -3:])
+
+
+def test_ingest_is_chunked_reads_only_to_read_layer_and_stays_bounded(tokenizer, capsys):
+    bb = tiny_backbone("mistral")
+    model = build(bb, tokenizer, num_slots=4)
+    calls = []
+    handle = bb.model.layers[1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        mem = model.new_memory()
+        report = model.ingest(mem, " ".join([STREAM] * 6), progress=True)
+    finally:
+        handle.remove()
+    assert calls == [], "layers at or past read_layer must not run during ingest"
+    n_tokens = len(tokenizer(" ".join([STREAM] * 6), add_special_tokens=False)["input_ids"])
+    assert report.chunks == [-(-n_tokens // 8)] and len(mem.indexes[0]) == report.chunks[0]
+    assert int(mem.slots.occupied.sum()) <= 4 and mem.tokens_seen == [n_tokens]
+    assert mem.indexes[0].span(1) == (8, 16)
+    assert "ingest" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_ingest_bad_input_leaves_memory_unchanged(tokenizer):
+    model = build(tiny_backbone("llama"), tokenizer)
+    mem = ingest(model, [STREAM, "bob"])
+    before = (mem.table(0), mem.table(1), [len(i) for i in mem.indexes], list(mem.tokens_seen))
+    with pytest.raises(ShapeError, match="text_or_ids"):
+        model.ingest(mem, ["only one row"])
+    with mock.patch.object(model.grounding, "propose", side_effect=RuntimeError("boom")):
+        with pytest.raises(RuntimeError):
+            model.ingest(mem, ["alice lives in rome", "carol"])
+    assert (mem.table(0), mem.table(1), [len(i) for i in mem.indexes], list(mem.tokens_seen)) == before
+    with pytest.raises(ShapeError, match="memory"):
+        model.generate(**tokenizer(["where"], return_tensors="pt"), memory=mem)
+
+
+def test_text_edits_with_a_real_encoder(tokenizer):
+    model = build(tiny_backbone("qwen3"), tokenizer)
+    mem = model.new_memory()
+    mem.write("alice city", "paris")
+    mem.write("alice city", "berlin")
+    rows = mem.table()
+    assert [(r["value_text"], r["version"]) for r in rows] == [("berlin", 2)]
+    assert mem.forget("ALICE") == 1 and mem.table() == []
+
+
+def test_gradient_checkpointing_gives_the_same_adapter_grads(tokenizer):
+    bb = tiny_backbone("llama")
+    model = build(bb, tokenizer)
+    enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    mem = ingest(model, [STREAM, "bob"])
+    grads = []
+    for ckpt in (False, True):
+        model.train()
+        model.gradient_checkpointing_enable() if ckpt else model.gradient_checkpointing_disable()
+        model(**enc, memory=mem, labels=labels).loss.backward()
+        grads.append(model.injector.proj.weight.grad.clone())
+        model.zero_grad(set_to_none=True)
+    assert bb.model.gradient_checkpointing
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_peft_lora_combines_with_the_memory_adapter(tokenizer, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    def lora_backbone():
+        torch.manual_seed(1)
+        return get_peft_model(tiny_backbone("llama"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+
+    model = build(lora_backbone(), tokenizer)
+    assert any("lora_" in k for k in model.adapter_state_dict())
+    enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    mem = ingest(model, [STREAM, "bob"])
+    out = model(**enc, memory=mem, labels=enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100))
+    out.loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any("lora_" in n for n in trained) and all(n.startswith(("injector", "backbone")) for n in trained)
+    assert all("lora_" in n for n in trained if n.startswith("backbone"))
+    model.save_pretrained(tmp_path)
+    fresh = lora_backbone()
+    with torch.no_grad():  # scramble the fresh LoRA so that only the load can make logits agree
+        for n, p in fresh.named_parameters():
+            if "lora_" in n:
+                p.add_(1.0)
+    loaded = MemAdapterForCausalLM.from_pretrained(fresh, adapter=tmp_path, tokenizer=tokenizer)
+    torch.testing.assert_close(loaded(**enc, memory=ingest(loaded, [STREAM, "bob"])).logits, out.logits.detach(), rtol=0, atol=0)
+
+
+def test_adapter_for_another_family_or_size_fails_naming_both(tokenizer, tmp_path):
+    build(tiny_backbone("llama"), tokenizer).save_pretrained(tmp_path)
+    with pytest.raises(AdapterMismatchError, match=r"'llama'.*'qwen2'"):
+        MemAdapterForCausalLM.from_pretrained(tiny_backbone("qwen2"), adapter=tmp_path)
+    with pytest.raises(AdapterMismatchError, match=r"64.*128"):
+        MemAdapterForCausalLM.from_pretrained(tiny_backbone("llama", hidden_size=128), adapter=tmp_path)
+
+
+def test_crafted_adapter_config_cannot_enable_remote_code(tokenizer, tmp_path):
+    build(tiny_backbone("llama"), tokenizer).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / hub.ADAPTER_CONFIG_NAME).read_text())
+    cfg.update(trust_remote_code=True, auto_map={"AutoModelForCausalLM": "evil.Model"})
+    (tmp_path / hub.ADAPTER_CONFIG_NAME).write_text(json.dumps(cfg))
+    with mock.patch("transformers.AutoModelForCausalLM.from_pretrained", side_effect=AssertionError("loaded base")):
+        with pytest.raises(UnsafeLoadError):
+            MemAdapterForCausalLM.from_pretrained("some/base", adapter=tmp_path)
+
+
+def test_hub_ids_resolve_through_mocked_download_and_push_uploads_adapter_files(tokenizer, tmp_path):
+    bb = tiny_backbone("llama")
+    model = build(bb, tokenizer)
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def fake_download(repo_id, filename, revision=None, token=None):
+        assert (repo_id, revision) == ("me/adapter", "main")
+        return str(shutil.copy(src / filename, cache / filename))
+
+    with mock.patch.object(hub, "hf_hub_download", side_effect=fake_download):
+        loaded = MemAdapterForCausalLM.from_pretrained(bb, adapter="me/adapter", revision="main", tokenizer=tokenizer)
+    for k, v in model.adapter_state_dict().items():
+        assert torch.equal(v, loaded.adapter_state_dict()[k])
+    with mock.patch.object(hub, "HfApi") as api_cls:
+        model.push_to_hub("me/adapter", private=True)
+    ops = api_cls.return_value.create_commit.call_args.kwargs["operations"]
+    assert sorted(op.path_in_repo for op in ops) == sorted(hub.ADAPTER_FILE_NAMES)
+
+
+def test_base_loads_from_a_local_dir_and_auto_classes_are_registered(tokenizer, tmp_path):
+    tiny_backbone("llama").save_pretrained(tmp_path / "base")
+    model = MemAdapterForCausalLM.from_pretrained(str(tmp_path / "base"), tokenizer=tokenizer, **SMALL)
+    assert model.config.base_model_name_or_path == str(tmp_path / "base")
+    model.save_pretrained(tmp_path / "adapter")
+    again = MemAdapterForCausalLM.from_pretrained(adapter=tmp_path / "adapter", tokenizer=tokenizer)  # base from config
+    for k, v in model.adapter_state_dict().items():
+        assert torch.equal(v, again.adapter_state_dict()[k])
+    assert type(AutoConfig.for_model("memadapter")) is MemAdapterConfig
+    assert AutoModelForCausalLM._model_mapping[MemAdapterConfig] is MemAdapterForCausalLM
+    with pytest.raises(ConfigError, match="backbone"):
+        AutoModelForCausalLM.from_config(MemAdapterConfig())
+
+
+def test_router_branches_memory_then_chunk_fallback(tokenizer):
+    bb = tiny_backbone("llama")
+    model = build(bb, tokenizer, "text", router_match_threshold=-1.0)  # any occupied slot matches
+    mem = model.new_memory()
+    mem.write("alice city", "paris")
+    enc = tokenizer(["where does alice lives"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.branch == ["memory"] and sel.texts[0] == ["alice city: paris"]
+    # Ingested slots (confidence = p_write ~ 0.88) below the confidence bar: the row falls back to chunks.
+    strict = build(bb, tokenizer, "text", router_match_threshold=-1.0, router_confidence_threshold=0.95)
+    mem2 = ingest(strict, [STREAM])
+    assert mem2.table()
+    sel2 = strict.select(mem2, enc["input_ids"], enc["attention_mask"])
+    assert sel2.branch == ["fallback"] and all(t in {mem2.indexes[0].text(i) for i in range(len(mem2.indexes[0]))} for t in sel2.texts[0])
+    with pytest.raises(ConfigError, match="config_overrides"):
+        MemAdapterForCausalLM.from_pretrained(bb, adapter="x/y", num_slots=3)
