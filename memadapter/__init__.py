@@ -18,12 +18,22 @@ _EXPORTS = {
     # memory core
     "SlotMemory": "memadapter.slots",
     "WriteAction": "memadapter.slots",
+    "EventType": "memadapter.slots",
     "WriteResult": "memadapter.slots",
     "ReadResult": "memadapter.slots",
     "ChunkIndex": "memadapter.chunk_index",
     "SearchResult": "memadapter.chunk_index",
     "Router": "memadapter.router",
     "RouteResult": "memadapter.router",
+    "RequestMemory": "memadapter.request_memory",
+    "GroundingHead": "memadapter.heads",
+    "WriteController": "memadapter.heads",
+    "QueryHead": "memadapter.heads",
+    # fixed-state memories (baselines, fast state)
+    "LinearAttention": "memadapter.fast_state",
+    "DeltaNet": "memadapter.fast_state",
+    "GatedDeltaNet": "memadapter.fast_state",
+    "VLA": "memadapter.fast_state",
     # errors
     "MemAdapterError": "memadapter.errors",
     "ShapeError": "memadapter.errors",
