@@ -117,9 +117,8 @@ class Router:
         """memory: SlotMemory (batch B); indexes: B ChunkIndex; query [B, dk] slot query;
         chunk_query [B, dim] for the indexes (defaults to query); query_text list[str] | None.
 
-        The read runs only when some row matches. Its usage update is kept only when every row
-        takes the memory branch: a batch-wide read would otherwise credit the unmatched best
-        slot of fallback rows (SlotMemory.read has no per-row switch yet).
+        The read runs only when some row matches, and only matched rows get usage credit, so a
+        fallback row's unmatched best slot is not kept alive by a question it did not answer.
         """
         query, chunk_query, texts = self._check_inputs(memory, indexes, query, query_text, chunk_query)
         batch = query.shape[0]
@@ -128,7 +127,7 @@ class Router:
         matched = (match >= self.match_threshold).cpu()
         read, n_valid = None, torch.zeros(batch, dtype=torch.long)
         if bool(matched.any()):
-            read = memory.read(query, self.top_k_slots, update_usage=bool(matched.all()))
+            read = memory.read(query, self.top_k_slots, update_usage=matched.to(query.device))
             n_valid = read.valid.reshape(batch, -1).sum(dim=1).long().cpu()  # [B, Q, K] -> [B]
         branch, chunks, active = [], [], []
         for b in range(batch):

@@ -65,17 +65,19 @@ def test_branch_and_active_follow_threshold_and_valid_slots():
     assert res.uses_memory.tolist() == [True, False, True, False]
 
 
-def test_read_is_skipped_when_nothing_matches_and_usage_only_kept_for_all_memory_batches():
+def test_read_is_skipped_when_nothing_matches_and_usage_only_credits_matched_rows():
     idx = _indexes(2)
     none = FakeMemory([0.1, 0.2], [1, 1])
     res = Router().route(none, idx, torch.randn(2, 4))
     assert res.memory is None and [c[0] for c in none.calls] == ["match"]
     mixed = FakeMemory([0.9, 0.2], [1, 1])
     Router(top_k_slots=3).route(mixed, idx, torch.randn(2, 4))
-    assert mixed.calls[-1] == ("read", 3, False)
+    op, k, usage = mixed.calls[-1]
+    assert (op, k) == ("read", 3) and usage.tolist() == [True, False]
     full = FakeMemory([0.9, 0.85], [1, 1])
     Router().route(full, idx, torch.randn(2, 4))
-    assert full.calls[-1] == ("read", 1, True)
+    op, k, usage = full.calls[-1]
+    assert (op, k) == ("read", 1) and usage.tolist() == [True, True]
 
 
 def _real_memory(batch, keys_per_row, dk=8):
