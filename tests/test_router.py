@@ -128,13 +128,15 @@ def test_each_row_routes_as_if_it_were_alone():
     assert batched.branch == ["memory", "fallback", "memory"]
 
 
-def test_usage_untouched_by_mixed_batch_and_credited_when_all_rows_match():
+def test_usage_credited_to_matched_rows_only():
     eye = torch.eye(8)
     mem = _real_memory(2, [[eye[0]], [eye[1]]])
     idx = _indexes(2, dim=8)
     before = mem.usage.clone()
-    Router(0.8).route(mem, idx, torch.stack([eye[0], eye[5]]))
-    assert torch.equal(mem.usage, before)
+    Router(0.8).route(mem, idx, torch.stack([eye[0], eye[5]]))  # row 0 matches, row 1 falls back
+    assert bool((mem.usage[0] > before[0]).any())
+    assert torch.equal(mem.usage[1], before[1])
+    before = mem.usage.clone()
     Router(0.8).route(mem, idx, torch.stack([eye[0], eye[1]]))
     assert bool((mem.usage > before).any())
 
