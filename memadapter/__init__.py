@@ -45,6 +45,7 @@ _EXPORTS = {
     "UnsupportedBackboneError": "memadapter.errors",
     "AdapterMismatchError": "memadapter.errors",
     "UnsafeLoadError": "memadapter.errors",
+    "MissingDependencyError": "memadapter.errors",
     # Hugging Face layer
     "MemAdapterConfig": "memadapter.modeling",
     "MemAdapterForCausalLM": "memadapter.modeling",

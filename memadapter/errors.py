@@ -52,3 +52,7 @@ class AdapterMismatchError(MemAdapterError, ValueError):
 
 class UnsafeLoadError(MemAdapterError, ValueError):
     """A file or config asked for something loading never does (pickle, remote code, imports)."""
+
+
+class MissingDependencyError(MemAdapterError, ImportError):
+    """An optional package needed for this operation is not installed; the message names the pip command."""
