@@ -1,0 +1,646 @@
+"""Natural-language lifecycle streams: facts, updates, retractions, look-alikes, questions.
+
+A stream is plain English that a small model can read: entities (people, projects, products)
+get attribute values ("Alice Moreau lives in Lyon."), newer versions ("Update: Alice Moreau moved
+to Porto."), retractions, look-alike distractors ("Alicia Moreau lives in Graz."), rumours that
+must not be written, and unsignalled facts that are only asked about later. Long streams are
+padded with real essay text (``training/filler.py``). Each stream carries character-level
+labels (sentence, key and value spans, event type, version, write signal) that exist only as
+training targets; inference sees ``text`` and a question and nothing else.
+
+Splits hold out what a model must generalise over: entity names (``test_unseen_entities``),
+sentence and question templates (``test_unseen_templates``), attribute types
+(``test_unseen_attributes``) and length (``test_long``).
+
+Example:
+    >>> import random
+    >>> s = generate_stream(random.Random(0), num_entities=2, num_updates=1, num_distractors=1,
+    ...                     num_uniform=1)
+    >>> e = s["events"][0]
+    >>> s["text"][e["key_start"]:e["key_end"]] == e["key_text"]
+    True
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import datasets
+
+from memadapter._validate import check_positive_int
+from memadapter.errors import CapacityError, ConfigError
+
+from .filler import filler_sentences
+
+__all__ = [
+    "ATTRIBUTES", "AttributeSpec", "SPLITS", "SPLIT_DEFAULTS", "DEFAULT_SIZES", "UNKNOWN",
+    "generate_stream", "build_dataset", "build_splits", "stream_features", "split_style",
+]
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test_unseen_entities", "test_unseen_templates",
+                           "test_unseen_attributes", "test_long")
+UNKNOWN = "unknown"
+KINDS = ("person", "project", "product")
+QUESTION_KINDS = ("overwrite", "version", "distractor", "uniform", "retraction", "recall")
+
+# ----------------------------------------------------------------------------- vocabulary
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One attribute type: its value pool, sentence templates per event type, question paraphrases.
+
+    Templates use ``{key}`` (the entity surface form) before ``{value}``: the grounding head pairs
+    a key span with the value span that follows it. ``heldout_*`` templates are reserved for the
+    ``test_unseen_templates`` split; ``heldout=True`` reserves the whole attribute for
+    ``test_unseen_attributes``.
+
+    Example:
+        >>> spec = ATTRIBUTES["city"]
+        >>> spec.update[0].format(key="Alice Moreau", value=spec.values[0])
+        'Alice Moreau moved to Lyon.'
+    """
+
+    name: str
+    noun: str  # used by the shared retraction / rumour templates: "{key}'s {noun}"
+    kinds: tuple[str, ...]
+    values: tuple[str, ...]
+    new: tuple[str, ...]
+    update: tuple[str, ...]
+    questions: tuple[str, ...]
+    heldout_new: tuple[str, ...] = ()
+    heldout_update: tuple[str, ...] = ()
+    heldout_questions: tuple[str, ...] = ()
+    heldout: bool = False
+
+    def __post_init__(self) -> None:
+        for field_name in ("new", "update", "heldout_new", "heldout_update"):
+            for t in getattr(self, field_name):
+                if not (t.count("{key}") == 1 and t.count("{value}") == 1 and t.index("{key}") < t.index("{value}")):
+                    raise ConfigError(
+                        f"{self.name}.{field_name}: template {t!r} needs one {{key}} before one {{value}}")
+        for t in self.questions + self.heldout_questions:
+            if t.count("{key}") != 1 or "{value}" in t:
+                raise ConfigError(f"{self.name}.questions: template {t!r} needs exactly one {{key}} and no {{value}}")
+        if len(set(self.values)) < 4:
+            raise ConfigError(f"{self.name}.values: need at least 4 distinct values")
+
+
+def _spec(name: str, noun: str, kinds: str, values, new, update, questions, h_new=(), h_update=(), h_q=(),
+          heldout: bool = False) -> AttributeSpec:
+    return AttributeSpec(name, noun, tuple(kinds.split()), tuple(values), tuple(new), tuple(update),
+                         tuple(questions), tuple(h_new), tuple(h_update), tuple(h_q), heldout)
+
+
+_ATTRIBUTE_LIST = [
+    _spec("city", "home city", "person",
+          ("Lyon", "Porto", "Graz", "Leeds", "Bergen", "Turin", "Ghent", "Malmo", "Cork", "Bilbao", "Krakow",
+           "Utrecht"),
+          ("{key} lives in {value}.", "{key} has a flat in {value} and lives there.", "{key} is based in {value}."),
+          ("{key} moved to {value}.", "{key} now lives in {value}.", "{key} left for {value} and lives there now."),
+          ("Where does {key} live now?", "Which city is {key} based in?", "What is {key}'s home city?"),
+          ("{key} makes a home in {value}.", "{key} resides in {value}."),
+          ("{key} has relocated to {value}.", "{key} packed up and settled in {value}."),
+          ("In which town can {key} be found these days?", "Name the city {key} calls home.")),
+    _spec("employer", "employer", "person",
+          ("Northwind Labs", "Bluefield Bank", "Harbor Health", "Copperline Foods", "Stonebridge Media",
+           "Redwood Logistics", "Alder Robotics", "Granite Insurance", "Maple Court Hotels", "Silverleaf Books"),
+          ("{key} works at {value}.", "{key} has a job at {value}.", "{key} is employed by {value}."),
+          ("{key} now works at {value}.", "{key} switched jobs and joined {value}.",
+           "{key} left the old job for a post at {value}."),
+          ("Where does {key} work now?", "Who employs {key}?", "Which company does {key} work for?"),
+          ("{key} earns a salary from {value}.", "{key} draws a paycheck at {value}."),
+          ("{key} was hired away by {value}.", "{key} signed on with {value} instead."),
+          ("Who pays {key}'s wages at present?", "At which firm is {key} on staff?")),
+    _spec("phone", "phone number", "person",
+          tuple(f"555-01{n:02d}" for n in range(12, 60, 4)),
+          ("{key}'s phone number is {value}.", "{key} can be reached at {value}.", "You can call {key} on {value}."),
+          ("{key}'s phone number changed to {value}.", "{key} now answers calls at {value}.",
+           "{key} got a new phone number, {value}."),
+          ("What is {key}'s phone number?", "What number can {key} be reached at?", "How do I call {key}?"),
+          ("{key} picks up the phone at {value}.", "To ring {key}, dial {value}."),
+          ("{key} switched carriers and the number became {value}.", "{key}'s line was moved over to {value}."),
+          ("Which digits should I dial to ring {key}?", "What's the current line for {key}?")),
+    _spec("code", "access code", "project",
+          ("K7-2291", "M4-8810", "T2-5536", "R9-1047", "B3-6612", "H8-3378", "P5-9023", "W1-4485", "Z6-7150",
+           "D2-2964"),
+          ("The access code for {key} is {value}.", "{key} uses the access code {value}.",
+           "{key} is unlocked with code {value}."),
+          ("The code for {key} was changed to {value}.", "{key} now uses the access code {value}.",
+           "{key} got a new access code, {value}."),
+          ("What is the access code for {key}?", "Which code unlocks {key}?", "What code does {key} use now?"),
+          ("{key} opens only with the passcode {value}.", "Entry to {key} requires the passcode {value}."),
+          ("{key} had its passcode reset to {value}.", "Security rotated the passcode of {key} to {value}."),
+          ("What passcode opens {key} today?", "Tell me the current entry code of {key}.")),
+    _spec("name", "public name", "project",
+          ("Bluebird", "Kestrel", "Juniper", "Halcyon", "Meridian", "Lantern", "Cobalt", "Saffron", "Tundra",
+           "Vesper", "Quartz", "Willow"),
+          ("{key} is called {value} in public.", "Outside the team, {key} goes by the name {value}.",
+           "{key} is known to customers as {value}."),
+          ("{key} was renamed {value}.", "{key} is now called {value}.", "{key} got a new public name, {value}."),
+          ("What is {key} called now?", "What is the public name of {key}?", "Under which name is {key} known?"),
+          ("{key} is marketed under the label {value}.", "{key} carries the brand {value}."),
+          ("{key} was rebranded as {value}.", "{key} now trades under the label {value}."),
+          ("Which label does {key} go by these days?", "What brand name does {key} carry at present?")),
+    _spec("deadline", "deadline", "project",
+          ("June 14", "July 2", "August 19", "September 5", "October 23", "November 8", "December 11",
+           "January 27", "February 16", "March 30"),
+          ("{key} is due on {value}.", "The deadline for {key} is {value}.", "{key} has to ship by {value}."),
+          ("The deadline for {key} moved to {value}.", "{key} is now due on {value}.",
+           "{key} was postponed to {value}."),
+          ("When is {key} due?", "What is the deadline for {key}?", "By when must {key} ship?"),
+          ("{key} must be finished no later than {value}.", "Delivery of {key} is scheduled for {value}."),
+          ("{key} slipped and will land on {value}.", "Management pushed {key} back to {value}."),
+          ("On what date will {key} be delivered?", "What's the finish date of {key} now?")),
+    _spec("price", "price", "product",
+          ("45 dollars", "60 dollars", "75 dollars", "89 dollars", "99 dollars", "120 dollars", "135 dollars",
+           "150 dollars", "180 dollars", "210 dollars"),
+          ("{key} costs {value}.", "{key} sells for {value}.", "The price of {key} is {value}."),
+          ("{key} now costs {value}.", "The price of {key} went to {value}.", "{key} was repriced at {value}."),
+          ("How much does {key} cost?", "What is the price of {key}?", "What does {key} sell for now?"),
+          ("{key} retails at {value}.", "A buyer of {key} pays {value}."),
+          ("{key} went on sale for {value}.", "{key} is marked at {value} after the change."),
+          ("What would I pay for {key} today?", "How much is {key} going for?")),
+    _spec("colour", "colour", "product",
+          ("teal", "crimson", "olive green", "charcoal grey", "mustard yellow", "navy blue", "coral", "ivory",
+           "plum", "sky blue"),
+          ("{key} is painted {value}.", "{key} comes in {value}.", "The colour of {key} is {value}."),
+          ("{key} is now painted {value}.", "{key} was repainted {value}.", "The colour of {key} changed to {value}."),
+          ("What colour is {key}?", "What is the colour of {key}?", "Which colour does {key} come in now?"),
+          ("{key} has a {value} finish.", "{key} is coated in {value}."),
+          ("{key} got a fresh coat of {value}.", "{key} was refinished in {value}."),
+          ("What shade is {key} finished in?", "Which hue does {key} have at the moment?")),
+    # Held-out attribute types (test_unseen_attributes only).
+    _spec("floor", "office floor", "person",
+          tuple(f"floor {n}" for n in (2, 3, 4, 5, 6, 7, 8, 9, 11, 12)),
+          ("{key} works on {value}.", "{key}'s office is on {value}.", "{key} sits on {value}."),
+          ("{key} moved up to {value}.", "{key}'s desk was moved to {value}.", "{key} now sits on {value}."),
+          ("Which floor is {key}'s office on?", "Where in the building does {key} sit?",
+           "What floor does {key} work on?"), heldout=True),
+    _spec("car", "car", "person",
+          ("Volvo", "Toyota", "Skoda", "Mazda", "Peugeot", "Subaru", "Fiat", "Kia", "Renault", "Honda"),
+          ("{key} drives a {value}.", "{key} owns a {value}.", "{key} goes to work in a {value}."),
+          ("{key} sold the old car and now drives a {value}.", "{key} bought a {value} to replace the old car.",
+           "{key} switched to a {value}."),
+          ("What car does {key} drive?", "Which car does {key} own now?", "What does {key} drive these days?"),
+          heldout=True),
+    _spec("budget", "budget", "project",
+          tuple(f"{n},000 dollars" for n in (20, 35, 40, 55, 70, 80, 95, 120, 150, 200)),
+          ("{key} has a budget of {value}.", "{key} was given {value} to spend.", "The budget for {key} is {value}."),
+          ("The budget for {key} was raised to {value}.", "{key} now has a budget of {value}.",
+           "The budget of {key} was cut to {value}."),
+          ("What is the budget for {key}?", "How much money does {key} have?", "How large is {key}'s budget?"),
+          heldout=True),
+    _spec("weight", "weight", "product",
+          tuple(f"{n} kilograms" for n in (2, 3, 4, 5, 6, 8, 9, 12, 15, 18)),
+          ("{key} weighs {value}.", "{key} has a weight of {value}.", "On the scale, {key} shows {value}."),
+          ("{key} now weighs {value}.", "After the redesign, {key} weighs {value}.",
+           "The weight of {key} dropped to {value}."),
+          ("How much does {key} weigh?", "What is the weight of {key}?", "How heavy is {key}?"), heldout=True),
+]
+ATTRIBUTES: dict[str, AttributeSpec] = {a.name: a for a in _ATTRIBUTE_LIST}
+
+# Shared across attributes; index 0 = train templates, 1 = held-out templates (test_unseen_templates).
+RETRACT_TEMPLATES: tuple[tuple[str, ...], tuple[str, ...]] = (
+    ("{key}'s {noun} is no longer known.", "Please forget {key}'s {noun}; it is no longer valid.",
+     "The record of {key}'s {noun} was withdrawn."),
+    ("Nobody can confirm {key}'s {noun} any more.", "{key}'s {noun} has been struck from the files."),
+)
+# Rumours and hypotheticals: they name an entity and a value but state no fact (event "irrelevant").
+NOISE_TEMPLATES: tuple[tuple[str, ...], tuple[str, ...]] = (
+    ("Someone once guessed that {key}'s {noun} was {value}, but nobody believed it.",
+     "For a while people joked that {key}'s {noun} would be {value}.",
+     "A rumour that {key}'s {noun} is {value} turned out to be false."),
+    ("There was idle talk that {key}'s {noun} could be {value}, though it never was.",
+     "It was wrongly reported that {key}'s {noun} is {value}."),
+)
+# Explicit write signals: a marker, a timestamp or a revision number before the sentence.
+SIGNAL_PREFIXES: dict[str, tuple[str, ...]] = {
+    "new": ("Note:", "Record:", "[{timestamp}]", "On {date},"),
+    "update": ("Update:", "Correction:", "As of {date},", "Revision {version}:", "[{timestamp}]"),
+    "retract": ("Correction:", "Update:", "[{timestamp}]"),
+}
+
+FIRST_NAME_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
+    "train": (("Alice", "Alicia"), ("Daniel", "Daniela"), ("Marc", "Marco"), ("Julia", "Julian"),
+              ("Paul", "Paula"), ("Erik", "Erika"), ("Simon", "Simone"), ("Louis", "Louise"),
+              ("Carla", "Carlo"), ("Nina", "Nino"), ("Robert", "Roberta"), ("Martin", "Martina"),
+              ("Anna", "Anne"), ("Leon", "Leona"), ("Victor", "Victoria"), ("Greta", "Gert")),
+    "heldout": (("Oskar", "Oskana"), ("Ingrid", "Ingmar"), ("Tomas", "Tamsin"), ("Yusuf", "Yusra"),
+                ("Priya", "Priyam"), ("Kenji", "Kenta"), ("Ewa", "Ewan"), ("Rafael", "Rafaela")),
+}
+LAST_NAMES: dict[str, tuple[str, ...]] = {
+    "train": ("Moreau", "Keller", "Brandt", "Costa", "Novak", "Hughes", "Lindqvist", "Ferreira", "Dubois",
+              "Walsh", "Kowalski", "Berger", "Russo", "Hansen", "Okafor", "Martel"),
+    "heldout": ("Achterberg", "Szabo", "Nakamura", "Oyelaran", "Quintero", "Haugland", "Vasquez", "Templeton"),
+}
+PROJECT_WORDS: dict[str, tuple[str, ...]] = {
+    "train": ("Falcon", "Orchid", "Basalt", "Beacon", "Atlas", "Comet", "Ember", "Glacier", "Mosaic", "Pioneer",
+              "Raven", "Summit"),
+    "heldout": ("Basilisk", "Dunmore", "Fjord", "Ironwood", "Nimbus", "Zephyr"),
+}
+PRODUCT_BRANDS: dict[str, tuple[str, ...]] = {
+    "train": ("Orion", "Nova", "Acme", "Helix", "Lumen", "Vega", "Polar", "Terra"),
+    "heldout": ("Brisa", "Kairo", "Olvan", "Quill"),
+}
+PRODUCT_TYPES: tuple[str, ...] = ("kettle", "lamp", "bicycle", "blender", "backpack", "printer", "heater", "speaker")
+
+# Per-split stream shape used by build_splits; test_long is the "longer streams" held-out split.
+_BASE_SHAPE = dict(num_entities=4, num_updates=3, num_distractors=4, num_uniform=2, filler_tokens=256)
+SPLIT_DEFAULTS: dict[str, dict[str, int]] = {s: dict(_BASE_SHAPE) for s in SPLITS}
+SPLIT_DEFAULTS["test_long"] = dict(num_entities=8, num_updates=8, num_distractors=8, num_uniform=4,
+                                   filler_tokens=4096)
+DEFAULT_SIZES: dict[str, int] = {"train": 2000, "validation": 200, "test_unseen_entities": 200,
+                                 "test_unseen_templates": 200, "test_unseen_attributes": 200, "test_long": 100}
+
+
+@dataclass(frozen=True)
+class SplitStyle:
+    """Which pools a split draws from: entity names, templates, attribute types (each 'train'|'heldout')."""
+
+    entities: str
+    templates: str
+    attributes: str
+
+
+def split_style(split: str) -> SplitStyle:
+    """The pools of ``split``; raises ConfigError for an unknown split."""
+    if split not in SPLITS:
+        raise ConfigError(f"split: expected one of {SPLITS}, got {split!r}")
+    return SplitStyle(
+        entities="heldout" if split == "test_unseen_entities" else "train",
+        templates="heldout" if split == "test_unseen_templates" else "train",
+        attributes="heldout" if split == "test_unseen_attributes" else "train",
+    )
+
+
+# ----------------------------------------------------------------------------- entities
+
+@dataclass
+class _Entity:
+    kind: str
+    name: str  # canonical surface form
+    family: tuple  # what look-alikes share; two main entities never share a family
+    alias_candidates: tuple[str, ...]
+    aliases: tuple[str, ...] = ()  # filled once every entity of the stream is known
+
+
+def _new_entity(rng: random.Random, kind: str, pools: str, used: set) -> _Entity:
+    for _ in range(200):
+        if kind == "person":
+            pair = rng.choice(FIRST_NAME_PAIRS[pools])
+            last, first = rng.choice(LAST_NAMES[pools]), pair[rng.randrange(2)]
+            ent = _Entity(kind, f"{first} {last}", ("person", pair, last), (first,))
+        elif kind == "project":
+            word = rng.choice(PROJECT_WORDS[pools])
+            ent = _Entity(kind, f"Project {word}", ("project", word), (f"the {word} project",))
+        else:
+            brand = rng.choice(PRODUCT_BRANDS[pools])
+            ptype = rng.choice(PRODUCT_TYPES)
+            ent = _Entity(kind, f"the {brand} {ptype}", ("product", brand, ptype), ())
+        if ent.family not in used:
+            used.add(ent.family)
+            return ent
+    raise CapacityError(f"num_entities: the {pools} name pools ran out of distinct {kind} names")
+
+
+def _lookalike(rng: random.Random, ent: _Entity) -> _Entity:
+    """Same family, different surface: "Alice Moreau" -> "Alicia Moreau", "Project Falcon" -> "Project Falcon II"."""
+    if ent.kind == "person":
+        _, pair, last = ent.family
+        first = next(f for f in pair if f != ent.name.split(" ")[0])
+        return _Entity("person", f"{first} {last}", ent.family, (first,))
+    if ent.kind == "project":
+        word, suffix = ent.family[1], rng.choice(("II", "Mini", "Next"))
+        return _Entity("project", f"Project {word} {suffix}", ent.family, (f"the {word} {suffix} project",))
+    brand, ptype = ent.family[1], ent.family[2]
+    return _Entity("product", f"the {brand} Mini {ptype}", ent.family, ())
+
+
+def _assign_aliases(entities: list[_Entity]) -> None:
+    """An alias is kept only if no other entity's surface contains it as whole words (no ambiguity)."""
+    for ent in entities:
+        others = [s.lower() for o in entities if o is not ent for s in (o.name, *o.alias_candidates)]
+        keep = [a for a in ent.alias_candidates
+                if not any(re.search(rf"\b{re.escape(a.lower())}\b", s) for s in others)]
+        ent.aliases = (ent.name, *keep)
+
+
+def _surface(rng: random.Random, ent: _Entity, p_alias: float) -> str:
+    return rng.choice(ent.aliases[1:]) if len(ent.aliases) > 1 and rng.random() < p_alias else ent.name
+
+
+# ----------------------------------------------------------------------------- sentences
+
+@dataclass
+class _Plan:
+    """One planned event; rendered into a sentence once the order is fixed."""
+
+    role: str  # main | lookalike | uniform | noise
+    event_type: str
+    entity: _Entity
+    attribute: str
+    value: Optional[str]
+    signal: bool
+    version: int = 0
+    chain: int = -1  # index of the (entity, attribute) fact this event belongs to
+
+
+def _render(template: str, fields: dict[str, str]) -> tuple[str, dict[str, tuple[int, int]]]:
+    """Fill ``{name}`` fields, returning the text and each field's character span in it."""
+    out, spans, pos = [], {}, 0
+    for piece in re.split(r"(\{\w+\})", template):
+        m = re.fullmatch(r"\{(\w+)\}", piece)
+        text = fields[m.group(1)] if m else piece
+        if m:
+            spans[m.group(1)] = (pos, pos + len(text))
+        out.append(text)
+        pos += len(text)
+    return "".join(out), spans
+
+
+def _template(rng: random.Random, spec: AttributeSpec, event_type: str, style: SplitStyle) -> str:
+    held = style.templates == "heldout"
+    if event_type == "retract":
+        return rng.choice(RETRACT_TEMPLATES[held])
+    if event_type == "irrelevant":
+        return rng.choice(NOISE_TEMPLATES[held])
+    pool = {"new": (spec.new, spec.heldout_new), "update": (spec.update, spec.heldout_update)}[event_type]
+    return rng.choice(pool[held])
+
+
+def _sentence(rng: random.Random, plan: _Plan, style: SplitStyle, clock: list) -> tuple[str, dict]:
+    """Render one event sentence; returns (sentence, label dict with spans relative to it)."""
+    spec = ATTRIBUTES[plan.attribute]
+    template = _template(rng, spec, plan.event_type, style)
+    prefix = ""
+    if plan.signal:
+        clock[0] += _dt.timedelta(days=rng.randint(1, 20), minutes=rng.randint(0, 600))
+        now = clock[0]
+        prefix = rng.choice(SIGNAL_PREFIXES[plan.event_type]).format(
+            date=f"{now.day} {now:%B %Y}", timestamp=f"{now:%Y-%m-%d %H:%M}", version=plan.version) + " "
+    key = _surface(rng, plan.entity, 0.3)
+    body, spans = _render(template, {"key": key, "value": plan.value or "", "noun": spec.noun})
+    # Capitalise after a sentence start ("Update: The Orion kettle ..."), not after "On 3 May 2024,".
+    if not prefix or prefix.rstrip()[-1] in ":]":
+        body = body[0].upper() + body[1:]
+    elif not template.startswith("{key}"):  # "On 3 May 2024, the code for ..." (names keep their capital)
+        body = body[0].lower() + body[1:]
+    off = len(prefix)
+    label = {"key": (spans["key"][0] + off, spans["key"][1] + off),
+             "value": (spans["value"][0] + off, spans["value"][1] + off) if "value" in spans else None,
+             "template": template}
+    return prefix + body, label
+
+
+def _question(rng: random.Random, plan: _Plan, style: SplitStyle) -> tuple[str, str, str]:
+    spec = ATTRIBUTES[plan.attribute]
+    template = rng.choice(spec.heldout_questions if style.templates == "heldout" else spec.questions)
+    key = _surface(rng, plan.entity, 0.5)
+    text, _ = _render(template, {"key": key})
+    return text[0].upper() + text[1:], key, template
+
+
+# ----------------------------------------------------------------------------- planning
+
+def _check_counts(num_entities: int, num_updates: int, num_distractors: int, num_uniform: int,
+                  filler_tokens: int) -> None:
+    check_positive_int("num_entities", num_entities)
+    for name, value in (("num_updates", num_updates), ("num_distractors", num_distractors),
+                        ("num_uniform", num_uniform), ("filler_tokens", filler_tokens)):
+        check_positive_int(name, value, allow_zero=True)
+
+
+def _attrs_by_kind(style: SplitStyle) -> dict[str, list[str]]:
+    held = style.attributes == "heldout"
+    return {k: [a.name for a in ATTRIBUTES.values() if k in a.kinds and a.heldout == held] for k in KINDS}
+
+
+def _fresh_value(rng: random.Random, attribute: str, taken: set) -> str:
+    free = [v for v in ATTRIBUTES[attribute].values if v not in taken]
+    if not free:
+        raise CapacityError(f"num_updates: attribute {attribute!r} has no unused value left ({len(taken)} taken)")
+    return rng.choice(free)
+
+
+def _plan_main(rng: random.Random, style: SplitStyle, n: int, updates: int, retract: bool,
+               used: set, by_kind: dict) -> list[list[_Plan]]:
+    """Signalled facts of ``n`` main entities, ``updates`` newer versions spread over them, one retraction."""
+    chains = []
+    for c in range(n):
+        kind = rng.choice(KINDS)
+        ent, attr = _new_entity(rng, kind, style.entities, used), rng.choice(by_kind[kind])
+        chains.append([_Plan("main", "new", ent, attr, _fresh_value(rng, attr, set()), True, 1, c)])
+    for _ in range(updates):
+        chain = rng.choice(chains)
+        p = chain[0]
+        value = _fresh_value(rng, p.attribute, {q.value for q in chain})
+        chain.append(_Plan("main", "update", p.entity, p.attribute, value, True, len(chain) + 1, p.chain))
+    if retract:
+        chain = rng.choice(chains)
+        p = chain[0]
+        chain.append(_Plan("main", "retract", p.entity, p.attribute, None, True, len(chain) + 1, p.chain))
+    return chains
+
+
+def _plan_uniform(rng: random.Random, style: SplitStyle, chains: list, n: int, used: set, by_kind: dict) -> None:
+    """No-write-signal facts: an unused attribute of a main entity (a hard negative) or a new entity."""
+    taken = {(ch[0].entity.name, ch[0].attribute) for ch in chains}
+    mains = [ch[0].entity for ch in chains if ch[0].role == "main"]
+    for _ in range(n):
+        free = [(e, a) for e in mains for a in by_kind[e.kind] if (e.name, a) not in taken]
+        if free and rng.random() < 0.5:
+            ent, attr = rng.choice(free)
+        else:
+            kind = rng.choice(KINDS)
+            ent, attr = _new_entity(rng, kind, style.entities, used), rng.choice(by_kind[kind])
+        taken.add((ent.name, attr))
+        chains.append([_Plan("uniform", "new", ent, attr, _fresh_value(rng, attr, set()), False, 1, len(chains))])
+
+
+def _plan_distractors(rng: random.Random, chains: list, n_main: int, n: int) -> list[tuple[int, _Plan]]:
+    """Look-alike entities with their own value, and rumours that name the real entity with a wrong value."""
+    extras: list[tuple[int, _Plan]] = []
+    lookalikes: dict[int, _Entity] = {}
+    for _ in range(n):
+        c = rng.randrange(n_main)
+        head = chains[c][0]
+        value = _fresh_value(rng, head.attribute, {q.value for q in chains[c]})
+        if c not in lookalikes and rng.random() < 0.6:
+            lookalikes[c] = _lookalike(rng, head.entity)
+            extras.append((c, _Plan("lookalike", "new", lookalikes[c], head.attribute, value,
+                                    rng.random() < 0.5, 1, len(chains) + len(extras))))
+        else:
+            extras.append((c, _Plan("noise", "irrelevant", head.entity, head.attribute, value, False, 0, -1)))
+    return extras
+
+
+def _order(rng: random.Random, chains: list[list[_Plan]], extras: list[tuple[int, _Plan]]) -> list[_Plan]:
+    """A uniformly random interleaving that keeps each chain in order; distractors after their target's first fact."""
+    draws = [c for c, chain in enumerate(chains) for _ in chain]
+    rng.shuffle(draws)
+    nxt = [0] * len(chains)
+    order: list[_Plan] = []
+    for c in draws:
+        order.append(chains[c][nxt[c]])
+        nxt[c] += 1
+    for c, plan in extras:
+        first = next(i for i, p in enumerate(order) if p is chains[c][0])
+        order.insert(rng.randint(first + 1, len(order)), plan)
+    return order
+
+
+# ----------------------------------------------------------------------------- assembly
+
+def _assemble(rng: random.Random, order: list[_Plan], style: SplitStyle,
+              filler: list[str]) -> tuple[str, list[dict], dict]:
+    """Render sentences in order, scatter filler between them (keeping its order), record char spans."""
+    clock = [_dt.datetime(rng.randint(2019, 2024), rng.randint(1, 12), rng.randint(1, 28), 9, 0)]
+    gaps = sorted(rng.randint(0, len(order)) for _ in filler)  # gap g = before event g
+    pieces: list[str] = []
+    events: list[dict] = []
+    index_of: dict[int, int] = {}  # id(plan) -> event index
+    pos, f = 0, 0
+
+    def emit(piece: str) -> int:
+        nonlocal pos
+        start = pos + (1 if pieces else 0)  # one space between pieces
+        pieces.append(piece)
+        pos = start + len(piece)
+        return start
+
+    for g, plan in enumerate(order + [None]):
+        while f < len(filler) and gaps[f] == g:
+            emit(filler[f])
+            f += 1
+        if plan is None:
+            break
+        sentence, label = _sentence(rng, plan, style, clock)
+        start = emit(sentence)
+        ks, ke = label["key"]
+        vs, ve = (start + label["value"][0], start + label["value"][1]) if label["value"] else (-1, -1)
+        index_of[id(plan)] = len(events)
+        events.append({
+            "start": start, "end": start + len(sentence), "key_start": start + ks, "key_end": start + ke,
+            "value_start": vs, "value_end": ve, "event_type": plan.event_type,
+            "entity": plan.entity.name, "attribute": plan.attribute, "value": plan.value,
+            "version": plan.version, "signal": plan.signal, "key_text": sentence[ks:ke],
+            "template": label["template"], "role": plan.role,
+        })
+    return " ".join(pieces), events, index_of
+
+
+def _questions(rng: random.Random, chains: list[list[_Plan]], extras: list[tuple[int, _Plan]],
+               style: SplitStyle, index_of: dict[int, int]) -> list[dict]:
+    """One question per tracked fact; the answer is its latest version ("unknown" after a retraction)."""
+    targets = {c for c, p in extras}
+    out = []
+
+    def ask(last: _Plan, kind: str) -> None:
+        text, key, template = _question(rng, last, style)
+        answer = UNKNOWN if last.event_type == "retract" else last.value
+        out.append({"question": text, "answer": answer, "kind": kind, "entity": last.entity.name,
+                    "attribute": last.attribute, "answer_event": index_of[id(last)], "key_text": key,
+                    "template": template})
+
+    for c, chain in enumerate(chains):
+        last, updates = chain[-1], sum(p.event_type == "update" for p in chain)
+        if chain[0].role == "uniform":
+            kind = "uniform"
+        elif last.event_type == "retract":
+            kind = "retraction"
+        elif c in targets and updates == 0:
+            kind = "distractor"
+        else:
+            kind = "version" if updates >= 2 else "overwrite" if updates == 1 else "recall"
+        ask(last, kind)
+    for _, plan in extras:
+        if plan.role == "lookalike" and rng.random() < 0.5:
+            ask(plan, "distractor")  # the look-alike has its own value; asking for it checks both directions
+    rng.shuffle(out)
+    return out
+
+
+def generate_stream(rng: random.Random, *, split: str = "train", num_entities: int = 4, num_updates: int = 3,
+                    num_distractors: int = 4, num_uniform: int = 2, filler_tokens: int = 0,
+                    retractions: bool = True, filler_source: str = "auto") -> dict:
+    """One lifecycle stream with its training labels and questions (see the module docstring).
+
+    Deterministic given the state of ``rng``. ``filler_tokens`` of real essay text (approximate
+    tokens) are scattered between the event sentences. One main fact is retracted when
+    ``retractions`` and there are at least two main entities.
+    """
+    if not isinstance(rng, random.Random):
+        raise ConfigError(f"rng: expected a random.Random, got {type(rng).__name__}")
+    style = split_style(split)
+    _check_counts(num_entities, num_updates, num_distractors, num_uniform, filler_tokens)
+    used: set = set()
+    by_kind = _attrs_by_kind(style)
+    chains = _plan_main(rng, style, num_entities, num_updates, bool(retractions) and num_entities >= 2, used, by_kind)
+    _plan_uniform(rng, style, chains, num_uniform, used, by_kind)
+    extras = _plan_distractors(rng, chains, num_entities, num_distractors)
+    entities = list({id(p.entity): p.entity for ch in chains for p in ch}.values())
+    entities += [p.entity for _, p in extras if p.role == "lookalike"]
+    _assign_aliases(entities)
+    order = _order(rng, chains, extras)
+    banned = [s for e in entities for s in (e.name, *e.alias_candidates)]
+    filler = filler_sentences(filler_tokens, rng, source=filler_source, exclude=banned) if filler_tokens else []
+    text, events, index_of = _assemble(rng, order, style, filler)
+    return {
+        "id": f"{split}-{rng.getrandbits(48):012x}", "split": split, "text": text, "events": events,
+        "questions": _questions(rng, chains, extras, style, index_of),
+        "entities": [{"name": e.name, "kind": e.kind, "aliases": list(e.aliases)} for e in entities],
+    }
+
+
+# ----------------------------------------------------------------------------- datasets
+
+def stream_features() -> datasets.Features:
+    """The explicit schema of a stream row (absent value spans are -1, an absent value is None)."""
+    v = datasets.Value
+    event = {"start": v("int32"), "end": v("int32"), "key_start": v("int32"), "key_end": v("int32"),
+             "value_start": v("int32"), "value_end": v("int32"), "event_type": v("string"), "entity": v("string"),
+             "attribute": v("string"), "value": v("string"), "version": v("int32"), "signal": v("bool"),
+             "key_text": v("string"), "template": v("string"), "role": v("string")}
+    question = {"question": v("string"), "answer": v("string"), "kind": v("string"), "entity": v("string"),
+                "attribute": v("string"), "answer_event": v("int32"), "key_text": v("string"), "template": v("string")}
+    entity = {"name": v("string"), "kind": v("string"), "aliases": datasets.List(v("string"))}
+    return datasets.Features({
+        "id": v("string"), "split": v("string"), "text": v("string"), "events": datasets.List(event),
+        "questions": datasets.List(question), "entities": datasets.List(entity),
+    })
+
+
+def build_dataset(split: str, num_streams: int, seed: int, **stream_kwargs: Any) -> datasets.Dataset:
+    """``num_streams`` streams of ``split``; the same (split, seed, kwargs) always gives the same rows."""
+    split_style(split)
+    check_positive_int("num_streams", num_streams)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed: expected an int, got {type(seed).__name__}")
+    rng = random.Random(f"memadapter-lifecycle:{seed}:{split}")  # str seeds hash stably across runs
+    rows = [generate_stream(rng, split=split, **stream_kwargs) for _ in range(num_streams)]
+    return datasets.Dataset.from_list(rows, features=stream_features())
+
+
+def build_splits(seed: int = 0, sizes: Optional[dict[str, int]] = None,
+                 shapes: Optional[dict[str, dict[str, Any]]] = None, **kw: Any) -> datasets.DatasetDict:
+    """All six splits with ``SPLIT_DEFAULTS`` shapes; ``kw`` overrides every split's stream kwargs.
+
+    ``sizes`` maps split -> number of streams (missing splits use ``DEFAULT_SIZES``; 0 skips a split);
+    ``shapes`` maps split -> stream kwargs for that split only (e.g. ``{"test_long": {"filler_tokens": 30000}}``).
+    """
+    sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    shapes = shapes or {}
+    for name, given in (("sizes", sizes), ("shapes", shapes)):
+        unknown = set(given) - set(SPLITS)
+        if unknown:
+            raise ConfigError(f"{name}: unknown split(s) {sorted(unknown)}; expected names from {SPLITS}")
+    out = {}
+    for split in SPLITS:
+        if sizes[split]:
+            out[split] = build_dataset(split, sizes[split], seed,
+                                       **{**SPLIT_DEFAULTS[split], **kw, **shapes.get(split, {})})
+    return datasets.DatasetDict(out)
