@@ -446,6 +446,28 @@ class MemAdapterForCausalLM(PreTrainedModel):
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         with torch.no_grad():
             sel = self.select(memory, input_ids, attention_mask)
+        return self._forward_selected(sel, input_ids, attention_mask, labels, **kwargs)
+
+    def forward_with_values(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                            values: torch.Tensor, valid: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                            **kwargs: Any) -> CausalLMOutputWithPast:
+        """Differentiable forward with given memory ``values`` [B, K, dv] / ``valid`` [B, K] injected.
+
+        Training's teacher-forced path: the values come from the grounding head (gold or softly
+        selected events) with gradients, bypassing the router. ``prefix`` and ``cross_attn`` only;
+        ``text`` injection has nothing differentiable to feed.
+        """
+        attention_mask = self._check_ids(input_ids, attention_mask)
+        if self.config.injection == "text":
+            raise ConfigError("injection: forward_with_values needs 'prefix' or 'cross_attn', not 'text'")
+        if values.dim() != 3 or tuple(values.shape[:2]) != tuple(valid.shape) or values.shape[0] != input_ids.shape[0]:
+            raise ShapeError(f"values: expected [B={input_ids.shape[0]}, K, dv] matching valid {tuple(valid.shape)}, "
+                             f"got {tuple(values.shape)}")
+        sel = Selection(values, valid.bool(), [[] for _ in range(values.shape[0])], ["memory"] * values.shape[0])
+        return self._forward_selected(sel, input_ids, attention_mask, labels, **kwargs)
+
+    def _forward_selected(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          labels: Optional[torch.Tensor], **kwargs: Any) -> CausalLMOutputWithPast:
         mode = self.config.injection
         if mode == "cross_attn":
             with self._cross_attn_block(sel):
