@@ -1,0 +1,192 @@
+"""Phase 13 bridge: generator invariants, hidden-state cache, protocol metadata use, training, rows."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from memadapter.errors import ConfigError, EmptyInputError, ShapeError
+from memadapter.training import phase13 as p13
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cache():
+    model, tok, name = p13.load_backbone("llama")
+    return p13.HiddenCache(model, tok, name, None)
+
+
+def _small(split: str, seed: int, count: int = 12, n: int = 24):
+    settings = tuple((s, s, n) for s in p13.TRAIN_SETTINGS)
+    return p13.make_samples(split, count, seed, settings)
+
+
+# ----------------------------------------------------------------------------- generator
+@pytest.mark.parametrize("name,setting,n", p13.EVAL_SETTINGS[:6])
+def test_generator_invariants(name, setting, n):
+    for seed in range(5):
+        s = p13.make_sample(setting, n, random.Random(seed), "test")
+        assert len(s.events) == len(s.key_ids) == len(s.value_ids) == len(s.write_labels) == n
+        assert s.key_ids[s.target] == s.query_key_id
+        same = [i for i, k in enumerate(s.key_ids) if k == s.query_key_id]
+        written = [i for i in same if s.write_labels[i]]
+        if setting == "uniform":
+            assert same == [s.target] and sum(s.write_labels) == 0
+        else:  # the answer is the latest signalled event of the key; later same-key events are rumours
+            assert written[-1] == s.target
+            assert all(not s.write_labels[i] for i in same if i > s.target)
+        ent = " ".join(s.events[s.target].split()).replace("?", "")
+        assert any(w in s.query.split() for w in ent.split() if w in p13._NAMES["test"])
+
+
+def test_hard_negatives_and_splits():
+    s = p13.make_sample("hardneg", 64, random.Random(3), "test")
+    first = next(w for w in s.query.split() if w in p13._NAMES["test"])
+    keys_with_first = {s.key_ids[i] for i, e in enumerate(s.events) if first in e.split()}
+    assert len(keys_with_first) >= 3  # the key, the look-alike's key, the entity's other attribute
+    assert any(s.value_ids[i] != s.value_ids[s.target] for i, k in enumerate(s.key_ids)
+               if k == s.query_key_id and i < s.target)  # an older version exists
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(p13._NAMES[a]) & set(p13._NAMES[b])
+        assert not set(p13._T[a]["city"]) & set(p13._T[b]["city"])
+    t1 = p13.make_samples("test", 10, 1, p13.EVAL_SETTINGS[:5])
+    t2 = p13.make_samples("test", 10, 1, p13.EVAL_SETTINGS[:5])
+    assert t1 == t2  # seeded
+
+
+def test_generator_bad_input():
+    with pytest.raises(ConfigError, match="setting"):
+        p13.make_sample("nope", 10, random.Random(0))
+    with pytest.raises(ConfigError, match="split"):
+        p13.make_sample("recall", 10, random.Random(0), split="dev")
+    with pytest.raises(ConfigError, match="n_events"):
+        p13.make_sample("uniform", 10_000, random.Random(0), "test")
+    with pytest.raises(ConfigError, match="n_events"):
+        p13.make_sample("recall", 4, random.Random(0))
+
+
+# ----------------------------------------------------------------------------- cache
+def test_cache_matches_backbone_and_reloads(tmp_path, cache):
+    from memadapter.modeling.backbones import read_hidden_states
+
+    texts = ["note : abel ashby lives in paris .", "where does abel ashby live ?"]
+    disk = p13.HiddenCache(cache.model, cache.tokenizer, "tiny-llama", tmp_path)
+    got = disk.tokens(texts)
+    ids = torch.tensor([cache.tokenizer(texts[0], add_special_tokens=False)["input_ids"]])
+    ref = read_hidden_states(cache.model, ids, torch.ones_like(ids), -1)[0]
+    torch.testing.assert_close(got[0], ref, atol=2e-2, rtol=2e-2)  # stored as float16
+    again = p13.HiddenCache(cache.model, cache.tokenizer, "tiny-llama", tmp_path)
+    again._encode = lambda t: (_ for _ in ()).throw(AssertionError("cache miss"))
+    torch.testing.assert_close(again.tokens(texts)[1], got[1])
+    other = p13.HiddenCache(p13.tiny_backbone("llama", seed=1), cache.tokenizer, "tiny-llama", tmp_path)
+    assert other.fp != disk.fp  # another backbone never reads these entries
+
+
+def test_multi_head_pool_matches_reference():
+    torch.manual_seed(0)
+    h, s = torch.randn(3, 7, 8), torch.randn(3, 7, 4)
+    mask = torch.rand(3, 7) > 0.3
+    mask[2] = False  # an empty row pools to zeros in both
+    torch.testing.assert_close(p13.multi_head_pool(h, s, mask), p13.multi_head_pool_reference(h, s, mask))
+
+
+# ----------------------------------------------------------------------------- protocols
+def _scramble(s: p13.Sample, rng: random.Random) -> p13.Sample:
+    return replace(s, key_ids=[rng.randrange(p13.MAX_KEYS) for _ in s.key_ids],
+                   value_ids=[rng.randrange(9) for _ in s.value_ids], target=rng.randrange(len(s.events)),
+                   write_labels=[rng.randrange(2) for _ in s.write_labels])
+
+
+def test_learned_never_reads_metadata(cache):
+    samples = _small("test", 0)["streaming"]
+    ad = p13.Phase13Adapter(64, "learned").eval()
+    thr = p13.Thresholds(0.8, 0.6)
+    base = p13.predict(ad, p13.featurize(samples, cache, "learned"), thr)
+    rng = random.Random(1)
+    scrambled = p13.predict(ad, p13.featurize([_scramble(s, rng) for s in samples], cache, "learned"), thr)
+    stripped = [SimpleNamespace(events=s.events, query=s.query) for s in samples]  # no metadata at all
+    bare = p13.predict(ad, p13.featurize(stripped, cache, "learned"), thr)
+    for row in p13.ROWS:
+        assert torch.equal(base[row], scrambled[row]) and torch.equal(base[row], bare[row])
+
+
+def test_oracle_reads_key_ids_only_where_the_paper_does(cache):
+    samples = _small("test", 0)["versioning"]
+    f = p13.featurize(samples, cache, "oracle")
+    assert f.event_tok is None  # no source-sentence key-span pooling in the oracle protocol
+    assert f.query_key_ids.tolist() == [s.key_ids[s.target] for s in samples]
+    with pytest.raises(AttributeError):  # the oracle protocol needs key ids
+        p13.featurize([SimpleNamespace(events=s.events, query=s.query) for s in samples], cache, "oracle")
+    ad = p13.Phase13Adapter(64, "oracle").eval()
+    base = p13.predict(ad, f, p13.ORACLE_THRESHOLDS)
+    no_values = [replace(s, value_ids=[0] * len(s.value_ids), write_labels=[0] * len(s.events)) for s in samples]
+    same = p13.predict(ad, p13.featurize(no_values, cache, "oracle"), p13.ORACLE_THRESHOLDS)
+    for row in p13.ROWS:  # value ids and write labels are never inputs
+        assert torch.equal(base[row], same[row])
+
+
+def test_featurize_bad_input(cache):
+    s = _small("train", 0)
+    with pytest.raises(ConfigError, match="protocol"):
+        p13.featurize(s["recall"], cache, "magic")
+    with pytest.raises(EmptyInputError, match="samples"):
+        p13.featurize([], cache, "learned")
+    longer = p13.make_sample("recall", 32, random.Random(0))
+    with pytest.raises(ShapeError, match="samples"):
+        p13.featurize(s["recall"] + [longer], cache, "learned")
+
+
+# ----------------------------------------------------------------------------- training and rows
+def _accuracy(ad, groups, cache, thr):
+    rows = p13.evaluate(ad, groups, cache, thr)
+    tot = {r: [0, 0] for r in p13.ROWS}
+    for r in rows:
+        if "correct" in r:
+            tot[r["row"]][0] += r["correct"]
+            tot[r["row"]][1] += r["total"]
+    return {k: c / n for k, (c, n) in tot.items()}, rows
+
+
+@pytest.mark.parametrize("protocol", p13.PROTOCOLS)
+def test_training_improves_pointer_accuracy(protocol, cache):
+    cfg = p13.TrainConfig(protocol=protocol, steps=120, batch=12, train_samples=72, train_events=24)
+    held = _small("train", 99, count=24)  # fresh samples, the training names and templates
+    torch.manual_seed(0)
+    before, _ = _accuracy(p13.Phase13Adapter(64, protocol).eval(), held, cache, p13.Thresholds(0.5, 0.5))
+    ad, curve = p13.train(cfg, cache, 64)
+    thr = p13.calibrate(ad, _small("train", 50, count=12), cache)
+    after, rows = _accuracy(ad, held, cache, thr)
+    assert curve[-1] < curve[0]
+    # measured: oracle ~1.0, learned ~0.5 after this short run (both ~0.05 untrained)
+    assert after["hybrid"] >= before["hybrid"] + 0.3
+    assert protocol == "learned" or after["hybrid"] >= 0.9
+    assert after["full_hidden"] > before["full_hidden"]
+    assert {r["row"] for r in rows} >= set(p13.ROWS)
+
+
+def test_calibrated_thresholds_are_oracle_exact_or_learned(cache):
+    ad = p13.Phase13Adapter(64, "learned").eval()
+    thr = p13.calibrate(ad, _small("val", 0), cache)
+    assert -1.0 <= thr.replace <= 1.0 + 1e-6 and -1.0 <= thr.route <= 1.0 + 1e-6
+    assert p13.calibrate(p13.Phase13Adapter(64, "oracle"), {}, cache) == p13.ORACLE_THRESHOLDS
+
+
+def test_cli_writes_rows_with_wilson_intervals(tmp_path, capsys):
+    out = tmp_path / "p13.json"
+    code = p13.main(["--families", "llama", "--protocol", "both", "--seeds", "1", "--samples", "10",
+                     "--max-events", "128", "--steps", "10", "--train-samples", "24", "--train-events", "24",
+                     "--no-cache", "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    for row in p13.ROWS:
+        assert f"| oracle | pooled | {row} |" in table and f"| learned | pooled | {row} |" in table
+    rows = json.loads(out.read_text())
+    summary = [r for r in rows if r.get("family") == "pooled"]
+    assert len(summary) == 2 * len(p13.ROWS)
+    assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in summary)

@@ -1,0 +1,904 @@
+"""Phase 13 of the paper (sections 2.4, 4.3): the frozen-hidden-state bridge, with and without oracle keys.
+
+A frozen backbone reads controlled event sentences; a small adapter (writer + key/query retriever +
+pointer readout) predicts which event answers the query. Two protocols:
+
+* ``oracle`` (the paper's): event/query vectors = [mean-pooled full sentence, mean-pooled canonical
+  string ``entity N`` built from the generator's integer key id]; the query's key comes from
+  ``key_ids[target]``; same-key replacement and memory-vs-sparse arbitration use exact integer key
+  equality (one-hot slot keys, threshold 0.5). Uses metadata exactly where section 2.4 says.
+* ``learned``: inference reads the event and query TEXTS only. Keys come from a learned multi-head
+  attention pool over the sentence's own token hidden states (shared by events and queries);
+  same-key replacement and branch arbitration use key cosine against thresholds calibrated with
+  ``Router.calibrate`` on a validation split (unseen names, unseen templates); evaluation uses a
+  test split with other unseen names and other unseen templates. Key ids / write labels / target
+  are training targets only.
+
+Rows per protocol: ``full_hidden`` (unconstrained pointer over all events from full-sentence
+vectors), ``sparse_top16`` (cosine top-16 over full-sentence projections, best one answers),
+``memory`` (slot memory alone), ``tail64`` (hybrid on the last 64 events only), ``hybrid``
+(authoritative slot when the key matches, else sparse key similarity). Only the lite-write variant
+(write labels supervise the writer) is implemented.
+
+CLI: ``python -m memadapter.training.phase13 --families llama,qwen2 --protocol oracle --seeds 3
+--samples 60 --json out.json``.
+
+Example:
+    >>> import random
+    >>> s = make_sample("versioning", 16, random.Random(0), split="train")
+    >>> len(s.events), s.write_labels[s.target], s.key_ids[s.target] == s.query_key_id
+    (16, 1, True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import zlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from memadapter.bench.stats import wilson_interval, write_rows_json
+from memadapter.chunk_index import ChunkIndex
+from memadapter.errors import ConfigError, EmptyInputError, ShapeError
+from memadapter.heads import WriteController, masked_attention_pool, masked_attention_pool_reference
+from memadapter.router import Router
+from memadapter.slots import EventType, SlotMemory
+
+# ----------------------------------------------------------------------------- vocabulary
+# Names are split three ways so that calibration (val) and evaluation (test) see unseen entities.
+_NAMES = {
+    "train": ("abel bria cato dara eno fia gus hana ivo jana kip lora milo nia oren pia quin rhea "
+              "saul tia ugo vera wes xia").split(),
+    "val": "bex cyra dov elke fenn gia hux ines jory kaia lev mina".split(),
+    "test": "ansel bodil corin delia emrys faye gideon hollis idris jessa kenji lysa".split(),
+}
+_SURNAMES = {
+    "train": ("ashby brook colt drake ellis frost grove hale irwin jett knox lane moss nash oakes "
+              "pike reed stone").split(),
+    "val": "aldo birch cove dunn eames fisk garth holt".split(),
+    "test": "ardent bramble cask dorsey ember fallow gable hearth".split(),
+}
+VALUES = {
+    "city": "paris london rome berlin oslo madrid vienna prague lisbon dublin cairo tokyo".split(),
+    "color": "red blue green amber violet teal ochre pink ivory coral".split(),
+    "code": "alpha bravo delta echo foxtrot golf hotel kilo lima sierra".split(),
+}
+ATTRIBUTES = tuple(VALUES)
+KINDS = ("fact", "update", "rumor", "plain")  # fact/update are write-signalled, rumor/plain are not
+WRITE_KINDS = ("fact", "update")
+# Templates: the signal word (note/update/rumor) is shared by every split because a random tiny
+# backbone carries no meaning; what is held out is the sentence structure and filler words.
+_T = {
+    "train": {
+        "city": ("note : {e} lives in {v} .", "update : {e} moved to {v} .",
+                 "rumor : {e} lives in {v} .", "{e} lives in {v} ."),
+        "color": ("note : {e} likes the color {v} .", "update : {e} now likes the color {v} .",
+                  "rumor : {e} likes the color {v} .", "{e} likes the color {v} ."),
+        "code": ("note : the code of {e} is {v} .", "update : the code of {e} was changed to {v} .",
+                 "rumor : the code of {e} is {v} .", "the code of {e} is {v} ."),
+    },
+    "val": {
+        "city": ("note , {e} lives in {v} today .", "update , {e} has moved to {v} .",
+                 "rumor , {e} lives in {v} today .", "today {e} lives in {v} ."),
+        "color": ("note , the color {e} likes is {v} .", "update , the color {e} likes is now {v} .",
+                  "rumor , the color {e} likes is {v} .", "the color {e} likes is {v} ."),
+        "code": ("note , {e} has the code {v} .", "update , {e} has the new code {v} .",
+                 "rumor , {e} has the code {v} .", "{e} has the code {v} ."),
+    },
+    "test": {
+        "city": ("note : in {v} lives {e} .", "update : to {v} moved {e} .",
+                 "rumor : in {v} lives {e} .", "in {v} lives {e} ."),
+        "color": ("note : {v} is the color {e} likes .", "update : {v} is now the color {e} likes .",
+                  "rumor : {v} is the color {e} likes .", "{v} is the color {e} likes ."),
+        "code": ("note : {v} is the code of {e} .", "update : {v} is now the code of {e} .",
+                 "rumor : {v} is the code of {e} .", "{v} is the code of {e} ."),
+    },
+}
+_Q = {
+    "train": {"city": "where does {e} live ?", "color": "what color does {e} like ?",
+              "code": "what is the code of {e} ?"},
+    "val": {"city": "in which city does {e} live ?", "color": "which color does {e} like ?",
+            "code": "which code does {e} have ?"},
+    "test": {"city": "tell me where {e} lives ?", "color": "tell me the color {e} likes ?",
+             "code": "tell me the code of {e} ?"},
+}
+SPLITS = tuple(_T)
+SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
+# Ten evaluation settings up to 2,048 events (the paper's count and longest length).
+EVAL_SETTINGS = (("recall_64", "recall", 64), ("versioning_64", "versioning", 64),
+                 ("distractor_64", "distractor", 64), ("uniform_64", "uniform", 64),
+                 ("hardneg_64", "hardneg", 64), ("streaming_128", "streaming", 128),
+                 ("streaming_256", "streaming", 256), ("streaming_512", "streaming", 512),
+                 ("streaming_1024", "streaming", 1024), ("streaming_2048", "streaming", 2048))
+MAX_KEYS = 256  # canonical key ids are per sample, below this bound
+NUM_SLOTS = 32
+TOP_SPARSE = 16
+TAIL = 64
+ROWS = ("full_hidden", "sparse_top16", "memory", "tail64", "hybrid")
+
+
+def vocabulary() -> list[str]:
+    """Every word the generator can emit, plus canonical-key words, sorted (for a word-level tokenizer)."""
+    words = {"entity", *map(str, range(MAX_KEYS))}
+    for pool in (_NAMES, _SURNAMES):
+        for names in pool.values():
+            words.update(names)
+    for vals in VALUES.values():
+        words.update(vals)
+    for table in (_T, _Q):
+        for split in table.values():
+            for tpl in split.values():
+                for t in (tpl if isinstance(tpl, tuple) else (tpl,)):
+                    words.update(w for w in t.split() if not w.startswith("{"))
+    return sorted(words)
+
+
+# ----------------------------------------------------------------------------- samples
+@dataclass
+class Sample:
+    """One controlled sample. key_ids/value_ids/target/write_labels are generator metadata: the
+    oracle protocol reads key_ids (section 2.4), the learned protocol reads them only as targets."""
+
+    events: list[str]
+    query: str
+    key_ids: list[int]  # per event: per-sample integer id of (entity, attribute)
+    value_ids: list[int]  # per event: index into VALUES[attribute]
+    target: int  # index of the event that answers the query
+    write_labels: list[int]  # per event: 1 for signalled facts and updates
+    setting: str
+    split: str = "train"
+
+    @property
+    def query_key_id(self) -> int:
+        """The oracle query key: selected from metadata via the target event index (paper 2.4)."""
+        return self.key_ids[self.target]
+
+
+Entity = tuple[str, str]
+Event = tuple[str, Entity, str, int]  # (kind, entity, attribute, value index)
+
+
+class _Gen:
+    """Places labelled events at random positions and fills the rest with background facts."""
+
+    def __init__(self, rng: random.Random, split: str, n: int) -> None:
+        if split not in SPLITS:
+            raise ConfigError(f"split: unknown {split!r}; choose from {list(SPLITS)}")
+        self.rng, self.split, self.n = rng, split, n
+        self.entities = [(a, b) for a in _NAMES[split] for b in _SURNAMES[split]]
+        self.placed: dict[int, Event] = {}
+        self.reserved: set[Entity] = set()
+
+    def entity(self) -> Entity:
+        ent = self.rng.choice([e for e in self.entities if e not in self.reserved])
+        self.reserved.add(ent)
+        return ent
+
+    def lookalike(self, ent: Entity) -> Entity:
+        """Same first name, other surname: shares a token with ``ent``."""
+        pool = [e for e in self.entities if e[0] == ent[0] and e not in self.reserved]
+        out = self.rng.choice(pool)
+        self.reserved.add(out)
+        return out
+
+    def positions(self, count: int, lo: float = 0.0, hi: float = 1.0) -> list[int]:
+        cells = [p for p in range(int(lo * self.n), int(hi * self.n)) if p not in self.placed]
+        if len(cells) < count:
+            raise ConfigError(f"n_events: {self.n} events cannot hold {count} placed events in [{lo}, {hi})")
+        return sorted(self.rng.sample(cells, count))
+
+    def place(self, pos: int, ev: Event) -> None:
+        self.placed[pos] = ev
+
+    def value(self, attr: str, avoid: Sequence[int] = ()) -> int:
+        return self.rng.choice([v for v in range(len(VALUES[attr])) if v not in avoid])
+
+    def background(self) -> list[Event]:
+        """Ordinary (unsignalled) facts and a few rumours about entities the query never asks."""
+        pool = [e for e in self.entities if e not in self.reserved]
+        pool = self.rng.sample(pool, min(40, len(pool)))
+        out = []
+        for _ in range(self.n):
+            kind = "rumor" if self.rng.random() < 0.1 else "plain"
+            attr = self.rng.choice(ATTRIBUTES)
+            out.append((kind, self.rng.choice(pool), attr, self.value(attr)))
+        return out
+
+    def render(self, ev: Event) -> str:
+        kind, ent, attr, val = ev
+        return _T[self.split][attr][KINDS.index(kind)].format(e=" ".join(ent), v=VALUES[attr][val])
+
+    def build(self, setting: str, query: tuple[Entity, str], target_pos: int) -> Sample:
+        back = self.background()
+        events = [self.placed.get(p, back[p]) for p in range(self.n)]
+        ids: dict[tuple[Entity, str], int] = {}
+        key_ids = [ids.setdefault((e[1], e[2]), len(ids)) for e in events]
+        if len(ids) > MAX_KEYS:  # pragma: no cover - 40 background entities x 3 attributes + targets
+            raise ConfigError(f"n_events: {len(ids)} distinct keys exceed MAX_KEYS {MAX_KEYS}")
+        ent, attr = query
+        text = _Q[self.split][attr].format(e=" ".join(ent))
+        return Sample([self.render(e) for e in events], text, key_ids, [e[3] for e in events], target_pos,
+                      [int(e[0] in WRITE_KINDS) for e in events], setting, self.split)
+
+
+def _uniform(g: _Gen, setting: str) -> Sample:
+    keys = [(e, a) for e in g.entities for a in ATTRIBUTES]
+    if g.n > len(keys):
+        raise ConfigError(f"n_events: uniform recall uses distinct keys, at most {len(keys)}, got {g.n}")
+    for pos, (ent, attr) in enumerate(g.rng.sample(keys, g.n)):
+        g.reserved.add(ent)
+        g.place(pos, ("plain", ent, attr, g.value(attr)))
+    q = g.rng.randrange(g.n)
+    return g.build(setting, (g.placed[q][1], g.placed[q][2]), q)
+
+
+def _chain(g: _Gen, ent: Entity, attr: str, positions: Sequence[int]) -> int:
+    """fact then updates with fresh values at ``positions`` (sorted); returns the latest position."""
+    used: list[int] = []
+    for i, pos in enumerate(positions):
+        used.append(g.value(attr, used))
+        g.place(pos, ("fact" if i == 0 else "update", ent, attr, used[-1]))
+    return positions[-1]
+
+
+def make_sample(setting: str, n_events: int, rng: random.Random, split: str = "train") -> Sample:
+    """One seeded controlled sample of ``setting`` with ``n_events`` events from ``split``'s names/templates."""
+    if setting not in SETTINGS:
+        raise ConfigError(f"setting: unknown {setting!r}; choose from {list(SETTINGS)}")
+    g = _Gen(rng, split, n_events)
+    if setting == "uniform":
+        return _uniform(g, setting)
+    if setting == "recall":
+        keys = [(g.entity(), rng.choice(ATTRIBUTES)) for _ in range(8)]
+        for pos, (ent, attr) in zip(g.positions(8), keys):
+            g.place(pos, ("fact", ent, attr, g.value(attr)))
+        q = rng.randrange(8)
+        pos = sorted(g.placed)[q]
+        return g.build(setting, (g.placed[pos][1], g.placed[pos][2]), pos)
+    if setting == "versioning":
+        keys = [(g.entity(), rng.choice(ATTRIBUTES)) for _ in range(4)]
+        order = [i for i in range(4) for _ in range(3)]
+        rng.shuffle(order)
+        slots = g.positions(12)
+        latest = [_chain(g, *keys[i], [p for p, j in zip(slots, order) if j == i]) for i in range(4)]
+        q = rng.randrange(4)
+        return g.build(setting, keys[q], latest[q])
+    if setting == "distractor":
+        keys = [(g.entity(), rng.choice(ATTRIBUTES)) for _ in range(4)]
+        facts = [(p, (ent, attr)) for p, (ent, attr) in zip(g.positions(4, 0.0, 0.2), keys)]
+        for p, (ent, attr) in facts:
+            g.place(p, ("fact", ent, attr, g.value(attr)))
+        noise: list[Event] = []
+        for p, (ent, attr) in facts:  # rumours of the same key, a look-alike, the same entity's other attribute
+            noise += [("rumor", ent, attr, g.value(attr, [g.placed[p][3]])) for _ in range(2)]
+            noise.append(("fact", g.lookalike(ent), attr, g.value(attr)))
+            other = rng.choice([a for a in ATTRIBUTES if a != attr])
+            noise.append(("fact", ent, other, g.value(other)))
+        rng.shuffle(noise)
+        for pos, ev in zip(g.positions(len(noise), 0.2, 1.0), noise):
+            g.place(pos, ev)
+        q = rng.randrange(4)
+        return g.build(setting, facts[q][1], facts[q][0])
+    if setting == "hardneg":
+        ent, attr = g.entity(), rng.choice(ATTRIBUTES)
+        other = rng.choice([a for a in ATTRIBUTES if a != attr])
+        last = _chain(g, ent, attr, g.positions(2, 0.0, 0.8))
+        _chain(g, g.lookalike(ent), attr, g.positions(2, 0.0, 1.0))
+        _chain(g, ent, other, g.positions(2, 0.0, 1.0))
+        g.place(g.positions(1, 0.8, 1.0)[0], ("rumor", ent, attr, g.value(attr, [g.placed[last][3]])))
+        return g.build(setting, (ent, attr), last)
+    ent, attr = g.entity(), rng.choice(ATTRIBUTES)  # streaming
+    g.place(g.positions(1, 0.0, 0.1)[0], ("fact", ent, attr, g.value(attr)))
+    upd = g.positions(1, 0.5, 0.9)[0]
+    g.place(upd, ("update", ent, attr, g.value(attr)))
+    for pos in g.positions(2, 0.9, 1.0):
+        g.place(pos, ("rumor", ent, attr, g.value(attr, [g.placed[upd][3]])))
+    return g.build(setting, (ent, attr), upd)
+
+
+def make_samples(split: str, count: int, seed: int, settings: Sequence[tuple[str, str, int]]) -> dict[str, list[Sample]]:
+    """``count`` samples spread over ``settings`` (name, setting, events), seeded; -> name -> samples."""
+    rng = random.Random(f"{split}:{seed}")
+    per = [count // len(settings) + (i < count % len(settings)) for i in range(len(settings))]
+    return {name: [make_sample(s, n, rng, split) for _ in range(k)] for (name, s, n), k in zip(settings, per)}
+
+
+# ----------------------------------------------------------------------------- backbones and the cache
+PAPER_FAMILIES = ("llama", "qwen2", "mistral", "gemma", "glm", "internlm3")
+# Mirrors tests/modeling/conftest.py's tiny configs (hidden 64, 2 layers), which tests cannot import.
+_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, vocab_size=1000, max_position_embeddings=256,
+             pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
+
+
+def word_tokenizer():
+    """A whitespace word-level tokenizer over :func:`vocabulary` (ids 4.., 0 = pad, 1 = unk)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(vocabulary())})
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_backbone(model_type: str, seed: int = 0):
+    """A frozen tiny random causal LM of ``model_type`` (hidden 64, 2 layers), eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, **_TINY)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    return model.requires_grad_(False)
+
+
+def load_backbone(family: str):
+    """(model, tokenizer, name): ``smollm2`` is the real offline SmolLM2-135M, else a tiny random family."""
+    if family == "smollm2":
+        from memadapter.modeling.real_models import load_smollm2
+
+        model, tok = load_smollm2()
+        return model.eval().requires_grad_(False), tok, "smollm2-135m"
+    # A seed per family: from one seed, same-architecture families (llama, mistral, internlm3)
+    # would otherwise get identical weights and the "six families" would be three.
+    return tiny_backbone(family, seed=zlib.crc32(family.encode()) % 2**31), word_tokenizer(), f"tiny-{family}"
+
+
+def backbone_fingerprint(model: nn.Module, name: str) -> str:
+    """Cache key part: name + config + a digest of the first and last parameter tensors."""
+    params = list(model.parameters())
+    h = hashlib.sha1(name.encode())
+    h.update(model.config.to_json_string().encode())
+    for p in (params[0], params[-1]):
+        h.update(p.detach().float().cpu().numpy().tobytes()[:1 << 20])
+    return h.hexdigest()[:16]
+
+
+class HiddenCache:
+    """Last-layer token hidden states per text, cached on disk as safetensors shards keyed by
+    sha1(backbone fingerprint + text), so reruns skip the backbone.
+
+    Example:
+        >>> cache = HiddenCache(tiny_backbone("llama"), word_tokenizer(), "tiny-llama", None)
+        >>> tuple(cache.tokens(["note : abel ashby lives in paris ."])[0].shape)
+        (8, 64)
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, cache_dir: Optional[str | Path],
+                 batch_size: int = 256) -> None:
+        from memadapter.modeling.backbones import read_hidden_states
+
+        self.model, self.tokenizer, self._read = model, tokenizer, read_hidden_states
+        self.fp = backbone_fingerprint(model, name)
+        self.dir = None if cache_dir is None else Path(cache_dir) / self.fp
+        self.batch_size = batch_size
+        self.mem: dict[str, torch.Tensor] = {}
+        if self.dir is not None and self.dir.is_dir():
+            for shard in sorted(self.dir.glob("shard_*.safetensors")):
+                self.mem.update(load_file(str(shard)))
+
+    def _key(self, text: str) -> str:
+        return hashlib.sha1(f"{self.fp}\n{text}".encode()).hexdigest()
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Batches of equal token length, so no padding can touch a state (the cache is batch-free)."""
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        by_len: dict[int, list[int]] = {}
+        for i, row in enumerate(ids):
+            if not row:
+                raise EmptyInputError(f"texts[{i}]: tokenizes to nothing: {texts[i]!r}")
+            by_len.setdefault(len(row), []).append(i)
+        out = {}
+        for idx in by_len.values():
+            for s in range(0, len(idx), self.batch_size):
+                part = idx[s:s + self.batch_size]
+                x = torch.tensor([ids[i] for i in part])  # [b, T]
+                hidden = self._read(self.model, x, torch.ones_like(x), -1).float()  # [b, T, H]
+                out.update({self._key(texts[i]): hidden[j].to(torch.float16) for j, i in enumerate(part)})
+        return out
+
+    def tokens(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """[T_i, H] float32 per text; missing texts are encoded once and appended as a new shard."""
+        missing = sorted({t for t in texts if self._key(t) not in self.mem})
+        if missing:
+            new = self._encode(missing)
+            self.mem.update(new)
+            if self.dir is not None:  # write-then-rename so a crash leaves no half shard
+                self.dir.mkdir(parents=True, exist_ok=True)
+                path = self.dir / f"shard_{time.time_ns()}_{os.getpid()}.safetensors"
+                tmp = path.with_suffix(".tmp")
+                save_file({k: v.contiguous() for k, v in new.items()}, str(tmp))
+                os.replace(tmp, path)
+        return [self.mem[self._key(t)].float() for t in texts]
+
+    def mean(self, texts: Sequence[str]) -> torch.Tensor:
+        """[N, H] mean-pooled full-sentence vectors (the paper's pooling)."""
+        return torch.stack([t.mean(0) for t in self.tokens(texts)])
+
+
+# ----------------------------------------------------------------------------- features
+PROTOCOLS = ("oracle", "learned")
+
+
+@dataclass
+class Feats:
+    """Backbone features of B samples with N events each; ``None`` where a protocol reads nothing."""
+
+    event_vec: torch.Tensor  # [B, N, H] mean-pooled full event sentence
+    query_vec: torch.Tensor  # [B, H] mean-pooled full query sentence
+    event_tok: Optional[torch.Tensor] = None  # [B, N, T, H] learned: token states
+    event_mask: Optional[torch.Tensor] = None  # [B, N, T]
+    query_tok: Optional[torch.Tensor] = None  # [B, Tq, H]
+    query_mask: Optional[torch.Tensor] = None  # [B, Tq]
+    canon_event: Optional[torch.Tensor] = None  # [B, N, H] oracle: canonical "entity N" vectors
+    canon_query: Optional[torch.Tensor] = None  # [B, H]
+    event_key_ids: Optional[torch.Tensor] = None  # [B, N] oracle: exact key equality
+    query_key_ids: Optional[torch.Tensor] = None  # [B]
+
+
+def _pad_tokens(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """list of [T_i, H] -> ([n, T, H] zero-padded, [n, T] mask)."""
+    T = max(r.shape[0] for r in rows)
+    out = rows[0].new_zeros(len(rows), T, rows[0].shape[1])
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, :r.shape[0]], mask[i, :r.shape[0]] = r, True
+    return out, mask
+
+
+def featurize(samples: Sequence[Sample], cache: HiddenCache, protocol: str) -> Feats:
+    """Features of equal-length samples. ``learned`` reads ``events`` and ``query`` only;
+    ``oracle`` also reads ``key_ids`` and ``query_key_id`` (= key_ids[target]), as paper 2.4 does."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol: unknown {protocol!r}; choose from {list(PROTOCOLS)}")
+    if not samples:
+        raise EmptyInputError("samples: need at least one sample")
+    B, N = len(samples), len(samples[0].events)
+    if any(len(s.events) != N for s in samples):
+        raise ShapeError("samples: every sample in a batch needs the same number of events")
+    flat = [e for s in samples for e in s.events]
+    toks = cache.tokens(flat + [s.query for s in samples])
+    ev_tok, ev_mask = _pad_tokens(toks[:B * N])
+    q_tok, q_mask = _pad_tokens(toks[B * N:])
+    mean = lambda t, m: (t * m[..., None]).sum(-2) / m.sum(-1, keepdim=True)  # noqa: E731
+    f = Feats(mean(ev_tok, ev_mask).reshape(B, N, -1), mean(q_tok, q_mask))  # [B*N, H] -> [B, N, H]
+    if protocol == "learned":
+        f.event_tok, f.event_mask = ev_tok.reshape(B, N, *ev_tok.shape[1:]), ev_mask.reshape(B, N, -1)
+        f.query_tok, f.query_mask = q_tok, q_mask
+        return f
+    ids = torch.tensor([s.key_ids for s in samples])  # [B, N]
+    qids = torch.tensor([s.query_key_id for s in samples])  # [B]
+    canon = cache.mean([f"entity {k}" for k in range(MAX_KEYS)])  # [K, H]
+    f.canon_event, f.canon_query = canon[ids], canon[qids]
+    f.event_key_ids, f.query_key_ids = ids, qids
+    return f
+
+
+# ----------------------------------------------------------------------------- the adapter
+def multi_head_pool(hidden: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """hidden [M, T, H], scores [M, T, h], mask [M, T] -> [M, h*H]: one attention pool per head."""
+    return torch.cat([masked_attention_pool(hidden, scores[..., i], mask) for i in range(scores.shape[-1])], -1)
+
+
+def multi_head_pool_reference(hidden: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Plain-loop reference for :func:`multi_head_pool`."""
+    return torch.cat([masked_attention_pool_reference(hidden, scores[..., i], mask)
+                      for i in range(scores.shape[-1])], -1)
+
+
+class KeyPool(nn.Module):
+    """Learned key from a sentence's own tokens: h attention pools over token states, projected to a
+    unit key. Shared by events and queries, so one key space serves writing and reading.
+
+    Example:
+        >>> pool = KeyPool(hidden_size=64, key_dim=32)
+        >>> tuple(pool(torch.randn(2, 5, 9, 64), torch.ones(2, 5, 9, dtype=torch.bool)).shape)
+        (2, 5, 32)
+    """
+
+    def __init__(self, hidden_size: int, key_dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)  # Gemma's hidden states are sqrt(d) larger
+        self.score = nn.Linear(hidden_size, heads)
+        self.proj = nn.Linear(heads * hidden_size, key_dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens [..., T, H], mask [..., T] -> [..., dk] unit keys."""
+        lead, (T, H) = tokens.shape[:-2], tokens.shape[-2:]
+        h = self.norm(tokens.reshape(-1, T, H))  # [M, T, H]
+        pooled = multi_head_pool(h, self.score(h), mask.reshape(-1, T))  # [M, heads*H]
+        return F.normalize(self.proj(pooled), dim=-1).reshape(*lead, -1)  # [..., dk]
+
+
+def _mlp(d_in: int, d_out: int) -> nn.Module:
+    return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_out))
+
+
+class Phase13Adapter(nn.Module):
+    """Writer + key/query retriever + pointer readouts over frozen hidden states.
+
+    ``oracle``: retriever keys from canonical-key vectors, readouts from [full, canonical].
+    ``learned``: retriever keys from :class:`KeyPool`, readouts from full-sentence vectors only.
+
+    Example:
+        >>> ad = Phase13Adapter(hidden_size=64, protocol="learned")
+        >>> f = Feats(torch.randn(1, 6, 64), torch.randn(1, 64), torch.randn(1, 6, 4, 64),
+        ...           torch.ones(1, 6, 4, dtype=torch.bool), torch.randn(1, 4, 64), torch.ones(1, 4, dtype=torch.bool))
+        >>> tuple(ad.p_write(f).shape), tuple(ad.event_keys(f).shape)
+        ((1, 6), (1, 6, 64))
+    """
+
+    def __init__(self, hidden_size: int, protocol: str, key_dim: int = 64) -> None:
+        super().__init__()
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol: unknown {protocol!r}; choose from {list(PROTOCOLS)}")
+        self.protocol, self.key_dim = protocol, key_dim
+        rep = 2 * hidden_size if protocol == "oracle" else hidden_size
+        self.write_in = nn.Sequential(_mlp(hidden_size, key_dim), nn.GELU())
+        self.write_event = nn.Linear(key_dim, len(EventType))
+        self.writer = WriteController(key_dim, num_event_types=len(EventType), init_bias=0.0)
+        self.key = _mlp(hidden_size, key_dim) if protocol == "oracle" else KeyPool(hidden_size, key_dim)
+        self.read_q, self.read_e, self.read_pos = _mlp(rep, key_dim), _mlp(rep, key_dim), nn.Linear(2, 1)
+        self.sparse_q, self.sparse_e = _mlp(rep, key_dim), _mlp(rep, key_dim)
+
+    def p_write(self, f: Feats) -> torch.Tensor:
+        """[B, N]: the writer sees the full event sentence only (write labels supervise it)."""
+        B, N, _ = f.event_vec.shape
+        x = self.write_in(f.event_vec).reshape(B * N, -1)  # [B*N, dk]
+        # Memory-state features (match, conflict, fill) stay zero: lite labels depend on the event alone.
+        feats = x.new_zeros(B * N, 4)
+        return self.writer(x, self.write_event(x).softmax(-1), feats).reshape(B, N)
+
+    def event_keys(self, f: Feats) -> torch.Tensor:
+        """[B, N, dk] unit retriever keys."""
+        if self.protocol == "oracle":
+            return F.normalize(self.key(f.canon_event), dim=-1)
+        return self.key(f.event_tok, f.event_mask)
+
+    def query_key(self, f: Feats) -> torch.Tensor:
+        """[B, dk] unit retriever query (same module as the keys: a shared key/query space)."""
+        if self.protocol == "oracle":
+            return F.normalize(self.key(f.canon_query), dim=-1)
+        return self.key(f.query_tok, f.query_mask)
+
+    def _reps(self, f: Feats) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.protocol == "oracle":
+            return torch.cat([f.event_vec, f.canon_event], -1), torch.cat([f.query_vec, f.canon_query], -1)
+        return f.event_vec, f.query_vec
+
+    def readout_scores(self, f: Feats) -> torch.Tensor:
+        """[B, N] unconstrained full-hidden pointer: bilinear match + a learned position term."""
+        e, q = self._reps(f)
+        N = e.shape[1]
+        pos = torch.linspace(0.0, 1.0, N, device=e.device)
+        pos = torch.stack([pos, pos * pos], -1)  # [N, 2]: lets it learn "prefer later"
+        match = torch.einsum("bnd,bd->bn", self.read_e(e), self.read_q(q)) / math.sqrt(self.key_dim)
+        return match + self.read_pos(pos).squeeze(-1)
+
+    def sparse_vectors(self, f: Feats) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, N, dk], [B, dk]) unit vectors for the hidden sparse top-16 row."""
+        e, q = self._reps(f)
+        return F.normalize(self.sparse_e(e), dim=-1), F.normalize(self.sparse_q(q), dim=-1)
+
+
+# ----------------------------------------------------------------------------- training
+TEMP = 0.05
+
+
+@dataclass
+class Targets:
+    """Training targets of a batch (never read at inference)."""
+
+    key_ids: torch.Tensor  # [B, N]
+    target: torch.Tensor  # [B]
+    write: torch.Tensor  # [B, N] float
+
+    @staticmethod
+    def of(samples: Sequence[Sample]) -> "Targets":
+        return Targets(torch.tensor([s.key_ids for s in samples]), torch.tensor([s.target for s in samples]),
+                       torch.tensor([s.write_labels for s in samples], dtype=torch.float32))
+
+
+def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """-log(sum over positives of softmax(logits)), mean over rows with a positive. logits/positive [R, N]."""
+    keep = positive.any(-1)
+    pos = logits.masked_fill(~positive, -math.inf).logsumexp(-1)
+    return (logits.logsumexp(-1) - pos)[keep].mean()
+
+
+def key_key_loss(keys: torch.Tensor, key_ids: torch.Tensor, max_events: int = 64) -> torch.Tensor:
+    """Supervised contrastive loss among a sample's events: same key id = positive (versions and
+    rumours of one key), look-alikes and the entity's other attributes are the hard negatives."""
+    B, N, _ = keys.shape
+    take = torch.randperm(N)[:max_events]
+    k, ids = keys[:, take], key_ids[:, take]  # [B, n, dk], [B, n]
+    logits = torch.einsum("bid,bjd->bij", k, k) / TEMP
+    eye = torch.eye(len(take), dtype=torch.bool)
+    logits = logits.masked_fill(eye, -1e4)  # a key is not its own positive
+    positive = (ids[:, :, None] == ids[:, None, :]) & ~eye
+    return multi_positive_nce(logits.flatten(0, 1), positive.flatten(0, 1))
+
+
+def losses(ad: Phase13Adapter, f: Feats, t: Targets) -> dict[str, torch.Tensor]:
+    """write BCE (lite), retrieval (query vs same-key events), readout and sparse pointer CE."""
+    keys, q = ad.event_keys(f), ad.query_key(f)
+    same = t.key_ids == t.key_ids.gather(1, t.target[:, None])  # [B, N]: events of the query's key
+    out = {"write": WriteController.loss(ad.p_write(f), t.write),
+           "retrieve": multi_positive_nce(torch.einsum("bnd,bd->bn", keys, q) / TEMP, same),
+           "readout": F.cross_entropy(ad.readout_scores(f), t.target)}
+    se, sq = ad.sparse_vectors(f)
+    out["sparse"] = F.cross_entropy(torch.einsum("bnd,bd->bn", se, sq) / TEMP, t.target)
+    if ad.protocol == "learned":  # the oracle's same-key test is integer equality, nothing to learn
+        out["key_key"] = key_key_loss(keys, t.key_ids)
+    return out
+
+
+@dataclass
+class TrainConfig:
+    """Adapter training on the train split (its own names and templates)."""
+
+    protocol: str = "oracle"
+    seed: int = 0
+    steps: int = 300
+    batch: int = 16
+    train_samples: int = 480
+    train_events: int = 48
+    lr: float = 3e-3
+    key_dim: int = 64
+
+
+TRAIN_SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
+
+
+def train_pool(cfg: TrainConfig) -> list[Sample]:
+    rng = random.Random(f"train:{cfg.seed}")
+    return [make_sample(TRAIN_SETTINGS[i % len(TRAIN_SETTINGS)], cfg.train_events, rng, "train")
+            for i in range(cfg.train_samples)]
+
+
+def train(cfg: TrainConfig, cache: HiddenCache, hidden_size: int, progress: bool = False) -> tuple[Phase13Adapter, list[float]]:
+    """Train one adapter seed; returns it (eval mode) and the loss curve."""
+    torch.manual_seed(cfg.seed)
+    pool = train_pool(cfg)
+    feats = [(featurize(pool[i:i + cfg.batch], cache, cfg.protocol), Targets.of(pool[i:i + cfg.batch]))
+             for i in range(0, len(pool), cfg.batch)]
+    ad = Phase13Adapter(hidden_size, cfg.protocol, cfg.key_dim)
+    opt = torch.optim.AdamW(ad.parameters(), lr=cfg.lr, weight_decay=0.01)
+    curve = []
+    for step in range(cfg.steps):
+        f, t = feats[step % len(feats)]
+        parts = losses(ad, f, t)
+        loss = sum(parts.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        curve.append(float(loss.detach()))
+        if progress and step % 100 == 0:
+            print(f"  step {step} loss {float(loss):.3f} " + " ".join(f"{k}={float(v):.3f}" for k, v in parts.items()),
+                  file=sys.stderr)
+    return ad.eval(), curve
+
+
+# ----------------------------------------------------------------------------- inference
+@dataclass
+class Thresholds:
+    """replace: SlotMemory match threshold (same-key replacement); route: Router branch threshold."""
+
+    replace: float
+    route: float
+
+
+# Oracle slot keys are one-hot key ids: cosine is 1 for equal ids and 0 otherwise, so 0.5 is exact
+# integer equality for both replacement and arbitration, as the paper's protocol prescribes.
+ORACLE_THRESHOLDS = Thresholds(0.5, 0.5)
+
+
+def memory_keys(ad: Phase13Adapter, f: Feats, keys: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slot keys [B, N, dm] and slot query [B, dm]: one-hot key ids (oracle) or learned keys."""
+    if ad.protocol == "oracle":
+        return F.one_hot(f.event_key_ids, MAX_KEYS).float(), F.one_hot(f.query_key_ids, MAX_KEYS).float()
+    return keys, q
+
+
+def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
+            thr: Thresholds, offset: int) -> dict[str, torch.Tensor]:
+    """Write events into a 32-slot memory, then route: authoritative slot if the key matches, else
+    pure sparse key similarity. Returns hybrid / memory-alone pointers [B] (-1: none), writes, branch."""
+    B, N, dk = keys.shape
+    mem = SlotMemory(NUM_SLOTS, mk.shape[-1], dk, batch_size=B, match_threshold=thr.replace)
+    ids = torch.arange(N).expand(B, N) + offset  # provenance: the event index each slot came from
+    wr = mem.write(mk, keys, p.clamp(0.0, 1.0), event=torch.full((B, N), int(EventType.UPDATE)), chunk_id=ids)
+    best, slot = mem.match(mq)  # [B, 1]: before the read so memory-alone is independent of routing
+    alone = torch.where((best[:, 0] >= thr.route) & (slot[:, 0] >= 0),
+                        mem.chunk_id.gather(1, slot.clamp(min=0))[:, 0], torch.full((B,), -1))
+    indexes = []
+    for b in range(B):
+        idx = ChunkIndex(dk, dense_weight=1.0)
+        idx.add(keys[b])
+        indexes.append(idx)
+    res = Router(thr.route, top_k_slots=1, top_k_chunks=1).route(mem, indexes, mq, chunk_query=q)
+    hybrid = torch.full((B,), -1)
+    for b, branch in enumerate(res.branch):
+        if branch == "memory":
+            hybrid[b] = mem.chunk_id[b, int(res.memory.indices[b, 0, 0])]
+        elif int(res.chunks[b].ids[0, 0]) >= 0:
+            hybrid[b] = int(res.chunks[b].ids[0, 0]) + offset
+    return {"hybrid": hybrid, "memory": alone, "writes": wr.num_writes,
+            "memory_branch": torch.tensor([br == "memory" for br in res.branch])}
+
+
+def sparse_top(se: torch.Tensor, sq: torch.Tensor, k: int = TOP_SPARSE) -> torch.Tensor:
+    """[B] best event among the top-k cosine candidates of each sample (a ChunkIndex per sample)."""
+    out = []
+    for b in range(se.shape[0]):
+        idx = ChunkIndex(se.shape[-1], dense_weight=1.0)
+        idx.add(se[b])
+        out.append(int(idx.search(sq[b], top_k=k).ids[0, 0]))
+    return torch.tensor(out)
+
+
+@torch.no_grad()
+def predict(ad: Phase13Adapter, f: Feats, thr: Thresholds) -> dict[str, torch.Tensor]:
+    """Pointers [B] for every row from features alone (no targets, labels or values are passed)."""
+    p, keys, q = ad.p_write(f), ad.event_keys(f), ad.query_key(f)
+    mk, mq = memory_keys(ad, f, keys, q)
+    full = _hybrid(mk, mq, keys, q, p, thr, 0)
+    s = max(0, keys.shape[1] - TAIL)
+    tail = _hybrid(mk[:, s:], mq, keys[:, s:], q, p[:, s:], thr, s)
+    se, sq = ad.sparse_vectors(f)
+    return {"full_hidden": ad.readout_scores(f).argmax(-1), "sparse_top16": sparse_top(se, sq),
+            "memory": full["memory"], "tail64": tail["hybrid"], "hybrid": full["hybrid"],
+            "writes": full["writes"], "memory_branch": full["memory_branch"]}
+
+
+@torch.no_grad()
+def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: HiddenCache,
+              max_false_match: float = 0.01) -> Thresholds:
+    """Learned thresholds from a validation split (labels are calibration targets there).
+
+    replace: cosine between signalled events of the same key (positive) vs other keys (negative);
+    route: query vs the latest signalled event of its key (positive) vs the best signalled event
+    of another key in the same stream (negative: look-alike, other attribute, other entity)."""
+    if ad.protocol == "oracle":
+        return ORACLE_THRESHOLDS
+    pr, nr, pq, nq = [], [], [], []
+    for samples in groups.values():
+        f, t = featurize(samples, cache, "learned"), Targets.of(samples)
+        keys, q = ad.event_keys(f), ad.query_key(f)
+        for b in range(len(samples)):
+            w, ids = t.write[b] > 0, t.key_ids[b]
+            k, kid = keys[b][w], ids[w]
+            sims, same = k @ k.T, kid[:, None] == kid[None, :]
+            upper = torch.ones_like(same).triu(1)
+            pr.append(sims[same & upper]), nr.append(sims[~same & upper])
+            qs, qkey = keys[b] @ q[b], ids[t.target[b]]
+            mine = (w & (ids == qkey)).nonzero()
+            if len(mine):
+                pq.append(qs[mine[-1]])
+            other = w & (ids != qkey)
+            if bool(other.any()):
+                nq.append(qs[other].max()[None])
+    return Thresholds(Router.calibrate(torch.cat(pr), torch.cat(nr), max_false_match=max_false_match),
+                      Router.calibrate(torch.cat(pq), torch.cat(nq), max_false_match=max_false_match))
+
+
+# ----------------------------------------------------------------------------- evaluation and CLI
+def evaluate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: HiddenCache,
+             thr: Thresholds) -> list[dict]:
+    """One row per (setting, method): correct / total; targets are compared only after predict."""
+    out = []
+    for name, samples in groups.items():
+        if not samples:
+            continue
+        pred = predict(ad, featurize(samples, cache, ad.protocol), thr)
+        target = torch.tensor([s.target for s in samples])
+        for row in ROWS:
+            out.append({"setting": name, "row": row, "correct": int((pred[row] == target).sum()),
+                        "total": len(samples)})
+        out.append({"setting": name, "row": "writes_mean", "value": float(pred["writes"].float().mean())})
+        out.append({"setting": name, "row": "memory_branch_rate", "value": float(pred["memory_branch"].float().mean())})
+    return out
+
+
+def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenCache, hidden_size: int,
+             cfg: Optional[TrainConfig] = None, settings=EVAL_SETTINGS, progress: bool = False) -> list[dict]:
+    """Train one adapter seed, calibrate on val (learned), evaluate on the held-out test split."""
+    cfg = replace(cfg or TrainConfig(), protocol=protocol, seed=seed)
+    t0 = time.time()
+    ad, curve = train(cfg, cache, hidden_size, progress)
+    val = make_samples("val", max(12, samples // 2), seed, [s for s in settings if s[2] <= 128])
+    thr = calibrate(ad, val, cache)
+    rows = evaluate(ad, make_samples("test", samples, seed, settings), cache, thr)
+    meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write",
+            "replace_threshold": thr.replace, "route_threshold": thr.route,
+            "final_loss": curve[-1], "seconds": round(time.time() - t0, 1)}
+    return [{**meta, **r} for r in rows]
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+    """Pool seeds and settings per (family, protocol, method) and over all families; Wilson 95% CIs."""
+    groups: dict[tuple, list[int]] = {}
+    for r in rows:
+        if "correct" not in r:
+            continue
+        for fam in (r["family"], "pooled"):
+            acc = groups.setdefault((fam, r["protocol"], r["row"]), [0, 0])
+            acc[0] += r["correct"]
+            acc[1] += r["total"]
+    out = []
+    for (fam, proto, row), (c, n) in groups.items():
+        lo, hi = wilson_interval(c, n)
+        out.append({"method": row, "task": f"{proto}/{fam}", "family": fam, "protocol": proto,
+                    "correct": c, "total": n, "accuracy": c / n, "ci_low": lo, "ci_high": hi})
+    return out
+
+
+def markdown_table(summary: Sequence[dict]) -> str:
+    lines = ["| protocol | family | method | correct / total | accuracy | Wilson 95% CI |", "|---|---|---|---|---|---|"]
+    for s in sorted(summary, key=lambda s: (s["protocol"], s["family"] == "pooled", s["family"], ROWS.index(s["method"]))):
+        lines.append(f"| {s['protocol']} | {s['family']} | {s['method']} | {s['correct']} / {s['total']} | "
+                     f"{100 * s['accuracy']:.2f}% | [{s['ci_low']:.3f}, {s['ci_high']:.3f}] |")
+    return "\n".join(lines)
+
+
+def _default_cache_dir() -> Path:
+    root = os.environ.get("MEMADAPTER_CACHE") or os.path.join("~", ".cache", "memadapter")
+    return Path(root).expanduser() / "phase13"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m memadapter.training.phase13", description=__doc__.split("\n")[0])
+    ap.add_argument("--families", default=",".join(PAPER_FAMILIES),
+                    help="comma list of tiny model types, or smollm2 for the real offline model")
+    ap.add_argument("--protocol", choices=PROTOCOLS + ("both",), default="oracle")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=60, help="test samples per seed, spread over the settings")
+    ap.add_argument("--max-events", type=int, default=2048, help="drop settings longer than this")
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--train-samples", type=int, default=TrainConfig.train_samples)
+    ap.add_argument("--train-events", type=int, default=TrainConfig.train_events)
+    ap.add_argument("--cache-dir", default=None, help="hidden-state cache (default $MEMADAPTER_CACHE/phase13)")
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    families = [f for f in args.families.split(",") if f]
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    settings = tuple(s for s in EVAL_SETTINGS if s[2] <= args.max_events)
+    if not settings or args.seeds < 1 or args.samples < len(settings):
+        raise ConfigError(f"samples: need at least one sample per setting ({len(settings)}) and seeds >= 1")
+    cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events)
+    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else _default_cache_dir()
+    rows: list[dict] = []
+    for fam in families:
+        model, tok, name = load_backbone(fam)
+        cache = HiddenCache(model, tok, name, cache_dir)
+        for proto in protocols:
+            for seed in range(args.seeds):
+                print(f"[phase13] {fam} {proto} seed {seed}", file=sys.stderr)
+                rows += run_seed(fam, proto, seed, args.samples, cache, model.config.hidden_size, cfg, settings)
+    summary = summarize(rows)
+    print(markdown_table(summary))
+    if args.json:
+        write_rows_json(args.json, [{"method": r["row"], "task": r["setting"], **r} for r in rows] + summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
