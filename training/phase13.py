@@ -318,10 +318,6 @@ def make_samples(split: str, count: int, seed: int, settings: Sequence[tuple[str
 # ----------------------------------------------------------------------------- backbones and the cache
 PAPER_FAMILIES = ("llama", "qwen2", "mistral", "gemma", "glm", "internlm3")
 # Mirrors tests/modeling/conftest.py's tiny configs (hidden 64, 2 layers), which tests cannot import.
-_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, vocab_size=1000, max_position_embeddings=256,
-             pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
-
 
 def word_tokenizer():
     """A whitespace word-level tokenizer over :func:`vocabulary` (ids 4.., 0 = pad, 1 = unk)."""
@@ -339,12 +335,9 @@ def word_tokenizer():
 
 def tiny_backbone(model_type: str, seed: int = 0):
     """A frozen tiny random causal LM of ``model_type`` (hidden 64, 2 layers), eval mode."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from memadapter.modeling.tiny import tiny_backbone as build
 
-    cfg = AutoConfig.for_model(model_type, **_TINY)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    return model.requires_grad_(False)
+    return build(model_type, seed).requires_grad_(False)
 
 
 def load_backbone(family: str):

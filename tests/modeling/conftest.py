@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from memadapter.modeling.tiny import TINY_CONFIG, tiny_backbone as _tiny_backbone
 
 # The test machine's few cores are shared; one thread is faster for these tiny matmuls anyway.
 torch.set_num_threads(1)
@@ -20,37 +22,11 @@ ALL_MODEL_TYPES = (
 )
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-VOCAB_SIZE = 1000
-
-# What every family accepts in transformers 5.23. head_dim is explicit because internlm3 and the
-# Gemmas otherwise default to large values; pad_token_id inside the vocab because GLM needs it.
-_TINY_KWARGS = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    vocab_size=VOCAB_SIZE,
-    max_position_embeddings=256,
-    pad_token_id=PAD_ID,
-    bos_token_id=BOS_ID,
-    eos_token_id=EOS_ID,
-    # Untied so that sharpening the LM head (below) leaves the input embeddings alone.
-    tie_word_embeddings=False,
-)
-
+VOCAB_SIZE = TINY_CONFIG["vocab_size"]
 
 def tiny_backbone(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    """A tiny random causal LM of ``model_type`` (hidden 64, 2 layers), eval mode, float32."""
-    cfg = AutoConfig.for_model(model_type, **{**_TINY_KWARGS, **overrides})
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    # Random inits give near-flat logits; a larger LM head makes greedy choices decisive, so
-    # token-equality tests compare behaviour instead of float noise.
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(8.0)
-    return model.eval()
+    """A tiny random causal LM of ``model_type`` (hidden 64, 2 layers) with a sharpened LM head."""
+    return _tiny_backbone(model_type, seed, sharpen_head=8.0, **overrides)
 
 
 _WORDS = (
