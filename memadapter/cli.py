@@ -20,6 +20,7 @@ _BENCHES = {
     "evidence": ("memadapter.bench.evidence", "method x task accuracy on the controlled lifecycle tasks"),
     "stress": ("memadapter.bench.stress", "the 2M-token sparse-hybrid stress test (paper Table 2)"),
     "vla": ("memadapter.bench.vla", "VLA vs linear attention: state norm and associative-recall capacity"),
+    "ingest": ("memadapter.bench.ingest", "streaming-ingest cost vs the bare backbone read, per length"),
 }
 
 
