@@ -13,6 +13,11 @@ The scoring is bm25s' "lucene" variant, which :func:`bm25_reference` re-implemen
                   idf(t) * tf(t, d) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))
 
 N and avgdl count every document that has text, including ones whose text yields no token.
+
+:class:`TermIndex` is the same BM25 over integer term ids (e.g. a chunk's token ids), with no
+string in sight: an append costs one ``np.unique`` over (document, term) pairs, and the postings
+are rebuilt lazily, in CSR form with one sort, on the first score call after an append.
+It equals :func:`bm25_reference` on the same documents (the reference counts any hashable token).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Sequence
 
 import bm25s
 import numpy as np
+
+from .errors import ConfigError, DTypeError, ShapeError
 
 # bm25s' own defaults; the reference below must use the same ones to agree with it.
 DEFAULT_K1 = 1.5
@@ -92,6 +99,162 @@ class LexicalIndex:
             self._rebuild()
         assert self._retriever is not None
         return self._retriever.get_scores(list(query_tokens)).astype(np.float64)
+
+
+def check_terms(name: str, terms: object, *, check_sign: bool = True) -> np.ndarray:
+    """One document's term ids (1-D integer array, tensor or list, values >= 0) -> integer array.
+
+    ``check_sign=False`` leaves the >= 0 check to the caller (one pass over many documents).
+    """
+    if hasattr(terms, "detach"):  # a torch tensor: numpy() shares memory, no copy
+        terms = terms.detach().cpu().numpy()
+    arr = terms if isinstance(terms, np.ndarray) else np.asarray(terms)
+    if arr.dtype.kind not in "iu":  # bool, float, object, ...
+        if arr.size == 0 and arr.ndim == 1:  # [] has dtype float64: an empty document
+            return np.zeros(0, dtype=np.int64)
+        raise DTypeError(f"{name}: expected integer term ids, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ShapeError(f"{name}: expected a 1-D array of term ids, got shape {arr.shape}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8:
+        arr = arr.astype(np.int64)  # uint64 would not survive the int64 packing
+    if check_sign and arr.size and int(arr.min()) < 0:
+        raise ConfigError(f"{name}: term ids must be >= 0, got {int(arr.min())}")
+    return arr
+
+
+def _count_terms(docs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(local doc index, term, count) of every distinct (doc, term) pair, sorted by doc then term.
+
+    One np.unique over packed keys doc * (max_term + 1) + term instead of one call per document.
+    """
+    lengths = np.array([d.size for d in docs], dtype=np.int64)
+    flat = np.concatenate(docs).astype(np.int64, copy=False) if len(docs) else np.zeros(0, dtype=np.int64)
+    if flat.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty.astype(np.int32), empty, empty.astype(np.int32)
+    width = int(flat.max()) + 1
+    doc_of = np.repeat(np.arange(len(docs), dtype=np.int64), lengths)  # [total] doc of each token
+    if width < 2**62 // len(docs):
+        keys, counts = np.unique(doc_of * width + flat, return_counts=True)
+        terms = keys % width
+        if width <= 2**31:  # halves the memory of a token-id index (2M pairs per 2M-token stream)
+            terms = terms.astype(np.int32)
+        return (keys // width).astype(np.int32), terms, counts.astype(np.int32)
+    order = np.lexsort((flat, doc_of))  # huge term ids: sort the pairs instead of packing them
+    d, t = doc_of[order], flat[order]
+    new = np.ones(d.size, dtype=bool)
+    new[1:] = (d[1:] != d[:-1]) | (t[1:] != t[:-1])
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.append(starts, d.size))
+    return d[starts].astype(np.int32), t[starts], counts.astype(np.int32)
+
+
+class TermIndex:
+    """Append-only BM25 (lucene variant) over integer term ids, postings rebuilt lazily.
+
+    Example:
+        >>> idx = TermIndex()
+        >>> idx.append([np.array([3, 7, 7]), np.array([5])])
+        >>> [round(float(s), 3) for s in idx.scores(np.array([7]))]
+        [0.341, 0.0]
+    """
+
+    def __init__(self, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> None:
+        self.k1 = k1
+        self.b = b
+        # one (first doc, lengths, local doc, term, count) block per append; arrays never mutate,
+        # so snapshots may share them
+        self._blocks: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._n_docs = 0
+        self._total = 0
+        self._csr: tuple[np.ndarray, ...] | None = None  # (terms, indptr, docs, tf, lengths)
+
+    def __len__(self) -> int:
+        return self._n_docs
+
+    def append(self, docs: Sequence[np.ndarray]) -> None:
+        """Add documents given as 1-D int64 arrays (see :func:`check_terms`)."""
+        if len(docs) == 0:
+            return
+        lengths = np.array([d.size for d in docs], dtype=np.int64)
+        local, terms, counts = _count_terms(docs)
+        self._blocks.append((self._n_docs, lengths, local, terms, counts))
+        self._n_docs += len(docs)
+        self._total += int(lengths.sum())
+        self._csr = None
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Flat copy of the index: lengths [N], and doc [P], term [P], count [P] per distinct pair."""
+        if not self._blocks:
+            z = np.zeros(0, dtype=np.int64)
+            return {"lengths": z, "doc": z.astype(np.int32), "term": z, "count": z.astype(np.int32)}
+        return {
+            "lengths": np.concatenate([blk[1] for blk in self._blocks]),
+            "doc": np.concatenate([blk[2] + blk[0] for blk in self._blocks]).astype(np.int32),
+            "term": np.concatenate([blk[3] for blk in self._blocks]),
+            "count": np.concatenate([blk[4] for blk in self._blocks]),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> "TermIndex":
+        """Inverse of :meth:`state`; checks that the arrays are consistent."""
+        try:
+            lengths = np.asarray(state["lengths"], dtype=np.int64)
+            doc, term = np.asarray(state["doc"], dtype=np.int64), np.asarray(state["term"], dtype=np.int64)
+            count = np.asarray(state["count"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ShapeError(f"state: expected arrays lengths, doc, term, count ({err})") from err
+        n = lengths.size
+        ok = lengths.ndim == doc.ndim == term.ndim == count.ndim == 1 and doc.size == term.size == count.size
+        ok = ok and (doc.size == 0 or (doc.min() >= 0 and doc.max() < n and term.min() >= 0 and count.min() > 0))
+        if ok and n:
+            ok = bool((np.bincount(doc, weights=count, minlength=n) == lengths).all())
+        if not ok:
+            raise ShapeError("state: lengths/doc/term/count are inconsistent")
+        idx = cls(k1, b)
+        if n:
+            idx._blocks.append((0, lengths, doc.astype(np.int32), term, count.astype(np.int32)))
+            idx._n_docs, idx._total = n, int(lengths.sum())
+        return idx
+
+    def _rebuild(self) -> tuple[np.ndarray, ...]:
+        """Postings sorted by (term, doc): distinct terms, indptr, docs, tf, doc lengths.
+
+        (doc, term) pairs are distinct, so one unstable sort of the packed key term * N + doc
+        orders them fully; term ids too large to pack fall back to a lexsort.
+        """
+        st = self.state()
+        n, term, doc = self._n_docs, st["term"].astype(np.int64), st["doc"]
+        if term.size and int(term.max()) < 2**62 // max(n, 1):
+            order = np.argsort(term * n + doc)
+        else:
+            order = np.lexsort((doc, term))
+        t_sorted = term[order]
+        new = np.ones(t_sorted.size, dtype=bool)
+        new[1:] = t_sorted[1:] != t_sorted[:-1]
+        starts = np.flatnonzero(new)
+        indptr = np.append(starts, t_sorted.size)
+        self._csr = (t_sorted[starts], indptr, doc[order], st["count"][order], st["lengths"])
+        return self._csr
+
+    def scores(self, query_terms: np.ndarray) -> np.ndarray:
+        """BM25 score of every document for one query (1-D term ids, repeats count): float64 [N]."""
+        n = self._n_docs
+        out = np.zeros(n, dtype=np.float64)
+        if n == 0 or self._total == 0 or len(query_terms) == 0:
+            return out
+        uniq, indptr, docs, tf, lengths = self._csr if self._csr is not None else self._rebuild()
+        norm = self.k1 * (1.0 - self.b + self.b * lengths / (self._total / n))  # [N]
+        q_terms, q_reps = np.unique(np.asarray(query_terms, dtype=np.int64), return_counts=True)
+        pos = np.searchsorted(uniq, q_terms)
+        for t, reps, p in zip(q_terms, q_reps, pos):
+            if p >= uniq.size or uniq[p] != t:
+                continue
+            d, f = docs[indptr[p] : indptr[p + 1]], tf[indptr[p] : indptr[p + 1]].astype(np.float64)
+            df = d.size
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            out[d] += reps * idf * f / (f + norm[d])  # each doc once per term: no duplicate index
+        return out
 
 
 def bm25_reference(docs: Sequence[Sequence[str]], query_tokens: Sequence[str],

@@ -1,17 +1,21 @@
 """Per-request chunk index: the sparse fallback of the router.
 
 Every chunk the backbone read leaves a dense summary vector (held L2-normalised in a growable
-tensor, so an append is amortised O(1)) and, when it has text, a BM25 entry (see ``bm25.py``).
+tensor, so an append is amortised O(1)) and, optionally, a BM25 entry (see ``bm25.py``): either
+its text (``texts=``, tokenised by bm25s) or its integer term ids (``terms=``, e.g. its token ids,
+no strings involved). One index holds one kind; queries then bring ``query_text`` or
+``query_terms`` to match.
 A search ranks chunks by a hybrid score
 
     hybrid = dense_weight * cosine + (1 - dense_weight) * bm25 / max_chunks(bm25)
 
-and falls back to the cosine alone for a chunk or a query that has no text (a query "has text"
-when its text yields at least one token). It returns the top-k chunks, their +-n neighbours in
-stream order, and an abstention score computed from the score distribution alone.
+and falls back to the cosine alone for a chunk or a query with no lexical entry (a query has one
+when its text yields at least one token, or its terms are non-empty). It returns the top-k
+chunks, their +-n neighbours in stream order, and an abstention score computed from the score
+distribution alone.
 
-The BM25 side is rebuilt lazily by bm25s on the first search after new text (about 2 s at
-4,096 chunks x 512 tokens), so streaming adds stay cheap; see ``bm25.py`` for the trade-off.
+The BM25 side is rebuilt lazily on the first search after new entries (text: bm25s, about 2 s
+at 4,096 chunks x 512 tokens; terms: one sort, about 0.3 s), so streaming adds stay cheap.
 
 ``reference_search`` is the plain-loop oracle of :meth:`ChunkIndex.search`; the tests compare them.
 Ties in the hybrid score rank the earlier chunk (lower id) first in both.
@@ -23,14 +27,17 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._validate import check_positive_int, check_tensor
-from .bm25 import DEFAULT_B, DEFAULT_K1, LexicalIndex, bm25_reference, tokenize
+from .bm25 import DEFAULT_B, DEFAULT_K1, LexicalIndex, TermIndex, bm25_reference, check_terms, tokenize
 from .errors import CapacityError, ConfigError, DTypeError, ShapeError
 
 TextArg = Optional[str | Sequence[Optional[str]]]
+TermsArg = Optional[object]  # a 1-D int array/tensor (one row), [Q, L] tensor, or a sequence per row
+TEXT, TERMS = "text", "terms"
 _MIN_ALLOC = 64  # first buffer size; doubling from here keeps appends amortised O(1)
 _EPS = 1e-9
 
@@ -79,6 +86,31 @@ def _text_list(name: str, texts: TextArg, n: int) -> list[Optional[str]]:
         if t is not None and not isinstance(t, str):
             raise DTypeError(f"{name}[{i}]: expected str or None, got {type(t).__name__}")
     return list(texts)
+
+
+def _terms_list(name: str, terms: TermsArg, n: int) -> list[Optional["np.ndarray"]]:
+    """Normalise terms to a list of n entries, each an int64 array or None (no lexical entry)."""
+    if terms is None:
+        return [None] * n
+    if isinstance(terms, (torch.Tensor, np.ndarray)):
+        if terms.ndim == 1:  # one row's term ids
+            if n != 1:
+                raise ShapeError(f"{name}: a single 1-D array was given for {n} rows; pass {n} arrays")
+            return [check_terms(f"{name}[0]", terms)]
+        if terms.ndim != 2:
+            raise ShapeError(f"{name}: expected a 1-D array, a [rows, L] array or a list, "
+                             f"got shape {tuple(terms.shape)}")
+        terms = list(terms)  # [n, L] -> n rows
+    if not isinstance(terms, (list, tuple)):
+        raise DTypeError(f"{name}: expected a list of integer arrays, got {type(terms).__name__}")
+    if len(terms) != n:
+        raise ShapeError(f"{name}: expected {n} entries (one per row), got {len(terms)}")
+    out = [None if t is None else check_terms(f"{name}[{i}]", t, check_sign=False) for i, t in enumerate(terms)]
+    present = [t for t in out if t is not None and t.size]
+    if present and int(np.concatenate(present).min()) < 0:  # one pass, then name the first culprit
+        bad = next(i for i, t in enumerate(out) if t is not None and t.size and int(t.min()) < 0)
+        raise ConfigError(f"{name}[{bad}]: term ids must be >= 0, got {int(out[bad].min())}")
+    return out
 
 
 def abstain_score(scores: torch.Tensor) -> torch.Tensor:
@@ -143,8 +175,10 @@ class ChunkIndex:
         self._reset(0, torch.empty(0, dim), torch.empty(0, 2, dtype=torch.long), [], [], 0)
 
     def _reset(self, n: int, vecs: torch.Tensor, spans: torch.Tensor, texts: list[Optional[str]],
-               tokens: Sequence[Sequence[str]], next_start: int) -> None:
-        """Install a complete state (used by __init__ and restore); vecs are already normalised."""
+               tokens: Sequence[Sequence[str]], next_start: int,
+               terms: Optional[tuple[TermIndex, list[int]]] = None) -> None:
+        """Install a complete state (used by __init__ and restore); vecs are already normalised.
+        ``terms``: (term index, chunk id of each of its documents) for a terms index."""
         alloc = max(_MIN_ALLOC if self.capacity is None else min(_MIN_ALLOC, self.capacity), n)
         self._vecs = torch.zeros(alloc, self.dim, device=self.device, dtype=self.dtype)
         self._vecs[:n] = vecs.to(self.device, self.dtype)
@@ -155,6 +189,10 @@ class ChunkIndex:
         self._lex_ids = [i for i, t in enumerate(texts) if t is not None]  # chunk id per BM25 doc
         self._lexical = LexicalIndex(self._k1, self._b)
         self._lexical.append(tokens)
+        self._terms = TermIndex(self._k1, self._b) if terms is None else terms[0]
+        if terms is not None:
+            self._lex_ids = list(terms[1])
+        self._kind = TERMS if len(self._terms) else TEXT if self._lex_ids else None
         self._next_start = next_start
 
     def __len__(self) -> int:
@@ -196,10 +234,24 @@ class ChunkIndex:
             raise CapacityError("spans: each span needs 0 <= start <= end")
         return spans
 
-    def add(self, vectors: torch.Tensor, texts: TextArg = None, spans: object = None) -> torch.Tensor:
+    def _check_kind(self, text_list: list[Optional[str]], term_list: list) -> Optional[str]:
+        """The lexical kind these rows bring (None: dense only); one index holds one kind."""
+        has_text = any(t is not None for t in text_list)
+        has_terms = any(t is not None for t in term_list)
+        if has_text and has_terms:
+            raise ConfigError("terms: a chunk has text or terms, not both; got both in one add")
+        kind = TEXT if has_text else TERMS if has_terms else None
+        if kind is not None and self._kind not in (None, kind):
+            arg = "texts" if kind == TEXT else "terms"
+            raise ConfigError(f"{arg}: this index already holds {self._kind} entries; one index holds one kind")
+        return kind
+
+    def add(self, vectors: torch.Tensor, texts: TextArg = None, spans: object = None, *,
+            terms: TermsArg = None) -> torch.Tensor:
         """Append chunks and return their ids [n] (long, consecutive).
 
         vectors [n, dim] or [dim]; texts: str | list[str | None] | None (None: dense only);
+        terms: n 1-D integer arrays/tensors (e.g. token ids) or None entries, instead of texts;
         spans [n, 2] token spans in the stream (default: consecutive). All checks run before
         anything is stored, so a rejected add leaves the index exactly as it was.
         """
@@ -207,6 +259,8 @@ class ChunkIndex:
         vectors = vectors.reshape(-1, self.dim)  # [dim] -> [1, dim]
         n = vectors.shape[0]
         text_list = _text_list("texts", texts, n)
+        term_list = _terms_list("terms", terms, n)
+        kind = self._check_kind(text_list, term_list)
         span_t = self._check_spans(spans, n)
         if self.capacity is not None and self._n + n > self.capacity:
             raise CapacityError(f"vectors: adding {n} chunks to {self._n} exceeds capacity {self.capacity}")
@@ -214,11 +268,16 @@ class ChunkIndex:
         tokens = tokenize([t for t in text_list if t is not None])
         self._grow(self._n + n)
         start = self._n
+        if kind == TERMS:  # first: the term counting is the step that could still fail (memory)
+            self._terms.append([t for t in term_list if t is not None])
+            self._lex_ids.extend(start + i for i, t in enumerate(term_list) if t is not None)
+        else:
+            self._lexical.append(tokens)
+            self._lex_ids.extend(start + i for i, t in enumerate(text_list) if t is not None)
         self._vecs[start : start + n] = normed
         self._spans[start : start + n] = span_t
         self._texts.extend(text_list)
-        self._lex_ids.extend(start + i for i, t in enumerate(text_list) if t is not None)
-        self._lexical.append(tokens)
+        self._kind = self._kind or kind
         self._n += n
         self._next_start = int(span_t[-1, 1])
         return torch.arange(start, start + n, dtype=torch.long)
@@ -260,24 +319,41 @@ class ChunkIndex:
         q = F.normalize(self._check_query(query), dim=-1)
         return q @ self._vecs[: self._n].T  # [Q, dim] @ [dim, N] -> [Q, N]
 
-    def hybrid_scores(self, query: torch.Tensor, query_text: TextArg = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def hybrid_scores(self, query: torch.Tensor, query_text: TextArg = None, *,
+                      query_terms: TermsArg = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(hybrid, cosine, normalised BM25), each [Q, N], for every chunk."""
         dense = self.dense_scores(query)
-        return self._combine(dense, _text_list("query_text", query_text, dense.shape[0]))
+        return self._combine(dense, self._query_lexical(query_text, query_terms, dense.shape[0]))
 
-    def _combine(self, dense: torch.Tensor, texts: list[Optional[str]]
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _query_lexical(self, query_text: TextArg, query_terms: TermsArg, q: int) -> list:
+        """Per query row: a token list (text index), a term array (terms index) or None."""
+        texts = _text_list("query_text", query_text, q)
+        terms = _terms_list("query_terms", query_terms, q)
+        if any(t is not None for t in texts) and any(t is not None for t in terms):
+            raise ConfigError("query_terms: give query_text or query_terms, not both")
+        if self._kind == TEXT and any(t is not None for t in terms):
+            raise ConfigError("query_terms: this index holds text; search it with query_text")
+        if self._kind == TERMS and any(t is not None for t in texts):
+            raise ConfigError("query_text: this index holds term ids; search it with query_terms")
+        if any(t is not None for t in terms):
+            return terms
+        present = [i for i, t in enumerate(texts) if t is not None]
+        out: list = [None] * q
+        for qi, toks in zip(present, tokenize([texts[i] for i in present])):
+            out[qi] = toks
+        return out
+
+    def _combine(self, dense: torch.Tensor, queries: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, n = dense.shape
         lex_ids = torch.tensor(self._lex_ids, dtype=torch.long)
         lexical = torch.zeros(q, n, dtype=self.dtype)
         q_has = torch.zeros(q, dtype=torch.bool)
-        present = [i for i, t in enumerate(texts) if t is not None]
-        for qi, toks in zip(present, tokenize([texts[i] for i in present])):
-            if not toks:  # stopwords only: no lexical evidence, stay dense-only
+        backend = self._terms if self._kind == TERMS else self._lexical
+        for qi, toks in enumerate(queries):
+            if toks is None or len(toks) == 0:  # stopwords only / no terms: stay dense-only
                 continue
             q_has[qi] = True
-            raw = torch.from_numpy(self._lexical.scores(toks))  # [n_text]
+            raw = torch.from_numpy(backend.scores(toks))  # [n_lexical]
             if raw.numel() and float(raw.max()) > 0:
                 lexical[qi, lex_ids] = (raw / raw.max()).to(self.dtype)
         lexical = lexical.to(self.device)
@@ -289,20 +365,21 @@ class ChunkIndex:
         return hybrid, dense, lexical
 
     def search(self, query: torch.Tensor, query_text: TextArg = None, top_k: int = 4, *,
-               neighbours: int = 0) -> SearchResult:
+               neighbours: int = 0, query_terms: TermsArg = None) -> SearchResult:
         """Top-k chunks per query by hybrid score, with +-neighbours expansion.
 
-        query [dim] or [Q, dim]; query_text str | list[str | None] | None. top_k above the
-        index size pads with -1; an empty index returns all padding with abstain 1.
+        query [dim] or [Q, dim]; query_text str | list[str | None] | None for a text index, or
+        query_terms (a 1-D int array for one query, or one per query) for a terms index.
+        top_k above the index size pads with -1; an empty index returns all padding, abstain 1.
         """
         query = self._check_query(query)
         top_k = check_positive_int("top_k", top_k)
         neighbours = check_positive_int("neighbours", neighbours, allow_zero=True)
-        texts = _text_list("query_text", query_text, query.shape[0])
+        lex_queries = self._query_lexical(query_text, query_terms, query.shape[0])
         q, n = query.shape[0], self._n
         if n == 0:
             return _empty_result(q, top_k, self.dtype, self.device)
-        hybrid, dense, lexical = self._combine(self.dense_scores(query), texts)
+        hybrid, dense, lexical = self._combine(self.dense_scores(query), lex_queries)
         k = min(top_k, n)
         order = torch.sort(hybrid, dim=1, descending=True, stable=True).indices[:, :k]  # [Q, k]
         pad = (0, top_k - k)
@@ -325,6 +402,8 @@ class ChunkIndex:
             "texts": list(self._texts),
             "tokens": self._lexical.docs,  # immutable tuples: sharing them is safe
             "next_start": self._next_start,
+            "terms": self._terms.state() if self._kind == TERMS else None,  # fresh arrays
+            "term_chunks": list(self._lex_ids) if self._kind == TERMS else None,
         }
 
     def restore(self, snap: dict) -> None:
@@ -350,7 +429,24 @@ class ChunkIndex:
         if self.capacity is not None and n > self.capacity:
             raise CapacityError(f"snap: {n} chunks exceed capacity {self.capacity}")
         next_start = check_positive_int("snap['next_start']", snap["next_start"], allow_zero=True)
-        self._reset(n, vecs, spans, texts, tokens, next_start)
+        terms = self._restore_terms(snap, n, n_text)
+        self._reset(n, vecs, spans, texts, tokens, next_start, terms)
+
+    def _restore_terms(self, snap: dict, n: int, n_text: int) -> Optional[tuple[TermIndex, list[int]]]:
+        """Rebuild the term index of a snapshot (None for a text or dense-only snapshot)."""
+        if snap.get("terms") is None:
+            return None
+        if n_text:
+            raise ConfigError("snap: holds both texts and terms; one index holds one kind")
+        if not isinstance(snap["terms"], dict):
+            raise DTypeError("snap['terms']: expected the dict of arrays from snapshot()")
+        index = TermIndex.from_state(snap["terms"], self._k1, self._b)
+        ids = snap.get("term_chunks")
+        if not isinstance(ids, (list, tuple)) or len(ids) != len(index) \
+                or any(isinstance(i, bool) or not isinstance(i, int) for i in ids) \
+                or list(ids) != sorted(set(ids)) or (ids and not 0 <= ids[0] <= ids[-1] < n):
+            raise ShapeError(f"snap['term_chunks']: expected {len(index)} increasing chunk ids in [0, {n})")
+        return index, list(ids)
 
 
 def _empty_result(q: int, top_k: int, dtype: torch.dtype, device: torch.device) -> SearchResult:
@@ -383,12 +479,22 @@ def _abstain_reference(scores: Sequence[float]) -> float:
 def reference_search(vectors: Sequence[Sequence[float]], texts: Sequence[Optional[str]],
                      spans: Sequence[Sequence[int]], query: Sequence[float],
                      query_text: Optional[str], top_k: int, *, neighbours: int = 0,
-                     dense_weight: float = 0.5) -> SearchResult:
-    """Plain-loop oracle of ChunkIndex.search for ONE query over raw (unnormalised) chunks."""
+                     dense_weight: float = 0.5, terms: Optional[Sequence[Optional[Sequence[int]]]] = None,
+                     query_terms: Optional[Sequence[int]] = None) -> SearchResult:
+    """Plain-loop oracle of ChunkIndex.search for ONE query over raw (unnormalised) chunks.
+
+    A terms index passes ``terms`` (one list of ints or None per chunk) and ``query_terms``."""
     n = len(vectors)
-    lex_docs = [i for i in range(n) if texts[i] is not None]
-    q_tokens = tokenize([query_text])[0] if query_text is not None else []
-    raw = bm25_reference(tokenize([texts[i] for i in lex_docs]), q_tokens) if q_tokens else []
+    if terms is not None:
+        lex_docs = [i for i in range(n) if terms[i] is not None]
+        docs = [[int(t) for t in terms[i]] for i in lex_docs]
+        q_tokens = [int(t) for t in query_terms] if query_terms is not None else []
+    else:
+        lex_docs = [i for i in range(n) if texts[i] is not None]
+        docs = tokenize([texts[i] for i in lex_docs])
+        q_tokens = tokenize([query_text])[0] if query_text is not None else []
+    raw = bm25_reference(docs, q_tokens) if q_tokens else []
+    lex_set = set(lex_docs)
     top = max(raw) if raw else 0.0
     lexical = [0.0] * n
     for pos, i in enumerate(lex_docs):
@@ -396,7 +502,7 @@ def reference_search(vectors: Sequence[Sequence[float]], texts: Sequence[Optiona
     rows = []
     for i in range(n):
         cos = _cosine_reference(query, vectors[i])
-        both = bool(q_tokens) and texts[i] is not None
+        both = bool(q_tokens) and i in lex_set
         hybrid = dense_weight * cos + (1 - dense_weight) * lexical[i] if both else cos
         rows.append((hybrid, cos, lexical[i], i))
     ranked = sorted(rows, key=lambda r: (-r[0], r[3]))[:top_k]

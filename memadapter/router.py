@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 
 from ._validate import check_positive_int, check_tensor
-from .chunk_index import ChunkIndex, SearchResult, TextArg, _text_list
+from .chunk_index import ChunkIndex, SearchResult, TermsArg, TextArg, _terms_list, _text_list
 from .errors import CapacityError, ConfigError, DTypeError, ShapeError
 
 if TYPE_CHECKING:  # duck-typed at run time: anything with batch_size, num_slots, match, read
@@ -91,7 +91,7 @@ class Router:
         self.neighbours = check_positive_int("neighbours", neighbours, allow_zero=True)
 
     def _check_inputs(self, memory: "SlotMemory", indexes: Sequence[ChunkIndex], query: torch.Tensor,
-                      query_text: TextArg, chunk_query: Optional[torch.Tensor]):
+                      query_text: TextArg, chunk_query: Optional[torch.Tensor], query_terms: TermsArg):
         """Everything is checked before the read, whose usage update is the only side effect."""
         batch = int(memory.batch_size)
         query = check_tensor("query", query, ndim=2)
@@ -110,17 +110,21 @@ class Router:
                 raise ShapeError(f"chunk_query: last dim {chunk_query.shape[1]} != indexes[{b}].dim {idx.dim}")
         if self.top_k_slots > int(memory.num_slots):
             raise CapacityError(f"top_k_slots: {self.top_k_slots} exceeds num_slots {memory.num_slots}")
-        return query, chunk_query, _text_list("query_text", query_text, batch)
+        texts = _text_list("query_text", query_text, batch)
+        return query, chunk_query, texts, _terms_list("query_terms", query_terms, batch)
 
     def route(self, memory: "SlotMemory", indexes: Sequence[ChunkIndex], query: torch.Tensor,
-              query_text: TextArg = None, chunk_query: Optional[torch.Tensor] = None) -> RouteResult:
+              query_text: TextArg = None, chunk_query: Optional[torch.Tensor] = None, *,
+              query_terms: TermsArg = None) -> RouteResult:
         """memory: SlotMemory (batch B); indexes: B ChunkIndex; query [B, dk] slot query;
-        chunk_query [B, dim] for the indexes (defaults to query); query_text list[str] | None.
+        chunk_query [B, dim] for the indexes (defaults to query); query_text list[str] | None,
+        or query_terms (B 1-D integer arrays, or [B, L]) for indexes that hold term ids.
 
         The read runs only when some row matches, and only matched rows get usage credit, so a
         fallback row's unmatched best slot is not kept alive by a question it did not answer.
         """
-        query, chunk_query, texts = self._check_inputs(memory, indexes, query, query_text, chunk_query)
+        query, chunk_query, texts, terms = self._check_inputs(memory, indexes, query, query_text,
+                                                              chunk_query, query_terms)
         batch = query.shape[0]
         best, _ = memory.match(query)
         match = best.reshape(batch, -1)[:, 0]  # [B, Q=1] -> [B]
@@ -137,7 +141,7 @@ class Router:
                 active.append(int(n_valid[b]))
                 continue
             res = indexes[b].search(chunk_query[b], texts[b], self.top_k_chunks,
-                                    neighbours=self.neighbours)
+                                    neighbours=self.neighbours, query_terms=terms[b])
             branch.append(FALLBACK)
             chunks.append(res)
             active.append(int(res.num_active[0]))

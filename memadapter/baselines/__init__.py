@@ -38,7 +38,8 @@ def build_methods(codebook: Codebook, names: Optional[Sequence[str]] = None, *, 
         "query_sparse": lambda: QuerySparse(codebook, block=chunk, top_k=4),
         "chunk_sparse": lambda: ChunkSparse(codebook, chunk=chunk, top_k=4),
         "memory": lambda: ExplicitMemory(codebook, num_slots=num_slots),
-        "hybrid": lambda: Hybrid(codebook, num_slots=num_slots, chunk=chunk),
+        # The hybrid indexes 512-token chunks (ChunkIndex entries), as the product path does.
+        "hybrid": lambda: Hybrid(codebook, num_slots=num_slots),
     }
     for model in ("linear_attention", "deltanet", "gated_deltanet", "vla"):
         make[model] = (lambda m: lambda: FixedState(codebook, m))(model)

@@ -9,8 +9,6 @@ The stream is cut into ``chunk`` -token chunks. Each chunk keeps a summary: its 
 the order of tf), keeps the ``top_k`` chunks and runs softmax attention over the token pairs
 inside them. tf is read by comparing stored ids with the query id, which returns exactly what
 an inverted-index lookup would. MSA learns its routing keys; this proxy does not.
-
-The store is also the hybrid's fallback route (``hybrid.py``).
 """
 
 from __future__ import annotations
