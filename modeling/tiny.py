@@ -46,3 +46,18 @@ def tiny_backbone(model_type: str, seed: int = 0, *, sharpen_head: float = 1.0, 
         with torch.no_grad():
             model.get_output_embeddings().weight.mul_(sharpen_head)
     return model.eval()
+
+
+def tiny_word_tokenizer(vocab_size: int = TINY_CONFIG["vocab_size"]):
+    """A whitespace word-level tokenizer whose words are ``w4`` .. ``w{vocab_size-1}`` (id = number)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3}
+    vocab.update({f"w{i}": i for i in range(4, vocab_size)})
+    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<bos>", eos_token="<eos>")

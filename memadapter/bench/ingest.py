@@ -28,27 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH")
 
 
-def _word_tokenizer(vocab_size: int):
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import WhitespaceSplit
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3}
-    vocab.update({f"w{i}": i for i in range(4, vocab_size)})
-    tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
-
-
 def _load(name: str):
     if name == "smollm2":
         from memadapter.modeling.real_models import load_smollm2
 
         return load_smollm2()
-    from memadapter.modeling.tiny import TINY_CONFIG, tiny_backbone
+    from memadapter.modeling.tiny import tiny_backbone, tiny_word_tokenizer
 
-    return tiny_backbone(name), _word_tokenizer(TINY_CONFIG["vocab_size"])
+    return tiny_backbone(name), tiny_word_tokenizer()
 
 
 def _read_only(model, ids: torch.Tensor, chunk: int) -> float:
