@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from memadapter.bench.stats import wilson_interval, write_rows_json
 from memadapter.chunk_index import ChunkIndex
@@ -352,6 +353,12 @@ def load_backbone(family: str):
     return tiny_backbone(family, seed=zlib.crc32(family.encode()) % 2**31), word_tokenizer(), f"tiny-{family}"
 
 
+def default_read_layer(family: str, model: nn.Module) -> int:
+    """Last hidden state for the 2-layer tiny backbones; the middle layer of a real model, whose last
+    layers specialise in next-token prediction (fixed a priori, not tuned on the test split)."""
+    return model.config.num_hidden_layers // 2 if family == "smollm2" else -1
+
+
 def backbone_fingerprint(model: nn.Module, name: str) -> str:
     """Cache key part: name + config + a digest of the first and last parameter tensors."""
     params = list(model.parameters())
@@ -363,7 +370,7 @@ def backbone_fingerprint(model: nn.Module, name: str) -> str:
 
 
 class HiddenCache:
-    """Last-layer token hidden states per text, cached on disk as safetensors shards keyed by
+    """Token hidden states (of ``layer``) per text, cached on disk as safetensors shards keyed by
     sha1(backbone fingerprint + text), so reruns skip the backbone.
 
     Example:
@@ -373,11 +380,12 @@ class HiddenCache:
     """
 
     def __init__(self, model: nn.Module, tokenizer, name: str, cache_dir: Optional[str | Path],
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, layer: int = -1) -> None:
         from memadapter.modeling.backbones import read_hidden_states
 
-        self.model, self.tokenizer, self._read = model, tokenizer, read_hidden_states
-        self.fp = backbone_fingerprint(model, name)
+        self.model, self.tokenizer, self._read, self.layer = model, tokenizer, read_hidden_states, layer
+        # The read layer is part of the key: states of another layer must never be served.
+        self.fp = backbone_fingerprint(model, name if layer == -1 else f"{name}@layer{layer}")
         self.dir = None if cache_dir is None else Path(cache_dir) / self.fp
         self.batch_size = batch_size
         self.mem: dict[str, torch.Tensor] = {}
@@ -398,12 +406,11 @@ class HiddenCache:
                 raise EmptyInputError(f"texts[{i}]: tokenizes to nothing: {texts[i]!r}")
             by_len.setdefault(len(row), []).append(i)
         out = {}
-        for idx in by_len.values():
-            for s in range(0, len(idx), self.batch_size):
-                part = idx[s:s + self.batch_size]
-                x = torch.tensor([ids[i] for i in part])  # [b, T]
-                hidden = self._read(self.model, x, torch.ones_like(x), -1).float()  # [b, T, H]
-                out.update({self._key(texts[i]): hidden[j].to(torch.float16) for j, i in enumerate(part)})
+        batches = [idx[s:s + self.batch_size] for idx in by_len.values() for s in range(0, len(idx), self.batch_size)]
+        for part in tqdm(batches, desc="hidden states", unit="batch", disable=len(batches) < 8):
+            x = torch.tensor([ids[i] for i in part])  # [b, T]
+            hidden = self._read(self.model, x, torch.ones_like(x), self.layer).float()  # [b, T, H]
+            out.update({self._key(texts[i]): hidden[j].to(torch.float16) for j, i in enumerate(part)})
         return out
 
     def tokens(self, texts: Sequence[str]) -> list[torch.Tensor]:
@@ -868,6 +875,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--train-events", type=int, default=TrainConfig.train_events)
     ap.add_argument("--cache-dir", default=None, help="hidden-state cache (default $MEMADAPTER_CACHE/phase13)")
     ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--read-layer", type=int, default=None,
+                    help="hidden-state index to read (default: last for tiny backbones, the middle for smollm2)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -881,7 +890,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: list[dict] = []
     for fam in families:
         model, tok, name = load_backbone(fam)
-        cache = HiddenCache(model, tok, name, cache_dir)
+        layer = args.read_layer if args.read_layer is not None else default_read_layer(fam, model)
+        cache = HiddenCache(model, tok, name, cache_dir, layer=layer)
         for proto in protocols:
             for seed in range(args.seeds):
                 print(f"[phase13] {fam} {proto} seed {seed}", file=sys.stderr)

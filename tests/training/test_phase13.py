@@ -86,6 +86,10 @@ def test_cache_matches_backbone_and_reloads(tmp_path, cache):
     torch.testing.assert_close(again.tokens(texts)[1], got[1])
     other = p13.HiddenCache(p13.tiny_backbone("llama", seed=1), cache.tokenizer, "tiny-llama", tmp_path)
     assert other.fp != disk.fp  # another backbone never reads these entries
+    layer1 = p13.HiddenCache(cache.model, cache.tokenizer, "tiny-llama", tmp_path, layer=1)
+    assert layer1.fp != disk.fp  # states of another read layer are never served
+    ref1 = read_hidden_states(cache.model, ids, torch.ones_like(ids), 1)[0]
+    torch.testing.assert_close(layer1.tokens(texts[:1])[0], ref1, atol=2e-2, rtol=2e-2)
 
 
 def test_multi_head_pool_matches_reference():

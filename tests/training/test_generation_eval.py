@@ -1,0 +1,200 @@
+"""Generate-based exact-match evaluation on a tiny random llama: normalisation, row shape, skipping,
+injection restore, bad input, and that predictions never depend on the gold answers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import pytest
+import torch
+
+from memadapter.errors import ConfigError
+from memadapter.modeling.configuration_memadapter import MemAdapterConfig
+from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
+from memadapter.modeling.tiny import tiny_backbone
+from memadapter.training.collator import MemAdapterCollator
+from memadapter.training.generation_eval import (
+    METHODS, contains_answer, evaluate_generation, exact_match, injection_mode, main, normalize_answer,
+    question_ids,
+)
+from memadapter.training.lifecycle_data import generate_stream
+from memadapter.training.train import build_word_tokenizer
+
+torch.set_num_threads(1)
+
+ROW_KEYS = {"method", "task", "correct", "total", "accuracy", "skipped", "ci_low", "ci_high", "contains"}
+
+
+def _streams(n: int = 2) -> list[dict]:
+    rng = random.Random(0)
+    return [generate_stream(rng, split="test_unseen_entities", num_entities=2, num_updates=1, num_distractors=1,
+                            num_uniform=1) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def streams() -> list[dict]:
+    return _streams()
+
+
+@pytest.fixture(scope="module")
+def tok(streams):
+    texts = [s["text"] for s in streams] + [q[f] for s in streams for q in s["questions"] for f in ("question", "answer")]
+    words = build_word_tokenizer(texts, vocab_size=1000).vocab
+    # Fill the backbone's whole vocabulary, so every generated id decodes to a word, not to "".
+    return build_word_tokenizer(texts + [f"x{i}" for i in range(1000 - len(words))], vocab_size=1000)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    cfg = MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8, top_k=2, chunk_tokens=16,
+                           injection="prefix")
+    return MemAdapterForCausalLM(cfg, backbone=tiny_backbone("llama", sharpen_head=8.0), tokenizer=tok).eval()
+
+
+def _n_questions(streams: list[dict]) -> int:
+    return sum(len(s["questions"]) for s in streams)
+
+
+@pytest.mark.parametrize("pred,gold,em", [
+    ("Porto", "Porto", True), ("  porto. ", "Porto", True), ("The Orion kettle", "orion kettle", True),
+    ("555-0112", "555-0112", True), ("an  olive   green", "Olive Green", True), ("Porto Lyon", "Porto", False),
+    ("", "Porto", False), ("theatre", "atre", False),
+])
+def test_exact_match_on_normalised_strings(pred, gold, em):
+    assert exact_match(pred, gold) is em
+
+
+def test_normalize_and_contains():
+    assert normalize_answer("  The Orion-kettle, in  Lyon! ") == "orionkettle in lyon"
+    assert normalize_answer("A an THE") == ""
+    assert contains_answer("Alice lives in Porto.", "Porto")
+    assert not contains_answer("Alice lives in Portonovo.", "Porto")
+    assert not contains_answer("anything", "the")  # an empty normalised gold never matches
+
+
+def test_question_ids_match_the_collator_prompt(tok, streams):
+    collate = MemAdapterCollator(tok)
+    for q in streams[0]["questions"]:
+        row, n_q = collate._qa_row(dict(question="  " + q["question"] + " ", answer=q["answer"]))
+        assert question_ids(tok, "  " + q["question"] + " ") == row[:n_q]
+
+
+def test_all_methods_give_well_formed_rows(model, streams):
+    preds: list[dict] = []
+    rows = evaluate_generation(model, streams, max_new_tokens=3, progress=False, predictions=preds)
+    n = _n_questions(streams)
+    assert len(preds) == n * len(METHODS)
+    assert [r["method"] for r in rows if r["task"] == "all"] == list(METHODS)
+    for r in rows:
+        assert set(r) == ROW_KEYS
+        assert 0 <= r["correct"] <= r["total"] and r["contains"] <= r["total"]
+        if r["total"]:
+            assert r["accuracy"] == r["correct"] / r["total"] and 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1
+    for method in METHODS:
+        pooled = next(r for r in rows if r["method"] == method and r["task"] == "all")
+        assert pooled["total"] + pooled["skipped"] == n
+        assert pooled["skipped"] == 0  # short streams fit 8K
+        kinds = [r for r in rows if r["method"] == method and r["task"] != "all"]
+        assert sum(r["total"] for r in kinds) == n
+    p = preds[0]
+    assert {"stream", "method", "task", "question", "gold", "prediction", "correct", "skipped"} <= set(p)
+    assert model.config.injection == "prefix"
+
+
+def test_full_context_skips_when_the_stream_does_not_fit(model, streams):
+    preds: list[dict] = []
+    rows = evaluate_generation(model, streams, methods=["full_context", "tail"], max_new_tokens=2,
+                               full_context_tokens=20, tail_tokens=8, progress=False, predictions=preds)
+    full = next(r for r in rows if r["method"] == "full_context" and r["task"] == "all")
+    assert full["skipped"] == _n_questions(streams) and full["total"] == 0 and full["correct"] == 0
+    assert full["accuracy"] is None and full["ci_low"] is None
+    assert all(p["prediction"] is None and not p["correct"] for p in preds if p["method"] == "full_context")
+    tail = next(r for r in rows if r["method"] == "tail" and r["task"] == "all")
+    assert tail["total"] == _n_questions(streams) and tail["skipped"] == 0
+
+
+def test_kinds_filter(model, streams):
+    rows = evaluate_generation(model, streams, methods=["no_context"], kinds=["uniform"], max_new_tokens=2,
+                               progress=False)
+    n_uniform = sum(q["kind"] == "uniform" for s in streams for q in s["questions"])
+    assert {r["task"] for r in rows} == {"uniform", "all"}
+    assert rows[-1]["total"] == n_uniform
+
+
+def test_injection_restored_when_generation_raises(model, streams, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("generation failed")
+
+    monkeypatch.setattr(model.backbone, "generate", boom)
+    with pytest.raises(RuntimeError, match="generation failed"):
+        evaluate_generation(model, streams[:1], methods=["text"], progress=False)
+    assert model.config.injection == "prefix"
+    with pytest.raises(KeyError):
+        with injection_mode(model, "text"):
+            assert model.config.injection == "text"
+            raise KeyError("x")
+    assert model.config.injection == "prefix"
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    (dict(methods=["memory", "oracle"]), "oracle"), (dict(methods="tail,bogus"), "bogus"),
+    (dict(methods=[]), "methods"), (dict(methods=["tail", "tail"]), "twice"),
+    (dict(kinds=["overwrite", "nonsense"]), "nonsense"), (dict(tail_tokens=0), "tail_tokens"),
+])
+def test_bad_arguments_raise_config_errors_naming_them(model, streams, kwargs, named):
+    with pytest.raises((ConfigError, ValueError), match=named):
+        evaluate_generation(model, streams, progress=False, **kwargs)
+
+
+def test_predictions_never_read_answers_or_labels(model, streams):
+    scrubbed = copy.deepcopy(streams)
+    for s in scrubbed:
+        s["events"], s["entities"] = [], []
+        s["questions"] = [{"question": q["question"], "kind": q["kind"], "answer": "zzz"} for q in s["questions"]]
+    first, second = [], []
+    evaluate_generation(model, streams, max_new_tokens=3, progress=False, predictions=first)
+    evaluate_generation(model, scrubbed, max_new_tokens=3, progress=False, predictions=second)
+    assert [p["prediction"] for p in first] == [p["prediction"] for p in second]
+    assert [(p["method"], p["question"]) for p in first] == [(p["method"], p["question"]) for p in second]
+
+
+def test_cli_end_to_end_and_errors(model, tok, tmp_path, capsys):
+    base, adapter, out, preds = tmp_path / "base", tmp_path / "adapter", tmp_path / "rows.json", tmp_path / "p.json"
+    model.backbone.save_pretrained(base)
+    tok.save_pretrained(base)
+    model.save_pretrained(str(adapter))
+    argv = ["--adapter", str(adapter), "--base", str(base), "--num-streams", "1", "--filler-tokens", "0",
+            "--filler-source", "embedded", "--max-new-tokens", "2", "--methods", "memory,text,tail,no_context",
+            "--kinds", "overwrite,version,distractor,uniform", "--device", "cpu", "--no-progress",
+            "--json", str(out), "--predictions", str(preds)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert {r["method"] for r in rows} == {"memory", "text", "tail", "no_context"}
+    assert all(set(r) == ROW_KEYS for r in rows)
+    assert "| method | task |" in capsys.readouterr().out
+    assert len(json.loads(preds.read_text())) == 4 * rows[-1]["total"]
+    with pytest.raises(ConfigError, match="nope"):
+        main(argv[:-4] + ["--methods", "memory,nope"])
+    with pytest.raises(ConfigError, match="--base"):
+        main(["--adapter", str(adapter), "--base", str(tmp_path / "missing"), "--num-streams", "1"])
+    with pytest.raises(ConfigError, match="--adapter"):
+        main(["--adapter", str(tmp_path / "missing"), "--base", str(base), "--num-streams", "1"])
+
+
+def test_gold_continuation_scores_correct_and_is_cut_at_eos(model, tok, streams, monkeypatch):
+    # A fake backbone that answers every question with its gold answer, then EOS, then junk.
+    gold = {tuple(question_ids(tok, q["question"])): tok(" " + q["answer"], add_special_tokens=False)["input_ids"]
+            for s in streams for q in s["questions"]}
+
+    def answer(input_ids, attention_mask=None, **kwargs):
+        new = gold[tuple(input_ids[0].tolist())] + [tok.eos_token_id, 5, 6]
+        return torch.cat([input_ids, torch.tensor([new])], 1)
+
+    monkeypatch.setattr(model.backbone, "generate", answer)
+    preds: list[dict] = []
+    rows = evaluate_generation(model, streams, methods=["no_context"], progress=False, predictions=preds)
+    assert rows[-1]["correct"] == rows[-1]["total"] == rows[-1]["contains"] == _n_questions(streams)
+    assert all(normalize_answer(p["prediction"]) == normalize_answer(p["gold"]) for p in preds)

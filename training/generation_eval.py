@@ -1,0 +1,387 @@
+"""Exact-match evaluation of a MemAdapterForCausalLM by generating answers to lifecycle questions.
+
+Every method reads only a stream's ``text`` and each question's ``question`` text; the gold
+``answer`` is looked at only afterwards, to score the prediction (events and other labels are
+never read). The prediction is the greedy continuation cut at EOS and at the first newline,
+compared with the gold answer after SQuAD-style normalisation.
+
+Methods (one row each, per question kind and pooled as ``all``):
+
+    memory        the adapter's configured injection (prefix / cross_attn) over the ingested memory
+    text          the same memory, selected entries written as text before the question
+    full_context  the bare backbone on stream + "\\n" + question, only when it fits (else skipped)
+    tail          the bare backbone on the last ``tail_tokens`` stream tokens + "\\n" + question
+    no_context    the bare backbone on the question alone (what it knows without the stream)
+
+CLI (held-out streams, a trained adapter on a local base, e.g. the SmolLM2 cache)::
+
+    python -m memadapter.training.generation_eval --adapter DIR --base DIR \\
+        --split test_unseen_entities --num-streams 50 --filler-tokens 30000 --seed 0 \\
+        --methods memory,text,tail,full_context,no_context --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import string
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from memadapter._validate import check_positive_int
+from memadapter.bench.stats import wilson_interval, write_rows_json
+from memadapter.errors import ConfigError, EmptyInputError
+
+from .lifecycle_data import QUESTION_KINDS
+
+__all__ = ["METHODS", "normalize_answer", "exact_match", "contains_answer", "question_ids", "injection_mode",
+           "evaluate_generation", "markdown_table", "main"]
+
+METHODS: tuple[str, ...] = ("memory", "text", "full_context", "tail", "no_context")
+_MEMORY_METHODS = ("memory", "text")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation and the articles a/an/the, collapse spaces.
+
+    >>> normalize_answer("  The Orion-kettle, in  Lyon! ")
+    'orionkettle in lyon'
+    """
+    s = str(s).lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
+def exact_match(pred: str, gold: str) -> bool:
+    """Whether ``pred`` and ``gold`` are equal after :func:`normalize_answer`."""
+    return normalize_answer(pred) == normalize_answer(gold)
+
+
+def contains_answer(pred: str, gold: str) -> bool:
+    """Whether the normalised gold occurs as whole words in the normalised prediction.
+
+    A lenient companion to exact match: a base model that answers in a sentence
+    ("Alice lives in Porto.") is wrong by EM but right by this.
+    """
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    return bool(g) and f" {g} " in f" {p} "
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def question_ids(tokenizer: Any, question: str) -> list[int]:
+    """The question's token ids exactly as the training collator builds them (``_qa_row``):
+    the stripped text, no special tokens. A trained adapter then sees its training prompt."""
+    return list(tokenizer(question.strip(), add_special_tokens=False)["input_ids"])
+
+
+@contextmanager
+def injection_mode(model: Any, mode: str) -> Iterator[None]:
+    """Temporarily set ``model.config.injection``; restored on exit, also when the block raises."""
+    previous = model.config.injection
+    model.config.injection = mode
+    try:
+        yield
+    finally:
+        model.config.injection = previous
+
+
+@dataclass(frozen=True)
+class _Settings:
+    max_new_tokens: int
+    full_context_tokens: int
+    tail_tokens: int
+
+
+@dataclass
+class _StreamContext:
+    """What one stream gives every method: its tokens, the separator, and the ingested memory."""
+
+    ids: list[int]
+    sep: list[int]
+    memory: Any = None
+    snapshot: Optional[dict] = None
+
+
+def _stop_ids(model: Any, tok: Any) -> set[int]:
+    """EOS ids of the tokenizer and of the backbone's generation config (an int or a list)."""
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    gen = getattr(model.backbone, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    return {int(i) for i in ids}
+
+
+def _continuation(model: Any, tok: Any, new: list[int]) -> str:
+    """New tokens -> prediction text: cut at the first stop id, then at the first newline."""
+    stops = _stop_ids(model, tok)
+    cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+    text = tok.decode(new[:cut], skip_special_tokens=True)
+    # Leading whitespace is not an answer: a base model often opens with "\n" before it answers.
+    return text.lstrip().split("\n", 1)[0].strip()
+
+
+def _generate(model: Any, tok: Any, ids: list[int], settings: _Settings, memory: Any = None) -> str:
+    device = next(model.backbone.parameters()).device
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out = model.generate(input_ids, torch.ones_like(input_ids), memory=memory,
+                         max_new_tokens=settings.max_new_tokens, do_sample=False, pad_token_id=pad)
+    return _continuation(model, tok, out[0, len(ids):].tolist())  # generate returns prompt + new tokens
+
+
+def _answer(model: Any, tok: Any, method: str, ctx: _StreamContext, q: list[int],
+            settings: _Settings) -> Optional[str]:
+    """One method's prediction for one question; None when the method skips it."""
+    if method in _MEMORY_METHODS:
+        # Reads credit slot usage; every question starts from the post-ingest memory so that
+        # neither question order nor method order changes what a question sees.
+        ctx.memory.restore(ctx.snapshot)
+        mode = model.config.injection if method == "memory" else "text"
+        with injection_mode(model, mode):
+            return _generate(model, tok, q, settings, memory=ctx.memory)
+    if method == "full_context":
+        prompt = ctx.ids + ctx.sep + q
+        if len(prompt) + settings.max_new_tokens > settings.full_context_tokens:
+            return None
+    elif method == "tail":
+        prompt = ctx.ids[-settings.tail_tokens:] + ctx.sep + q
+    else:
+        prompt = q
+    with model.disable_adapter():
+        return _generate(model, tok, prompt, settings)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _check_methods(methods: Any) -> tuple[str, ...]:
+    if isinstance(methods, str):
+        methods = [m for m in methods.split(",") if m.strip()]
+    methods = tuple(str(m).strip() for m in methods)
+    if not methods:
+        raise ConfigError(f"methods: expected at least one of {METHODS}, got none")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"methods: unknown method(s) {bad}; expected names from {METHODS}")
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"methods: {list(methods)} names a method twice")
+    return methods
+
+
+def _check_kinds(kinds: Optional[Iterable[str]]) -> Optional[frozenset[str]]:
+    if kinds is None:
+        return None
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    if not kinds:
+        raise ConfigError(f"kinds: expected at least one of {QUESTION_KINDS} (or None for all), got none")
+    bad = [k for k in kinds if k not in QUESTION_KINDS]
+    if bad:
+        raise ConfigError(f"kinds: unknown question kind(s) {bad}; expected names from {QUESTION_KINDS}")
+    return frozenset(kinds)
+
+
+def _inputs(stream: Any, i: int, kinds: Optional[frozenset[str]]) -> tuple[str, list[dict]]:
+    """The stream text and the questions to ask (filtered by kind); nothing else leaves here."""
+    if not isinstance(stream, dict) or not isinstance(stream.get("text"), str) or "questions" not in stream:
+        raise ConfigError(f"streams[{i}]: expected a dict with 'text' (str) and 'questions'")
+    questions = [q for q in stream["questions"] if kinds is None or q.get("kind") in kinds]
+    return stream["text"], questions
+
+
+def _stream_context(model: Any, tok: Any, text: str, methods: Sequence[str]) -> _StreamContext:
+    ctx = _StreamContext(list(tok(text, add_special_tokens=False)["input_ids"]),
+                         list(tok("\n", add_special_tokens=False)["input_ids"]))
+    if any(m in _MEMORY_METHODS for m in methods):
+        ctx.memory = model.new_memory()
+        model.ingest(ctx.memory, text, progress=False)  # once per stream, shared by memory and text
+        ctx.snapshot = ctx.memory.snapshot()
+    return ctx
+
+
+def _predict_stream(model: Any, tok: Any, stream: Any, i: int, methods: Sequence[str],
+                    kinds: Optional[frozenset[str]], settings: _Settings) -> list[dict]:
+    text, questions = _inputs(stream, i, kinds)
+    if not questions:
+        return []
+    ctx = _stream_context(model, tok, text, methods)
+    preds = []
+    for q in questions:
+        q_ids = question_ids(tok, str(q["question"]))
+        if not q_ids:
+            raise EmptyInputError(f"streams[{i}]: question {q['question']!r} has no tokens")
+        for method in methods:
+            pred = _answer(model, tok, method, ctx, q_ids, settings)
+            gold = str(q["answer"])  # read only now, after generation, to score
+            preds.append({"stream": str(stream.get("id", i)), "stream_tokens": len(ctx.ids), "method": method,
+                          "task": str(q.get("kind", "other")), "question": str(q["question"]), "gold": gold,
+                          "prediction": pred, "skipped": pred is None,
+                          "correct": pred is not None and exact_match(pred, gold),
+                          "contains": pred is not None and contains_answer(pred, gold)})
+    return preds
+
+
+def _row(method: str, task: str, preds: list[dict]) -> dict:
+    done = [p for p in preds if not p["skipped"]]
+    correct, total = sum(p["correct"] for p in done), len(done)
+    lo, hi = wilson_interval(correct, total) if total else (None, None)
+    return {"method": method, "task": task, "correct": correct, "total": total,
+            "accuracy": correct / total if total else None, "skipped": len(preds) - total,
+            "ci_low": lo, "ci_high": hi, "contains": sum(p["contains"] for p in done)}
+
+
+def summarize(predictions: Sequence[dict], methods: Sequence[str]) -> list[dict]:
+    """Rows per (method, question kind) in ``QUESTION_KINDS`` order, then a pooled ``all`` row."""
+    order = {k: n for n, k in enumerate(QUESTION_KINDS)}
+    rows = []
+    for method in methods:
+        mine = [p for p in predictions if p["method"] == method]
+        for task in sorted({p["task"] for p in mine}, key=lambda k: (order.get(k, len(order)), k)):
+            rows.append(_row(method, task, [p for p in mine if p["task"] == task]))
+        rows.append(_row(method, "all", mine))
+    return rows
+
+
+def evaluate_generation(model: Any, streams: Iterable[dict], methods: Sequence[str] = METHODS,
+                        kinds: Optional[Iterable[str]] = None, max_new_tokens: int = 12,
+                        full_context_tokens: int = 8192, tail_tokens: int = 1024, progress: bool = True,
+                        predictions: Optional[list] = None) -> list[dict]:
+    """Generate an answer to every question of every stream with each method; score by exact match.
+
+    Returns rows ``{method, task, correct, total, accuracy, skipped, ci_low, ci_high, contains}``,
+    one per (method, question kind) and a pooled ``task="all"`` row per method; ``ci_*`` is the
+    Wilson 95% interval, ``contains`` counts predictions that contain the gold answer. A
+    ``full_context`` question whose prompt plus ``max_new_tokens`` exceeds ``full_context_tokens``
+    is *skipped*: counted in ``skipped``, neither right nor wrong, and left out of ``total``
+    (accuracy and CI are None when every question was skipped). Pass a list as ``predictions``
+    to collect one dict per (question, method) for inspecting failures. The model needs its
+    tokenizer (``model.tokenizer``).
+
+    Example:
+        >>> preds = []                                                             # doctest: +SKIP
+        >>> rows = evaluate_generation(model, build_dataset("test_unseen_entities", 20, 0),
+        ...                            methods=["memory", "tail"], predictions=preds)  # doctest: +SKIP
+        >>> print(markdown_table(rows))                                            # doctest: +SKIP
+    """
+    methods, wanted = _check_methods(methods), _check_kinds(kinds)
+    settings = _Settings(*(check_positive_int(n, v) for n, v in (
+        ("max_new_tokens", max_new_tokens), ("full_context_tokens", full_context_tokens),
+        ("tail_tokens", tail_tokens))))
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ConfigError("model.tokenizer: generation_eval needs the model's tokenizer (from_pretrained(tokenizer=...))")
+    streams = list(streams)
+    if not streams:
+        raise EmptyInputError("streams: nothing to evaluate")
+    preds: list[dict] = []
+    for i, stream in enumerate(tqdm(streams, desc="generation eval", unit="stream", disable=not progress)):
+        preds += _predict_stream(model, tok, stream, i, methods, wanted, settings)
+    if predictions is not None:
+        predictions.extend(preds)
+    return summarize(preds, methods)
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """Rows -> a markdown table (accuracy in %, Wilson 95% CI, skipped questions)."""
+    lines = ["| method | task | correct / total | accuracy | Wilson 95% CI | contains | skipped |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        ci = "-" if r["ci_low"] is None else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        lines.append(f"| {r['method']} | {r['task']} | {r['correct']} / {r['total']} | {acc} | {ci} | "
+                     f"{r['contains']} | {r['skipped']} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m memadapter.training.generation_eval",
+                                description="Exact-match accuracy of generated answers on held-out lifecycle streams.")
+    p.add_argument("--adapter", required=True, help="local adapter directory (save_pretrained output)")
+    p.add_argument("--base", default=None, help="local base model directory (default: the SmolLM2 cache dir)")
+    p.add_argument("--split", default="test_unseen_entities")
+    p.add_argument("--num-streams", type=int, default=20)
+    p.add_argument("--filler-tokens", type=int, default=None, help="override the split's filler (e.g. 30000)")
+    p.add_argument("--filler-source", default="auto", help="auto | essays | embedded")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--kinds", default=None, help="comma-separated question kinds (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--full-context-tokens", type=int, default=8192)
+    p.add_argument("--tail-tokens", type=int, default=1024)
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--json", default=None, help="write the rows here (JSON list)")
+    p.add_argument("--predictions", default=None, help="write every prediction here (JSON list)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _local_dir(flag: str, path: Any) -> str:
+    if not Path(path).is_dir():
+        raise ConfigError(f"{flag}: {str(path)!r} is not a local directory")
+    return str(path)
+
+
+def _model_dirs(args: argparse.Namespace) -> tuple[str, str]:
+    """(base, adapter) as local directories; ConfigError naming the flag otherwise (no Hub, no network)."""
+    from memadapter.modeling.real_models import default_cache_dir
+
+    adapter = _local_dir("--adapter", args.adapter)
+    return _local_dir("--base", args.base if args.base is not None else default_cache_dir()), adapter
+
+
+def _load_model(args: argparse.Namespace, base: str, adapter: str) -> Any:
+    from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
+
+    model = MemAdapterForCausalLM.from_pretrained(base, adapter=adapter, dtype=getattr(torch, args.dtype))
+    if model.tokenizer is None:
+        raise ConfigError(f"--base: no tokenizer could be loaded from {base!r}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval()
+
+
+def _streams(args: argparse.Namespace) -> Any:
+    from .lifecycle_data import SPLIT_DEFAULTS, build_dataset, split_style
+
+    split_style(args.split)  # ConfigError naming the split before anything is loaded
+    shape = dict(SPLIT_DEFAULTS[args.split], filler_source=args.filler_source)
+    if args.filler_tokens is not None:
+        shape["filler_tokens"] = args.filler_tokens
+    return build_dataset(args.split, args.num_streams, args.seed, **shape)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry: load base + adapter, build held-out streams, evaluate, print and write rows."""
+    args = _parser().parse_args(argv)
+    methods = _check_methods(args.methods)  # bad names fail before the model loads
+    kinds = None if args.kinds is None else [k for k in args.kinds.split(",") if k.strip()]
+    _check_kinds(kinds)
+    base, adapter = _model_dirs(args)
+    streams = _streams(args)
+    model = _load_model(args, base, adapter)
+    preds: list[dict] = []
+    rows = evaluate_generation(model, streams, methods, kinds, args.max_new_tokens, args.full_context_tokens,
+                               args.tail_tokens, progress=not args.no_progress, predictions=preds)
+    n_tok = sorted({p["stream"]: p["stream_tokens"] for p in preds}.values())
+    print(f"split {args.split}, {len(streams)} streams, stream tokens {n_tok[0] if n_tok else 0}.."
+          f"{n_tok[-1] if n_tok else 0}, injection {model.config.injection}")
+    print(markdown_table(rows))
+    if args.json:
+        write_rows_json(args.json, rows)
+    if args.predictions:
+        write_rows_json(args.predictions, preds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
