@@ -40,7 +40,7 @@ from memadapter.errors import ConfigError, EmptyInputError
 
 from .lifecycle_data import QUESTION_KINDS
 
-__all__ = ["METHODS", "normalize_answer", "exact_match", "contains_answer", "question_ids", "injection_mode",
+__all__ = ["METHODS", "normalize_answer", "exact_match", "contains_answer", "question_ids", "chat_ids", "injection_mode",
            "evaluate_generation", "markdown_table", "main"]
 
 METHODS: tuple[str, ...] = ("memory", "text", "full_context", "tail", "no_context")
@@ -84,6 +84,21 @@ def question_ids(tokenizer: Any, question: str) -> list[int]:
     return list(tokenizer(question.strip(), add_special_tokens=False)["input_ids"])
 
 
+INSTRUCTION = "Answer with the answer only, in a few words."
+
+
+def chat_ids(tokenizer: Any, question: str, context: Optional[str] = None) -> list[int]:
+    """An instruct model's own prompt for the untrained rows: the tokenizer's chat template around
+    (context,) the question and a short-answer instruction. Without it a chat model answers in
+    sentences, and exact match would measure its format, not what it read."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("chat: the tokenizer has no chat template; evaluate with chat=False")
+    content = (f"{context}\n\n" if context else "") + f"Question: {question.strip()}\n{INSTRUCTION}"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 @contextmanager
 def injection_mode(model: Any, mode: str) -> Iterator[None]:
     """Temporarily set ``model.config.injection``; restored on exit, also when the block raises."""
@@ -100,6 +115,7 @@ class _Settings:
     max_new_tokens: int
     full_context_tokens: int
     tail_tokens: int
+    chat: bool = False  # chat template + instruction for every row but the trained "memory" row
 
 
 @dataclass
@@ -139,7 +155,7 @@ def _generate(model: Any, tok: Any, ids: list[int], settings: _Settings, memory:
     return _continuation(model, tok, out[0, len(ids):].tolist())  # generate returns prompt + new tokens
 
 
-def _answer(model: Any, tok: Any, method: str, ctx: _StreamContext, q: list[int],
+def _answer(model: Any, tok: Any, method: str, ctx: _StreamContext, question: str, q: list[int],
             settings: _Settings) -> Optional[str]:
     """One method's prediction for one question; None when the method skips it."""
     if method in _MEMORY_METHODS:
@@ -147,16 +163,16 @@ def _answer(model: Any, tok: Any, method: str, ctx: _StreamContext, q: list[int]
         # neither question order nor method order changes what a question sees.
         ctx.memory.restore(ctx.snapshot)
         mode = model.config.injection if method == "memory" else "text"
+        ids = chat_ids(tok, question) if settings.chat and method == "text" else q
         with injection_mode(model, mode):
-            return _generate(model, tok, q, settings, memory=ctx.memory)
-    if method == "full_context":
-        prompt = ctx.ids + ctx.sep + q
-        if len(prompt) + settings.max_new_tokens > settings.full_context_tokens:
-            return None
-    elif method == "tail":
-        prompt = ctx.ids[-settings.tail_tokens:] + ctx.sep + q
+            return _generate(model, tok, ids, settings, memory=ctx.memory)
+    context = {"full_context": ctx.ids, "tail": ctx.ids[-settings.tail_tokens:]}.get(method, [])
+    if settings.chat:
+        prompt = chat_ids(tok, question, tok.decode(context) if context else None)
     else:
-        prompt = q
+        prompt = context + ctx.sep + q if context else q
+    if method == "full_context" and len(prompt) + settings.max_new_tokens > settings.full_context_tokens:
+        return None
     with model.disable_adapter():
         return _generate(model, tok, prompt, settings)
 
@@ -219,7 +235,7 @@ def _predict_stream(model: Any, tok: Any, stream: Any, i: int, methods: Sequence
         if not q_ids:
             raise EmptyInputError(f"streams[{i}]: question {q['question']!r} has no tokens")
         for method in methods:
-            pred = _answer(model, tok, method, ctx, q_ids, settings)
+            pred = _answer(model, tok, method, ctx, str(q["question"]), q_ids, settings)
             gold = str(q["answer"])  # read only now, after generation, to score
             preds.append({"stream": str(stream.get("id", i)), "stream_tokens": len(ctx.ids), "method": method,
                           "task": str(q.get("kind", "other")), "question": str(q["question"]), "gold": gold,
@@ -253,7 +269,7 @@ def summarize(predictions: Sequence[dict], methods: Sequence[str]) -> list[dict]
 def evaluate_generation(model: Any, streams: Iterable[dict], methods: Sequence[str] = METHODS,
                         kinds: Optional[Iterable[str]] = None, max_new_tokens: int = 12,
                         full_context_tokens: int = 8192, tail_tokens: int = 1024, progress: bool = True,
-                        predictions: Optional[list] = None) -> list[dict]:
+                        predictions: Optional[list] = None, chat: bool = False) -> list[dict]:
     """Generate an answer to every question of every stream with each method; score by exact match.
 
     Returns rows ``{method, task, correct, total, accuracy, skipped, ci_low, ci_high, contains}``,
@@ -263,7 +279,9 @@ def evaluate_generation(model: Any, streams: Iterable[dict], methods: Sequence[s
     is *skipped*: counted in ``skipped``, neither right nor wrong, and left out of ``total``
     (accuracy and CI are None when every question was skipped). Pass a list as ``predictions``
     to collect one dict per (question, method) for inspecting failures. The model needs its
-    tokenizer (``model.tokenizer``).
+    tokenizer (``model.tokenizer``). ``chat=True`` prompts every row except the trained
+    ``memory`` row through the tokenizer's chat template with a short-answer instruction
+    (:func:`chat_ids`), the fair way to ask an instruct model.
 
     Example:
         >>> preds = []                                                             # doctest: +SKIP
@@ -274,7 +292,7 @@ def evaluate_generation(model: Any, streams: Iterable[dict], methods: Sequence[s
     methods, wanted = _check_methods(methods), _check_kinds(kinds)
     settings = _Settings(*(check_positive_int(n, v) for n, v in (
         ("max_new_tokens", max_new_tokens), ("full_context_tokens", full_context_tokens),
-        ("tail_tokens", tail_tokens))))
+        ("tail_tokens", tail_tokens))), chat=bool(chat))
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise ConfigError("model.tokenizer: generation_eval needs the model's tokenizer (from_pretrained(tokenizer=...))")
@@ -322,6 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--json", default=None, help="write the rows here (JSON list)")
     p.add_argument("--predictions", default=None, help="write every prediction here (JSON list)")
+    p.add_argument("--chat", action="store_true",
+                   help="chat template + short-answer instruction for the text and bare-backbone rows")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -371,7 +391,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = _load_model(args, base, adapter)
     preds: list[dict] = []
     rows = evaluate_generation(model, streams, methods, kinds, args.max_new_tokens, args.full_context_tokens,
-                               args.tail_tokens, progress=not args.no_progress, predictions=preds)
+                               args.tail_tokens, progress=not args.no_progress, predictions=preds, chat=args.chat)
     n_tok = sorted({p["stream"]: p["stream_tokens"] for p in preds}.values())
     print(f"split {args.split}, {len(streams)} streams, stream tokens {n_tok[0] if n_tok else 0}.."
           f"{n_tok[-1] if n_tok else 0}, injection {model.config.injection}")

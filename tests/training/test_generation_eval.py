@@ -198,3 +198,27 @@ def test_gold_continuation_scores_correct_and_is_cut_at_eos(model, tok, streams,
     rows = evaluate_generation(model, streams, methods=["no_context"], progress=False, predictions=preds)
     assert rows[-1]["correct"] == rows[-1]["total"] == rows[-1]["contains"] == _n_questions(streams)
     assert all(normalize_answer(p["prediction"]) == normalize_answer(p["gold"]) for p in preds)
+
+
+def test_chat_prompts_wrap_the_question_and_need_a_template(model, tok, streams):
+    from memadapter.training.generation_eval import INSTRUCTION, chat_ids
+
+    with pytest.raises(ConfigError, match="chat template"):
+        chat_ids(tok, "Who?")
+    with pytest.raises(ConfigError, match="chat template"):
+        evaluate_generation(model, streams[:1], methods=["tail"], chat=True, progress=False)
+    chat_tok = copy.deepcopy(tok)
+    chat_tok.chat_template = "{% for m in messages %}<bos> {{ m['content'] }} <eos>{% endfor %}"
+    q = streams[0]["questions"][0]["question"]
+    ids = chat_ids(chat_tok, q, streams[0]["text"][:40])
+    words = chat_tok.decode(ids).split()
+    assert words[0] == "<bos>" and words[-1] == "<eos>"  # wrapped by the template
+    assert words[1:3] == streams[0]["text"].lower().split()[:2]  # the context comes first
+    assert " ".join(q.lower().rstrip("?").split()) in " ".join(words)  # then the question
+    previous = model.tokenizer
+    model.tokenizer = chat_tok
+    try:
+        rows = evaluate_generation(model, streams[:1], methods=["memory", "text", "tail"], chat=True, progress=False)
+    finally:
+        model.tokenizer = previous
+    assert all(r["total"] == len(streams[0]["questions"]) for r in rows if r["task"] == "all")
