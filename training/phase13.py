@@ -17,7 +17,8 @@ pointer readout) predicts which event answers the query. Two protocols:
 Rows per protocol: ``full_hidden`` (unconstrained pointer over all events from full-sentence
 vectors), ``sparse_top16`` (cosine top-16 over full-sentence projections, best one answers),
 ``memory`` (slot memory alone), ``tail64`` (hybrid on the last 64 events only), ``hybrid``
-(authoritative slot when the key matches, else sparse key similarity). Only the lite-write variant
+(authoritative slot when the key matches, else the sparse fallback: top-16 events by key
+similarity, re-ranked with the learned readout). Only the lite-write variant
 (write labels supervise the writer) is implemented.
 
 CLI: ``python -m memadapter.training.phase13 --families llama,qwen2 --protocol oracle --seeds 3
@@ -717,9 +718,11 @@ def memory_keys(ad: Phase13Adapter, f: Feats, keys: torch.Tensor, q: torch.Tenso
 
 
 def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
-            thr: Thresholds, offset: int) -> dict[str, torch.Tensor]:
+            thr: Thresholds, offset: int, readout: torch.Tensor) -> dict[str, torch.Tensor]:
     """Write events into a 32-slot memory, then route: authoritative slot if the key matches, else
-    pure sparse key similarity. Returns hybrid / memory-alone pointers [B] (-1: none), writes, branch."""
+    the sparse fallback: the top-16 events by key similarity, ranked by that similarity at the
+    training temperature plus the learned readout (``readout`` [B, N] logits), so a rumour or an
+    older version of the same key can lose to the update. Returns hybrid / memory-alone pointers [B] (-1: none), writes, branch."""
     B, N, dk = keys.shape
     mem = SlotMemory(NUM_SLOTS, mk.shape[-1], dk, batch_size=B, match_threshold=thr.replace)
     ids = torch.arange(N).expand(B, N) + offset  # provenance: the event index each slot came from
@@ -732,13 +735,20 @@ def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Ten
         idx = ChunkIndex(dk, dense_weight=1.0)
         idx.add(keys[b])
         indexes.append(idx)
-    res = Router(thr.route, top_k_slots=1, top_k_chunks=1).route(mem, indexes, mq, chunk_query=q)
+    res = Router(thr.route, top_k_slots=1, top_k_chunks=TOP_SPARSE).route(mem, indexes, mq, chunk_query=q)
     hybrid = torch.full((B,), -1)
     for b, branch in enumerate(res.branch):
         if branch == "memory":
             hybrid[b] = mem.chunk_id[b, int(res.memory.indices[b, 0, 0])]
-        elif int(res.chunks[b].ids[0, 0]) >= 0:
-            hybrid[b] = int(res.chunks[b].ids[0, 0]) + offset
+            continue
+        found = res.chunks[b]
+        ok = found.ids[0] >= 0
+        cand, sim = found.ids[0][ok], found.dense[0][ok]  # [k] the top-16 events by key similarity
+        if len(cand):
+            # Key similarity at the training temperature plus the readout logit: exact oracle keys
+            # (cosine 1 vs 0) keep the choice within the query's key; learned keys let the readout
+            # prefer the signalled update over a same-looking rumour or older version.
+            hybrid[b] = int(cand[(sim / TEMP + readout[b, cand]).argmax()]) + offset
     return {"hybrid": hybrid, "memory": alone, "writes": wr.num_writes,
             "memory_branch": torch.tensor([br == "memory" for br in res.branch])}
 
@@ -758,11 +768,12 @@ def predict(ad: Phase13Adapter, f: Feats, thr: Thresholds) -> dict[str, torch.Te
     """Pointers [B] for every row from features alone (no targets, labels or values are passed)."""
     p, keys, q = ad.p_write(f), ad.event_keys(f), ad.query_key(f)
     mk, mq = memory_keys(ad, f, keys, q)
-    full = _hybrid(mk, mq, keys, q, p, thr, 0)
+    readout = ad.readout_scores(f)  # [B, N]
+    full = _hybrid(mk, mq, keys, q, p, thr, 0, readout)
     s = max(0, keys.shape[1] - TAIL)
-    tail = _hybrid(mk[:, s:], mq, keys[:, s:], q, p[:, s:], thr, s)
+    tail = _hybrid(mk[:, s:], mq, keys[:, s:], q, p[:, s:], thr, s, readout[:, s:])
     se, sq = ad.sparse_vectors(f)
-    return {"full_hidden": ad.readout_scores(f).argmax(-1), "sparse_top16": sparse_top(se, sq),
+    return {"full_hidden": readout.argmax(-1), "sparse_top16": sparse_top(se, sq),
             "memory": full["memory"], "tail64": tail["hybrid"], "hybrid": full["hybrid"],
             "writes": full["writes"], "memory_branch": full["memory_branch"]}
 
