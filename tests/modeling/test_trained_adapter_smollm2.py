@@ -1,0 +1,36 @@
+"""The SmolLM2 adapter trained here (adapters/smollm2-135m-prefix) loads onto the offline base,
+ingests a held-out lifecycle stream and generates; slow (real model)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from memadapter import MemAdapterForCausalLM
+
+pytestmark = pytest.mark.slow
+ADAPTER = Path(__file__).resolve().parents[2] / "adapters" / "smollm2-135m-prefix"
+
+
+def test_committed_adapter_loads_ingests_and_generates():
+    real_models = pytest.importorskip("memadapter.modeling.real_models")
+    try:
+        real_models.find_smollm2_gguf()
+    except Exception as err:  # package not installed: the message names the pip command
+        pytest.skip(str(err))
+    from memadapter.training.lifecycle_data import generate_stream
+    import random
+
+    torch.set_num_threads(1)
+    real_models.load_smollm2()  # fills the cache on first use
+    model = MemAdapterForCausalLM.from_pretrained(str(real_models.default_cache_dir()), adapter=str(ADAPTER)).eval()
+    assert model.config.injection == "prefix" and model.config.read_layer == 8
+    assert sum(v.numel() for v in model.adapter_state_dict().values()) == 824_717
+    stream = generate_stream(random.Random(0), split="test_unseen_entities")
+    memory = model.new_memory()
+    report = model.ingest(memory, stream["text"])
+    assert report.writes[0] >= 1 and any(r["value_text"] for r in memory.table())
+    ids = torch.tensor([model.tokenizer(stream["questions"][0]["question"], add_special_tokens=False)["input_ids"]])
+    out = model.generate(ids, torch.ones_like(ids), memory=memory, max_new_tokens=8, do_sample=False)
+    assert out.shape[0] == 1 and ids.shape[1] < out.shape[1] <= ids.shape[1] + 8
+    assert torch.equal(out[:, : ids.shape[1]], ids)  # prompt first, then the new tokens
