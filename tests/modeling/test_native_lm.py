@@ -12,13 +12,7 @@ TINY = NativeLMConfig(d_model=32, n_heads=2, mlp_hidden=64, chunk_size=8, key_di
                       answer_hidden=32, num_slots=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine's cores are shared; restore the thread count for the rest of the suite."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stream(B: int, T: int, gen: torch.Generator, distinct: bool = True):
