@@ -12,6 +12,7 @@ import torch
 
 from memadapter.errors import ConfigError, EmptyInputError, ShapeError
 from memadapter.training import phase13 as p13
+from memadapter.training import phase13_data as p13_data
 
 torch.set_num_threads(1)
 
@@ -42,19 +43,19 @@ def test_generator_invariants(name, setting, n):
             assert written[-1] == s.target
             assert all(not s.write_labels[i] for i in same if i > s.target)
         ent = " ".join(s.events[s.target].split()).replace("?", "")
-        assert any(w in s.query.split() for w in ent.split() if w in p13._NAMES["test"])
+        assert any(w in s.query.split() for w in ent.split() if w in p13_data._NAMES["test"])
 
 
 def test_hard_negatives_and_splits():
     s = p13.make_sample("hardneg", 64, random.Random(3), "test")
-    first = next(w for w in s.query.split() if w in p13._NAMES["test"])
+    first = next(w for w in s.query.split() if w in p13_data._NAMES["test"])
     keys_with_first = {s.key_ids[i] for i, e in enumerate(s.events) if first in e.split()}
     assert len(keys_with_first) >= 3  # the key, the look-alike's key, the entity's other attribute
     assert any(s.value_ids[i] != s.value_ids[s.target] for i, k in enumerate(s.key_ids)
                if k == s.query_key_id and i < s.target)  # an older version exists
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        assert not set(p13._NAMES[a]) & set(p13._NAMES[b])
-        assert not set(p13._T[a]["city"]) & set(p13._T[b]["city"])
+        assert not set(p13_data._NAMES[a]) & set(p13_data._NAMES[b])
+        assert not set(p13_data._T[a]["city"]) & set(p13_data._T[b]["city"])
     t1 = p13.make_samples("test", 10, 1, p13.EVAL_SETTINGS[:5])
     t2 = p13.make_samples("test", 10, 1, p13.EVAL_SETTINGS[:5])
     assert t1 == t2  # seeded
