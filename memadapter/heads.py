@@ -37,6 +37,8 @@ TAG_O, TAG_KEY_B, TAG_KEY_I, TAG_VAL_B, TAG_VAL_I = range(5)
 # Same order as memadapter.slots.EventType (NEW / UPDATE / RETRACT / IRRELEVANT).
 EVENT_TYPES: tuple[str, ...] = ("new", "update", "retract", "irrelevant")
 IGNORE_INDEX = -100
+# Tokens after a key that carry its relation when no value follows ("Greta's phone number; ...").
+RELATION_WINDOW = 6
 
 
 @dataclass
@@ -108,6 +110,34 @@ def pair_spans(spans: list[tuple[str, int, int]]) -> list[tuple[tuple[int, int],
     return pairs
 
 
+def relation_spans(key_spans: torch.Tensor, value_spans: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The tokens that say *which* attribute a key is about: key end .. value start.
+
+    A causal backbone's key tokens ("The Vega kettle") cannot see the relation that follows
+    ("sells for"), so a key pooled over the entity alone is the same for the kettle's price and
+    its colour. The relation region is ``[key_end, value_start)`` when a value follows the key;
+    otherwise (a retraction, whose value span equals its key span) the ``RELATION_WINDOW`` tokens
+    after the key, cut at ``lengths``. An empty region falls back to the key's last token.
+
+    key_spans, value_spans [..., 2] (end exclusive), lengths broadcastable to [...] -> [..., 2].
+    """
+    k0, k1, v0 = key_spans[..., 0], key_spans[..., 1], value_spans[..., 0]
+    has_value = v0 >= k1
+    end = torch.where(has_value, v0, torch.minimum(k1 + RELATION_WINDOW, torch.as_tensor(lengths).to(k1)))
+    empty = end <= k1
+    start = torch.where(empty, (k1 - 1).clamp(min=0), k1)
+    return torch.stack([torch.where(empty, torch.maximum(k0, start), start), torch.where(empty, k1, end)], -1)
+
+
+def relation_spans_reference(key_spans: list, value_spans: list, length: int) -> list:
+    """Plain-loop reference for :func:`relation_spans` on one row of (start, end) pairs."""
+    out = []
+    for (k0, k1), (v0, _) in zip(key_spans, value_spans):
+        end = v0 if v0 >= k1 else min(k1 + RELATION_WINDOW, length)
+        out.append([max(k0, k1 - 1), k1] if end <= k1 else [k1, end])
+    return out
+
+
 def pool_spans(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden`` [T, H] over each ``spans`` [N, 2] (end exclusive) -> [N, H]. Vectorised."""
     t = torch.arange(hidden.shape[0], device=hidden.device)
@@ -145,8 +175,12 @@ class GroundingHead(nn.Module):
         self.tagger = nn.Linear(hidden_size, len(TAGS))
         self.event = nn.Linear(hidden_size, num_event_types)
         self.confidence = nn.Linear(hidden_size, 1)
-        self.key_proj = nn.Linear(hidden_size, key_dim)
+        self.key_proj = nn.Linear(2 * hidden_size, key_dim)  # [entity ; relation] -> key
         self.value_proj = nn.Linear(hidden_size, value_dim)
+
+    def key(self, entity: torch.Tensor, relation: torch.Tensor) -> torch.Tensor:
+        """Unit key from the pooled entity span and relation region: [..., H] x2 -> [..., dk]."""
+        return F.normalize(self.key_proj(torch.cat([entity, relation], -1)), dim=-1)
 
     def _check(self, hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         check_tensor("hidden", hidden, ndim=3, last_dim=self.hidden_size)
@@ -174,12 +208,14 @@ class GroundingHead(nn.Module):
         out = self.forward(hidden, mask)
         tags = out.tag_logits.argmax(-1).tolist()  # [B][T]
         h = self.norm(hidden)
+        lengths = mask.sum(-1).tolist()
         result: list[list[Candidate]] = []
         for b in range(hidden.shape[0]):
-            result.append(self._row_candidates(h[b], out, b, tags[b]))
+            result.append(self._row_candidates(h[b], out, b, tags[b], int(lengths[b])))
         return result
 
-    def _row_candidates(self, h: torch.Tensor, out: GroundingOutput, b: int, tags: list[int]) -> list[Candidate]:
+    def _row_candidates(self, h: torch.Tensor, out: GroundingOutput, b: int, tags: list[int],
+                        length: int) -> list[Candidate]:
         pairs = pair_spans(decode_spans(tags))
         if not pairs:
             return []
@@ -188,7 +224,8 @@ class GroundingHead(nn.Module):
         val_spans = torch.tensor([v if v is not None else k for k, v in pairs], device=h.device)
         # Event type and confidence are read over the whole candidate (key start .. value end).
         whole = torch.stack([key_spans[:, 0], torch.maximum(key_spans[:, 1], val_spans[:, 1])], -1)
-        keys = F.normalize(self.key_proj(pool_spans(h, key_spans)), dim=-1)  # [N, dk]
+        rel = relation_spans(key_spans, val_spans, length)  # [N, 2]
+        keys = self.key(pool_spans(h, key_spans), pool_spans(h, rel))  # [N, dk]
         values = self.value_proj(pool_spans(h, val_spans))  # [N, dv]
         ev = pool_spans(out.event_logits[b], whole).softmax(-1)  # [N, E]
         conf = torch.sigmoid(pool_spans(out.confidence_logits[b][:, None], whole)[:, 0])  # [N]

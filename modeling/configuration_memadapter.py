@@ -59,9 +59,15 @@ class MemAdapterConfig(PreTrainedConfig):
     # --- router ---
     router_match_threshold: float = 0.5  # slot score above which the memory branch answers
     router_confidence_threshold: float = 0.5  # slot confidence below which it is ignored
+    # Fallback: re-read the retrieved chunks at query time and inject the proposed event whose key
+    # best matches the question (an unwritten fact becomes a slot-like entry); else chunk summaries.
+    ground_fallback: bool = False  # on for trained adapters (the training configs); an untrained head would guess
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
+    # Tokens of each selected slot's value text injected as the backbone's own token embeddings
+    # (after the slot's virtual tokens, or as extra cross-attention memory); 0 = pooled vector only.
+    value_tokens: int = 0
     cross_attn_layers: list[int] = field(default_factory=list)
     cross_attn_heads: int = 4
     cross_attn_gate_init: float = 0.0  # tanh gate; 0 = adapter starts as the identity
@@ -76,6 +82,8 @@ class MemAdapterConfig(PreTrainedConfig):
         for name in ("chunk_tokens", "num_slots", "top_k", "key_dim", "value_dim", "grounding_hidden_size",
                      "num_event_types", "prefix_tokens_per_slot", "cross_attn_heads"):
             _positive_int(name, getattr(self, name))
+        if isinstance(self.value_tokens, bool) or not isinstance(self.value_tokens, int) or self.value_tokens < 0:
+            raise ConfigError(f"value_tokens: must be an int >= 0, got {self.value_tokens!r}")
         for name in ("hidden_size", "backbone_num_layers"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -118,6 +126,8 @@ class MemAdapterConfig(PreTrainedConfig):
             raise ConfigError(f"injection: must be one of {', '.join(INJECTIONS)}, got {self.injection!r}")
         if self.injection == "cross_attn" and not self.cross_attn_layers:
             raise ConfigError("cross_attn_layers: injection='cross_attn' needs at least one layer index")
+        if not isinstance(self.ground_fallback, bool):
+            raise ConfigError(f"ground_fallback: expected a bool, got {self.ground_fallback!r}")
         _finite("router_match_threshold", self.router_match_threshold)
         _finite("router_confidence_threshold", self.router_confidence_threshold)
         if not 0.0 <= self.router_confidence_threshold <= 1.0:

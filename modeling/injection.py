@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -76,29 +76,50 @@ class SoftPrefixInjector(nn.Module):
         self.proj = nn.Linear(value_dim, hidden_size * tokens_per_slot)
         self.scale = nn.Parameter(torch.tensor(float(embed_rms)))
 
-    def _check(self, values: object, valid: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check(self, values: object, valid: object, value_embeds: object = None, value_mask: object = None):
         values = check_tensor("values", values, ndim=3, last_dim=self.value_dim, nonempty=False)
-        return values, _check_mask("valid", valid, tuple(values.shape[:2]))
+        valid = _check_mask("valid", valid, tuple(values.shape[:2]))
+        if value_embeds is None:
+            if value_mask is not None:
+                raise ShapeError("value_mask: given without value_embeds")
+            return values, valid, None, None
+        value_embeds = check_tensor("value_embeds", value_embeds, ndim=4, last_dim=self.hidden_size, nonempty=False)
+        if tuple(value_embeds.shape[:2]) != tuple(values.shape[:2]):
+            raise ShapeError(f"value_embeds: expected [B, K] = {tuple(values.shape[:2])} leading dims, "
+                             f"got {tuple(value_embeds.shape)}")
+        return values, valid, value_embeds, _check_mask("value_mask", value_mask, tuple(value_embeds.shape[:3]))
 
-    def forward(self, values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """values [B, K, dv], valid [B, K] bool -> prefix embeds [B, K*t, H], prefix mask [B, K*t] (long)."""
-        values, valid = self._check(values, valid)
+    def forward(self, values: torch.Tensor, valid: torch.Tensor, value_embeds: Optional[torch.Tensor] = None,
+                value_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """values [B, K, dv], valid [B, K] bool -> prefix embeds [B, K*t, H], prefix mask [B, K*t] (long).
+
+        With ``value_embeds`` [B, K, L, H] (the backbone's own embeddings of each slot's value
+        tokens) and ``value_mask`` [B, K, L], every slot contributes its ``t`` virtual tokens then
+        its value tokens: [B, K*(t+L), H]. A pooled vector names the value; the tokens let the
+        frozen model copy it exactly.
+        """
+        values, valid, value_embeds, value_mask = self._check(values, valid, value_embeds, value_mask)
         b, k, _ = values.shape
         t, h = self.tokens_per_slot, self.hidden_size
         x = self.proj(values.to(self.proj.weight.dtype)).view(b, k, t, h)  # [B, K, t, H]
         x = x / _rms(x) * self.scale
-        keep = valid[:, :, None, None].to(x.dtype)  # [B, K, 1, 1]; invalid slots become exact zeros
-        prefix = (x * keep).reshape(b, k * t, h)  # [B, K*t, H], slot-major
-        mask = valid.repeat_interleave(t, dim=1).long()  # [B, K*t]
-        return prefix, mask
+        mask = valid[:, :, None].expand(b, k, t)  # [B, K, t]
+        if value_embeds is not None:
+            x = torch.cat([x, value_embeds.to(x.dtype)], dim=2)  # [B, K, t+L, H]
+            mask = torch.cat([mask, value_mask & valid[:, :, None]], dim=2)  # [B, K, t+L]
+        x = x * mask[..., None].to(x.dtype)  # masked positions become exact zeros
+        n = x.shape[2]
+        return x.reshape(b, k * n, h), mask.reshape(b, k * n).long()  # slot-major [B, K*n, H], [B, K*n]
 
-    def forward_reference(self, values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_reference(self, values: torch.Tensor, valid: torch.Tensor, value_embeds: Optional[torch.Tensor] = None,
+                          value_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Plain-loop reference for :meth:`forward` (one slot, one virtual token at a time)."""
-        values, valid = self._check(values, valid)
+        values, valid, value_embeds, value_mask = self._check(values, valid, value_embeds, value_mask)
         b, k, _ = values.shape
         t, h = self.tokens_per_slot, self.hidden_size
-        prefix = values.new_zeros(b, k * t, h, dtype=self.proj.weight.dtype)
-        mask = torch.zeros(b, k * t, dtype=torch.long, device=values.device)
+        n = t + (0 if value_embeds is None else value_embeds.shape[2])
+        prefix = values.new_zeros(b, k * n, h, dtype=self.proj.weight.dtype)
+        mask = torch.zeros(b, k * n, dtype=torch.long, device=values.device)
         for i in range(b):
             for j in range(k):
                 if not valid[i, j]:
@@ -106,8 +127,12 @@ class SoftPrefixInjector(nn.Module):
                 flat = self.proj(values[i, j].to(self.proj.weight.dtype))  # [t*H]
                 for s in range(t):
                     tok = flat[s * h:(s + 1) * h]
-                    prefix[i, j * t + s] = tok / tok.pow(2).mean().add(_EPS).sqrt() * self.scale
-                    mask[i, j * t + s] = 1
+                    prefix[i, j * n + s] = tok / tok.pow(2).mean().add(_EPS).sqrt() * self.scale
+                    mask[i, j * n + s] = 1
+                for s in range(n - t):
+                    if value_mask[i, j, s]:
+                        prefix[i, j * n + t + s] = value_embeds[i, j, s]
+                        mask[i, j * n + t + s] = 1
         return prefix, mask
 
     @staticmethod

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
-from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool
+from memadapter.heads import EVENT_TYPES, GroundingHead, QueryHead, WriteController, masked_attention_pool
 from memadapter.request_memory import RequestMemory
 from memadapter.router import MEMORY, Router
 from memadapter.slots import SlotMemory
@@ -51,12 +52,14 @@ PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
 
 @dataclass
 class Selection:
-    """What the router handed to the injector: values [B, K, dv], valid [B, K], texts per row."""
+    """What the router handed to the injector: values [B, K, dv], valid [B, K], texts per row,
+    and (``config.value_tokens > 0``) each slot's value token ids [B, K, L], -1 where none."""
 
     values: torch.Tensor
     valid: torch.Tensor
     texts: list[list[str]]
     branch: list[str]
+    value_ids: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -114,9 +117,13 @@ class MemAdapterForCausalLM(PreTrainedModel):
             GatedCrossAttention(hidden, config.value_dim, config.cross_attn_heads, config.cross_attn_gate_init)
             for _ in config.cross_attn_layers
         ) if config.injection == "cross_attn" else None
+        # Cross-attention reads value tokens as extra memory entries, mapped into value space.
+        self.value_token_proj = nn.Linear(hidden, config.value_dim, bias=False) \
+            if config.injection == "cross_attn" and config.value_tokens > 0 else None
 
     def _adapter_modules(self) -> nn.ModuleList:
-        return nn.ModuleList(m for m in (self.grounding, self.writer, self.query_head, self.injector, self.cross_attn) if m is not None)
+        mods = (self.grounding, self.writer, self.query_head, self.injector, self.cross_attn, self.value_token_proj)
+        return nn.ModuleList(m for m in mods if m is not None)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Heads initialise themselves; the frozen backbone must never be re-initialised."""
@@ -215,7 +222,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
         ids, mask = self._right_pad(rows)
         pooled = self.grounding.norm(self._mean(self._hidden(ids, mask), mask))  # [N, H]
         if kind == "key":
-            return F.normalize(self.grounding.key_proj(pooled), dim=-1).float().cpu()
+            # A free-text key ("Alice's city") names entity and relation at once: it fills both halves.
+            return self.grounding.key(pooled, pooled).float().cpu()
         return self.grounding.value_proj(pooled).float().cpu()
 
     # ------------------------------------------------------------------ memory and ingest
@@ -350,6 +358,7 @@ class MemAdapterForCausalLM(PreTrainedModel):
         route = router.route(memory.slots, memory.indexes, query, texts, chunk_query)
         rows_v: list[torch.Tensor] = []
         rows_t: list[list[str]] = []
+        rows_ids: list[list[list[int]]] = []
         branches = list(route.branch)
         for b, branch in enumerate(branches):
             idx = []
@@ -360,15 +369,56 @@ class MemAdapterForCausalLM(PreTrainedModel):
             if idx:
                 rows_v.append(memory.slots.values[b, idx])  # [k, dv], the resolved latest versions
                 rows_t.append([f"{memory.slots.key_text[b][m]}: {memory.slots.value_text[b][m]}" for m in idx])
+                rows_ids.append([self._value_token_ids(memory.slots.value_text[b][m]) for m in idx])
                 continue
             # Fallback, also for a matched row whose slots are all below the confidence bar.
             branches[b] = "fallback"
             found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], cfg.top_k)
             ids = [i for i in found.expanded[0] if i >= 0]
+            event = self._ground_chunks(memory, b, ids, query[b]) if cfg.ground_fallback else None
+            if event is not None:
+                rows_v.append(event[0][None])  # [1, dv]
+                rows_t.append([event[1]])
+                rows_ids.append([event[2]])
+                continue
             vecs = memory.indexes[b].vectors[ids] if ids else torch.zeros(0, cfg.hidden_size)
             rows_v.append(self._chunk_values(vecs))
             rows_t.append([memory.indexes[b].text(i) or "" for i in ids])
-        return self._stack_selection(rows_v, rows_t, branches)
+            rows_ids.append([[] for _ in ids])  # a chunk has no value span to copy
+        return self._stack_selection(rows_v, rows_t, branches, rows_ids)
+
+    def _ground_chunks(self, memory: RequestMemory, b: int, chunk_ids: list[int],
+                       query: torch.Tensor) -> Optional[tuple[torch.Tensor, str, list[int]]]:
+        """Query-time grounding of retrieved chunks: (value [dv], "key: value", value ids) of the
+        proposed event whose key best matches ``query`` [dk]; None when no chunk proposes one.
+
+        Facts that were never written (no write signal) live only in the chunk index; reading the
+        retrieved chunks again with the GroundingHead turns the best match into a slot-like entry,
+        so the injector sees one event's value instead of a whole chunk's summary. Events typed
+        irrelevant (rumours, guesses) are passed over when any other candidate exists.
+        """
+        texts = [t for t in (memory.indexes[b].text(i) for i in chunk_ids) if t]
+        if not texts or self.tokenizer is None:
+            return None
+        rows = [self._tok()(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids, mask = self._right_pad(rows)
+        proposals = self.grounding.propose(self._hidden(ids, mask), mask)
+        cands = [(r, c) for r, row in enumerate(proposals) for c in row if c.value_span is not None]
+        relevant = [(r, c) for r, c in cands if EVENT_TYPES[c.event_type] != "irrelevant"] or cands
+        if not relevant:
+            return None
+        r, c = max(relevant, key=lambda rc: float(rc[1].key.float().cpu() @ query))
+        key_text = self._decode(rows[r][c.key_span[0]:c.key_span[1]])
+        value_text = self._decode(rows[r][c.value_span[0]:c.value_span[1]])
+        return c.value.float().cpu(), f"{key_text}: {value_text}", self._value_token_ids(value_text)
+
+    def _value_token_ids(self, value_text: Optional[str]) -> list[int]:
+        """A slot's value text -> its first ``value_tokens`` ids, tokenised as it reads mid-sentence
+        (leading space), the way training takes them from the stream; [] without text or tokenizer."""
+        n = self.config.value_tokens
+        if n == 0 or not value_text or not value_text.strip() or self.tokenizer is None:
+            return []
+        return list(self.tokenizer(" " + value_text.strip(), add_special_tokens=False)["input_ids"])[:n]
 
     def _chunk_values(self, vecs: torch.Tensor) -> torch.Tensor:
         """Chunk summaries [k, H] -> value space [k, dv] through the grounding head's value path."""
@@ -377,14 +427,31 @@ class MemAdapterForCausalLM(PreTrainedModel):
         w = self.grounding.value_proj.weight
         return self.grounding.value_proj(self.grounding.norm(vecs.to(w.device, w.dtype))).float().cpu()
 
-    def _stack_selection(self, rows_v: list[torch.Tensor], rows_t: list[list[str]], branch: list[str]) -> Selection:
+    def _stack_selection(self, rows_v: list[torch.Tensor], rows_t: list[list[str]], branch: list[str],
+                         rows_ids: list[list[list[int]]]) -> Selection:
         K = max(1, max(v.shape[0] for v in rows_v))
         values = torch.zeros(len(rows_v), K, self.config.value_dim)
         valid = torch.zeros(len(rows_v), K, dtype=torch.bool)
         for b, v in enumerate(rows_v):
             values[b, : v.shape[0]] = v.float()
             valid[b, : v.shape[0]] = True
-        return Selection(values, valid, rows_t, branch)
+        value_ids = None
+        if self.config.value_tokens > 0:
+            value_ids = torch.full((len(rows_v), K, self.config.value_tokens), -1, dtype=torch.long)  # [B, K, L]
+            for b, row in enumerate(rows_ids):
+                for k, ids in enumerate(row):
+                    value_ids[b, k, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return Selection(values, valid, rows_t, branch, value_ids)
+
+    def _value_embeds(self, sel: Selection) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Selected value token ids [B, K, L] -> backbone embeddings [B, K, L, H] and mask [B, K, L]."""
+        if sel.value_ids is None:
+            return None, None
+        ids = sel.value_ids.to(self._device())
+        mask = ids >= 0
+        b, k, n = ids.shape
+        embeds = embed_tokens(self.backbone, ids.clamp(min=0).view(b, k * n)).view(b, k, n, -1)  # [B, K, L, H]
+        return embeds, mask
 
     # ------------------------------------------------------------------ injection
     def _memory_on(self, memory: Optional[RequestMemory]) -> bool:
@@ -395,7 +462,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
     def _prefix_inputs(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """(inputs_embeds [B, P+T, H], mask [B, P+T], text positions [B, T]) for the soft prefix."""
         w = self.injector.proj.weight
-        prefix, pmask = self.injector(sel.values.to(w.device, w.dtype), sel.valid.to(w.device))
+        value_embeds, value_mask = self._value_embeds(sel)
+        prefix, pmask = self.injector(sel.values.to(w.device, w.dtype), sel.valid.to(w.device), value_embeds, value_mask)
         embeds = embed_tokens(self.backbone, input_ids)
         full_embeds, full_mask = self.injector.prepend(embeds, attention_mask, prefix, pmask)
         # Same stable sort as prepend: where did each original text position go?
@@ -425,8 +493,14 @@ class MemAdapterForCausalLM(PreTrainedModel):
 
     def _cross_attn_block(self, sel: Selection):
         w = self.cross_attn[0].k_proj.weight
-        return cross_attention(self.backbone, self.config.cross_attn_layers, self.cross_attn,
-                               sel.values.to(w.device, w.dtype), sel.valid.to(w.device))
+        memory, mask = sel.values.to(w.device, w.dtype), sel.valid.to(w.device)  # [B, K, dv], [B, K]
+        value_embeds, value_mask = self._value_embeds(sel)
+        if value_embeds is not None:
+            b, k, n, _ = value_embeds.shape
+            tokens = self.value_token_proj(value_embeds.to(w.dtype)).view(b, k * n, -1)  # [B, K*L, dv]
+            memory = torch.cat([memory, tokens], 1)  # [B, K + K*L, dv]
+            mask = torch.cat([mask, (value_mask & mask[:, :, None]).view(b, k * n)], 1)  # [B, K + K*L]
+        return cross_attention(self.backbone, self.config.cross_attn_layers, self.cross_attn, memory, mask)
 
     def _check_ids(self, input_ids: Any, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dim() != 2:
@@ -450,11 +524,12 @@ class MemAdapterForCausalLM(PreTrainedModel):
 
     def forward_with_values(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
                             values: torch.Tensor, valid: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                            **kwargs: Any) -> CausalLMOutputWithPast:
+                            value_ids: Optional[torch.Tensor] = None, **kwargs: Any) -> CausalLMOutputWithPast:
         """Differentiable forward with given memory ``values`` [B, K, dv] / ``valid`` [B, K] injected.
 
         Training's teacher-forced path: the values come from the grounding head (gold or softly
-        selected events) with gradients, bypassing the router. ``prefix`` and ``cross_attn`` only;
+        selected events) with gradients, bypassing the router. ``value_ids`` [B, K, value_tokens]
+        (-1 = none) are the slots' value tokens, required exactly when ``config.value_tokens > 0``. ``prefix`` and ``cross_attn`` only;
         ``text`` injection has nothing differentiable to feed.
         """
         attention_mask = self._check_ids(input_ids, attention_mask)
@@ -463,7 +538,11 @@ class MemAdapterForCausalLM(PreTrainedModel):
         if values.dim() != 3 or tuple(values.shape[:2]) != tuple(valid.shape) or values.shape[0] != input_ids.shape[0]:
             raise ShapeError(f"values: expected [B={input_ids.shape[0]}, K, dv] matching valid {tuple(valid.shape)}, "
                              f"got {tuple(values.shape)}")
-        sel = Selection(values, valid.bool(), [[] for _ in range(values.shape[0])], ["memory"] * values.shape[0])
+        if (value_ids is None) != (self.config.value_tokens == 0):
+            raise ConfigError(f"value_ids: needed exactly when config.value_tokens > 0 (it is {self.config.value_tokens})")
+        if value_ids is not None and tuple(value_ids.shape) != (*valid.shape, self.config.value_tokens):
+            raise ShapeError(f"value_ids: expected {(*valid.shape, self.config.value_tokens)}, got {tuple(value_ids.shape)}")
+        sel = Selection(values, valid.bool(), [[] for _ in range(values.shape[0])], ["memory"] * values.shape[0], value_ids)
         return self._forward_selected(sel, input_ids, attention_mask, labels, **kwargs)
 
     def _forward_selected(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -559,6 +638,8 @@ def _load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, 
     """A loaded model is used as is; a path or repo id loads without remote code, ever."""
     if isinstance(base, nn.Module):
         return base, tokenizer
+    if isinstance(base, os.PathLike):
+        base = os.fspath(base)
     if not isinstance(base, str) or not base:
         raise ConfigError(f"base: expected a repo id, a local directory or a loaded model, got {base!r}")
     from transformers import AutoTokenizer

@@ -17,6 +17,8 @@ from memadapter.heads import (
     pair_spans,
     pool_spans,
     pool_spans_reference,
+    relation_spans,
+    relation_spans_reference,
 )
 
 torch.manual_seed(0)
@@ -72,14 +74,31 @@ def test_propose_decodes_forced_tags_and_ignores_padding():
     assert [(c.key_span, c.value_span) for c in head.propose(hidden, mask)[0]] == [((1, 3), (3, 4))]
 
 
-def test_propose_key_vector_is_pooled_key_span():
-    tags = [TAG_KEY_B, TAG_KEY_I, TAG_VAL_B]
+def test_propose_key_vector_is_pooled_entity_and_relation():
+    tags = [TAG_KEY_B, TAG_KEY_I, TAG_O, TAG_O, TAG_VAL_B]
     head, hidden = _forced_head(tags)
     c = head.propose(hidden)[0][0]
     h = head.norm(hidden[0])
-    expected = torch.nn.functional.normalize(head.key_proj(h[0:2].mean(0)), dim=-1)
+    expected = torch.nn.functional.normalize(head.key_proj(torch.cat([h[0:2].mean(0), h[2:4].mean(0)])), dim=-1)
     torch.testing.assert_close(c.key, expected)
-    torch.testing.assert_close(c.value, head.value_proj(h[2:3].mean(0)))
+    torch.testing.assert_close(c.value, head.value_proj(h[4:5].mean(0)))
+
+
+def test_relation_spans_match_reference_and_cases():
+    keys = torch.tensor([[2, 4], [5, 7], [8, 10], [12, 14], [0, 0]])
+    values = torch.tensor([[6, 8], [5, 7], [10, 11], [15, 16], [0, 0]])  # value after gap / none / adjacent
+    got = relation_spans(keys, values, torch.tensor(16))
+    assert got.tolist() == relation_spans_reference(keys.tolist(), values.tolist(), 16)
+    # relation "between"; a retraction reads the window after its key; adjacent value -> last key token
+    assert got.tolist()[:3] == [[4, 6], [7, 13], [9, 10]]
+    assert got.tolist()[3] == [14, 15] and got.tolist()[4] == [0, 0]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        k0 = torch.randint(0, 20, (6,), generator=g)
+        k1 = k0 + torch.randint(0, 4, (6,), generator=g)
+        v0 = torch.where(torch.rand(6, generator=g) < 0.5, k0, k1 + torch.randint(0, 5, (6,), generator=g))
+        ks, vs = torch.stack([k0, k1], -1), torch.stack([v0, v0 + 2], -1)
+        assert relation_spans(ks, vs, 22).tolist() == relation_spans_reference(ks.tolist(), vs.tolist(), 22)
 
 
 def test_grounding_rows_are_independent():

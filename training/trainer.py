@@ -37,7 +37,7 @@ from torch import nn
 from transformers import Trainer
 
 from memadapter.errors import ConfigError
-from memadapter.heads import pool_spans
+from memadapter.heads import pool_spans, relation_spans
 from memadapter.modeling import hub
 from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 
@@ -138,6 +138,22 @@ def prior_event_features_reference(keys, values, mask, num_slots: int) -> torch.
     return out
 
 
+def gold_value_ids(batch: dict, n: int) -> torch.Tensor:
+    """Each question's gold value tokens from its stream: [Q, 1, n] ids, -1 past the span's end.
+
+    What ingest stores for the same event at inference (the value span's text, re-tokenised); an
+    event without a value (a retraction: value span = key span) and a question without a gold
+    event get none.
+    """
+    s, gold = batch["question_stream"], batch["answer_event"].clamp(min=0)  # [Q]
+    key, value = batch["key_spans"][s, gold], batch["value_spans"][s, gold]  # [Q, 2]
+    has = (batch["answer_event"] >= 0) & (value[:, 0] >= key[:, 1])  # [Q]
+    pos = value[:, :1] + torch.arange(n, device=value.device)  # [Q, n]
+    ids = batch["input_ids"][s].gather(1, pos.clamp(max=batch["input_ids"].shape[1] - 1))  # [Q, n]
+    ok = (pos < value[:, 1:]) & has[:, None]
+    return torch.where(ok, ids, torch.full_like(ids, -1))[:, None]  # [Q, 1, n]
+
+
 # ---------------------------------------------------------------------------- objective
 class TeacherForcedObjective(nn.Module):
     """The adapter's training step as a module: ``forward(**batch) -> {"loss", parts, metrics}``.
@@ -154,6 +170,8 @@ class TeacherForcedObjective(nn.Module):
             raise ConfigError(f"model: expected a MemAdapterForCausalLM, got {type(model).__name__}")
         self.model = model
         self.weights = weights or LossWeights()
+        if model.config.value_tokens > 0 and self.weights.answer_memory != "gold":
+            raise ConfigError("answer_memory: value_tokens > 0 copies one event's tokens; it needs answer_memory='gold'")
         self.question_kinds = tuple(question_kinds)
 
     def _read(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -167,7 +185,8 @@ class TeacherForcedObjective(nn.Module):
         hidden = self._read(batch["input_ids"], mask)  # [B, T, H]
         g = m.grounding(hidden, mask.bool())
         h = m.grounding.norm(hidden)
-        keys = F.normalize(m.grounding.key_proj(pool_event_spans(h, batch["key_spans"])), dim=-1)  # [B, N, dk]
+        rel = relation_spans(batch["key_spans"], batch["value_spans"], mask.sum(-1, keepdim=True))  # [B, N, 2]
+        keys = m.grounding.key(pool_event_spans(h, batch["key_spans"]), pool_event_spans(h, rel))  # [B, N, dk]
         values = m.grounding.value_proj(pool_event_spans(h, batch["value_spans"]))  # [B, N, dv]
         whole = torch.stack([batch["key_spans"][..., 0],
                              torch.maximum(batch["key_spans"][..., 1], batch["value_spans"][..., 1])], -1)
@@ -222,7 +241,9 @@ class TeacherForcedObjective(nn.Module):
         mem, valid = self._answer_memory(query, keys, values, emask, gold)
         answer, answer_ok = zero, torch.zeros(Q, device=query.device)
         if m.config.injection != "text":
-            out = m.forward_with_values(batch["qa_input_ids"], batch["qa_attention_mask"], mem, valid)
+            value_ids = gold_value_ids(batch, m.config.value_tokens) if m.config.value_tokens > 0 else None
+            out = m.forward_with_values(batch["qa_input_ids"], batch["qa_attention_mask"], mem, valid,
+                                        value_ids=value_ids)
             answer = L.answer_loss(out.logits, batch["qa_labels"])
             answer_ok = L.answer_token_correct(out.logits.detach(), batch["qa_labels"])
         scores = torch.einsum("qd,qnd->qn", query.detach(), keys.detach()).masked_fill(~emask, -2.0)  # [Q, N]

@@ -285,3 +285,21 @@ def test_wrappers_are_removed_after_the_block_and_after_errors(get_tiny, model_t
             with cross_attention(model, [0], mods[1:], memory, mmask):
                 pass
     assert list(layers) == originals
+
+
+def test_prefix_with_value_tokens_matches_loop_reference():
+    torch.manual_seed(1)
+    inj = SoftPrefixInjector(value_dim=8, hidden_size=16, tokens_per_slot=2)
+    values, valid = torch.randn(2, 3, 8), torch.tensor([[True, False, True], [True, True, False]])
+    embeds, emask = torch.randn(2, 3, 4, 16), torch.rand(2, 3, 4) > 0.4
+    prefix, pmask = inj(values, valid, embeds, emask)
+    ref, ref_mask = inj.forward_reference(values, valid, embeds, emask)
+    torch.testing.assert_close(prefix, ref)
+    assert torch.equal(pmask, ref_mask) and prefix.shape == (2, 18, 16)
+    slots = pmask.view(2, 3, 6)
+    assert torch.equal(slots[:, :, :2].bool(), valid[:, :, None].expand(2, 3, 2))  # virtual tokens first
+    assert torch.equal(slots[:, :, 2:].bool(), emask & valid[:, :, None])  # then the slot's own tokens
+    with pytest.raises(ShapeError, match="value_mask"):
+        inj(values, valid, None, emask)
+    with pytest.raises(ShapeError, match="value_embeds"):
+        inj(values, valid, embeds[:, :2], emask[:, :2])

@@ -134,7 +134,8 @@ def test_request_isolation_batched_and_sequential(tokenizer):
         out = model.generate(**enc, memory=mem, max_new_tokens=3, do_sample=False)
         for b, g in enumerate(groups):
             words = {w for r in mem.table(b) for t in (r["key_text"], r["value_text"]) if t for w in t.split()}
-            words |= {w for t in sel.texts[b] for w in t.split()}
+            # Memory-branch texts read "key: value"; the colon is the format, not a stream word.
+            words |= {w for t in sel.texts[b] for w in t.replace(":", " ").split()} - {"None"}
             assert words <= set(g), (b, words - set(g))
             alone_mem = ingest(model, [streams[b]])
             single = tokenizer([tokenizer.decode(enc["input_ids"][b][enc["attention_mask"][b].bool()])], return_tensors="pt")
@@ -297,3 +298,53 @@ def test_router_branches_memory_then_chunk_fallback(tokenizer):
     assert sel2.branch == ["fallback"] and all(t in {mem2.indexes[0].text(i) for i in range(len(mem2.indexes[0]))} for t in sel2.texts[0])
     with pytest.raises(ConfigError, match="config_overrides"):
         MemAdapterForCausalLM.from_pretrained(bb, adapter="x/y", num_slots=3)
+
+
+@pytest.mark.parametrize("injection", ["prefix", "cross_attn"])
+def test_value_tokens_reach_the_injection_as_the_slot_value(tokenizer, injection):
+    """value_tokens > 0: the selected slot's value tokens are embedded and injected (prefix tokens or
+    cross-attention memory); cache on/off agree; forward_with_values insists on matching ids."""
+    bb = tiny_backbone("llama")
+    model = build(bb, tokenizer, injection, router_match_threshold=-1.0, top_k=1, value_tokens=3)
+    mem = model.new_memory()
+    mem.write("alice city", "paris rome")
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    want = tokenizer(" paris rome", add_special_tokens=False)["input_ids"][:3]
+    assert sel.branch == ["memory"] and sel.value_ids[0, 0, : len(want)].tolist() == want
+    assert (sel.value_ids[0, 0, len(want):] == -1).all()
+    out = model.generate(**enc, memory=mem, max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, model.generate(**enc, memory=mem, max_new_tokens=4, do_sample=False, use_cache=False))
+    # The copied tokens change the output: other value text, same pooled vector -> other logits.
+    ids2 = sel.value_ids.clone()
+    ids2[0, 0, 0] = (ids2[0, 0, 0] + 1) % bb.config.vocab_size
+    a = model.forward_with_values(enc["input_ids"], enc["attention_mask"], sel.values, sel.valid, value_ids=sel.value_ids)
+    b = model.forward_with_values(enc["input_ids"], enc["attention_mask"], sel.values, sel.valid, value_ids=ids2)
+    assert not torch.allclose(a.logits, b.logits)
+    with pytest.raises(ConfigError, match="value_ids"):
+        model.forward_with_values(enc["input_ids"], enc["attention_mask"], sel.values, sel.valid)
+    with pytest.raises(ShapeError, match="value_ids"):
+        model.forward_with_values(enc["input_ids"], enc["attention_mask"], sel.values, sel.valid,
+                                  value_ids=sel.value_ids[..., :2])
+    with pytest.raises(ConfigError, match="value_tokens"):
+        MemAdapterForCausalLM.from_pretrained(bb, tokenizer=tokenizer, value_tokens=-1)
+
+
+def test_ground_fallback_injects_the_best_matching_event_of_the_retrieved_chunks(tokenizer):
+    """No slot matches (threshold 2): the retrieved chunks are re-read, and the proposed event whose
+    key best matches the question is injected as one entry, with its value tokens."""
+    bb = tiny_backbone("llama")
+    model = build(bb, tokenizer, "prefix", router_match_threshold=2.0, ground_fallback=True, value_tokens=4)
+    mem = ingest(model, [STREAM])
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.branch == ["fallback"] and len(sel.texts[0]) == 1 and int(sel.valid.sum()) == 1
+    key_text, value_text = sel.texts[0][0].split(": ", 1)
+    chunks = " ".join(mem.indexes[0].text(i) for i in range(len(mem.indexes[0])))
+    assert key_text.strip() in chunks and value_text.strip() in chunks
+    want = tokenizer(" " + value_text.strip(), add_special_tokens=False)["input_ids"][:4]
+    assert [i for i in sel.value_ids[0, 0].tolist() if i >= 0] == want
+    # Without it the same row injects whole retrieved chunks, with no value tokens to copy.
+    plain = build(bb, tokenizer, "prefix", router_match_threshold=2.0, value_tokens=4)
+    sel2 = plain.select(ingest(plain, [STREAM]), enc["input_ids"], enc["attention_mask"])
+    assert all(t in chunks for t in sel2.texts[0]) and bool((sel2.value_ids == -1).all())

@@ -21,8 +21,8 @@ from memadapter.modeling.configuration_memadapter import MemAdapterConfig  # noq
 from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM  # noqa: E402
 from memadapter.training.collator import MemAdapterCollator  # noqa: E402
 from memadapter.training.trainer import (  # noqa: E402
-    LossWeights, MemAdapterTrainer, TeacherForcedObjective, pool_event_spans, pool_event_spans_reference,
-    prior_event_features, prior_event_features_reference,
+    LossWeights, MemAdapterTrainer, TeacherForcedObjective, gold_value_ids, pool_event_spans,
+    pool_event_spans_reference, prior_event_features, prior_event_features_reference,
 )
 from memadapter.training.train import build_backbone  # noqa: E402
 
@@ -38,11 +38,11 @@ def tok():
     return make_tokenizer()
 
 
-def make_model(tok, injection="prefix", seed=0):
+def make_model(tok, injection="prefix", seed=0, **kw):
     backbone = build_backbone({"backbone": TINY}, seed=0)
     torch.manual_seed(seed)
     cfg = MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8, top_k=2, injection=injection,
-                           cross_attn_layers=[1] if injection == "cross_attn" else [])
+                           cross_attn_layers=[1] if injection == "cross_attn" else [], **kw)
     return MemAdapterForCausalLM(cfg, backbone=backbone, tokenizer=tok)
 
 
@@ -69,7 +69,7 @@ def test_objective_trains_only_adapter_and_losses_fall(tok, injection, memory):
     assert params and all(not p.requires_grad for p in model.backbone.parameters())
     opt = torch.optim.AdamW(params, lr=2e-2)
     first = None
-    for _ in range(25):
+    for _ in range(40):
         out = obj(**batch)
         first = first or {k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}
         opt.zero_grad()
@@ -189,3 +189,25 @@ def test_forward_with_values_refuses_text_injection(tok):
     ids = torch.tensor([[5, 6, 7]])
     with pytest.raises(ConfigError, match="injection"):
         model.forward_with_values(ids, None, torch.randn(1, 1, 16), torch.ones(1, 1, dtype=torch.bool))
+
+
+def test_gold_value_ids_are_the_gold_value_span_tokens(tok):
+    batch = MemAdapterCollator(tok)(make_features(tok))
+    got = gold_value_ids(batch, 3)
+    assert got.shape == (batch["qa_input_ids"].shape[0], 1, 3)
+    for q in range(got.shape[0]):  # plain loop over questions
+        s, g = int(batch["question_stream"][q]), int(batch["answer_event"][q])
+        (k0, k1), (v0, v1) = batch["key_spans"][s, max(g, 0)].tolist(), batch["value_spans"][s, max(g, 0)].tolist()
+        want = batch["input_ids"][s, v0:min(v1, v0 + 3)].tolist() if g >= 0 and v0 >= k1 else []
+        assert got[q, 0].tolist() == want + [-1] * (3 - len(want))
+    assert (got >= 0).any()
+
+
+def test_value_tokens_train_through_the_prefix_and_need_gold_memory(tok):
+    model = make_model(tok, "prefix", value_tokens=4)
+    with pytest.raises(ConfigError, match="answer_memory"):
+        TeacherForcedObjective(model, LossWeights(answer_memory="soft"))
+    obj = TeacherForcedObjective(model, LossWeights(grounding=0, write=0, contrastive=0, budget=0))
+    out = obj(**MemAdapterCollator(tok)(make_features(tok)))
+    out["loss"].backward()
+    assert model.injector.proj.weight.grad.abs().sum() > 0
