@@ -39,6 +39,7 @@ EVENT_TYPES: tuple[str, ...] = ("new", "update", "retract", "irrelevant")
 IGNORE_INDEX = -100
 # Tokens after a key that carry its relation when no value follows ("Greta's phone number; ...").
 RELATION_WINDOW = 6
+CONTEXT_WINDOW = 2  # tokens on each side the grounding head's context convolution reads
 
 
 @dataclass
@@ -165,16 +166,23 @@ class GroundingHead(nn.Module):
         2
     """
 
-    def __init__(self, hidden_size: int, key_dim: int, value_dim: int, num_event_types: int = len(EVENT_TYPES)):
+    def __init__(self, hidden_size: int, key_dim: int, value_dim: int, num_event_types: int = len(EVENT_TYPES),
+                 context_size: int = 0, context_window: int = CONTEXT_WINDOW):
         super().__init__()
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.key_dim = check_positive_int("key_dim", key_dim)
         self.value_dim = check_positive_int("value_dim", value_dim)
         self.num_event_types = check_positive_int("num_event_types", num_event_types)
+        self.context_window = check_positive_int("context_window", context_window)
         self.norm = nn.LayerNorm(hidden_size)  # hidden norms differ by family (Gemma scales by sqrt(d))
-        self.tagger = nn.Linear(hidden_size, len(TAGS))
-        self.event = nn.Linear(hidden_size, num_event_types)
-        self.confidence = nn.Linear(hidden_size, 1)
+        # A causal backbone's state at "The" cannot know an unseen name follows; a small
+        # two-sided convolution lets every token see its neighbours before it is tagged.
+        self.context = nn.Conv1d(hidden_size, context_size, 2 * context_window + 1, padding=context_window) \
+            if context_size > 0 else None
+        features = hidden_size + max(context_size, 0)
+        self.tagger = nn.Linear(features, len(TAGS))
+        self.event = nn.Linear(features, num_event_types)
+        self.confidence = nn.Linear(features, 1)
         self.key_proj = nn.Linear(2 * hidden_size, key_dim)  # [entity ; relation] -> key
         self.value_proj = nn.Linear(hidden_size, value_dim)
 
@@ -195,6 +203,9 @@ class GroundingHead(nn.Module):
         """Per-token logits; padded positions get tag O so they never open a span."""
         mask = self._check(hidden, mask)
         h = self.norm(hidden)
+        if self.context is not None:
+            x = (h * mask[..., None].to(h.dtype)).transpose(1, 2)  # [B, H, T]; padding reads as zeros
+            h = torch.cat([h, F.gelu(self.context(x)).transpose(1, 2)], -1)  # [B, T, H + C]
         tag_logits = self.tagger(h)  # [B, T, 5]
         pad_o = torch.full_like(tag_logits, torch.finfo(tag_logits.dtype).min)
         pad_o[..., TAG_O] = 0.0

@@ -55,6 +55,8 @@ class MemAdapterConfig(PreTrainedConfig):
     value_dim: int = 64
     # --- grounding / writer heads ---
     grounding_hidden_size: int = 128
+    # Channels of the GroundingHead's two-sided context convolution (0 = tag each token alone).
+    grounding_context_size: int = 0
     num_event_types: int = 4  # new fact, newer version, retraction, irrelevant
     # --- router ---
     router_match_threshold: float = 0.5  # slot score above which the memory branch answers
@@ -82,6 +84,9 @@ class MemAdapterConfig(PreTrainedConfig):
         for name in ("chunk_tokens", "num_slots", "top_k", "key_dim", "value_dim", "grounding_hidden_size",
                      "num_event_types", "prefix_tokens_per_slot", "cross_attn_heads"):
             _positive_int(name, getattr(self, name))
+        if isinstance(self.grounding_context_size, bool) or not isinstance(self.grounding_context_size, int) \
+                or self.grounding_context_size < 0:
+            raise ConfigError(f"grounding_context_size: must be an int >= 0, got {self.grounding_context_size!r}")
         if isinstance(self.value_tokens, bool) or not isinstance(self.value_tokens, int) or self.value_tokens < 0:
             raise ConfigError(f"value_tokens: must be an int >= 0, got {self.value_tokens!r}")
         for name in ("hidden_size", "backbone_num_layers"):

@@ -107,7 +107,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
         self._adapter_modules().to(device=ref.device, dtype=ref.dtype)
 
     def _build_heads(self, config: MemAdapterConfig, hidden: int) -> None:
-        self.grounding = GroundingHead(hidden, config.key_dim, config.value_dim, config.num_event_types)
+        self.grounding = GroundingHead(hidden, config.key_dim, config.value_dim, config.num_event_types,
+                                       context_size=config.grounding_context_size)
         self.writer = WriteController(config.key_dim, config.num_event_types)
         self.query_head = QueryHead(hidden, config.key_dim)
         self.injector = SoftPrefixInjector(

@@ -167,3 +167,18 @@ def test_query_head_shapes_padding_and_contrastive():
     loss = QueryHead.contrastive_loss(q, q.detach())
     loss.backward()
     assert qh.proj.weight.grad is not None
+
+
+def test_context_tagger_sees_the_next_tokens_but_not_padding():
+    torch.manual_seed(0)
+    head = GroundingHead(16, 8, 8, context_size=12)
+    h = torch.randn(1, 7, 16)
+    base = head(h).tag_logits
+    later = h.clone()
+    later[0, 3] = torch.randn(16)  # change token 3: tokens 1..5 (window 2) see it, token 0 and 6 do not
+    diff = (head(later).tag_logits - base).abs().sum(-1)[0]
+    assert bool((diff[1:6] > 0).all()) and float(diff[0]) == 0 and float(diff[6]) == 0
+    padded = torch.cat([h, torch.randn(1, 3, 16)], 1)
+    mask = torch.tensor([[True] * 7 + [False] * 3])
+    torch.testing.assert_close(head(padded, mask).tag_logits[:, :7], base)  # what follows the row is not read
+    assert GroundingHead(16, 8, 8).context is None  # context_size 0: each token alone, as before
