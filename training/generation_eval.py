@@ -162,10 +162,11 @@ def _answer(model: Any, tok: Any, method: str, ctx: _StreamContext, question: st
         # Reads credit slot usage; every question starts from the post-ingest memory so that
         # neither question order nor method order changes what a question sees.
         ctx.memory.restore(ctx.snapshot)
+        if settings.chat and method == "text":
+            return _chat_text_answer(model, tok, ctx, question, q, settings)
         mode = model.config.injection if method == "memory" else "text"
-        ids = chat_ids(tok, question) if settings.chat and method == "text" else q
         with injection_mode(model, mode):
-            return _generate(model, tok, ids, settings, memory=ctx.memory)
+            return _generate(model, tok, q, settings, memory=ctx.memory)
     context = {"full_context": ctx.ids, "tail": ctx.ids[-settings.tail_tokens:]}.get(method, [])
     if settings.chat:
         prompt = chat_ids(tok, question, tok.decode(context) if context else None)
@@ -175,6 +176,20 @@ def _answer(model: Any, tok: Any, method: str, ctx: _StreamContext, question: st
         return None
     with model.disable_adapter():
         return _generate(model, tok, prompt, settings)
+
+
+def _chat_text_answer(model: Any, tok: Any, ctx: _StreamContext, question: str, q: list[int],
+                      settings: _Settings) -> str:
+    """``text`` for a chat model: what the router selects for the question (the same selection the
+    memory row injects) goes *inside* the user turn as context, then the bare backbone answers.
+    Text put before the chat template would sit outside every turn, and the model ignores it."""
+    device = next(model.backbone.parameters()).device
+    ids = torch.tensor([q], dtype=torch.long, device=device)  # [1, T]
+    sel = model.select(ctx.memory, ids, torch.ones_like(ids))
+    lines = [t for t in sel.texts[0] if t]
+    context = ("Memory: " + " ; ".join(lines)) if lines else None
+    with model.disable_adapter():
+        return _generate(model, tok, chat_ids(tok, question, context), settings)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -24,8 +24,8 @@ def test_committed_adapter_loads_ingests_and_generates():
     torch.set_num_threads(1)
     real_models.load_smollm2()  # fills the cache on first use
     model = MemAdapterForCausalLM.from_pretrained(str(real_models.default_cache_dir()), adapter=str(ADAPTER)).eval()
-    assert model.config.injection == "prefix" and model.config.read_layer == 8
-    assert sum(v.numel() for v in model.adapter_state_dict().values()) == 824_717
+    assert model.config.injection == "prefix" and model.config.read_layer == 8 and model.config.value_tokens == 8
+    assert sum(v.numel() for v in model.adapter_state_dict().values()) == 1_231_629
     stream = generate_stream(random.Random(0), split="test_unseen_entities")
     memory = model.new_memory()
     report = model.ingest(memory, stream["text"])
@@ -34,3 +34,7 @@ def test_committed_adapter_loads_ingests_and_generates():
     out = model.generate(ids, torch.ones_like(ids), memory=memory, max_new_tokens=8, do_sample=False)
     assert out.shape[0] == 1 and ids.shape[1] < out.shape[1] <= ids.shape[1] + 8
     assert torch.equal(out[:, : ids.shape[1]], ids)  # prompt first, then the new tokens
+    # The value tokens of the selected entry are what the prefix carries: a short answer copied
+    # from the stream (or "unknown"), never a sentence.
+    answer = model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert answer and (answer == "unknown" or answer in stream["text"]), answer

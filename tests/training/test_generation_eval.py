@@ -222,3 +222,27 @@ def test_chat_prompts_wrap_the_question_and_need_a_template(model, tok, streams)
     finally:
         model.tokenizer = previous
     assert all(r["total"] == len(streams[0]["questions"]) for r in rows if r["task"] == "all")
+
+
+def test_chat_text_row_puts_the_selection_inside_the_user_turn(model, tok, streams, monkeypatch):
+    chat_tok = copy.deepcopy(tok)
+    chat_tok.chat_template = "{% for m in messages %}<bos> {{ m['content'] }} <eos>{% endfor %}"
+    prompts: list[str] = []
+    real_generate = model.backbone.generate
+
+    def spy(*args, **kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None:
+            prompts.append(chat_tok.decode(ids[0]))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(model.backbone, "generate", spy)
+    previous = model.tokenizer
+    model.tokenizer = chat_tok
+    try:
+        evaluate_generation(model, streams[:1], methods=["text"], chat=True, progress=False)
+    finally:
+        model.tokenizer = previous
+    assert prompts and all(p.split()[0] == "<bos>" and p.split()[-1] == "<eos>" for p in prompts)
+    # "Memory: <selected text>" opens the turn ("Memory" is <unk> to the word tokenizer), then the question.
+    assert all(p.split()[1:3] == ["<unk>", ":"] and p.split()[3] != "what" for p in prompts)
