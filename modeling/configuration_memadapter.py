@@ -50,6 +50,7 @@ class MemAdapterConfig(PreTrainedConfig):
     chunk_tokens: int = 512
     # --- slot memory ---
     num_slots: int = 64
+    slot_match_threshold: float = 0.8  # key cosine from which a candidate is the same fact (overwrite)
     top_k: int = 4
     key_dim: int = 64
     value_dim: int = 64
@@ -134,6 +135,9 @@ class MemAdapterConfig(PreTrainedConfig):
         if not isinstance(self.ground_fallback, bool):
             raise ConfigError(f"ground_fallback: expected a bool, got {self.ground_fallback!r}")
         _finite("router_match_threshold", self.router_match_threshold)
+        _finite("slot_match_threshold", self.slot_match_threshold)
+        if not -1.0 <= self.slot_match_threshold <= 1.0:
+            raise ConfigError(f"slot_match_threshold: must be a cosine in [-1, 1], got {self.slot_match_threshold}")
         _finite("router_confidence_threshold", self.router_confidence_threshold)
         if not 0.0 <= self.router_confidence_threshold <= 1.0:
             raise ConfigError(f"router_confidence_threshold: must be in [0, 1], got {self.router_confidence_threshold}")

@@ -232,7 +232,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
         """An empty memory for ``batch_size`` independent requests."""
         cfg = self.config
         # Memory lives on the CPU: it is small request data, and rows are edited by index from Python.
-        slots = SlotMemory(cfg.num_slots, cfg.key_dim, cfg.value_dim, batch_size=batch_size)
+        slots = SlotMemory(cfg.num_slots, cfg.key_dim, cfg.value_dim, batch_size=batch_size,
+                           match_threshold=cfg.slot_match_threshold)
         indexes = [ChunkIndex(cfg.hidden_size, chunk_tokens=cfg.chunk_tokens) for _ in range(batch_size)]
         return RequestMemory(slots, indexes, self.encode_text)
 

@@ -348,3 +348,8 @@ def test_ground_fallback_injects_the_best_matching_event_of_the_retrieved_chunks
     plain = build(bb, tokenizer, "prefix", router_match_threshold=2.0, value_tokens=4)
     sel2 = plain.select(ingest(plain, [STREAM]), enc["input_ids"], enc["attention_mask"])
     assert all(t in chunks for t in sel2.texts[0]) and bool((sel2.value_ids == -1).all())
+
+
+def test_slot_match_threshold_reaches_the_memory(tokenizer):
+    model = build(tiny_backbone("llama"), tokenizer, slot_match_threshold=0.6)
+    assert model.new_memory().slots.match_threshold == 0.6
