@@ -347,6 +347,7 @@ class MemAdapterForCausalLM(PreTrainedModel):
     def _unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
         return [input_ids[b][attention_mask[b].bool()].tolist() for b in range(input_ids.shape[0])]
 
+    @torch.no_grad()
     def select(self, memory: RequestMemory, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Selection:
         """Encode the question, route per row, and gather what each row injects."""
         cfg = self.config
