@@ -12,6 +12,7 @@ The batch (B streams, N events at most, Q questions over all streams, right padd
     confidence_targets                                       [B, T]   float, NaN where ignored
     key_spans, value_spans                                   [B, N, 2] token spans, end exclusive
     event_mask [B, N] bool, event_types [B, N], write_labels [B, N] float
+    event_groups [B, N]: which fact (entity, attribute) of its stream each event is about, -1 unknown
     qa_input_ids, qa_attention_mask, qa_question_mask, qa_labels   [Q, L]  question + answer tokens;
         labels only on the answer (and EOS), the question mask marks what the query head may read
     question_stream [Q], answer_event [Q] (-1: no gold event), question_kind [Q] (index into kinds)
@@ -100,6 +101,17 @@ def negative_kinds(events: Sequence[dict], answer_event: int) -> list[int]:
             kind = NEG_LOOKALIKE
         kinds.append(kind)
     return kinds
+
+
+def fact_groups(events: Sequence[dict]) -> list[int]:
+    """Which fact (entity, attribute) each event of a stream is about: ids 0.. in order of first
+    appearance, -1 when the generator gave no entity or attribute (a training target only)."""
+    ids: dict[tuple[str, str], int] = {}
+    out = []
+    for ev in events:
+        key = (_norm(ev.get("entity")), _norm(ev.get("attribute")))
+        out.append(ids.setdefault(key, len(ids)) if all(key) else -1)
+    return out
 
 
 def _older(version: Any, gold_version: Any, j: int, gold: int) -> bool:
@@ -234,6 +246,7 @@ class MemAdapterCollator:
             event_mask=torch.zeros(B, N, dtype=torch.bool),
             event_types=torch.full((B, N), IGNORE_INDEX, dtype=torch.long),
             write_labels=torch.zeros(B, N),
+            event_groups=torch.full((B, N), -1, dtype=torch.long),
         )
         for b, s in enumerate(streams):
             n_tok = len(s["ids"])
@@ -252,6 +265,7 @@ class MemAdapterCollator:
                 out["event_mask"][b, n] = True
                 out["event_types"][b, n] = ev["type"]
                 out["write_labels"][b, n] = ev["write"]
+            out["event_groups"][b, : len(s["events"])] = torch.tensor(fact_groups([ev["meta"] for ev in s["events"]]))
         return out
 
     def _encode(self, text: str) -> list[int]:

@@ -296,3 +296,42 @@ def matching_accuracy(queries: torch.Tensor, event_keys: torch.Tensor, event_mas
     sims = torch.einsum("qd,qnd->qn", queries.float(), event_keys.float())  # [Q, N]
     sims = sims.masked_fill(~event_mask, -math.inf)
     return (sims.argmax(1) == positive).float()
+
+
+# ---------------------------------------------------------------------------- write-time key matching
+def key_consistency_loss(keys: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor, *,
+                         same: float = 0.9, different: float = 0.6) -> torch.Tensor:
+    """Event keys of one stream: the same fact (entity, attribute) above ``same``, others below ``different``.
+
+    keys [B, N, dk] (unit), groups [B, N] (fact id within its stream, -1 = none), mask [B, N].
+    Overwrites and retractions only work if a later event's key *matches the earlier slot*
+    (SlotMemory's match threshold, 0.8 by default); query-event contrast never asks for that.
+    Mean hinge over same-fact pairs ``relu(same - cos)`` plus over other pairs ``relu(cos - different)``.
+    """
+    _check_same_shape("groups", groups, tuple(keys.shape[:2]))
+    valid = mask.bool() & (groups >= 0)  # [B, N]
+    n = keys.shape[1]
+    pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(n, dtype=torch.bool, device=keys.device)  # [B, N, N]
+    sims = keys.float() @ keys.float().transpose(1, 2)  # [B, N, N]
+    equal = groups[:, :, None] == groups[:, None, :]
+    loss = keys.sum() * 0.0
+    for sel, hinge in ((pair & equal, F.relu(same - sims)), (pair & ~equal, F.relu(sims - different))):
+        if bool(sel.any()):
+            loss = loss + hinge[sel].mean()
+    return loss
+
+
+def key_consistency_loss_reference(keys, groups, mask, *, same: float = 0.9, different: float = 0.6) -> torch.Tensor:
+    """Plain-loop reference for :func:`key_consistency_loss`."""
+    pos, neg = [], []
+    for b in range(keys.shape[0]):
+        idx = [i for i in range(keys.shape[1]) if bool(mask[b, i]) and int(groups[b, i]) >= 0]
+        for i in idx:
+            for j in idx:
+                if i != j:
+                    cos = float(keys[b, i].double() @ keys[b, j].double())
+                    if int(groups[b, i]) == int(groups[b, j]):
+                        pos.append(max(same - cos, 0.0))
+                    else:
+                        neg.append(max(cos - different, 0.0))
+    return torch.tensor(sum(pos) / max(len(pos), 1) + sum(neg) / max(len(neg), 1))

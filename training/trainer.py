@@ -65,6 +65,7 @@ class LossWeights:
     temperature: float = 0.1
     margin: float = 0.2
     hard_weight: float = 1.0
+    key_consistency: float = 0.0  # same-fact event keys together, other facts apart (write-time matching)
     answer_memory: str = "gold"
 
     def __post_init__(self) -> None:
@@ -207,6 +208,8 @@ class TeacherForcedObjective(nn.Module):
                                           batch.get("confidence_targets")),
             "write": L.write_aux_loss(ev["p_write"], batch["write_labels"], emask, weight=1.0),
             "budget": L.write_budget_penalty(ev["p_write"], emask, w.write_budget),
+            "key_consistency": L.key_consistency_loss(ev["keys"], batch["event_groups"], emask)
+            if w.key_consistency > 0 and "event_groups" in batch else ev["keys"].sum() * 0.0,
         }
         writes = ((ev["p_write"] > 0.5) & emask).float()
         metrics = {
@@ -218,7 +221,8 @@ class TeacherForcedObjective(nn.Module):
         parts.update(q_parts)
         metrics.update(q_metrics)
         loss = (w.grounding * parts["grounding"] + w.write * parts["write"] + w.budget * parts["budget"]
-                + w.contrastive * parts["contrastive"] + w.answer * parts["answer"])
+                + w.contrastive * parts["contrastive"] + w.answer * parts["answer"]
+                + w.key_consistency * parts["key_consistency"])
         return {"loss": loss, **{f"loss_{k}": v.detach() for k, v in parts.items()}, **metrics}
 
     def _questions(self, batch: dict, ev: dict) -> tuple[dict, dict]:

@@ -182,3 +182,11 @@ def test_real_lifecycle_streams_collate_with_consistent_spans():
                 assert int((batch["negative_kind"][q] == NEG_OLDER_VERSION).sum()) >= 1
             q += 1
     assert collate.question_kinds[int(batch["question_kind"][0])] == rows[0]["questions"][0]["kind"]
+
+
+def test_fact_groups_number_entity_attribute_pairs_per_stream():
+    from memadapter.training.collator import fact_groups
+
+    events = [{"entity": "The Vega kettle", "attribute": "price"}, {"entity": "the vega  kettle", "attribute": "Price"},
+              {"entity": "the Vega kettle", "attribute": "colour"}, {"entity": "", "attribute": "price"}, {}]
+    assert fact_groups(events) == [0, 0, 1, -1, -1]

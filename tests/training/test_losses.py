@@ -147,3 +147,22 @@ def test_grounding_confidence_term_reference_and_direction():
     right = torch.where(torch.isnan(conf_t), 0.0, (conf_t * 2 - 1) * 20)
     assert float(L.grounding_loss(tl, tags, el, ev, right, conf_t) - base) < 1e-4
     assert float(L.grounding_loss(tl, tags, el, ev, -right, conf_t) - base) > 10
+
+
+def test_key_consistency_matches_reference_and_pulls_same_facts_together():
+    g = torch.Generator().manual_seed(0)
+    keys = F.normalize(torch.randn(2, 5, 8, generator=g), dim=-1)
+    groups = torch.tensor([[0, 1, 0, -1, 2], [0, 0, 1, 1, 0]])
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    got = L.key_consistency_loss(keys, groups, mask)
+    torch.testing.assert_close(got, L.key_consistency_loss_reference(keys, groups, mask).float(), atol=1e-5, rtol=0)
+    keys = keys.clone().requires_grad_(True)
+    opt = torch.optim.SGD([keys], lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        L.key_consistency_loss(F.normalize(keys, dim=-1), groups, mask).backward()
+        opt.step()
+    k = F.normalize(keys.detach(), dim=-1)
+    assert float(k[0, 0] @ k[0, 2]) > 0.85 and float(k[0, 0] @ k[0, 1]) < 0.65  # same fact / other fact
+    with pytest.raises(ShapeError, match="groups"):
+        L.key_consistency_loss(k, groups[:, :3], mask)

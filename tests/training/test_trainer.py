@@ -211,3 +211,14 @@ def test_value_tokens_train_through_the_prefix_and_need_gold_memory(tok):
     out = obj(**MemAdapterCollator(tok)(make_features(tok)))
     out["loss"].backward()
     assert model.injector.proj.weight.grad.abs().sum() > 0
+
+
+def test_key_consistency_term_is_reported_and_reaches_the_key_projection(tok):
+    model = make_model(tok)
+    batch = MemAdapterCollator(tok)(make_features(tok))
+    assert batch["event_groups"].shape == batch["event_mask"].shape and bool((batch["event_groups"] >= 0).any())
+    out = TeacherForcedObjective(model, LossWeights(answer=0, grounding=0, write=0, contrastive=0, budget=0,
+                                                    key_consistency=1.0))(**batch)
+    assert float(out["loss_key_consistency"]) > 0
+    out["loss"].backward()
+    assert model.grounding.key_proj.weight.grad.abs().sum() > 0
