@@ -39,27 +39,16 @@ from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
 from memadapter.heads import EVENT_TYPES, GroundingHead, QueryHead, WriteController, masked_attention_pool
 from memadapter.request_memory import RequestMemory
-from memadapter.router import MEMORY, Router
+from memadapter.router import FALLBACK, MEMORY, Router
 from memadapter.slots import SlotMemory
 
 from . import hub
 from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states, token_embedding_rms
 from .configuration_memadapter import MemAdapterConfig
 from .injection import GatedCrossAttention, SoftPrefixInjector, cross_attention
+from .selection import SelectedRow, Selection, stack_selection
 
 PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
-
-
-@dataclass
-class Selection:
-    """What the router handed to the injector: values [B, K, dv], valid [B, K], texts per row,
-    and (``config.value_tokens > 0``) each slot's value token ids [B, K, L], -1 where none."""
-
-    values: torch.Tensor
-    valid: torch.Tensor
-    texts: list[list[str]]
-    branch: list[str]
-    value_ids: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -359,41 +348,35 @@ class MemAdapterForCausalLM(PreTrainedModel):
         texts = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
         router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=cfg.top_k)
         route = router.route(memory.slots, memory.indexes, query, texts, chunk_query)
-        rows_v: list[torch.Tensor] = []
-        rows_t: list[list[str]] = []
-        rows_ids: list[list[list[int]]] = []
-        branches = list(route.branch)
-        for b, branch in enumerate(branches):
+        rows = []
+        for b, branch in enumerate(route.branch):
             idx = []
             if branch == MEMORY:
                 slots = route.memory.indices[b, 0]
                 conf = memory.slots.confidence[b, slots.clamp(min=0)]
                 idx = slots[route.memory.valid[b, 0] & (conf >= cfg.router_confidence_threshold)].tolist()
             if idx:
-                rows_v.append(memory.slots.values[b, idx])  # [k, dv], the resolved latest versions
-                rows_t.append([f"{memory.slots.key_text[b][m]}: {memory.slots.value_text[b][m]}" for m in idx])
-                rows_ids.append([self._value_token_ids(memory.slots.value_text[b][m]) for m in idx])
+                value_text = [memory.slots.value_text[b][m] for m in idx]
+                rows.append(SelectedRow(memory.slots.values[b, idx],  # [k, dv], the resolved latest versions
+                                        [f"{memory.slots.key_text[b][m]}: {v}" for m, v in zip(idx, value_text)],
+                                        [self._value_token_ids(v) for v in value_text], MEMORY))
                 continue
             # Fallback, also for a matched row whose slots are all below the confidence bar.
-            branches[b] = "fallback"
             found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], cfg.top_k)
             ids = [i for i in found.expanded[0] if i >= 0]
             event = self._ground_chunks(memory, b, ids, query[b]) if cfg.ground_fallback else None
-            if event is not None:
-                rows_v.append(event[0][None])  # [1, dv]
-                rows_t.append([event[1]])
-                rows_ids.append([event[2]])
-                continue
-            vecs = memory.indexes[b].vectors[ids] if ids else torch.zeros(0, cfg.hidden_size)
-            rows_v.append(self._chunk_values(vecs))
-            rows_t.append([memory.indexes[b].text(i) or "" for i in ids])
-            rows_ids.append([[] for _ in ids])  # a chunk has no value span to copy
-        return self._stack_selection(rows_v, rows_t, branches, rows_ids)
+            if event is None:  # chunk summaries: no value span to copy
+                vecs = memory.indexes[b].vectors[ids] if ids else torch.zeros(0, cfg.hidden_size)
+                event = SelectedRow(self._chunk_values(vecs), [memory.indexes[b].text(i) or "" for i in ids],
+                                    [[] for _ in ids], FALLBACK)
+            rows.append(event)
+        return stack_selection(rows, cfg.value_dim, cfg.value_tokens)
 
     def _ground_chunks(self, memory: RequestMemory, b: int, chunk_ids: list[int],
-                       query: torch.Tensor) -> Optional[tuple[torch.Tensor, str, list[int]]]:
-        """Query-time grounding of retrieved chunks: (value [dv], "key: value", value ids) of the
-        proposed event whose key best matches ``query`` [dk]; None when no chunk proposes one.
+                       query: torch.Tensor) -> Optional[SelectedRow]:
+        """Query-time grounding of retrieved chunks: the proposed event whose key best matches
+        ``query`` [dk] as a one-entry fallback row ("key: value", its value ids); None when no
+        chunk proposes one.
 
         Facts that were never written (no write signal) live only in the chunk index; reading the
         retrieved chunks again with the GroundingHead turns the best match into a slot-like entry,
@@ -413,7 +396,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
         r, c = max(relevant, key=lambda rc: float(rc[1].key.float().cpu() @ query))
         key_text = self._decode(rows[r][c.key_span[0]:c.key_span[1]])
         value_text = self._decode(rows[r][c.value_span[0]:c.value_span[1]])
-        return c.value.float().cpu(), f"{key_text}: {value_text}", self._value_token_ids(value_text)
+        return SelectedRow(c.value.float().cpu()[None], [f"{key_text}: {value_text}"],
+                           [self._value_token_ids(value_text)], FALLBACK)
 
     def _value_token_ids(self, value_text: Optional[str]) -> list[int]:
         """A slot's value text -> its first ``value_tokens`` ids, tokenised as it reads mid-sentence
@@ -429,22 +413,6 @@ class MemAdapterForCausalLM(PreTrainedModel):
             return torch.zeros(0, self.config.value_dim)
         w = self.grounding.value_proj.weight
         return self.grounding.value_proj(self.grounding.norm(vecs.to(w.device, w.dtype))).float().cpu()
-
-    def _stack_selection(self, rows_v: list[torch.Tensor], rows_t: list[list[str]], branch: list[str],
-                         rows_ids: list[list[list[int]]]) -> Selection:
-        K = max(1, max(v.shape[0] for v in rows_v))
-        values = torch.zeros(len(rows_v), K, self.config.value_dim)
-        valid = torch.zeros(len(rows_v), K, dtype=torch.bool)
-        for b, v in enumerate(rows_v):
-            values[b, : v.shape[0]] = v.float()
-            valid[b, : v.shape[0]] = True
-        value_ids = None
-        if self.config.value_tokens > 0:
-            value_ids = torch.full((len(rows_v), K, self.config.value_tokens), -1, dtype=torch.long)  # [B, K, L]
-            for b, row in enumerate(rows_ids):
-                for k, ids in enumerate(row):
-                    value_ids[b, k, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return Selection(values, valid, rows_t, branch, value_ids)
 
     def _value_embeds(self, sel: Selection) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Selected value token ids [B, K, L] -> backbone embeddings [B, K, L, H] and mask [B, K, L]."""
@@ -479,8 +447,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
         tok = self._tok()
         rows = []
         for b, row in enumerate(self._unpadded(input_ids, attention_mask)):
-            lines = [t for t in sel.texts[b] if t]
-            mem = tok("Memory: " + " ; ".join(lines) + " .\n", add_special_tokens=False)["input_ids"] if lines else []
+            text = sel.memory_text(b)
+            mem = tok(text + " .\n", add_special_tokens=False)["input_ids"] if text else []
             rows.append(mem + row)
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long, device=input_ids.device)
@@ -532,8 +500,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
 
         Training's teacher-forced path: the values come from the grounding head (gold or softly
         selected events) with gradients, bypassing the router. ``value_ids`` [B, K, value_tokens]
-        (-1 = none) are the slots' value tokens, required exactly when ``config.value_tokens > 0``. ``prefix`` and ``cross_attn`` only;
-        ``text`` injection has nothing differentiable to feed.
+        (-1 = none) are the entries' value tokens, required exactly when ``config.value_tokens > 0``.
+        ``prefix`` and ``cross_attn`` only; ``text`` injection has nothing differentiable to feed.
         """
         attention_mask = self._check_ids(input_ids, attention_mask)
         if self.config.injection == "text":

@@ -185,9 +185,7 @@ def _chat_text_answer(model: Any, tok: Any, ctx: _StreamContext, question: str, 
     Text put before the chat template would sit outside every turn, and the model ignores it."""
     device = next(model.backbone.parameters()).device
     ids = torch.tensor([q], dtype=torch.long, device=device)  # [1, T]
-    sel = model.select(ctx.memory, ids, torch.ones_like(ids))
-    lines = [t for t in sel.texts[0] if t]
-    context = ("Memory: " + " ; ".join(lines)) if lines else None
+    context = model.select(ctx.memory, ids, torch.ones_like(ids)).memory_text(0)
     with model.disable_adapter():
         return _generate(model, tok, chat_ids(tok, question, context), settings)
 

@@ -1,0 +1,58 @@
+"""What the router hands the injector for a batch of questions: one ``Selection``.
+
+Each row holds up to K entries (slots on the memory branch, one grounded event or chunk
+summaries on the fallback); ``stack_selection`` pads the rows to one batch.
+
+Example:
+    >>> sel = stack_selection([SelectedRow(torch.ones(1, 4), ["alice city: paris"], [[7, 8]], "memory")], 4, 3)
+    >>> sel.valid.tolist(), sel.value_ids.tolist(), sel.memory_text(0)
+    ([[True]], [[[7, 8, -1]]], 'Memory: alice city: paris')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class SelectedRow:
+    """One question's entries: values [k, dv], their texts, their value token ids, and the branch."""
+
+    values: torch.Tensor
+    texts: list[str]
+    value_ids: list[list[int]]
+    branch: str
+
+
+@dataclass
+class Selection:
+    """What the router handed to the injector: values [B, K, dv], valid [B, K], texts per row,
+    and (``config.value_tokens > 0``) each entry's value token ids [B, K, L], -1 where none."""
+
+    values: torch.Tensor
+    valid: torch.Tensor
+    texts: list[list[str]]
+    branch: list[str]
+    value_ids: Optional[torch.Tensor] = None
+
+    def memory_text(self, row: int) -> Optional[str]:
+        """The row's selected texts as one prompt line ("Memory: a ; b"), None when there are none."""
+        lines = [t for t in self.texts[row] if t]
+        return "Memory: " + " ; ".join(lines) if lines else None
+
+
+def stack_selection(rows: list[SelectedRow], value_dim: int, value_tokens: int) -> Selection:
+    """Pad the rows to [B, K]; value ids to [B, K, value_tokens] when ``value_tokens > 0``."""
+    K = max(1, max(r.values.shape[0] for r in rows))
+    values = torch.zeros(len(rows), K, value_dim)
+    valid = torch.zeros(len(rows), K, dtype=torch.bool)
+    value_ids = torch.full((len(rows), K, value_tokens), -1, dtype=torch.long) if value_tokens > 0 else None
+    for b, r in enumerate(rows):
+        values[b, : r.values.shape[0]] = r.values.float()
+        valid[b, : r.values.shape[0]] = True
+        for k, ids in enumerate(r.value_ids if value_ids is not None else []):
+            value_ids[b, k, : len(ids)] = torch.tensor(ids[:value_tokens], dtype=torch.long)
+    return Selection(values, valid, [r.texts for r in rows], [r.branch for r in rows], value_ids)
