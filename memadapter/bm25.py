@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Sequence
+from typing import Optional, Sequence
 
 import bm25s
 import numpy as np
@@ -255,6 +255,26 @@ class TermIndex:
             idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
             out[d] += reps * idf * f / (f + norm[d])  # each doc once per term: no duplicate index
         return out
+
+
+def lexical_agreement(query: str, texts: Sequence[Optional[str]]) -> list[float]:
+    """How well each text's words answer ``query``: BM25 with ``texts`` as the collection, divided
+    by the best score, so in [0, 1] (0 for None, an empty text, or no shared word).
+
+    Learned keys are weakest on names never seen in training ("the Acme kettle" and "the Acme
+    bicycle" can sit at key cosine 0.85); the words a question shares with a slot's key text are
+    exact evidence for them. IDF over the candidates makes a rare word ("Mini") count most, and
+    length normalisation prefers the key that has no words the question lacks.
+
+    Example:
+        >>> [round(s, 2) for s in lexical_agreement("What colour is the Acme kettle?",
+        ...                                         ["the Acme bicycle", "The Acme kettle", None])]
+        [0.32, 1.0, 0.0]
+    """
+    docs = tokenize([t or "" for t in texts])
+    raw = bm25_reference(docs, tokenize([str(query)])[0]) if docs else []
+    top = max(raw, default=0.0)
+    return [r / top if top > 0 else 0.0 for r in raw]
 
 
 def bm25_reference(docs: Sequence[Sequence[str]], query_tokens: Sequence[str],

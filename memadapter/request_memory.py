@@ -23,7 +23,8 @@ from .slots import EventType, SlotMemory, WriteResult
 Encoder = Callable[[list[str], str], torch.Tensor]
 Rows = Union[None, int, Sequence[int]]
 
-TABLE_COLUMNS = ("slot", "key_text", "value_text", "version", "confidence", "span", "chunk_id", "protected")
+TABLE_COLUMNS = ("slot", "key_text", "value_text", "version", "confidence", "span", "chunk_id", "protected",
+                 "retracted")
 
 
 class RequestMemory:
@@ -153,7 +154,8 @@ class RequestMemory:
         rows = self.table(row)
         cells = [[str(c) for c in TABLE_COLUMNS]] + [
             [str(r["slot"]), str(r["key_text"]), str(r["value_text"]), str(r["version"]),
-             f"{r['confidence']:.2f}", f"{r['span'][0]}-{r['span'][1]}", str(r["chunk_id"]), str(r["protected"])]
+             f"{r['confidence']:.2f}", f"{r['span'][0]}-{r['span'][1]}", str(r["chunk_id"]), str(r["protected"]),
+             str(r["retracted"])]
             for r in rows
         ]
         widths = [max(len(line[i]) for line in cells) for i in range(len(TABLE_COLUMNS))]

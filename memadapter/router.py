@@ -115,10 +115,11 @@ class Router:
 
     def route(self, memory: "SlotMemory", indexes: Sequence[ChunkIndex], query: torch.Tensor,
               query_text: TextArg = None, chunk_query: Optional[torch.Tensor] = None, *,
-              query_terms: TermsArg = None) -> RouteResult:
+              query_terms: TermsArg = None, slot_bias: Optional[torch.Tensor] = None) -> RouteResult:
         """memory: SlotMemory (batch B); indexes: B ChunkIndex; query [B, dk] slot query;
         chunk_query [B, dim] for the indexes (defaults to query); query_text list[str] | None,
-        or query_terms (B 1-D integer arrays, or [B, L]) for indexes that hold term ids.
+        or query_terms (B 1-D integer arrays, or [B, L]) for indexes that hold term ids;
+        slot_bias [B, M]: evidence added to each slot's match and read score (SlotMemory ``bias``).
 
         The read runs only when some row matches, and only matched rows get usage credit, so a
         fallback row's unmatched best slot is not kept alive by a question it did not answer.
@@ -126,12 +127,13 @@ class Router:
         query, chunk_query, texts, terms = self._check_inputs(memory, indexes, query, query_text,
                                                               chunk_query, query_terms)
         batch = query.shape[0]
-        best, _ = memory.match(query)
+        extra = {} if slot_bias is None else {"bias": slot_bias}  # duck-typed memories need not take it
+        best, _ = memory.match(query, **extra)
         match = best.reshape(batch, -1)[:, 0]  # [B, Q=1] -> [B]
         matched = (match >= self.match_threshold).cpu()
         read, n_valid = None, torch.zeros(batch, dtype=torch.long)
         if bool(matched.any()):
-            read = memory.read(query, self.top_k_slots, update_usage=matched.to(query.device))
+            read = memory.read(query, self.top_k_slots, update_usage=matched.to(query.device), **extra)
             n_valid = read.valid.reshape(batch, -1).sum(dim=1).long().cpu()  # [B, Q, K] -> [B]
         branch, chunks, active = [], [], []
         for b in range(batch):

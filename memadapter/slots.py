@@ -9,8 +9,14 @@ Semantics of one write candidate (applied in order n = 0..N-1, vectorised over t
 * the request's clock ``step`` ticks once for every candidate not masked out;
 * gate: ``p_write >= write_threshold`` and event is not IRRELEVANT, else SKIPPED;
 * match: best cosine between the (unit) key and the occupied slots' keys, matched when
-  ``>= match_threshold``; value agreement is ``cos(v_slot, v) >= value_threshold``;
-* RETRACT + match -> slot freed (RETRACTED); RETRACT without match -> SKIPPED;
+  ``>= match_threshold`` (UPDATE and RETRACT: ``>= update_match_threshold``, by default the same:
+  they claim an earlier version exists, so weaker key evidence may suffice); value agreement is
+  ``cos(v_slot, v) >= value_threshold`` (never with a withdrawn slot);
+* RETRACT + match -> slot freed (RETRACTED); RETRACT without match -> SKIPPED. With
+  ``tombstones`` a retraction instead leaves a withdrawn record: the matched slot takes the
+  retraction's value, loses its value text and is flagged ``retracted`` (RETRACTED); an unmatched
+  retraction is placed like a new fact, flagged likewise. A question then finds that the fact was
+  withdrawn instead of nothing (and a fallback that would re-read the old text);
 * UPDATE + match -> OVERWRITTEN even if protected (explicit newer version);
 * inferred / NEW + match: agreeing value -> REINFORCED with the alpha update, conflicting value ->
   OVERWRITTEN (newer version wins instead of averaging, paper 2.2); a protected slot is never
@@ -195,7 +201,7 @@ def _check_texts(name: str, texts: Any, batch: int, n: int, two_d: bool) -> Opti
 
 _STATE_TENSORS = (
     "keys", "values", "confidence", "usage", "version", "time", "aux", "importance", "hits",
-    "occupied", "protected", "chunk_id", "span", "step",
+    "occupied", "protected", "retracted", "chunk_id", "span", "step",
 )
 
 
@@ -224,6 +230,8 @@ class SlotMemory:
         batch_size: int = 1,
         aux_dim: int = 4,
         match_threshold: float = 0.8,
+        update_match_threshold: Optional[float] = None,
+        tombstones: bool = False,
         value_threshold: float = 0.9,
         write_threshold: float = 0.5,
         alpha: Optional[float] = None,
@@ -240,6 +248,11 @@ class SlotMemory:
         self._batch_size = check_positive_int("batch_size", batch_size)
         self.aux_dim = check_positive_int("aux_dim", aux_dim, allow_zero=True)
         self.match_threshold = _check_unit_interval("match_threshold", match_threshold, low=-1.0)
+        self.update_match_threshold = self.match_threshold if update_match_threshold is None else \
+            _check_unit_interval("update_match_threshold", update_match_threshold, low=-1.0)
+        if not isinstance(tombstones, bool):
+            raise DTypeError(f"tombstones: expected a bool, got {type(tombstones).__name__}")
+        self.tombstones = tombstones
         self.value_threshold = _check_unit_interval("value_threshold", value_threshold, low=-1.0)
         self.write_threshold = _check_unit_interval("write_threshold", write_threshold)
         if alpha is not None and (_check_unit_interval("alpha", alpha) <= 0.0):
@@ -290,6 +303,7 @@ class SlotMemory:
             self.chunk_id, self.span = torch.full((B, M), -1, **i), torch.full((B, M, 2), -1, **i)
             self.occupied = torch.zeros(B, M, dtype=torch.bool, device=self.device)
             self.protected = torch.zeros(B, M, dtype=torch.bool, device=self.device)
+            self.retracted = torch.zeros(B, M, dtype=torch.bool, device=self.device)
             self.step = torch.zeros(B, **i)
             self.key_text = [[None] * M for _ in range(B)]
             self.value_text = [[None] * M for _ in range(B)]
@@ -310,6 +324,7 @@ class SlotMemory:
         self.span = self.span.masked_fill(s3, -1)
         self.occupied = self.occupied & ~sel
         self.protected = self.protected & ~sel
+        self.retracted = self.retracted & ~sel
         for b, m in sel.nonzero().tolist():
             self.key_text[b][m] = None
             self.value_text[b][m] = None
@@ -399,17 +414,17 @@ class SlotMemory:
         rows = torch.arange(self._batch_size, device=self.device)
         sims = torch.einsum("bmd,bd->bm", self.keys, k).masked_fill(~self.occupied, -math.inf)
         best, best_m = sims.max(dim=1)  # [B]
-        matched = best >= self.match_threshold
+        retract, update = ev == EventType.RETRACT, ev == EventType.UPDATE
+        matched = best >= torch.where(retract | update, self.update_match_threshold, self.match_threshold)
         vcos = F.cosine_similarity(self.values[rows, best_m], v, dim=-1, eps=1e-12)  # [B]
-        agree = vcos >= self.value_threshold
+        agree = (vcos >= self.value_threshold) & ~self.retracted[rows, best_m]
         slot_protected = self.protected[rows, best_m]
         gate = cand.mask[:, n] & (cand.p_write[:, n] >= self.write_threshold) & (ev != EventType.IRRELEVANT)
-        retract, update = ev == EventType.RETRACT, ev == EventType.UPDATE
         inferred_hit = gate & matched & ~retract & ~update
         free = ~self.occupied
         evictable = self.occupied & ~self.protected
         evict_m = self.retention().masked_fill(~evictable, math.inf).argmin(dim=1)
-        want_new = gate & ~matched & ~retract
+        want_new = gate & ~matched & (~retract | self.tombstones)  # an unmatched tombstone is placed
         return {
             "matched_slot": best_m, "vcos": vcos,
             "retract": gate & matched & retract,
@@ -438,7 +453,10 @@ class SlotMemory:
         if bool(d["overwrite"].any()):
             self._overwrite(on_match & d["overwrite"][:, None], cand, n, d["vcos"])
         if bool(d["retract"].any()):
-            self._clear_slots(on_match & d["retract"][:, None])
+            if self.tombstones:
+                self._withdraw(on_match & d["retract"][:, None], cand, n, d["vcos"])
+            else:
+                self._clear_slots(on_match & d["retract"][:, None])
         if bool((d["allocate"] | d["evict"]).any()):
             new_sel = on_new & (d["allocate"] | d["evict"])[:, None]
             self._clear_slots(new_sel)  # an evicted slot starts from scratch
@@ -492,6 +510,7 @@ class SlotMemory:
         self.time = torch.where(sel, self.step[:, None], self.time)
         self.occupied = self.occupied | sel
         self.protected = torch.where(sel, cand.protect[:, n, None], self.protected)
+        self.retracted = torch.where(sel, cand.event[:, n, None] == EventType.RETRACT, self.retracted)
         self.chunk_id = torch.where(sel, cand.chunk_id[:, n, None], self.chunk_id)
         self.span = torch.where(s3, cand.span[:, n, None, :], self.span)
         self._aux_set(AUX_HITS, sel, 1.0)
@@ -507,12 +526,20 @@ class SlotMemory:
         self.hits = torch.where(sel, torch.ones_like(self.hits), self.hits)
         self.time = torch.where(sel, self.step[:, None], self.time)
         self.protected = self.protected | (sel & cand.protect[:, n, None])
+        self.retracted = self.retracted & ~sel  # a newer version revives a withdrawn fact
         self.chunk_id = torch.where(sel, cand.chunk_id[:, n, None], self.chunk_id)
         self.span = torch.where(s3, cand.span[:, n, None, :], self.span)
         self._aux_add(AUX_OVERWRITES, sel, 1.0)
         self._aux_set(AUX_CONFLICT, sel, 1.0 - vcos[:, None])
         self._aux_set(AUX_HITS, sel, 1.0)
         self._set_texts(sel, cand, n, key=False, value=True)
+
+    def _withdraw(self, sel: torch.Tensor, cand: _Candidates, n: int, vcos: torch.Tensor) -> None:
+        """Tombstone: the retraction is the slot's newest version; its old value text is gone."""
+        self._overwrite(sel, cand, n, vcos)
+        self.retracted = self.retracted | sel
+        for b, m in sel.nonzero().tolist():
+            self.value_text[b][m] = None
 
     def _reinforce(self, sel: torch.Tensor, cand: _Candidates, n: int) -> None:
         """Same version seen again: v <- (1-a) v + a v_t, key likewise (re-normalised), c raised."""
@@ -548,23 +575,43 @@ class SlotMemory:
             raise CapacityError(f"top_k: {top_k} exceeds num_slots {self._num_slots}")
         return top_k
 
-    def match(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """No side effects: (best cosine [B, Q], slot [B, Q]) over occupied slots; (-1.0, -1) if none."""
-        return self._match(self._check_query(query))
+    def _check_bias(self, bias: Any, q: torch.Tensor) -> torch.Tensor:
+        """None, [B, M] or [B, Q, M] finite evidence per slot -> [B, Q, M] (zeros for None)."""
+        B, Q, M = q.shape[0], q.shape[1], self._num_slots
+        if bias is None:
+            return torch.zeros(B, Q, M, dtype=self.dtype, device=self.device)
+        bias = check_tensor("bias", bias, ndim=(2, 3))
+        if bias.dim() == 2:
+            bias = bias.unsqueeze(1)  # [B, M] -> [B, 1, M]
+        if bias.shape[0] != B or bias.shape[2] != M or bias.shape[1] not in (1, Q):
+            raise ShapeError(f"bias: expected [B, M] = {(B, M)} or [B, Q, M] = {(B, Q, M)}, got {tuple(bias.shape)}")
+        if not bool(torch.isfinite(bias).all()):
+            raise NonFiniteError("bias: contains NaN or inf")
+        return bias.to(self.device, self.dtype).expand(B, Q, M)
 
-    def _match(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def match(self, query: torch.Tensor, bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """No side effects: (best cosine [B, Q], slot [B, Q]) over occupied slots; (-1.0, -1) if none.
+
+        ``bias`` [B, M] or [B, Q, M]: evidence added to every slot's cosine (e.g. the words a
+        question shares with the slot's key text); the read scores take the same bias."""
+        q = self._check_query(query)
+        return self._match(q, self._check_bias(bias, q))
+
+    def _match(self, q: torch.Tensor, bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         sims = torch.einsum("bqd,bmd->bqm", q, self.keys)
+        sims = sims if bias is None else sims + bias
         sims = sims.masked_fill(~self.occupied[:, None, :], -math.inf)
         best, slot = sims.max(dim=-1)  # [B, Q]
         none = ~self.occupied.any(dim=1)[:, None].expand_as(best)
         return best.masked_fill(none, -1.0), slot.masked_fill(none, -1)
 
-    def scores(self, query: torch.Tensor) -> torch.Tensor:
-        """[B, Q, M] read scores q.k + lambda*c + gamma*u/(1+u) + b(tau); -inf on free slots."""
-        return self._scores(self._check_query(query))
+    def scores(self, query: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[B, Q, M] read scores q.k + bias + lambda*c + gamma*u/(1+u) + b(tau); -inf on free slots."""
+        q = self._check_query(query)
+        return self._scores(q, self._check_bias(bias, q))
 
-    def _scores(self, q: torch.Tensor) -> torch.Tensor:
-        s = torch.einsum("bqd,bmd->bqm", q, self.keys) + self.read_bias()[:, None, :]
+    def _scores(self, q: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        s = torch.einsum("bqd,bmd->bqm", q, self.keys) + bias + self.read_bias()[:, None, :]
         return s.masked_fill(~self.occupied[:, None, :], -math.inf)
 
     def _check_update_usage(self, update_usage: Any) -> torch.Tensor:
@@ -573,19 +620,21 @@ class SlotMemory:
             return torch.full((self._batch_size,), update_usage, dtype=torch.bool, device=self.device)
         return _check_side("update_usage", update_usage, (self._batch_size,), "bool", self.device)
 
-    def read(self, query: torch.Tensor, top_k: int, *, update_usage: bool | torch.Tensor = True) -> ReadResult:
+    def read(self, query: torch.Tensor, top_k: int, *, update_usage: bool | torch.Tensor = True,
+             bias: Optional[torch.Tensor] = None) -> ReadResult:
         """Top-K active set per query, softmax weights over it; usage += weight of each read slot.
 
         query [B, dk] or [B, Q, dk]; results are [B, Q, K] (Q = 1 for a 2-D query).
         update_usage: bool, or [B] bool to credit usage only in some rows (e.g. those a router
-        sends to the memory branch). Raises CapacityError if top_k > num_slots.
+        sends to the memory branch); bias as in :meth:`match`. Raises CapacityError if top_k > num_slots.
         """
         q = self._check_query(query)
         K = self._check_top_k(top_k)
         credit = self._check_update_usage(update_usage)  # [B]
+        bias = self._check_bias(bias, q)  # [B, Q, M]
         B, Q = q.shape[0], q.shape[1]
         # a stable sort keeps ties (and the -inf of free slots) in slot order: deterministic active sets
-        order = torch.sort(self._scores(q), dim=-1, descending=True, stable=True)
+        order = torch.sort(self._scores(q, bias), dim=-1, descending=True, stable=True)
         scores, idx = order.values[..., :K], order.indices[..., :K]  # [B, Q, K]
         valid = torch.isfinite(scores)
         top = scores.masked_fill(~valid, -math.inf).amax(dim=-1, keepdim=True)
@@ -596,7 +645,7 @@ class SlotMemory:
         gather = idx.clamp(min=0).reshape(B, Q * K)  # [B, Q*K]
         values = self.values.gather(1, gather.unsqueeze(-1).expand(B, Q * K, self._value_dim))
         values = values.reshape(B, Q, K, self._value_dim).masked_fill(~valid.unsqueeze(-1), 0.0)
-        best, _ = self._match(q)
+        best, _ = self._match(q, bias)
         if bool(credit.any()):
             added = (weights * credit[:, None, None]).reshape(B, Q * K)
             self.usage = self.usage.scatter_add(1, gather, added)
@@ -683,7 +732,8 @@ class SlotMemory:
                 "slot": m, "key_text": self.key_text[b][m], "value_text": self.value_text[b][m],
                 "version": int(self.version[b, m]), "confidence": float(self.confidence[b, m]),
                 "usage": float(self.usage[b, m]), "time": int(self.time[b, m]),
-                "protected": bool(self.protected[b, m]), "chunk_id": int(self.chunk_id[b, m]),
+                "protected": bool(self.protected[b, m]), "retracted": bool(self.retracted[b, m]),
+                "chunk_id": int(self.chunk_id[b, m]),
                 "span": tuple(int(x) for x in self.span[b, m].tolist()),
             })
         return rows

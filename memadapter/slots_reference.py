@@ -76,15 +76,22 @@ class ReferenceSlotMemory(SlotMemory):
         if float(cand.p_write[b, n]) < self.write_threshold or ev == EventType.IRRELEVANT:
             return WriteAction.SKIPPED, -1
         best, m = self._best_match(b, key)
-        matched = m >= 0 and best >= self.match_threshold
+        bar = self.update_match_threshold if ev in (EventType.UPDATE, EventType.RETRACT) else self.match_threshold
+        matched = m >= 0 and best >= bar
         if ev == EventType.RETRACT:
             if not matched:
-                return WriteAction.SKIPPED, -1
-            self._clear_slots(self._one(b, m))
+                return self._place_row(cand, b, n) if self.tombstones else (WriteAction.SKIPPED, -1)
+            if not self.tombstones:
+                self._clear_slots(self._one(b, m))
+                return WriteAction.RETRACTED, m
+            self._overwrite_row(cand, b, n, m, float(_cosine(self.values[b, m], value)))
+            self.retracted[b, m] = True
+            self.value_text[b][m] = None
             return WriteAction.RETRACTED, m
         if matched:
             vcos = float(_cosine(self.values[b, m], value))
-            agree, prot = vcos >= self.value_threshold, bool(self.protected[b, m])
+            agree = vcos >= self.value_threshold and not bool(self.retracted[b, m])
+            prot = bool(self.protected[b, m])
             if ev == EventType.UPDATE or (not agree and not prot):
                 self._overwrite_row(cand, b, n, m, vcos)
                 return WriteAction.OVERWRITTEN, m
@@ -132,6 +139,7 @@ class ReferenceSlotMemory(SlotMemory):
         self.confidence[b, m], self.importance[b, m] = cand.p_write[b, n], cand.importance[b, n]
         self.hits[b, m], self.version[b, m], self.time[b, m] = 1.0, 1, self.step[b]
         self.occupied[b, m], self.protected[b, m] = True, cand.protect[b, n]
+        self.retracted[b, m] = int(cand.event[b, n]) == EventType.RETRACT
         self.chunk_id[b, m], self.span[b, m] = cand.chunk_id[b, n], cand.span[b, n]
         self._set_aux(b, m, AUX_HITS, 1.0)
         self._texts(cand, b, n, m, key=True, value=True)
@@ -143,6 +151,7 @@ class ReferenceSlotMemory(SlotMemory):
         self.importance[b, m] = max(float(self.importance[b, m]), float(cand.importance[b, n]))
         self.hits[b, m], self.time[b, m] = 1.0, self.step[b]
         self.protected[b, m] = bool(self.protected[b, m]) or bool(cand.protect[b, n])
+        self.retracted[b, m] = False
         self.chunk_id[b, m], self.span[b, m] = cand.chunk_id[b, n], cand.span[b, n]
         if self.aux_dim > AUX_OVERWRITES:
             self.aux[b, m, AUX_OVERWRITES] += 1.0
@@ -165,32 +174,36 @@ class ReferenceSlotMemory(SlotMemory):
         self._texts(cand, b, n, m, key=False, value=False)
 
     # ------------------------------------------------------------- match and read
-    def _match(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _match(self, q: torch.Tensor, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
         B, Q = q.shape[0], q.shape[1]
         best = torch.full((B, Q), -1.0, dtype=self.dtype, device=self.device)
         slot = torch.full((B, Q), -1, dtype=torch.long, device=self.device)
         for b in range(B):
             for i in range(Q):
-                s, m = self._best_match(b, q[b, i])
-                if m >= 0:
-                    best[b, i], slot[b, i] = s, m
+                for m in range(self.num_slots):
+                    if bool(self.occupied[b, m]):
+                        s = float(torch.dot(q[b, i], self.keys[b, m])) + (0.0 if bias is None else float(bias[b, i, m]))
+                        if slot[b, i] < 0 or s > float(best[b, i]):
+                            best[b, i], slot[b, i] = s, m
         return best, slot
 
-    def _row_scores(self, b: int, query: torch.Tensor) -> list[tuple[float, int]]:
-        """(score, slot) of every occupied slot of request b."""
+    def _row_scores(self, b: int, query: torch.Tensor, bias_row=None) -> list[tuple[float, int]]:
+        """(score, slot) of every occupied slot of request b (bias_row [M]: evidence per slot)."""
         out = []
         for m in range(self.num_slots):
             if bool(self.occupied[b, m]):
                 u = float(self.usage[b, m])
-                s = (float(torch.dot(query, self.keys[b, m])) + self.read_lambda * float(self.confidence[b, m])
+                s = (float(torch.dot(query, self.keys[b, m])) + (0.0 if bias_row is None else float(bias_row[m]))
+                     + self.read_lambda * float(self.confidence[b, m])
                      + self.read_gamma * u / (1.0 + u) + self.recency_beta * self._recency(b, m))
                 out.append((s, m))
         return out
 
-    def read(self, query: torch.Tensor, top_k: int, *, update_usage=True) -> ReadResult:
+    def read(self, query: torch.Tensor, top_k: int, *, update_usage=True, bias=None) -> ReadResult:
         q = self._check_query(query)
         K = self._check_top_k(top_k)
         credit = self._check_update_usage(update_usage)
+        bias = self._check_bias(bias, q)
         B, Q, dv = q.shape[0], q.shape[1], self.value_dim
         idx = torch.full((B, Q, K), -1, dtype=torch.long)
         scores = torch.full((B, Q, K), -math.inf, dtype=self.dtype)
@@ -199,7 +212,7 @@ class ReferenceSlotMemory(SlotMemory):
         usage_add = torch.zeros_like(self.usage)
         for b in range(B):
             for i in range(Q):
-                ranked = sorted(self._row_scores(b, q[b, i]), key=lambda sm: -sm[0])[:K]  # stable
+                ranked = sorted(self._row_scores(b, q[b, i], bias[b, i]), key=lambda sm: -sm[0])[:K]  # stable
                 if not ranked:
                     continue
                 top = ranked[0][0]
@@ -210,7 +223,7 @@ class ReferenceSlotMemory(SlotMemory):
                     values[b, i, j] = self.values[b, m]
                     if bool(credit[b]):
                         usage_add[b, m] += w
-        best, _ = self._match(q)
+        best, _ = self._match(q, bias)
         self.usage = self.usage + usage_add
         return ReadResult(indices=idx, scores=scores, weights=weights, values=values,
                           valid=idx >= 0, match=best)

@@ -51,6 +51,11 @@ class MemAdapterConfig(PreTrainedConfig):
     # --- slot memory ---
     num_slots: int = 64
     slot_match_threshold: float = 0.8  # key cosine from which a candidate is the same fact (overwrite)
+    # Updates and retractions claim an earlier version exists: the bar they match a slot from
+    # (None: slot_match_threshold). A retraction then leaves a withdrawn record when
+    # retract_tombstones is on (else it frees the slot), so a question learns "no longer known".
+    slot_update_match_threshold: Optional[float] = None
+    retract_tombstones: bool = False
     top_k: int = 4
     key_dim: int = 64
     value_dim: int = 64
@@ -62,6 +67,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # --- router ---
     router_match_threshold: float = 0.5  # slot score above which the memory branch answers
     router_confidence_threshold: float = 0.5  # slot confidence below which it is ignored
+    # Weight of the question's lexical agreement with each key text (BM25 over the candidates,
+    # scaled to [0, 1]) added to the learned key cosine when choosing a slot or a fallback event:
+    # exact evidence for names the learned keys never saw. 0 = learned keys alone.
+    lexical_weight: float = 0.0
     # Fallback: re-read the retrieved chunks at query time and inject the proposed event whose key
     # best matches the question (an unwritten fact becomes a slot-like entry); else chunk summaries.
     ground_fallback: bool = False  # on for trained adapters (the training configs); an untrained head would guess
@@ -135,9 +144,18 @@ class MemAdapterConfig(PreTrainedConfig):
         if not isinstance(self.ground_fallback, bool):
             raise ConfigError(f"ground_fallback: expected a bool, got {self.ground_fallback!r}")
         _finite("router_match_threshold", self.router_match_threshold)
-        _finite("slot_match_threshold", self.slot_match_threshold)
-        if not -1.0 <= self.slot_match_threshold <= 1.0:
-            raise ConfigError(f"slot_match_threshold: must be a cosine in [-1, 1], got {self.slot_match_threshold}")
+        for name in ("slot_match_threshold", "slot_update_match_threshold"):
+            value = getattr(self, name)
+            if value is None and name == "slot_update_match_threshold":
+                continue
+            _finite(name, value)
+            if not -1.0 <= value <= 1.0:
+                raise ConfigError(f"{name}: must be a cosine in [-1, 1], got {value}")
+        _finite("lexical_weight", self.lexical_weight)
+        if self.lexical_weight < 0:
+            raise ConfigError(f"lexical_weight: must be >= 0, got {self.lexical_weight}")
+        if not isinstance(self.retract_tombstones, bool):
+            raise ConfigError(f"retract_tombstones: expected a bool, got {self.retract_tombstones!r}")
         _finite("router_confidence_threshold", self.router_confidence_threshold)
         if not 0.0 <= self.router_confidence_threshold <= 1.0:
             raise ConfigError(f"router_confidence_threshold: must be in [0, 1], got {self.router_confidence_threshold}")

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from memadapter.bm25 import lexical_agreement
 from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
 from memadapter.heads import EVENT_TYPES, GroundingHead, QueryHead, WriteController, masked_attention_pool
@@ -49,6 +50,7 @@ from .injection import GatedCrossAttention, SoftPrefixInjector, cross_attention
 from .selection import SelectedRow, Selection, stack_selection
 
 PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
+WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
 
 
 @dataclass
@@ -222,7 +224,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
         cfg = self.config
         # Memory lives on the CPU: it is small request data, and rows are edited by index from Python.
         slots = SlotMemory(cfg.num_slots, cfg.key_dim, cfg.value_dim, batch_size=batch_size,
-                           match_threshold=cfg.slot_match_threshold)
+                           match_threshold=cfg.slot_match_threshold,
+                           update_match_threshold=cfg.slot_update_match_threshold, tombstones=cfg.retract_tombstones)
         indexes = [ChunkIndex(cfg.hidden_size, chunk_tokens=cfg.chunk_tokens) for _ in range(batch_size)]
         return RequestMemory(slots, indexes, self.encode_text)
 
@@ -347,7 +350,11 @@ class MemAdapterForCausalLM(PreTrainedModel):
         chunk_query = self._mean(hidden, attention_mask).float().cpu()  # [B, H]
         texts = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
         router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=cfg.top_k)
-        route = router.route(memory.slots, memory.indexes, query, texts, chunk_query)
+        bias = None
+        if cfg.lexical_weight > 0:  # [B, M]: what each question's words say about each slot's key text
+            bias = cfg.lexical_weight * torch.tensor([lexical_agreement(t, memory.slots.key_text[b])
+                                                      for b, t in enumerate(texts)])
+        route = router.route(memory.slots, memory.indexes, query, texts, chunk_query, slot_bias=bias)
         rows = []
         for b, branch in enumerate(route.branch):
             idx = []
@@ -358,13 +365,14 @@ class MemAdapterForCausalLM(PreTrainedModel):
             if idx:
                 value_text = [memory.slots.value_text[b][m] for m in idx]
                 rows.append(SelectedRow(memory.slots.values[b, idx],  # [k, dv], the resolved latest versions
-                                        [f"{memory.slots.key_text[b][m]}: {v}" for m, v in zip(idx, value_text)],
+                                        [f"{memory.slots.key_text[b][m]}: {WITHDRAWN if v is None else v}"
+                                         for m, v in zip(idx, value_text)],
                                         [self._value_token_ids(v) for v in value_text], MEMORY))
                 continue
             # Fallback, also for a matched row whose slots are all below the confidence bar.
             found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], cfg.top_k)
             ids = [i for i in found.expanded[0] if i >= 0]
-            event = self._ground_chunks(memory, b, ids, query[b]) if cfg.ground_fallback else None
+            event = self._ground_chunks(memory, b, ids, query[b], texts[b]) if cfg.ground_fallback else None
             if event is None:  # chunk summaries: no value span to copy
                 vecs = memory.indexes[b].vectors[ids] if ids else torch.zeros(0, cfg.hidden_size)
                 event = SelectedRow(self._chunk_values(vecs), [memory.indexes[b].text(i) or "" for i in ids],
@@ -373,10 +381,10 @@ class MemAdapterForCausalLM(PreTrainedModel):
         return stack_selection(rows, cfg.value_dim, cfg.value_tokens)
 
     def _ground_chunks(self, memory: RequestMemory, b: int, chunk_ids: list[int],
-                       query: torch.Tensor) -> Optional[SelectedRow]:
+                       query: torch.Tensor, question: str) -> Optional[SelectedRow]:
         """Query-time grounding of retrieved chunks: the proposed event whose key best matches
-        ``query`` [dk] as a one-entry fallback row ("key: value", its value ids); None when no
-        chunk proposes one.
+        ``query`` [dk] (plus ``lexical_weight`` times the question's agreement with its key text)
+        as a one-entry fallback row ("key: value", its value ids); None when no chunk proposes one.
 
         Facts that were never written (no write signal) live only in the chunk index; reading the
         retrieved chunks again with the GroundingHead turns the best match into a slot-like entry,
@@ -393,8 +401,12 @@ class MemAdapterForCausalLM(PreTrainedModel):
         relevant = [(r, c) for r, c in cands if EVENT_TYPES[c.event_type] != "irrelevant"] or cands
         if not relevant:
             return None
-        r, c = max(relevant, key=lambda rc: float(rc[1].key.float().cpu() @ query))
-        key_text = self._decode(rows[r][c.key_span[0]:c.key_span[1]])
+        key_texts = [self._decode(rows[r][c.key_span[0]:c.key_span[1]]) for r, c in relevant]
+        lexical = lexical_agreement(question, key_texts) if self.config.lexical_weight > 0 else [0.0] * len(relevant)
+        scores = [float(c.key.float().cpu() @ query) + self.config.lexical_weight * lex
+                  for (_, c), lex in zip(relevant, lexical)]
+        best = max(range(len(relevant)), key=scores.__getitem__)
+        (r, c), key_text = relevant[best], key_texts[best]
         value_text = self._decode(rows[r][c.value_span[0]:c.value_span[1]])
         return SelectedRow(c.value.float().cpu()[None], [f"{key_text}: {value_text}"],
                            [self._value_token_ids(value_text)], FALLBACK)

@@ -128,6 +128,20 @@ def test_each_row_routes_as_if_it_were_alone():
     assert batched.branch == ["memory", "fallback", "memory"]
 
 
+def test_slot_bias_reaches_match_and_read():
+    mem = SlotMemory(num_slots=4, key_dim=4, value_dim=4)
+    mem.write(torch.eye(4)[None, :2], torch.eye(4)[None, :2])
+    idx = [ChunkIndex(4)]
+    query = torch.eye(4)[:1]
+    assert Router(0.8).route(mem, idx, query).memory.indices.tolist() == [[[0]]]
+    res = Router(0.8).route(mem, idx, query, slot_bias=torch.tensor([[0.0, 2.0, 0.0, 0.0]]))
+    assert res.branch == ["memory"] and res.memory.indices.tolist() == [[[1]]] and float(res.match) == 2.0
+    # evidence can also open the memory branch for a query no key matches
+    far = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    assert Router(0.8).route(mem, idx, far).branch == ["fallback"]
+    assert Router(0.8).route(mem, idx, far, slot_bias=torch.tensor([[0.9, 0.0, 0.0, 0.0]])).branch == ["memory"]
+
+
 def test_usage_credited_to_matched_rows_only():
     eye = torch.eye(8)
     mem = _real_memory(2, [[eye[0]], [eye[1]]])

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from memadapter.errors import (
     CapacityError, ConfigError, DTypeError, EmptyInputError, MemAdapterError, NonFiniteError, ShapeError,
@@ -68,6 +69,55 @@ def test_explicit_events() -> None:
     assert not mem.occupied.any() and int(mem.version[0, 0]) == 0
     # UPDATE of an unknown key is a new fact
     assert one(mem, E[4], E[2], event=torch.tensor([[EventType.UPDATE]])) == ("ALLOCATED", 0)
+
+
+def test_update_match_threshold_lets_updates_and_retractions_match_on_weaker_keys() -> None:
+    near = F.normalize(E[0] + E[1], dim=0)  # cosine 0.71 with E[0]
+    for bar, expected in ((None, "ALLOCATED"), (0.6, "OVERWRITTEN")):
+        mem = SlotMemory(4, 8, 8, match_threshold=0.8, update_match_threshold=bar)
+        one(mem, E[0], E[1])
+        assert one(mem, near, E[2], event=torch.tensor([[EventType.UPDATE]]))[0] == expected
+    # a NEW fact keeps the strict bar: at 0.71 it is another fact
+    mem = SlotMemory(4, 8, 8, match_threshold=0.8, update_match_threshold=0.6)
+    one(mem, E[0], E[1])
+    assert one(mem, near, E[3], event=torch.tensor([[EventType.NEW]])) == ("ALLOCATED", 1)
+    assert one(mem, E[0], E[2], event=torch.tensor([[EventType.RETRACT]])) == ("RETRACTED", 0)
+
+
+def test_bias_adds_evidence_to_match_and_read_scores() -> None:
+    mem = SlotMemory(4, 8, 8)
+    mem.write(torch.stack([E[0], F.normalize(E[0] + 2.0 * E[1], dim=0)])[None], E[2:4][None])
+    q = E[0][None]
+    assert mem.match(q)[1].tolist() == [[0]]
+    bias = torch.tensor([[0.0, 0.7, 0.0, 0.0]])
+    best, slot = mem.match(q, bias)
+    assert slot.tolist() == [[1]] and math.isclose(float(best), float(mem.keys[0, 1] @ E[0]) + 0.7, rel_tol=1e-6)
+    assert torch.allclose(mem.scores(q, bias), mem.scores(q) + bias[:, None, :])
+    read = mem.read(q, 1, bias=bias)
+    assert read.indices.tolist() == [[[1]]] and math.isclose(float(read.match), float(best), rel_tol=1e-6)
+    before = mem.snapshot()
+    for bad, err in ((torch.zeros(1, 3), ShapeError), (torch.tensor([[0.0, math.nan, 0.0, 0.0]]), NonFiniteError),
+                     ("x", DTypeError)):
+        with pytest.raises(err, match="bias"):
+            mem.read(q, 1, bias=bad)
+    assert_same_state(mem.snapshot(), before)
+
+
+def test_tombstones_keep_a_withdrawn_record() -> None:
+    mem = SlotMemory(4, 8, 8, tombstones=True)
+    one(mem, E[0], E[1], key_text=[["Alice city"]], value_text=[["Berlin"]])
+    assert one(mem, E[0], E[6], event=torch.tensor([[EventType.RETRACT]]), key_text=[["Alice"]]) == ("RETRACTED", 0)
+    row = mem.table(0)[0]
+    assert row["retracted"] and row["value_text"] is None and row["version"] == 2 and row["key_text"] == "Alice city"
+    assert torch.equal(mem.values[0, 0], E[6])  # the retraction's value is what a read now returns
+    # a repeated fact after the withdrawal is a newer version, not a reinforcement of the tombstone
+    assert one(mem, E[0], E[6], value_text=[["Paris"]]) == ("OVERWRITTEN", 0)
+    assert not mem.table(0)[0]["retracted"] and mem.table(0)[0]["value_text"] == "Paris"
+    # an unmatched retraction is placed as a tombstone of its own
+    assert one(mem, E[3], E[5], event=torch.tensor([[EventType.RETRACT]])) == ("ALLOCATED", 1)
+    assert bool(mem.retracted[0, 1]) and mem.table(0)[1]["value_text"] is None
+    mem.forget(torch.tensor([[0, 1]]))
+    assert not mem.retracted[0, 1]
 
 
 def test_low_p_write_and_mask_skip_and_mask_does_not_tick_clock() -> None:
@@ -221,6 +271,7 @@ def test_bad_input_raises_typed_error_and_leaves_state_unchanged() -> None:
 @pytest.mark.parametrize("kwargs, err", [
     ({"num_slots": 0}, CapacityError), ({"key_dim": -1}, CapacityError), ({"batch_size": 1.5}, DTypeError),
     ({"match_threshold": 1.5}, ConfigError), ({"write_threshold": float("nan")}, ConfigError),
+    ({"update_match_threshold": -2.0}, ConfigError), ({"tombstones": 1}, DTypeError),
     ({"alpha": 0.0}, ConfigError), ({"alpha": 2.0}, ConfigError), ({"dtype": torch.int64}, DTypeError),
     ({"retention_weights": (1.0, 2.0)}, ConfigError), ({"read_lambda": float("inf")}, ConfigError),
 ])

@@ -54,7 +54,8 @@ def _apply(mem: SlotMemory, op: tuple):
         return mem.write(keys, values, **kw)
     if kind == "read":
         q = PROTOS[torch.randint(0, 6, (B, 2), generator=g)] + 0.02 * torch.randn(B, 2, D, generator=g)
-        return mem.read(q, top_k=op[1], update_usage=torch.rand(B, generator=g) < 0.7)
+        bias = 0.5 * torch.randn(B, M, generator=g) if seed % 2 else None
+        return mem.read(q, top_k=op[1], update_usage=torch.rand(B, generator=g) < 0.7, bias=bias)
     sel = torch.rand(B, M, generator=g) < 0.3
     if kind == "forget":
         return mem.forget(sel)
@@ -88,9 +89,10 @@ def _assert_states_equal(a: SlotMemory, r: SlotMemory) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(ops=ops, alpha=st.sampled_from([None, 0.3]), aux_dim=st.sampled_from([0, 2, 4, 6]))
-def test_vectorised_matches_reference(ops: list, alpha, aux_dim: int) -> None:
-    kw = dict(batch_size=B, alpha=alpha, aux_dim=aux_dim)
+@given(ops=ops, alpha=st.sampled_from([None, 0.3]), aux_dim=st.sampled_from([0, 2, 4, 6]),
+       tombstones=st.booleans(), update_bar=st.sampled_from([None, 0.5]))
+def test_vectorised_matches_reference(ops: list, alpha, aux_dim: int, tombstones: bool, update_bar) -> None:
+    kw = dict(batch_size=B, alpha=alpha, aux_dim=aux_dim, tombstones=tombstones, update_match_threshold=update_bar)
     fast, ref = SlotMemory(M, D, D, **kw), ReferenceSlotMemory(M, D, D, **kw)
     for op in ops:
         _assert_results_equal(_apply(fast, op), _apply(ref, op))
@@ -100,11 +102,13 @@ def test_vectorised_matches_reference(ops: list, alpha, aux_dim: int) -> None:
 
 def test_sequences_cover_every_action() -> None:
     """The random sequences above do reach all lifecycle branches (else the comparison proves little)."""
-    mem = SlotMemory(M, D, D, batch_size=B)
-    seen = set()
+    mem = SlotMemory(M, D, D, batch_size=B, tombstones=True)
+    seen, withdrawn = set(), 0
     for seed in range(60):
         res = _apply(mem, ("write", 3, seed))
         seen |= set(res.action.flatten().tolist())
+        withdrawn += int(mem.retracted.sum())
         if seed % 7 == 0:
             _apply(mem, ("protect", seed))
     assert seen == set(range(7)), seen
+    assert withdrawn > 0

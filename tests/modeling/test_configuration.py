@@ -45,6 +45,7 @@ def test_round_trip_through_save_pretrained(tmp_path):
         ("read_layer", -4), ("read_layer", "last"), ("injection", "kv_cache"), ("cross_attn_layers", [2]),
         ("cross_attn_layers", [0, 0]), ("cross_attn_layers", []), ("cross_attn_layers", "0"),
         ("router_match_threshold", float("nan")), ("router_confidence_threshold", 1.5), ("slot_match_threshold", 1.5),
+        ("slot_update_match_threshold", -1.5), ("retract_tombstones", 1),
         ("cross_attn_gate_init", float("inf")), ("backbone_model_type", "gpt2"), ("base_model_name_or_path", ""),
     ],
 )

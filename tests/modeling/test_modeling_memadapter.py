@@ -353,3 +353,38 @@ def test_ground_fallback_injects_the_best_matching_event_of_the_retrieved_chunks
 def test_slot_match_threshold_reaches_the_memory(tokenizer):
     model = build(tiny_backbone("llama"), tokenizer, slot_match_threshold=0.6)
     assert model.new_memory().slots.match_threshold == 0.6
+    assert model.new_memory().slots.update_match_threshold == 0.6 and not model.new_memory().slots.tombstones
+    model = build(tiny_backbone("llama"), tokenizer, slot_update_match_threshold=0.3, retract_tombstones=True)
+    slots = model.new_memory().slots
+    assert slots.update_match_threshold == 0.3 and slots.tombstones
+
+
+def test_lexical_weight_lets_the_words_of_the_question_pick_the_slot(tokenizer):
+    """Untrained keys cannot tell two facts apart; the question's words against the slots' key
+    texts can. A large lexical weight makes the selection follow the named entity."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=10.0)
+    mem = model.new_memory()
+    mem.write("bob city", "rome")
+    mem.write("alice city", "paris")
+    for question, want in (("where does alice live", "alice city: paris"), ("what city is bob in", "bob city: rome")):
+        enc = tokenizer([question], return_tensors="pt")
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want]
+    with pytest.raises(ConfigError, match="lexical_weight"):
+        MemAdapterForCausalLM.from_pretrained(tiny_backbone("llama"), tokenizer=tokenizer, lexical_weight=-1.0)
+
+
+def test_a_withdrawn_slot_is_selected_as_no_longer_known(tokenizer):
+    """A tombstone answers its question: its text says the fact was withdrawn, and it has no value
+    tokens to copy (the trained adapter learned "unknown" from retraction events without them)."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", retract_tombstones=True, value_tokens=4,
+                  router_match_threshold=-1.0, router_confidence_threshold=0.0)
+    mem = model.new_memory()
+    mem.write("Alice city", "Paris")
+    key = model.encode_text(["Alice city"], "key")
+    mem.slots.write(key, model.encode_text(["gone"], "value"), event=torch.tensor([[2]]), key_text=[["Alice"]])
+    assert mem.table()[0]["retracted"] and mem.table()[0]["value_text"] is None
+    enc = tokenizer(["Where does Alice live?"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.branch == ["memory"] and sel.texts[0] == ["Alice city: no longer known"]
+    assert bool((sel.value_ids == -1).all())
