@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from memadapter.bm25 import lexical_agreement
+from memadapter.bm25 import lexical_agreement, tokenize
 from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
 from memadapter.heads import EVENT_TYPES, GroundingHead, QueryHead, WriteController, masked_attention_pool
@@ -363,11 +363,12 @@ class MemAdapterForCausalLM(PreTrainedModel):
                 conf = memory.slots.confidence[b, slots.clamp(min=0)]
                 idx = slots[route.memory.valid[b, 0] & (conf >= cfg.router_confidence_threshold)].tolist()
             if idx:
+                key_text = [memory.slots.key_text[b][m] or "" for m in idx]
                 value_text = [memory.slots.value_text[b][m] for m in idx]
-                rows.append(SelectedRow(memory.slots.values[b, idx],  # [k, dv], the resolved latest versions
-                                        [f"{memory.slots.key_text[b][m]}: {WITHDRAWN if v is None else v}"
-                                         for m, v in zip(idx, value_text)],
-                                        [self._value_token_ids(v) for v in value_text], MEMORY))
+                row = SelectedRow(memory.slots.values[b, idx],  # [k, dv], the resolved latest versions
+                                  [f"{k}: {WITHDRAWN if v is None else v}" for k, v in zip(key_text, value_text)],
+                                  [self._value_token_ids(v) for v in value_text], MEMORY, key_text)
+                rows.append(self._named_event_or(row, memory, b, chunk_query[b], query[b], texts[b]))
                 continue
             # Fallback, also for a matched row whose slots are all below the confidence bar.
             found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], cfg.top_k)
@@ -409,7 +410,30 @@ class MemAdapterForCausalLM(PreTrainedModel):
         (r, c), key_text = relevant[best], key_texts[best]
         value_text = self._decode(rows[r][c.value_span[0]:c.value_span[1]])
         return SelectedRow(c.value.float().cpu()[None], [f"{key_text}: {value_text}"],
-                           [self._value_token_ids(value_text)], FALLBACK)
+                           [self._value_token_ids(value_text)], FALLBACK, [key_text])
+
+    def _named_event_or(self, row: SelectedRow, memory: RequestMemory, b: int, chunk_query: torch.Tensor,
+                        query: torch.Tensor, question: str) -> SelectedRow:
+        """``row`` (the selected slots), or a retrieved event the question names more exactly.
+
+        A lookalike the question names ("the Lumen Mini printer") that never got a slot loses the
+        key match to the slot of the entity it resembles ("the Lumen printer"). With
+        ``ground_fallback`` and ``lexical_weight`` on, the retrieved chunks are grounded as on the
+        fallback, and their best event replaces the slots when its key text covers strictly more
+        of the question's words than each selected slot's key text does. A key that covers the
+        same words (an older version of the slot's own fact) never replaces the slot.
+        """
+        cfg = self.config
+        if not (cfg.ground_fallback and cfg.lexical_weight > 0):
+            return row
+        found = memory.indexes[b].search(chunk_query, question, cfg.top_k)
+        event = self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
+        if event is None:
+            return row
+        words = set(tokenize([question])[0])
+        covered = [words & set(toks) for toks in tokenize(event.key_texts + row.key_texts)]
+        named, slots = covered[0], covered[1:]
+        return event if all(named > s for s in slots) else row
 
     def _value_token_ids(self, value_text: Optional[str]) -> list[int]:
         """A slot's value text -> its first ``value_tokens`` ids, tokenised as it reads mid-sentence

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -19,12 +19,14 @@ import torch
 
 @dataclass
 class SelectedRow:
-    """One question's entries: values [k, dv], their texts, their value token ids, and the branch."""
+    """One question's entries: values [k, dv], their texts, their value token ids, the branch, and
+    the key text of each entry that has one (slots and grounded events; not chunk summaries)."""
 
     values: torch.Tensor
     texts: list[str]
     value_ids: list[list[int]]
     branch: str
+    key_texts: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -23,6 +23,7 @@ CLI (held-out streams, a trained adapter on a local base, e.g. the SmolLM2 cache
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import string
 import sys
@@ -44,6 +45,9 @@ __all__ = ["METHODS", "normalize_answer", "exact_match", "contains_answer", "que
            "evaluate_generation", "markdown_table", "main"]
 
 METHODS: tuple[str, ...] = ("memory", "text", "full_context", "tail", "no_context")
+# Config fields read only when memory is built, written or read: safe to change on a trained adapter.
+SETTABLE = ("slot_match_threshold", "slot_update_match_threshold", "retract_tombstones", "lexical_weight",
+            "router_match_threshold", "router_confidence_threshold", "ground_fallback", "value_tokens", "top_k")
 _MEMORY_METHODS = ("memory", "text")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -355,6 +359,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", default=None, help="write every prediction here (JSON list)")
     p.add_argument("--chat", action="store_true",
                    help="chat template + short-answer instruction for the text and bare-backbone rows")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help=f"override a selection setting of the adapter's config (JSON value), one of {', '.join(SETTABLE)}")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -373,10 +379,30 @@ def _model_dirs(args: argparse.Namespace) -> tuple[str, str]:
     return _local_dir("--base", args.base if args.base is not None else default_cache_dir()), adapter
 
 
+def _overrides(items: Sequence[str]) -> dict:
+    """``--set FIELD=VALUE`` items -> {field: JSON value}; ConfigError naming a bad item."""
+    out = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in SETTABLE:
+            raise ConfigError(f"--set: expected FIELD=VALUE with FIELD one of {SETTABLE}, got {item!r}")
+        try:
+            out[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ConfigError(f"--set {name}: {raw!r} is not a JSON value (e.g. 0.2, true, null)") from None
+    return out
+
+
 def _load_model(args: argparse.Namespace, base: str, adapter: str) -> Any:
     from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 
+    overrides = _overrides(args.set)  # a bad item fails before the model loads
     model = MemAdapterForCausalLM.from_pretrained(base, adapter=adapter, dtype=getattr(torch, args.dtype))
+    if "value_tokens" in overrides and (overrides["value_tokens"] == 0) != (model.config.value_tokens == 0):
+        raise ConfigError("--set value_tokens: can change the number of copied tokens, not switch copying on or off")
+    for name, value in overrides.items():  # settings read at ingest / select time, not weights
+        setattr(model.config, name, value)
+    model.config.validate_fields()
     if model.tokenizer is None:
         raise ConfigError(f"--base: no tokenizer could be loaded from {base!r}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

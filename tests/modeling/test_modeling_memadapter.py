@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from memadapter.errors import AdapterMismatchError, ConfigError, ShapeError, UnsafeLoadError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub
+from memadapter.modeling.selection import SelectedRow
 
 torch.set_num_threads(1)
 SMALL = dict(key_dim=16, value_dim=16, num_slots=8, top_k=2, chunk_tokens=8, read_layer=1)
@@ -372,6 +373,28 @@ def test_lexical_weight_lets_the_words_of_the_question_pick_the_slot(tokenizer):
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want]
     with pytest.raises(ConfigError, match="lexical_weight"):
         MemAdapterForCausalLM.from_pretrained(tiny_backbone("llama"), tokenizer=tokenizer, lexical_weight=-1.0)
+
+
+def test_a_retrieved_event_that_names_the_question_better_replaces_the_slot(tokenizer, monkeypatch):
+    """The lookalike rule of select: a grounded event from the retrieved chunks replaces the selected
+    slot only when its key text covers strictly more of the question's words (the grounding is
+    fixed here; what it proposes on real text is the trained head's job)."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=0.2, ground_fallback=True)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    mem.write("bob city", "rome")  # words the tiny tokenizer knows; think "the Lumen printer"
+
+    def event(key: str):
+        return lambda *args: SelectedRow(torch.zeros(1, 16), [f"{key}: paris"], [[]], "fallback", [key])
+
+    cases = (("old bob", "where does old bob live", "old bob: paris"),  # "the Lumen Mini printer"
+             ("old bob", "where does bob live", "bob city: rome"),
+             ("bob", "where does old bob live", "bob city: rome"))  # same words: the slot's lifecycle wins
+    for key, question, want in cases:
+        monkeypatch.setattr(model, "_ground_chunks", event(key))
+        enc = tokenizer([question], return_tensors="pt")
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (key, question)
 
 
 def test_a_withdrawn_slot_is_selected_as_no_longer_known(tokenizer):

@@ -182,6 +182,14 @@ def test_cli_end_to_end_and_errors(model, tok, tmp_path, capsys):
         main(["--adapter", str(adapter), "--base", str(tmp_path / "missing"), "--num-streams", "1"])
     with pytest.raises(ConfigError, match="--adapter"):
         main(["--adapter", str(tmp_path / "missing"), "--base", str(base), "--num-streams", "1"])
+    # --set changes selection settings of the loaded adapter, never the saved files
+    saved = (adapter / "adapter_config.json").read_text()
+    assert main(argv + ["--set", "lexical_weight=0.2", "--set", "retract_tombstones=true"]) == 0
+    assert (adapter / "adapter_config.json").read_text() == saved
+    for bad, word in (("num_slots=4", "FIELD"), ("lexical_weight", "FIELD"), ("lexical_weight=abc", "JSON"),
+                      ("lexical_weight=-1", "lexical_weight"), ("value_tokens=4", "value_tokens")):
+        with pytest.raises(ConfigError, match=word):
+            main(argv + ["--set", bad])
 
 
 def test_gold_continuation_scores_correct_and_is_cut_at_eos(model, tok, streams, monkeypatch):
