@@ -348,6 +348,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--filler-tokens", type=int, default=None, help="override the split's filler (e.g. 30000)")
     p.add_argument("--filler-source", default="auto", help="auto | essays | embedded")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic-names", type=float, default=0.0,
+                   help="share of made-up entity names (splits with training names only): an unseen-name dev set "
+                        "that leaves the test pools untouched")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--kinds", default=None, help="comma-separated question kinds (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=12)
@@ -414,6 +417,8 @@ def _streams(args: argparse.Namespace) -> Any:
 
     split_style(args.split)  # ConfigError naming the split before anything is loaded
     shape = dict(SPLIT_DEFAULTS[args.split], filler_source=args.filler_source)
+    if args.synthetic_names:
+        shape["synthetic_names"] = args.synthetic_names
     if args.filler_tokens is not None:
         shape["filler_tokens"] = args.filler_tokens
     return build_dataset(args.split, args.num_streams, args.seed, **shape)

@@ -259,11 +259,13 @@ DEFAULT_SIZES: dict[str, int] = {"train": 2000, "validation": 200, "test_unseen_
 
 @dataclass(frozen=True)
 class SplitStyle:
-    """Which pools a split draws from: entity names, templates, attribute types (each 'train'|'heldout')."""
+    """Which pools a split draws from: entity names, templates, attribute types (each 'train'|'heldout'),
+    and the share of entities that get a made-up name instead (training splits only)."""
 
     entities: str
     templates: str
     attributes: str
+    synthetic_names: float = 0.0
 
 
 def split_style(split: str) -> SplitStyle:
@@ -288,9 +290,49 @@ class _Entity:
     aliases: tuple[str, ...] = ()  # filled once every entity of the stream is known
 
 
-def _new_entity(rng: random.Random, kind: str, pools: str, used: set) -> _Entity:
+_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "pr", "r", "s", "st",
+           "t", "tr", "v", "z", "sh", "ch")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ei", "ou")
+_CODAS = ("", "", "", "n", "r", "l", "s", "k", "m", "th")
+# Made-up names must never collide with a held-out name, or training would see a test entity.
+_HELDOUT_WORDS = frozenset(w.lower() for pool in (LAST_NAMES["heldout"], PROJECT_WORDS["heldout"], PRODUCT_BRANDS["heldout"])
+                           for w in pool) | frozenset(f.lower() for pair in FIRST_NAME_PAIRS["heldout"] for f in pair)
+
+
+def synthetic_word(rng: random.Random) -> str:
+    """A pronounceable made-up name of 2-3 syllables ("Drevik", "Mousala"), never a held-out name.
+
+    Training on names drawn from a few dozen fixed words lets the heads learn those words; made-up
+    names make them learn what a name looks like, which is what unseen names at test time need.
+    """
+    while True:
+        word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 2, 3))))
+        word = (word + rng.choice(_CODAS)).capitalize()
+        if word.lower() not in _HELDOUT_WORDS:
+            return word
+
+
+def _synthetic_entity(rng: random.Random, kind: str) -> _Entity:
+    if kind == "person":
+        first = synthetic_word(rng)
+        variant = first + "a" if first[-1] not in "aeiou" else first[:-1] + ("a" if first[-1] == "o" else "o")
+        pair = (first, variant)  # look-alike first names, always two different ones
+        last = synthetic_word(rng)
+        first = pair[rng.randrange(2)]
+        return _Entity(kind, f"{first} {last}", ("person", pair, last), (first,))
+    if kind == "project":
+        word = synthetic_word(rng)
+        return _Entity(kind, f"Project {word}", ("project", word), (f"the {word} project",))
+    brand, ptype = synthetic_word(rng), rng.choice(PRODUCT_TYPES)
+    return _Entity(kind, f"the {brand} {ptype}", ("product", brand, ptype), ())
+
+
+def _new_entity(rng: random.Random, kind: str, style: SplitStyle, used: set) -> _Entity:
+    pools = style.entities
     for _ in range(200):
-        if kind == "person":
+        if style.synthetic_names > 0 and rng.random() < style.synthetic_names:
+            ent = _synthetic_entity(rng, kind)
+        elif kind == "person":
             pair = rng.choice(FIRST_NAME_PAIRS[pools])
             last, first = rng.choice(LAST_NAMES[pools]), pair[rng.randrange(2)]
             ent = _Entity(kind, f"{first} {last}", ("person", pair, last), (first,))
@@ -432,7 +474,7 @@ def _plan_main(rng: random.Random, style: SplitStyle, n: int, updates: int, retr
     chains = []
     for c in range(n):
         kind = rng.choice(KINDS)
-        ent, attr = _new_entity(rng, kind, style.entities, used), rng.choice(by_kind[kind])
+        ent, attr = _new_entity(rng, kind, style, used), rng.choice(by_kind[kind])
         chains.append([_Plan("main", "new", ent, attr, _fresh_value(rng, attr, set()), True, 1, c)])
     for _ in range(updates):
         chain = rng.choice(chains)
@@ -456,7 +498,7 @@ def _plan_uniform(rng: random.Random, style: SplitStyle, chains: list, n: int, u
             ent, attr = rng.choice(free)
         else:
             kind = rng.choice(KINDS)
-            ent, attr = _new_entity(rng, kind, style.entities, used), rng.choice(by_kind[kind])
+            ent, attr = _new_entity(rng, kind, style, used), rng.choice(by_kind[kind])
         taken.add((ent.name, attr))
         chains.append([_Plan("uniform", "new", ent, attr, _fresh_value(rng, attr, set()), False, 1, len(chains))])
 
@@ -566,16 +608,24 @@ def _questions(rng: random.Random, chains: list[list[_Plan]], extras: list[tuple
 
 def generate_stream(rng: random.Random, *, split: str = "train", num_entities: int = 4, num_updates: int = 3,
                     num_distractors: int = 4, num_uniform: int = 2, filler_tokens: int = 0,
-                    retractions: bool = True, filler_source: str = "auto") -> dict:
+                    retractions: bool = True, filler_source: str = "auto", synthetic_names: float = 0.0) -> dict:
     """One lifecycle stream with its training labels and questions (see the module docstring).
 
     Deterministic given the state of ``rng``. ``filler_tokens`` of real essay text (approximate
     tokens) are scattered between the event sentences. One main fact is retracted when
-    ``retractions`` and there are at least two main entities.
+    ``retractions`` and there are at least two main entities. ``synthetic_names``: the share of
+    entities named by :func:`synthetic_word` instead of the split's pools (splits with training
+    names only; never a held-out name).
     """
     if not isinstance(rng, random.Random):
         raise ConfigError(f"rng: expected a random.Random, got {type(rng).__name__}")
     style = split_style(split)
+    if isinstance(synthetic_names, bool) or not isinstance(synthetic_names, (int, float)) \
+            or not 0.0 <= synthetic_names <= 1.0:
+        raise ConfigError(f"synthetic_names: expected a share in [0, 1], got {synthetic_names!r}")
+    if synthetic_names > 0 and style.entities != "train":
+        raise ConfigError(f"synthetic_names: split {split!r} tests unseen names; made-up names are for training splits")
+    style = SplitStyle(style.entities, style.templates, style.attributes, float(synthetic_names))
     _check_counts(num_entities, num_updates, num_distractors, num_uniform, filler_tokens)
     used: set = set()
     by_kind = _attrs_by_kind(style)

@@ -186,6 +186,16 @@ def test_cli_end_to_end_and_errors(model, tok, tmp_path, capsys):
     saved = (adapter / "adapter_config.json").read_text()
     assert main(argv + ["--set", "lexical_weight=0.2", "--set", "retract_tombstones=true"]) == 0
     assert (adapter / "adapter_config.json").read_text() == saved
+    # an unseen-name dev set from a training-name split; refused on the held-out-name split
+    assert main(argv + ["--split", "validation", "--synthetic-names", "1.0"]) == 0
+    from memadapter.training import lifecycle_data as ld
+
+    pooled = {w for pools in (ld.LAST_NAMES, ld.PROJECT_WORDS, ld.PRODUCT_BRANDS) for p in pools.values() for w in p}
+    pooled |= {f for pairs in ld.FIRST_NAME_PAIRS.values() for pair in pairs for f in pair}
+    asked = {w.strip("?'s,.") for p in json.loads(preds.read_text()) for w in p["question"].split()}
+    assert asked and asked.isdisjoint(pooled)  # every entity asked about has a made-up name
+    with pytest.raises(ConfigError, match="synthetic_names"):
+        main(argv + ["--synthetic-names", "1.0", "--split", "test_unseen_entities"])
     for bad, word in (("num_slots=4", "FIELD"), ("lexical_weight", "FIELD"), ("lexical_weight=abc", "JSON"),
                       ("lexical_weight=-1", "lexical_weight"), ("value_tokens=4", "value_tokens")):
         with pytest.raises(ConfigError, match=word):

@@ -218,3 +218,35 @@ def test_build_dataset_and_splits():
         build_splits(sizes={"dev": 3})
     with pytest.raises(ConfigError, match="split"):
         build_dataset("dev", 3, seed=0)
+
+
+def test_synthetic_names_are_made_up_never_held_out_and_only_for_training_splits():
+    rows = [ld.generate_stream(random.Random(i), synthetic_names=1.0, filler_tokens=0) for i in range(20)]
+    names = {e["name"] for s in rows for e in s["entities"]}
+    pools = {w for pool in (ld.LAST_NAMES, ld.PROJECT_WORDS, ld.PRODUCT_BRANDS) for p in pool.values() for w in p}
+    pools |= {f for p in ld.FIRST_NAME_PAIRS.values() for pair in p for f in pair}
+    words = {w for n in names for w in n.split() if w[0].isupper() and w not in ("Project", "Mini", "II", "Next")}
+    assert len(words) > 40 and words.isdisjoint(pools)  # every name is made up, none from any pool
+    for s in rows:  # labels stay right: every event's key text is in the text at its span
+        for e in s["events"]:
+            assert s["text"][e["key_start"]:e["key_end"]] == e["key_text"]
+    # a share of 0 draws no extra random numbers: old streams are unchanged
+    assert ld.generate_stream(random.Random(3))["text"] == ld.generate_stream(random.Random(3), synthetic_names=0.0)["text"]
+    with pytest.raises(ConfigError, match="synthetic_names"):
+        ld.generate_stream(random.Random(0), split="test_unseen_entities", synthetic_names=0.5)
+    with pytest.raises(ConfigError, match="synthetic_names"):
+        ld.generate_stream(random.Random(0), synthetic_names=1.5)
+
+
+def test_synthetic_words_avoid_held_out_names(monkeypatch):
+    draws = iter(["nim", "bus", "basil", "isk", "drev", "ik"])  # two held-out project words, then a free one
+    monkeypatch.setattr(ld, "_ONSETS", ("",))
+    monkeypatch.setattr(ld, "_CODAS", ("",))
+
+    class FakeRng:
+        def choice(self, seq):
+            if seq == ld._VOWELS:
+                return next(draws)
+            return seq[0]
+
+    assert ld.synthetic_word(FakeRng()) == "Drevik"
