@@ -80,6 +80,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # Tokens of each selected slot's value text injected as the backbone's own token embeddings
     # (after the slot's virtual tokens, or as extra cross-attention memory); 0 = pooled vector only.
     value_tokens: int = 0
+    # What a selected slot without value text (a withdrawn fact, or a fact read without a value
+    # span) copies as its value tokens, e.g. "unknown"; None = none, its pooled vector alone.
+    # Training copies the same tokens for such gold events, so set it before training.
+    withdrawn_text: Optional[str] = None
     cross_attn_layers: list[int] = field(default_factory=list)
     cross_attn_heads: int = 4
     cross_attn_gate_init: float = 0.0  # tanh gate; 0 = adapter starts as the identity
@@ -154,6 +158,8 @@ class MemAdapterConfig(PreTrainedConfig):
         _finite("lexical_weight", self.lexical_weight)
         if self.lexical_weight < 0:
             raise ConfigError(f"lexical_weight: must be >= 0, got {self.lexical_weight}")
+        if self.withdrawn_text is not None and (not isinstance(self.withdrawn_text, str) or not self.withdrawn_text.strip()):
+            raise ConfigError(f"withdrawn_text: expected None or a non-empty string, got {self.withdrawn_text!r}")
         if not isinstance(self.retract_tombstones, bool):
             raise ConfigError(f"retract_tombstones: expected a bool, got {self.retract_tombstones!r}")
         _finite("router_confidence_threshold", self.router_confidence_threshold)

@@ -367,7 +367,8 @@ class MemAdapterForCausalLM(PreTrainedModel):
                 value_text = [memory.slots.value_text[b][m] for m in idx]
                 row = SelectedRow(memory.slots.values[b, idx],  # [k, dv], the resolved latest versions
                                   [f"{k}: {WITHDRAWN if v is None else v}" for k, v in zip(key_text, value_text)],
-                                  [self._value_token_ids(v) for v in value_text], MEMORY, key_text)
+                                  [self.value_token_ids(cfg.withdrawn_text if v is None else v) for v in value_text],
+                                  MEMORY, key_text)
                 rows.append(self._named_event_or(row, memory, b, chunk_query[b], query[b], texts[b]))
                 continue
             # Fallback, also for a matched row whose slots are all below the confidence bar.
@@ -410,7 +411,7 @@ class MemAdapterForCausalLM(PreTrainedModel):
         (r, c), key_text = relevant[best], key_texts[best]
         value_text = self._decode(rows[r][c.value_span[0]:c.value_span[1]])
         return SelectedRow(c.value.float().cpu()[None], [f"{key_text}: {value_text}"],
-                           [self._value_token_ids(value_text)], FALLBACK, [key_text])
+                           [self.value_token_ids(value_text)], FALLBACK, [key_text])
 
     def _named_event_or(self, row: SelectedRow, memory: RequestMemory, b: int, chunk_query: torch.Tensor,
                         query: torch.Tensor, question: str) -> SelectedRow:
@@ -435,7 +436,7 @@ class MemAdapterForCausalLM(PreTrainedModel):
         named, slots = covered[0], covered[1:]
         return event if all(named > s for s in slots) else row
 
-    def _value_token_ids(self, value_text: Optional[str]) -> list[int]:
+    def value_token_ids(self, value_text: Optional[str]) -> list[int]:
         """A slot's value text -> its first ``value_tokens`` ids, tokenised as it reads mid-sentence
         (leading space), the way training takes them from the stream; [] without text or tokenizer."""
         n = self.config.value_tokens

@@ -415,6 +415,7 @@ class TrainConfig:
     train_events: int = 48
     lr: float = 3e-3
     key_dim: int = 64
+    augment_templates: bool = False  # paraphrased train templates (phase13_data._T_EXTRA)
 
 
 TRAIN_SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
@@ -422,8 +423,8 @@ TRAIN_SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "s
 
 def train_pool(cfg: TrainConfig) -> list[Sample]:
     rng = random.Random(f"train:{cfg.seed}")
-    return [make_sample(TRAIN_SETTINGS[i % len(TRAIN_SETTINGS)], cfg.train_events, rng, "train")
-            for i in range(cfg.train_samples)]
+    return [make_sample(TRAIN_SETTINGS[i % len(TRAIN_SETTINGS)], cfg.train_events, rng, "train",
+                        cfg.augment_templates) for i in range(cfg.train_samples)]
 
 
 def train(cfg: TrainConfig, cache: HiddenCache, hidden_size: int, progress: bool = False) -> tuple[Phase13Adapter, list[float]]:
@@ -590,6 +591,7 @@ def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenC
     thr = calibrate(ad, val, cache)
     rows = evaluate(ad, make_samples("test", samples, seed, settings), cache, thr)
     meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write",
+            "augment_templates": cfg.augment_templates,
             "replace_threshold": thr.replace, "route_threshold": thr.route,
             "final_loss": curve[-1], "seconds": round(time.time() - t0, 1)}
     return [{**meta, **r} for r in rows]
@@ -637,6 +639,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--steps", type=int, default=TrainConfig.steps)
     ap.add_argument("--train-samples", type=int, default=TrainConfig.train_samples)
     ap.add_argument("--train-events", type=int, default=TrainConfig.train_events)
+    ap.add_argument("--augment-templates", action="store_true",
+                    help="train on several paraphrased templates per fact and question (val/test templates stay unseen)")
     ap.add_argument("--cache-dir", default=None, help="hidden-state cache (default $MEMADAPTER_CACHE/phase13)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--read-layer", type=int, default=None,
@@ -649,7 +653,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = tuple(s for s in EVAL_SETTINGS if s[2] <= args.max_events)
     if not settings or args.seeds < 1 or args.samples < len(settings):
         raise ConfigError(f"samples: need at least one sample per setting ({len(settings)}) and seeds >= 1")
-    cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events)
+    cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events,
+                      augment_templates=args.augment_templates)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else _default_cache_dir()
     rows: list[dict] = []
     for fam in families:

@@ -78,6 +78,28 @@ _Q = {
     "test": {"city": "tell me where {e} lives ?", "color": "tell me the color {e} likes ?",
              "code": "tell me the code of {e} ?"},
 }
+# Extra train-split paraphrases (``augment=True``): other words and word orders for the same facts
+# and questions, so the learned key has to ignore sentence structure. The val and test templates
+# stay unseen; tests check that none of these equals one of theirs.
+_T_EXTRA = {
+    "city": (("note : the home city of {e} is {v} .", "update : the home city of {e} became {v} .",
+              "rumor : the home city of {e} is {v} .", "the home city of {e} is {v} ."),
+             ("note : {v} is home to {e} .", "update : {v} became home to {e} .",
+              "rumor : {v} is home to {e} .", "{v} is home to {e} .")),
+    "color": (("note : the favourite color of {e} is {v} .", "update : the favourite color of {e} became {v} .",
+               "rumor : the favourite color of {e} is {v} .", "the favourite color of {e} is {v} ."),
+              ("note : {v} suits {e} best .", "update : {v} suits {e} best from now on .",
+               "rumor : {v} suits {e} best .", "{v} suits {e} best .")),
+    "code": (("note : {e} uses the code {v} .", "update : {e} switched to the code {v} .",
+              "rumor : {e} uses the code {v} .", "{e} uses the code {v} ."),
+             ("note : {v} opens the safe of {e} .", "update : {v} opens the safe of {e} from now on .",
+              "rumor : {v} opens the safe of {e} .", "{v} opens the safe of {e} .")),
+}
+_Q_EXTRA = {
+    "city": ("what is the home city of {e} ?", "which city is home to {e} ?"),
+    "color": ("what is the favourite color of {e} ?", "which color suits {e} best ?"),
+    "code": ("which code does {e} use ?", "what opens the safe of {e} ?"),
+}
 SPLITS = tuple(_T)
 SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
 # Ten evaluation settings up to 2,048 events (the paper's count and longest length).
@@ -101,9 +123,15 @@ def vocabulary() -> list[str]:
     for table in (_T, _Q):
         for split in table.values():
             for tpl in split.values():
-                for t in (tpl if isinstance(tpl, tuple) else (tpl,)):
-                    words.update(w for w in t.split() if not w.startswith("{"))
-    return sorted(words)
+                words.update(_template_words(tpl if isinstance(tpl, tuple) else (tpl,)))
+    # The paraphrases' new words go after the sorted base, so every earlier word keeps its id.
+    extra = set(_template_words(t for rows in _T_EXTRA.values() for row in rows for t in row))
+    extra |= set(_template_words(t for qs in _Q_EXTRA.values() for t in qs))
+    return sorted(words) + sorted(extra - words)
+
+
+def _template_words(templates) -> list[str]:
+    return [w for t in templates for w in t.split() if not w.startswith("{")]
 
 
 # ----------------------------------------------------------------------------- samples
@@ -134,10 +162,12 @@ Event = tuple[str, Entity, str, int]  # (kind, entity, attribute, value index)
 class _Gen:
     """Places labelled events at random positions and fills the rest with background facts."""
 
-    def __init__(self, rng: random.Random, split: str, n: int) -> None:
+    def __init__(self, rng: random.Random, split: str, n: int, augment: bool = False) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split: unknown {split!r}; choose from {list(SPLITS)}")
-        self.rng, self.split, self.n = rng, split, n
+        if augment and split != "train":
+            raise ConfigError(f"augment: paraphrased templates exist for the train split only, got split {split!r}")
+        self.rng, self.split, self.n, self.augment = rng, split, n, augment
         self.entities = [(a, b) for a in _NAMES[split] for b in _SURNAMES[split]]
         self.placed: dict[int, Event] = {}
         self.reserved: set[Entity] = set()
@@ -179,7 +209,13 @@ class _Gen:
 
     def render(self, ev: Event) -> str:
         kind, ent, attr, val = ev
-        return _T[self.split][attr][KINDS.index(kind)].format(e=" ".join(ent), v=VALUES[attr][val])
+        rows = (_T[self.split][attr],) + (_T_EXTRA[attr] if self.augment else ())
+        row = rows[self.rng.randrange(len(rows))] if len(rows) > 1 else rows[0]  # no draw: samples unchanged
+        return row[KINDS.index(kind)].format(e=" ".join(ent), v=VALUES[attr][val])
+
+    def question(self, ent: Entity, attr: str) -> str:
+        qs = (_Q[self.split][attr],) + (_Q_EXTRA[attr] if self.augment else ())
+        return (qs[self.rng.randrange(len(qs))] if len(qs) > 1 else qs[0]).format(e=" ".join(ent))
 
     def build(self, setting: str, query: tuple[Entity, str], target_pos: int) -> Sample:
         back = self.background()
@@ -188,8 +224,7 @@ class _Gen:
         key_ids = [ids.setdefault((e[1], e[2]), len(ids)) for e in events]
         if len(ids) > MAX_KEYS:  # pragma: no cover - 40 background entities x 3 attributes + targets
             raise ConfigError(f"n_events: {len(ids)} distinct keys exceed MAX_KEYS {MAX_KEYS}")
-        ent, attr = query
-        text = _Q[self.split][attr].format(e=" ".join(ent))
+        text = self.question(*query)
         return Sample([self.render(e) for e in events], text, key_ids, [e[3] for e in events], target_pos,
                       [int(e[0] in WRITE_KINDS) for e in events], setting, self.split)
 
@@ -214,11 +249,15 @@ def _chain(g: _Gen, ent: Entity, attr: str, positions: Sequence[int]) -> int:
     return positions[-1]
 
 
-def make_sample(setting: str, n_events: int, rng: random.Random, split: str = "train") -> Sample:
-    """One seeded controlled sample of ``setting`` with ``n_events`` events from ``split``'s names/templates."""
+def make_sample(setting: str, n_events: int, rng: random.Random, split: str = "train",
+                augment: bool = False) -> Sample:
+    """One seeded controlled sample of ``setting`` with ``n_events`` events from ``split``'s names/templates.
+
+    ``augment`` (train split only): each sentence and the question take one of several paraphrased
+    templates instead of the split's single one."""
     if setting not in SETTINGS:
         raise ConfigError(f"setting: unknown {setting!r}; choose from {list(SETTINGS)}")
-    g = _Gen(rng, split, n_events)
+    g = _Gen(rng, split, n_events, augment)
     if setting == "uniform":
         return _uniform(g, setting)
     if setting == "recall":

@@ -139,20 +139,26 @@ def prior_event_features_reference(keys, values, mask, num_slots: int) -> torch.
     return out
 
 
-def gold_value_ids(batch: dict, n: int) -> torch.Tensor:
+def gold_value_ids(batch: dict, n: int, withdrawn: Sequence[int] = ()) -> torch.Tensor:
     """Each question's gold value tokens from its stream: [Q, 1, n] ids, -1 past the span's end.
 
-    What ingest stores for the same event at inference (the value span's text, re-tokenised); an
-    event without a value (a retraction: value span = key span) and a question without a gold
-    event get none.
+    What ingest stores for the same event at inference (the value span's text, re-tokenised); a
+    gold event without a value (a retraction: value span = key span) gets ``withdrawn`` (the ids of
+    config.withdrawn_text, which select copies for a slot without value text), a question without
+    a gold event none.
     """
     s, gold = batch["question_stream"], batch["answer_event"].clamp(min=0)  # [Q]
     key, value = batch["key_spans"][s, gold], batch["value_spans"][s, gold]  # [Q, 2]
-    has = (batch["answer_event"] >= 0) & (value[:, 0] >= key[:, 1])  # [Q]
+    has_gold = batch["answer_event"] >= 0  # [Q]
+    has = has_gold & (value[:, 0] >= key[:, 1])  # [Q]
     pos = value[:, :1] + torch.arange(n, device=value.device)  # [Q, n]
     ids = batch["input_ids"][s].gather(1, pos.clamp(max=batch["input_ids"].shape[1] - 1))  # [Q, n]
-    ok = (pos < value[:, 1:]) & has[:, None]
-    return torch.where(ok, ids, torch.full_like(ids, -1))[:, None]  # [Q, 1, n]
+    ids = torch.where((pos < value[:, 1:]) & has[:, None], ids, torch.full_like(ids, -1))
+    if len(withdrawn):
+        fill = torch.full((n,), -1, dtype=ids.dtype, device=ids.device)
+        fill[: min(n, len(withdrawn))] = torch.tensor(list(withdrawn)[:n], dtype=ids.dtype, device=ids.device)
+        ids = torch.where((has_gold & ~has)[:, None], fill, ids)
+    return ids[:, None]  # [Q, 1, n]
 
 
 # ---------------------------------------------------------------------------- objective
@@ -245,7 +251,10 @@ class TeacherForcedObjective(nn.Module):
         mem, valid = self._answer_memory(query, keys, values, emask, gold)
         answer, answer_ok = zero, torch.zeros(Q, device=query.device)
         if m.config.injection != "text":
-            value_ids = gold_value_ids(batch, m.config.value_tokens) if m.config.value_tokens > 0 else None
+            value_ids = None
+            if m.config.value_tokens > 0:
+                withdrawn = m.value_token_ids(m.config.withdrawn_text)
+                value_ids = gold_value_ids(batch, m.config.value_tokens, withdrawn)
             out = m.forward_with_values(batch["qa_input_ids"], batch["qa_attention_mask"], mem, valid,
                                         value_ids=value_ids)
             answer = L.answer_loss(out.logits, batch["qa_labels"])

@@ -411,3 +411,12 @@ def test_a_withdrawn_slot_is_selected_as_no_longer_known(tokenizer):
     sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
     assert sel.branch == ["memory"] and sel.texts[0] == ["Alice city: no longer known"]
     assert bool((sel.value_ids == -1).all())
+    # withdrawn_text: the withdrawn slot copies that text's tokens instead of nothing.
+    model.config.withdrawn_text = "unknown"
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    want = model.value_token_ids("unknown")
+    assert want and sel.value_ids[0, 0, : len(want)].tolist() == want
+    assert sel.texts[0] == ["Alice city: no longer known"]
+    for bad in ("", "  ", 3):
+        with pytest.raises(ConfigError, match="withdrawn_text"):
+            MemAdapterConfig(withdrawn_text=bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -59,6 +60,41 @@ def test_hard_negatives_and_splits():
     t1 = p13.make_samples("test", 10, 1, p13.EVAL_SETTINGS[:5])
     t2 = p13.make_samples("test", 10, 1, p13.EVAL_SETTINGS[:5])
     assert t1 == t2  # seeded
+
+
+def test_augmented_templates_stay_off_the_held_out_ones():
+    held_out = {t for split in ("val", "test") for row in p13_data._T[split].values() for t in row}
+    held_out |= {q for split in ("val", "test") for q in p13_data._Q[split].values()}
+    extra = {t for rows in p13_data._T_EXTRA.values() for row in rows for t in row}
+    extra |= {q for qs in p13_data._Q_EXTRA.values() for q in qs}
+    assert not extra & held_out
+    # Off by default and without a random draw: the samples of an earlier run are unchanged.
+    plain = p13.make_sample("versioning", 48, random.Random(5), "train")
+    assert plain == p13.make_sample("versioning", 48, random.Random(5), "train", augment=False)
+    train_rows = {t for row in p13_data._T["train"].values() for t in row}
+    assert all(any(_matches(t, e) for t in train_rows) for e in plain.events)
+    aug = [p13.make_sample("versioning", 48, random.Random(i), "train", augment=True) for i in range(6)]
+    events = [e for s in aug for e in s.events]
+    assert any(not any(_matches(t, e) for t in train_rows) for e in events)  # paraphrases are used
+    train_questions = set(p13_data._Q["train"].values())
+    assert any(not any(_matches(q, s.query) for q in train_questions) for s in aug)
+    with pytest.raises(ConfigError, match="augment"):
+        p13.make_sample("recall", 24, random.Random(0), "test", augment=True)
+
+
+def test_vocabulary_keeps_earlier_ids_and_covers_paraphrases():
+    vocab = p13.vocabulary()
+    assert len(vocab) == len(set(vocab))
+    n_base = next(i for i in range(1, len(vocab)) if vocab[i] < vocab[i - 1])  # the sorted base ends here
+    assert vocab[:n_base] == sorted(vocab[:n_base])
+    words = {w for rows in p13_data._T_EXTRA.values() for row in rows for t in row for w in t.split()}
+    assert {w for w in words if not w.startswith("{")} <= set(vocab)
+
+
+def _matches(template: str, sentence: str) -> bool:
+    """Whether ``sentence`` is ``template`` with a two-word entity for {e} and a one-word value for {v}."""
+    pattern = re.escape(template).replace(r"\{e\}", r"\w+ \w+").replace(r"\{v\}", r"\w+")
+    return re.fullmatch(pattern, sentence) is not None
 
 
 def test_generator_bad_input():

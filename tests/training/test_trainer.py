@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers import TrainingArguments
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_collator import make_features, make_tokenizer  # noqa: E402
+from test_collator import STREAMS, make_features, make_tokenizer  # noqa: E402
 
 from memadapter.errors import ConfigError  # noqa: E402
 from memadapter.errors import ShapeError as ShapeErrorType  # noqa: E402
@@ -201,6 +201,19 @@ def test_gold_value_ids_are_the_gold_value_span_tokens(tok):
         want = batch["input_ids"][s, v0:min(v1, v0 + 3)].tolist() if g >= 0 and v0 >= k1 else []
         assert got[q, 0].tolist() == want + [-1] * (3 - len(want))
     assert (got >= 0).any()
+    # A gold event without a value span (a retraction) copies the withdrawn tokens; others are unchanged.
+    retracted = dict(events=[
+        ("the pet of bob is cat .", (1, 4), (5, 6), "new", 1, "bob", "pet", 0),
+        ("update : the pet of bob is now .", (3, 6), None, "retract", 1, "bob", "pet", 1),
+    ], questions=[dict(question="what is the pet of bob ?", answer="cat", kind="retraction", answer_event=1)])
+    batch = MemAdapterCollator(tok)(make_features(tok, STREAMS + [retracted]))
+    got, filled = gold_value_ids(batch, 3), gold_value_ids(batch, 3, [7, 8])
+    assert filled[-1, 0].tolist() == [7, 8, -1] and got[-1, 0].tolist() == [-1, -1, -1]
+    for q in range(got.shape[0]):
+        s, g = int(batch["question_stream"][q]), int(batch["answer_event"][q])
+        (k0, k1), (v0, v1) = batch["key_spans"][s, max(g, 0)].tolist(), batch["value_spans"][s, max(g, 0)].tolist()
+        want = [7, 8, -1] if g >= 0 and v0 < k1 else got[q, 0].tolist()
+        assert filled[q, 0].tolist() == want
 
 
 def test_value_tokens_train_through_the_prefix_and_need_gold_memory(tok):
