@@ -21,6 +21,7 @@ from memadapter.errors import AdapterMismatchError, ConfigError, UnsupportedBack
 from .backbones import get_family
 
 INJECTIONS = ("prefix", "cross_attn", "text")
+LEXICAL_TEXTS = ("key", "sentence")
 
 
 class MemAdapterConfig(PreTrainedConfig):
@@ -71,9 +72,16 @@ class MemAdapterConfig(PreTrainedConfig):
     # scaled to [0, 1]) added to the learned key cosine when choosing a slot or a fallback event:
     # exact evidence for names the learned keys never saw. 0 = learned keys alone.
     lexical_weight: float = 0.0
+    # What the question's words are matched against: "key" (the key span: names) or "sentence"
+    # (the event's whole sentence, re-read from the chunk: relation words such as "deadline" or
+    # "phone" then tell apart two facts about one entity).
+    lexical_text: str = "key"
     # Fallback: re-read the retrieved chunks at query time and inject the proposed event whose key
     # best matches the question (an unwritten fact becomes a slot-like entry); else chunk summaries.
     ground_fallback: bool = False  # on for trained adapters (the training configs); an untrained head would guess
+    # Chunks the fallback retrieves (None: top_k). With ground_fallback the one best event among
+    # them is injected, so more chunks widen the search without lengthening the prompt.
+    fallback_chunks: Optional[int] = None
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
@@ -160,6 +168,11 @@ class MemAdapterConfig(PreTrainedConfig):
             raise ConfigError(f"lexical_weight: must be >= 0, got {self.lexical_weight}")
         if self.withdrawn_text is not None and (not isinstance(self.withdrawn_text, str) or not self.withdrawn_text.strip()):
             raise ConfigError(f"withdrawn_text: expected None or a non-empty string, got {self.withdrawn_text!r}")
+        if self.fallback_chunks is not None and (isinstance(self.fallback_chunks, bool)
+                                                 or not isinstance(self.fallback_chunks, int) or self.fallback_chunks < 1):
+            raise ConfigError(f"fallback_chunks: expected None or a positive int, got {self.fallback_chunks!r}")
+        if self.lexical_text not in LEXICAL_TEXTS:
+            raise ConfigError(f"lexical_text: must be one of {', '.join(LEXICAL_TEXTS)}, got {self.lexical_text!r}")
         if not isinstance(self.retract_tombstones, bool):
             raise ConfigError(f"retract_tombstones: expected a bool, got {self.retract_tombstones!r}")
         _finite("router_confidence_threshold", self.router_confidence_threshold)

@@ -47,7 +47,7 @@ from . import hub
 from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states, token_embedding_rms
 from .configuration_memadapter import MemAdapterConfig
 from .injection import GatedCrossAttention, SoftPrefixInjector, cross_attention
-from .selection import SelectedRow, Selection, stack_selection
+from .selection import SelectedRow, Selection, sentence_around, stack_selection
 
 PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
 WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
@@ -349,10 +349,11 @@ class MemAdapterForCausalLM(PreTrainedModel):
         query = self.query_head(hidden, attention_mask.bool()).float().cpu()  # [B, dk]
         chunk_query = self._mean(hidden, attention_mask).float().cpu()  # [B, H]
         texts = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
-        router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=cfg.top_k)
+        n_chunks = cfg.fallback_chunks or cfg.top_k
+        router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=n_chunks)
         bias = None
         if cfg.lexical_weight > 0:  # [B, M]: what each question's words say about each slot's key text
-            bias = cfg.lexical_weight * torch.tensor([lexical_agreement(t, memory.slots.key_text[b])
+            bias = cfg.lexical_weight * torch.tensor([lexical_agreement(t, self._slot_lexical_texts(memory, b))
                                                       for b, t in enumerate(texts)])
         route = router.route(memory.slots, memory.indexes, query, texts, chunk_query, slot_bias=bias)
         rows = []
@@ -372,7 +373,7 @@ class MemAdapterForCausalLM(PreTrainedModel):
                 rows.append(self._named_event_or(row, memory, b, chunk_query[b], query[b], texts[b]))
                 continue
             # Fallback, also for a matched row whose slots are all below the confidence bar.
-            found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], cfg.top_k)
+            found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], n_chunks)
             ids = [i for i in found.expanded[0] if i >= 0]
             event = self._ground_chunks(memory, b, ids, query[b], texts[b]) if cfg.ground_fallback else None
             if event is None:  # chunk summaries: no value span to copy
@@ -404,7 +405,11 @@ class MemAdapterForCausalLM(PreTrainedModel):
         if not relevant:
             return None
         key_texts = [self._decode(rows[r][c.key_span[0]:c.key_span[1]]) for r, c in relevant]
-        lexical = lexical_agreement(question, key_texts) if self.config.lexical_weight > 0 else [0.0] * len(relevant)
+        lexical = [0.0] * len(relevant)
+        if self.config.lexical_weight > 0:
+            lexical = lexical_agreement(question, key_texts if self.config.lexical_text == "key" else
+                                        [sentence_around(self._decode, rows[r], c.key_span[0],
+                                                         (c.value_span or c.key_span)[1]) for r, c in relevant])
         scores = [float(c.key.float().cpu() @ query) + self.config.lexical_weight * lex
                   for (_, c), lex in zip(relevant, lexical)]
         best = max(range(len(relevant)), key=scores.__getitem__)
@@ -412,6 +417,25 @@ class MemAdapterForCausalLM(PreTrainedModel):
         value_text = self._decode(rows[r][c.value_span[0]:c.value_span[1]])
         return SelectedRow(c.value.float().cpu()[None], [f"{key_text}: {value_text}"],
                            [self.value_token_ids(value_text)], FALLBACK, [key_text])
+
+    def _slot_lexical_texts(self, memory: RequestMemory, b: int) -> list[Optional[str]]:
+        """Per slot of row ``b``, the text the question's words are matched against: the key text,
+        or (``lexical_text="sentence"``) its event's sentence, re-read from the chunk it came from."""
+        key_text = memory.slots.key_text[b]
+        if self.config.lexical_text == "key":
+            return key_text
+        index, chunks, out = memory.indexes[b], {}, []
+        for m, key in enumerate(key_text):
+            chunk_id = int(memory.slots.chunk_id[b, m])
+            text = index.text(chunk_id) if key is not None and 0 <= chunk_id < len(index) else None
+            if text is None:
+                out.append(key)
+                continue
+            if chunk_id not in chunks:  # the chunk's tokens again; its span gives the offset
+                chunks[chunk_id] = self._tok()(text, add_special_tokens=False)["input_ids"]
+            start, end = (int(x) - index.span(chunk_id)[0] for x in memory.slots.span[b, m])
+            out.append(sentence_around(self._decode, chunks[chunk_id], start, end))
+        return out
 
     def _named_event_or(self, row: SelectedRow, memory: RequestMemory, b: int, chunk_query: torch.Tensor,
                         query: torch.Tensor, question: str) -> SelectedRow:
@@ -427,7 +451,7 @@ class MemAdapterForCausalLM(PreTrainedModel):
         cfg = self.config
         if not (cfg.ground_fallback and cfg.lexical_weight > 0):
             return row
-        found = memory.indexes[b].search(chunk_query, question, cfg.top_k)
+        found = memory.indexes[b].search(chunk_query, question, cfg.fallback_chunks or cfg.top_k)
         event = self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
         if event is None:
             return row

@@ -11,10 +11,13 @@ Example:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
+
+_SENTENCE_END = re.compile(r"[.!?\n]")
 
 
 @dataclass
@@ -58,3 +61,25 @@ def stack_selection(rows: list[SelectedRow], value_dim: int, value_tokens: int) 
         for k, ids in enumerate(r.value_ids if value_ids is not None else []):
             value_ids[b, k, : len(ids)] = torch.tensor(ids[:value_tokens], dtype=torch.long)
     return Selection(values, valid, [r.texts for r in rows], [r.branch for r in rows], value_ids)
+
+
+def sentence_around(decode: Callable[[Sequence[int]], str], ids: Sequence[int], start: int, end: int) -> str:
+    """The text of the sentence that holds tokens ``ids[start:end]`` (an event's key..value span).
+
+    The span alone misses relation words before the key ("The deadline for Project X is ..."),
+    so the text runs from the token after the last sentence end before ``start`` to the first
+    sentence end at or after ``end`` (a token is an end when its text has ".", "!", "?" or a newline).
+
+    Example:
+        >>> words = "Rain fell . The deadline for Nimbus is May 2 . Bob left .".split()
+        >>> sentence_around(" ".join, words, 5, 10)
+        'The deadline for Nimbus is May 2 .'
+    """
+    start, end = max(0, min(start, len(ids))), max(0, min(end, len(ids)))
+    first = start
+    while first > 0 and not _SENTENCE_END.search(decode(ids[first - 1:first])):
+        first -= 1
+    last = max(end, start)
+    while last < len(ids) and not _SENTENCE_END.search(decode(ids[last - 1:last]) if last > start else ""):
+        last += 1
+    return decode(ids[first:last])

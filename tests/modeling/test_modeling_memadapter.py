@@ -375,6 +375,44 @@ def test_lexical_weight_lets_the_words_of_the_question_pick_the_slot(tokenizer):
         MemAdapterForCausalLM.from_pretrained(tiny_backbone("llama"), tokenizer=tokenizer, lexical_weight=-1.0)
 
 
+def test_fallback_chunks_widens_the_fallback_search_not_the_slot_count(tokenizer):
+    """fallback_chunks sets how many chunks the fallback retrieves (top_k when None); without
+    grounding each retrieved chunk's summary is injected, so the row shows the count."""
+    for n_chunks, want in ((None, 1), (3, 3)):
+        model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=2.0, top_k=1,
+                      fallback_chunks=n_chunks)  # no slot can reach 2.0: every question falls back
+        mem = ingest(model, [STREAM])
+        enc = tokenizer(["where does alice live"], return_tensors="pt")
+        sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+        assert sel.branch == ["fallback"] and len(sel.texts[0]) == want
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="fallback_chunks"):
+            MemAdapterConfig(fallback_chunks=bad)
+
+
+def test_lexical_text_sentence_tells_apart_two_facts_of_one_entity(tokenizer):
+    """Two slots with the same key text ("bob"): their key texts tie, their sentences (re-read from
+    the chunks they came from) carry the relation words that the question shares with one of them."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=10.0, lexical_text="sentence")
+    mem = model.new_memory()
+    for i, text in enumerate(("bob lives in rome", "the color of bob is red")):
+        n = len(text.split())
+        mem.indexes[0].add(torch.randn(1, model.config.hidden_size), [text], torch.tensor([[10 * i, 10 * i + n]]))
+    keys = torch.nn.functional.normalize(torch.tensor([[[1.0] + [0.0] * 15, [0.0, 1.0] + [0.0] * 14]]), dim=-1)
+    mem.slots.write(keys, torch.randn(1, 2, 16), chunk_id=torch.tensor([[0, 1]]),
+                    span=torch.tensor([[[0, 4], [13, 16]]]), key_text=[["bob", "bob"]], value_text=[["rome", "red"]])
+    assert [r["value_text"] for r in mem.table()] == ["rome", "red"]
+    assert model._slot_lexical_texts(mem, 0)[:2] == ["bob lives in rome", "the color of bob is red"]
+    for question, want in (("the color of bob", "bob: red"), ("bob lives where", "bob: rome")):
+        enc = tokenizer([question], return_tensors="pt")
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], question
+    model.config.lexical_text = "key"
+    assert model._slot_lexical_texts(mem, 0)[:2] == ["bob", "bob"]
+    with pytest.raises(ConfigError, match="lexical_text"):
+        MemAdapterConfig(lexical_text="chunk")
+
+
 def test_a_retrieved_event_that_names_the_question_better_replaces_the_slot(tokenizer, monkeypatch):
     """The lookalike rule of select: a grounded event from the retrieved chunks replaces the selected
     slot only when its key text covers strictly more of the question's words (the grounding is
