@@ -184,6 +184,11 @@ class MemAdapterConfig(PreTrainedConfig):
                 f"cross_attn_heads: hidden_size {self.hidden_size} is not divisible by {self.cross_attn_heads} heads"
             )
 
+    @property
+    def num_fallback_chunks(self) -> int:
+        """How many chunks the fallback (and the named-event check) retrieve."""
+        return self.fallback_chunks or self.top_k
+
     def check_backbone(self, backbone_config: Any) -> None:
         """Raise AdapterMismatchError unless ``backbone_config`` is the family/size this adapter was built for."""
         mt = getattr(backbone_config, "model_type", None)

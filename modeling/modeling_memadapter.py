@@ -349,7 +349,7 @@ class MemAdapterForCausalLM(PreTrainedModel):
         query = self.query_head(hidden, attention_mask.bool()).float().cpu()  # [B, dk]
         chunk_query = self._mean(hidden, attention_mask).float().cpu()  # [B, H]
         texts = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
-        n_chunks = cfg.fallback_chunks or cfg.top_k
+        n_chunks = cfg.num_fallback_chunks
         router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=n_chunks)
         bias = None
         if cfg.lexical_weight > 0:  # [B, M]: what each question's words say about each slot's key text
@@ -451,7 +451,7 @@ class MemAdapterForCausalLM(PreTrainedModel):
         cfg = self.config
         if not (cfg.ground_fallback and cfg.lexical_weight > 0):
             return row
-        found = memory.indexes[b].search(chunk_query, question, cfg.fallback_chunks or cfg.top_k)
+        found = memory.indexes[b].search(chunk_query, question, cfg.num_fallback_chunks)
         event = self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
         if event is None:
             return row

@@ -79,7 +79,7 @@ def sentence_around(decode: Callable[[Sequence[int]], str], ids: Sequence[int], 
     first = start
     while first > 0 and not _SENTENCE_END.search(decode(ids[first - 1:first])):
         first -= 1
-    last = max(end, start)
-    while last < len(ids) and not _SENTENCE_END.search(decode(ids[last - 1:last]) if last > start else ""):
+    last = max(end, start)  # an empty span still reads on to its sentence end
+    while last < len(ids) and (last == start or not _SENTENCE_END.search(decode(ids[last - 1:last]))):
         last += 1
     return decode(ids[first:last])

@@ -207,15 +207,18 @@ class _Gen:
             out.append((kind, self.rng.choice(pool), attr, self.value(attr)))
         return out
 
+    def pick(self, options: tuple):
+        """One of ``options``; a single option takes no random draw, so unaugmented samples are unchanged."""
+        return options[self.rng.randrange(len(options))] if len(options) > 1 else options[0]
+
     def render(self, ev: Event) -> str:
         kind, ent, attr, val = ev
-        rows = (_T[self.split][attr],) + (_T_EXTRA[attr] if self.augment else ())
-        row = rows[self.rng.randrange(len(rows))] if len(rows) > 1 else rows[0]  # no draw: samples unchanged
+        row = self.pick((_T[self.split][attr],) + (_T_EXTRA[attr] if self.augment else ()))
         return row[KINDS.index(kind)].format(e=" ".join(ent), v=VALUES[attr][val])
 
     def question(self, ent: Entity, attr: str) -> str:
-        qs = (_Q[self.split][attr],) + (_Q_EXTRA[attr] if self.augment else ())
-        return (qs[self.rng.randrange(len(qs))] if len(qs) > 1 else qs[0]).format(e=" ".join(ent))
+        q = self.pick((_Q[self.split][attr],) + (_Q_EXTRA[attr] if self.augment else ()))
+        return q.format(e=" ".join(ent))
 
     def build(self, setting: str, query: tuple[Entity, str], target_pos: int) -> Sample:
         back = self.background()
