@@ -22,6 +22,7 @@ from .backbones import get_family
 
 INJECTIONS = ("prefix", "cross_attn", "text")
 LEXICAL_TEXTS = ("key", "sentence")
+NAMED_EVENTS = ("best", "any")
 
 
 class MemAdapterConfig(PreTrainedConfig):
@@ -82,6 +83,19 @@ class MemAdapterConfig(PreTrainedConfig):
     # Chunks the fallback retrieves (None: top_k). With ground_fallback the one best event among
     # them is injected, so more chunks widen the search without lengthening the prompt.
     fallback_chunks: Optional[int] = None
+    # A grounded event whose key text names more of the question's words than the selected slot's
+    # (a look-alike the question asks about, "the Lumen Mini printer", beside the slot of "the Lumen
+    # printer") replaces the slot: "best" when it is the best-scoring event, "any" when it is the best
+    # of the events that name more.
+    named_events: str = "best"
+    # Versions of one fact match a question about equally well; the stream says which is current.
+    # With a margin, the best slot (or grounded event) gives way to its latest *version*: a slot
+    # written later (an event later in the stream and typed as an update) that scores within the
+    # margin of it and whose key has cosine >= version_key_cosine with its key; a grounded update
+    # later than the selected slot's own event replaces the slot on the same terms (an update the
+    # write path missed). None = the best score alone.
+    version_margin: Optional[float] = None
+    version_key_cosine: float = 0.7
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
@@ -156,7 +170,7 @@ class MemAdapterConfig(PreTrainedConfig):
         if not isinstance(self.ground_fallback, bool):
             raise ConfigError(f"ground_fallback: expected a bool, got {self.ground_fallback!r}")
         _finite("router_match_threshold", self.router_match_threshold)
-        for name in ("slot_match_threshold", "slot_update_match_threshold"):
+        for name in ("slot_match_threshold", "slot_update_match_threshold", "version_key_cosine"):
             value = getattr(self, name)
             if value is None and name == "slot_update_match_threshold":
                 continue
@@ -171,6 +185,12 @@ class MemAdapterConfig(PreTrainedConfig):
         if self.fallback_chunks is not None and (isinstance(self.fallback_chunks, bool)
                                                  or not isinstance(self.fallback_chunks, int) or self.fallback_chunks < 1):
             raise ConfigError(f"fallback_chunks: expected None or a positive int, got {self.fallback_chunks!r}")
+        if self.version_margin is not None:
+            _finite("version_margin", self.version_margin)
+            if self.version_margin < 0:
+                raise ConfigError(f"version_margin: must be None or >= 0, got {self.version_margin}")
+        if self.named_events not in NAMED_EVENTS:
+            raise ConfigError(f"named_events: must be one of {', '.join(NAMED_EVENTS)}, got {self.named_events!r}")
         if self.lexical_text not in LEXICAL_TEXTS:
             raise ConfigError(f"lexical_text: must be one of {', '.join(LEXICAL_TEXTS)}, got {self.lexical_text!r}")
         if not isinstance(self.retract_tombstones, bool):

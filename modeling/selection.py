@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -61,6 +62,71 @@ def stack_selection(rows: list[SelectedRow], value_dim: int, value_tokens: int) 
         for k, ids in enumerate(r.value_ids if value_ids is not None else []):
             value_ids[b, k, : len(ids)] = torch.tensor(ids[:value_tokens], dtype=torch.long)
     return Selection(values, valid, [r.texts for r in rows], [r.branch for r in rows], value_ids)
+
+
+def latest_version(scores: Sequence[float], order: Sequence[float], keys: torch.Tensor, margin: Optional[float],
+                   min_cosine: float, eligible: Optional[Sequence[bool]] = None) -> int:
+    """Index of the entry to read: the best score; with ``margin`` not None, the latest entry (largest
+    ``order``) among the best and its *versions*: entries scoring within ``margin`` of it whose key
+    [N, dk] has cosine >= ``min_cosine`` with its key (and ``eligible[i]``, when given). Equal
+    orders go to the higher score.
+
+    Versions of one fact match a question about equally well, and which of them the learned keys
+    rank first is noise; the stream says which one is current. The key condition keeps another
+    attribute or a look-alike entity, which can score as high, out. This is the plain reference of
+    :func:`slot_versions`.
+
+    Example:
+        >>> keys = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # entry 2: another fact
+        >>> [latest_version([0.9, 0.85, 0.88], [10, 30, 50], keys, m, 0.7) for m in (None, 0.1)]
+        [0, 1]
+    """
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    if margin is None:
+        return best
+    versions = [i for i in range(len(scores)) if i == best or (
+        scores[i] >= scores[best] - margin and float(keys[i] @ keys[best]) >= min_cosine
+        and (eligible is None or eligible[i]))]
+    return max(versions, key=lambda i: (order[i], scores[i], -i))
+
+
+def slot_versions(scores: torch.Tensor, time: torch.Tensor, keys: torch.Tensor, margin: float,
+                  min_cosine: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched :func:`latest_version` over slots: (versions [B, M] bool: each row's best slot and its
+    versions, newest [B]: the version written last, by ``time`` [B, M] >= 0, the request clock).
+    ``scores`` [B, M] (-inf: a free slot), unit ``keys`` [B, M, dk]; a row with no slot gives
+    no versions and newest -1.
+
+    Example:
+        >>> keys = torch.tensor([[[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [1.0, 0.0]]])
+        >>> scores = torch.tensor([[0.9, 0.85, 0.88, float('-inf')]])
+        >>> versions, newest = slot_versions(scores, torch.tensor([[1, 2, 3, 4]]), keys, 0.1, 0.7)
+        >>> versions.tolist(), newest.tolist()
+        ([[True, True, False, False]], [1])
+    """
+    top, best = scores.max(dim=-1)  # [B]
+    cos = torch.einsum("bmd,bd->bm", keys, keys[torch.arange(keys.shape[0]), best])  # [B, M]
+    is_best = torch.arange(scores.shape[1])[None] == best[:, None]  # [B, M]
+    versions = torch.isfinite(scores) & (scores >= top[:, None] - margin) & ((cos >= min_cosine) | is_best)
+    # latest time first, then the higher score: the order latest_version reads them in
+    rank = time.double() + torch.sigmoid(scores.double()) * 0.5  # a score never outweighs a clock tick
+    newest = rank.masked_fill(~versions, -math.inf).argmax(dim=-1)  # [B]
+    return versions, newest.masked_fill(~versions.any(dim=-1), -1)
+
+
+@dataclass(eq=False)  # compared by identity: its tensors have no single truth value
+class GroundedEvent:
+    """An event the GroundingHead proposed in a retrieved chunk, scored against a question: its key
+    and value texts, value [dv] and key [dk] vectors, event type name, score (key match plus
+    lexical agreement) and position (token offset of its key in the stream)."""
+
+    key_text: str
+    value_text: str
+    value: torch.Tensor
+    key: torch.Tensor
+    event_type: str
+    score: float
+    position: int
 
 
 def sentence_around(decode: Callable[[Sequence[int]], str], ids: Sequence[int], start: int, end: int) -> str:

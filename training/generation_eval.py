@@ -48,7 +48,8 @@ METHODS: tuple[str, ...] = ("memory", "text", "full_context", "tail", "no_contex
 # Config fields read only when memory is built, written or read: safe to change on a trained adapter.
 SETTABLE = ("slot_match_threshold", "slot_update_match_threshold", "retract_tombstones", "lexical_weight",
             "router_match_threshold", "router_confidence_threshold", "ground_fallback", "value_tokens", "top_k",
-            "withdrawn_text", "lexical_text", "fallback_chunks")
+            "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin",
+            "version_key_cosine", "named_events")
 _MEMORY_METHODS = ("memory", "text")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from memadapter.errors import AdapterMismatchError, ConfigError, ShapeError, UnsafeLoadError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub
-from memadapter.modeling.selection import SelectedRow
+from memadapter.modeling.selection import GroundedEvent
 
 torch.set_num_threads(1)
 SMALL = dict(key_dim=16, value_dim=16, num_slots=8, top_k=2, chunk_tokens=8, read_layer=1)
@@ -424,7 +424,7 @@ def test_a_retrieved_event_that_names_the_question_better_replaces_the_slot(toke
     mem.write("bob city", "rome")  # words the tiny tokenizer knows; think "the Lumen printer"
 
     def event(key: str):
-        return lambda *args: SelectedRow(torch.zeros(1, 16), [f"{key}: paris"], [[]], "fallback", [key])
+        return lambda *args: [GroundedEvent(key, "paris", torch.zeros(16), torch.zeros(16), "new", 1.0, 0)]
 
     cases = (("old bob", "where does old bob live", "old bob: paris"),  # "the Lumen Mini printer"
              ("old bob", "where does bob live", "bob city: rome"),
@@ -433,6 +433,84 @@ def test_a_retrieved_event_that_names_the_question_better_replaces_the_slot(toke
         monkeypatch.setattr(model, "_ground_chunks", event(key))
         enc = tokenizer([question], return_tensors="pt")
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (key, question)
+
+
+def test_named_events_any_lets_a_lower_scored_event_that_names_the_question_replace_the_slot(tokenizer, monkeypatch):
+    """The best grounded event carries the slot's own name (an older fact of it); another event names
+    the look-alike the question asks about. "best" keeps the slot, "any" takes the named event."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=0.2, ground_fallback=True)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    mem.write("bob city", "rome")
+    events = [GroundedEvent("bob", "paris", torch.zeros(16), torch.zeros(16), "new", 2.0, 0),
+              GroundedEvent("old bob", "berlin", torch.zeros(16), torch.zeros(16), "new", 1.0, 0)]
+    monkeypatch.setattr(model, "_ground_chunks", lambda *args: events)
+    enc = tokenizer(["where does old bob live"], return_tensors="pt")
+    for mode, want in (("best", "bob city: rome"), ("any", "old bob: berlin")):
+        model.config.named_events = mode
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], mode
+    with pytest.raises(ConfigError, match="named_events"):
+        MemAdapterConfig(named_events="all")
+
+
+def test_version_margin_reads_the_newest_of_two_versions_of_a_fact(tokenizer):
+    """Two slots hold versions of one fact (an update that missed the old slot at write time):
+    the keys rank the older one first by a hair; with version_margin the later write is read."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, slot_match_threshold=0.999)  # two slots, not one
+    mem = model.new_memory()
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    with torch.no_grad():
+        q = model.query_head(model._hidden(enc["input_ids"], enc["attention_mask"]), enc["attention_mask"].bool())
+    q = torch.nn.functional.normalize(q.float().cpu(), dim=-1)[0]
+    other = torch.nn.functional.normalize(torch.randn(16), dim=0)
+    other = torch.nn.functional.normalize(other - (other @ q) * q, dim=0)  # orthogonal to the query
+    old, new = q, torch.nn.functional.normalize(q + 0.2 * other, dim=0)  # cosines 1.0 and ~0.98
+    for key, value in ((old, "paris"), (new, "berlin"), (-q, "rome")):
+        mem.slots.write(key[None, None], torch.randn(1, 1, 16), key_text=[["alice"]], value_text=[[value]])
+    select = lambda: model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0]
+    assert select() == ["alice: paris"]
+    model.config.version_margin = 0.1
+    assert select() == ["alice: berlin"]
+    model.config.version_margin = 0.001  # the newer version is not a near tie at this margin
+    assert select() == ["alice: paris"]
+    model.config.version_margin, model.config.version_key_cosine = 0.1, 0.99  # nor a version at this cosine
+    assert select() == ["alice: paris"]
+    for bad in (-0.1, float("nan"), "0.1", True):
+        with pytest.raises(ConfigError, match="version_margin"):
+            MemAdapterConfig(version_margin=bad)
+    with pytest.raises(ConfigError, match="version_key_cosine"):
+        MemAdapterConfig(version_key_cosine=1.5)
+
+
+def test_a_later_grounded_update_of_the_slots_fact_replaces_the_slot(tokenizer, monkeypatch):
+    """An update the write path missed: the retrieved chunks hold a later update of the slot's fact.
+    With version_margin it replaces the slot when it comes after the slot's event, scores within
+    the margin of the slot's key match and has the slot's key; otherwise the slot stays."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=0.2, ground_fallback=True)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    key = model.encode_text(["alice city"], "key")  # [1, dk], unit
+    mem.slots.write(key[:, None], torch.randn(1, 1, 16), chunk_id=torch.tensor([[0]]), span=torch.tensor([[[10, 14]]]),
+                    key_text=[["alice"]], value_text=[["paris"]])
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    other = torch.nn.functional.normalize(torch.randn(key.shape[1]), dim=0)
+
+    def events(position: int, score: float, kind: str = "update", event_key=key[0]):
+        return lambda *args: [GroundedEvent("alice", "berlin", torch.zeros(16), event_key, kind, score, position)]
+
+    cases = ((None, events(40, 5.0), "alice: paris"),  # off: same words, the slot's lifecycle wins
+             (0.1, events(40, 5.0), "alice: berlin"),  # later, scores above the slot
+             (0.1, events(40, -5.0), "alice: paris"),  # later, but far below the slot's match
+             (0.1, events(5, 5.0), "alice: paris"),  # before the slot's event: an older version
+             (0.1, events(40, 5.0, "new"), "alice: paris"),  # not said to replace anything
+             (0.1, events(40, 5.0, event_key=other), "alice: paris"))  # another fact's key
+    for margin, grounded, want in cases:
+        model.config.version_margin = margin
+        monkeypatch.setattr(model, "_ground_chunks", grounded)
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (margin, want)
 
 
 def test_a_withdrawn_slot_is_selected_as_no_longer_known(tokenizer):

@@ -1,6 +1,8 @@
+import random
+
 import torch
 
-from memadapter.modeling.selection import SelectedRow, sentence_around, stack_selection
+from memadapter.modeling.selection import SelectedRow, latest_version, sentence_around, slot_versions, stack_selection
 
 
 def test_stack_selection_pads_rows_and_value_ids():
@@ -23,3 +25,39 @@ def test_sentence_around_reaches_the_sentence_ends_either_side():
     assert sentence_around(decode, words, 12, 13) == "Bob left ."
     assert sentence_around(decode, words[:-1], 12, 13) == "Bob left"  # no end: the text's end
     assert sentence_around(decode, words, 50, 60) == ""  # out of range: nothing, no error
+
+
+def test_latest_version_takes_the_newest_version_and_only_with_a_margin():
+    keys = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [1.0, 0.0]])  # 2 is another fact
+    scores, order = [0.9, 0.85, 0.88, 0.4], [10, 30, 50, 60]
+    assert latest_version(scores, order, keys, None, 0.7) == 0  # best score
+    assert latest_version(scores, order, keys, 0.0, 0.7) == 0  # no near tie
+    assert latest_version(scores, order, keys, 0.1, 0.7) == 1  # 2 is later but not a version; 3 too far below
+    assert latest_version(scores, order, keys, 1.0, 0.7) == 3
+    assert latest_version(scores, order, keys, 1.0, -1.0) == 3
+    assert latest_version(scores, order, keys, 0.1, 0.7, eligible=[True, False, True, True]) == 0
+    assert latest_version([0.5, 0.7, 0.7], [5, 5, 5], keys[:3] * 0 + 1, 0.5, 0.0) == 1  # equal order: score, then first
+
+
+def test_slot_versions_agrees_with_the_plain_latest_version():
+    """The batched rule finds, per row, the same newest version that latest_version reads, and
+    marks exactly the best slot and the slots that pass its version test."""
+    rng = random.Random(0)
+    for _ in range(300):
+        m, margin, min_cos = rng.randint(1, 7), rng.choice([0.0, 0.05, 0.2, 1.0]), rng.choice([-1.0, 0.0, 0.5])
+        scores = [rng.choice([float("-inf"), rng.uniform(-1, 1)]) for _ in range(m)]
+        scores[rng.randrange(m)] = rng.uniform(-1, 1)  # at least one occupied slot
+        time = [rng.randrange(5) for _ in range(m)]  # repeats: ties go to the score
+        keys = torch.nn.functional.normalize(torch.randn(m, 3), dim=-1)
+        versions, newest = slot_versions(torch.tensor([scores]), torch.tensor([time]), keys[None], margin, min_cos)
+        live = [i for i in range(m) if scores[i] != float("-inf")]
+        pick = live[latest_version([scores[i] for i in live], [time[i] for i in live], keys[live], margin, min_cos)]
+        assert int(newest[0]) == pick
+        best = max(live, key=lambda i: scores[i])
+        want = [i in live and (i == best or (scores[i] >= scores[best] - margin and float(keys[i] @ keys[best]) >= min_cos))
+                for i in range(m)]
+        assert versions[0].tolist() == want
+    versions, newest = slot_versions(torch.full((1, 3), float("-inf")), torch.zeros(1, 3, dtype=torch.long),
+                                     torch.zeros(1, 3, 2), 0.1, 0.7)
+    assert not versions.any() and newest.tolist() == [-1]
+
