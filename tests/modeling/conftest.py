@@ -12,6 +12,7 @@ import torch
 
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
+from memadapter.modeling import MemAdapterForCausalLM
 from memadapter.modeling.tiny import TINY_CONFIG, tiny_backbone as _tiny_backbone
 
 # The test machine's few cores are shared; one thread is faster for these tiny matmuls anyway.
@@ -24,9 +25,35 @@ ALL_MODEL_TYPES = (
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 VOCAB_SIZE = TINY_CONFIG["vocab_size"]
 
+
 def tiny_backbone(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A tiny random causal LM of ``model_type`` (hidden 64, 2 layers) with a sharpened LM head."""
     return _tiny_backbone(model_type, seed, sharpen_head=8.0, **overrides)
+
+
+# A small adapter over the tiny backbones, a stream its tokenizer reads word for word, two questions.
+SMALL = dict(key_dim=16, value_dim=16, num_slots=8, top_k=2, chunk_tokens=8, read_layer=1)
+STREAM = "alice lives in paris . the old fact : bob lives in rome . update alice now moved to berlin"
+QUESTIONS = ["where does alice live", "what city is bob in now"]
+
+
+def build(backbone, tok, injection="prefix", seed=0, **kw):
+    """A SMALL adapter (config overrides in ``kw``) over ``backbone``, seeded."""
+    if injection == "cross_attn":
+        kw = {"cross_attn_layers": [1], "cross_attn_gate_init": 0.5, **kw}
+    torch.manual_seed(seed)
+    model = MemAdapterForCausalLM.from_pretrained(backbone, tokenizer=tok, injection=injection, **{**SMALL, **kw})
+    with torch.no_grad():  # an untrained tagger may say "O" everywhere: make it propose NEW facts
+        model.grounding.tagger.bias[0] = -5.0
+        model.grounding.event.bias[0] = 5.0
+    return model
+
+
+def ingest(model, texts):
+    """A fresh memory with one row per text, each text ingested."""
+    mem = model.new_memory(batch_size=len(texts))
+    model.ingest(mem, texts)
+    return mem
 
 
 _WORDS = (

@@ -1,0 +1,233 @@
+"""The read path of MemAdapterForCausalLM: a batch of questions -> one :class:`Selection`.
+
+Per question: the QueryHead's key and the question's words score every slot; the Router sends the
+question to the slot memory when a slot matches, else to the chunk fallback, where the retrieved
+chunks are grounded again into events. Lifecycle rules then pick what is read: the newest version
+of a fact (``version_margin``), a retrieved event that names a look-alike the question asks about
+(``named_events``), a later update the write path missed. The rules themselves are plain
+functions in :mod:`.selection`; this mixin applies them with the model's heads.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from memadapter.bm25 import lexical_agreement, tokenize
+from memadapter.errors import ShapeError
+from memadapter.heads import EVENT_TYPES
+from memadapter.request_memory import RequestMemory
+from memadapter.router import FALLBACK, MEMORY, Router
+
+from .selection import (GroundedEvent, SelectedRow, Selection, latest_version, sentence_around, slot_versions,
+                        stack_selection)
+
+WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
+
+
+class MemoryReaderMixin:
+    """``select`` and its helpers, mixed into :class:`MemAdapterForCausalLM`; it uses the model's
+    config, query_head, grounding, tokenizer and hidden-state helpers (``_hidden``, ``_mean``,
+    ``_decode``, ``_tok``, ``_right_pad``).
+
+    Example:
+        >>> from memadapter.modeling import MemAdapterForCausalLM
+        >>> issubclass(MemAdapterForCausalLM, MemoryReaderMixin)
+        True
+    """
+
+    def _unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
+        return [input_ids[b][attention_mask[b].bool()].tolist() for b in range(input_ids.shape[0])]
+
+    @torch.no_grad()
+    def select(self, memory: RequestMemory, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Selection:
+        """Encode the question, route per row, and gather what each row injects."""
+        cfg = self.config
+        if memory.batch_size != input_ids.shape[0]:
+            raise ShapeError(f"memory: batch size {memory.batch_size} does not match input_ids batch {input_ids.shape[0]}")
+        hidden = self._hidden(input_ids, attention_mask)  # [B, T, H]
+        query = self.query_head(hidden, attention_mask.bool()).float().cpu()  # [B, dk]
+        chunk_query = self._mean(hidden, attention_mask).float().cpu()  # [B, H]
+        texts = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
+        n_chunks = cfg.num_fallback_chunks
+        router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=n_chunks)
+        bias = None
+        if cfg.lexical_weight > 0:  # [B, M]: what each question's words say about each slot's key text
+            bias = cfg.lexical_weight * torch.tensor([lexical_agreement(t, self._slot_lexical_texts(memory, b))
+                                                      for b, t in enumerate(texts)])
+        route = router.route(memory.slots, memory.indexes, query, texts, chunk_query, slot_bias=bias)
+        scores = memory.slots.scores(query, bias)[:, 0] if cfg.version_margin is not None else None  # [B, M]
+        rows = []
+        for b, branch in enumerate(route.branch):
+            idx = []
+            if branch == MEMORY:
+                slots = route.memory.indices[b, 0][route.memory.valid[b, 0]].tolist()
+                if scores is not None:
+                    slots = self._newest_versions(memory, b, scores[b], slots)
+                conf = memory.slots.confidence[b]
+                idx = [m for m in slots if conf[m] >= cfg.router_confidence_threshold]
+            if idx:
+                key_text = [memory.slots.key_text[b][m] or "" for m in idx]
+                value_text = [memory.slots.value_text[b][m] for m in idx]
+                row = SelectedRow(memory.slots.values[b, idx],  # [k, dv], the resolved latest versions
+                                  [f"{k}: {WITHDRAWN if v is None else v}" for k, v in zip(key_text, value_text)],
+                                  [self.value_token_ids(cfg.withdrawn_text if v is None else v) for v in value_text],
+                                  MEMORY, key_text)
+                # the key match alone (no confidence or usage terms), comparable to a grounded event's score
+                slot_score = None if scores is None else float(scores[b, idx[0]] - memory.slots.read_bias()[b, idx[0]])
+                rows.append(self._named_event_or(row, memory, b, chunk_query[b], query[b], texts[b], idx[0], slot_score))
+                continue
+            # Fallback, also for a matched row whose slots are all below the confidence bar.
+            found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], n_chunks)
+            ids = [i for i in found.expanded[0] if i >= 0]
+            event = self._current_event(self._ground_chunks(memory, b, ids, query[b], texts[b])) \
+                if cfg.ground_fallback else None
+            if event is not None:
+                rows.append(self._event_row(event))
+                continue
+            vecs = memory.indexes[b].vectors[ids] if ids else torch.zeros(0, cfg.hidden_size)  # chunk summaries:
+            rows.append(SelectedRow(self._chunk_values(vecs), [memory.indexes[b].text(i) or "" for i in ids],
+                                    [[] for _ in ids], FALLBACK))  # no value span to copy
+        return stack_selection(rows, cfg.value_dim, cfg.value_tokens)
+
+    def _ground_chunks(self, memory: RequestMemory, b: int, chunk_ids: list[int],
+                       query: torch.Tensor, question: str) -> list[GroundedEvent]:
+        """Query-time grounding of retrieved chunks: every proposed event with a value span, scored
+        by its key's match with ``query`` [dk] plus ``lexical_weight`` times the question's agreement
+        with its key text (or sentence); [] when no chunk proposes one.
+
+        Facts that were never written (no write signal) live only in the chunk index; reading the
+        retrieved chunks again with the GroundingHead turns them into slot-like entries, so the
+        injector sees one event's value instead of a whole chunk's summary. Events typed irrelevant
+        (rumours, guesses) are passed over when any other candidate exists.
+        """
+        index = memory.indexes[b]
+        chunk_ids = [i for i in chunk_ids if index.text(i)]
+        if not chunk_ids or self.tokenizer is None:
+            return []
+        rows = [self._tok()(index.text(i), add_special_tokens=False)["input_ids"] for i in chunk_ids]
+        ids, mask = self._right_pad(rows)
+        proposals = self.grounding.propose(self._hidden(ids, mask), mask)
+        cands = [(r, c) for r, row in enumerate(proposals) for c in row if c.value_span is not None]
+        relevant = [(r, c) for r, c in cands if EVENT_TYPES[c.event_type] != "irrelevant"] or cands
+        key_texts = [self._decode(rows[r][c.key_span[0]:c.key_span[1]]) for r, c in relevant]
+        lexical = [0.0] * len(relevant)
+        if self.config.lexical_weight > 0 and relevant:
+            lexical = lexical_agreement(question, key_texts if self.config.lexical_text == "key" else
+                                        [sentence_around(self._decode, rows[r], c.key_span[0], c.value_span[1])
+                                         for r, c in relevant])
+        events = []
+        for (r, c), key_text, lex in zip(relevant, key_texts, lexical):
+            key = c.key.float().cpu()
+            events.append(GroundedEvent(key_text, self._decode(rows[r][c.value_span[0]:c.value_span[1]]),
+                                        c.value.float().cpu(), key, EVENT_TYPES[c.event_type],
+                                        float(key @ query) + self.config.lexical_weight * lex,
+                                        index.span(chunk_ids[r])[0] + c.key_span[0]))  # token offset in the stream
+        return events
+
+    def _current_event(self, events: list[GroundedEvent]) -> Optional[GroundedEvent]:
+        """The best-scoring event, or (``version_margin``) its latest version typed as an update."""
+        if not events:
+            return None
+        cfg = self.config
+        best = latest_version([e.score for e in events], [e.position for e in events],
+                              torch.stack([e.key for e in events]), cfg.version_margin, cfg.version_key_cosine,
+                              [e.event_type == "update" for e in events])
+        return events[best]
+
+    def _event_row(self, event: GroundedEvent) -> SelectedRow:
+        """A grounded event as a one-entry fallback row ("key: value", its value ids)."""
+        return SelectedRow(event.value[None], [f"{event.key_text}: {event.value_text}"],
+                           [self.value_token_ids(event.value_text)], FALLBACK, [event.key_text])
+
+    def _slot_lexical_texts(self, memory: RequestMemory, b: int) -> list[Optional[str]]:
+        """Per slot of row ``b``, the text the question's words are matched against: the key text,
+        or (``lexical_text="sentence"``) its event's sentence, re-read from the chunk it came from."""
+        key_text = memory.slots.key_text[b]
+        if self.config.lexical_text == "key":
+            return key_text
+        index, chunks, out = memory.indexes[b], {}, []
+        for m, key in enumerate(key_text):
+            chunk_id = int(memory.slots.chunk_id[b, m])
+            text = index.text(chunk_id) if key is not None and 0 <= chunk_id < len(index) else None
+            if text is None:
+                out.append(key)
+                continue
+            if chunk_id not in chunks:  # the chunk's tokens again; its span gives the offset
+                chunks[chunk_id] = self._tok()(text, add_special_tokens=False)["input_ids"]
+            start, end = (int(x) - index.span(chunk_id)[0] for x in memory.slots.span[b, m])
+            out.append(sentence_around(self._decode, chunks[chunk_id], start, end))
+        return out
+
+    def _newest_versions(self, memory: RequestMemory, b: int, scores: torch.Tensor, slots: list[int]) -> list[int]:
+        """``slots`` of row ``b``, with the best slot's versions (``version_margin``, over the read
+        ``scores`` [M]; :func:`slot_versions`) replaced by the one written last."""
+        cfg, mem = self.config, memory.slots
+        versions, newest = slot_versions(scores[None], mem.time[b][None], mem.keys[b][None].float(),
+                                         cfg.version_margin, cfg.version_key_cosine)
+        out = []
+        for m in slots:
+            m = int(newest[0]) if versions[0, m] else m
+            if m not in out:
+                out.append(m)
+        return out
+
+    def _named_event_or(self, row: SelectedRow, memory: RequestMemory, b: int, chunk_query: torch.Tensor,
+                        query: torch.Tensor, question: str, slot: int, slot_score: Optional[float]) -> SelectedRow:
+        """``row`` (the selected slots, ``slot`` the first), or a retrieved event that the question
+        names more exactly, or (``version_margin``) a newer version of the slot's fact.
+
+        A lookalike the question names ("the Lumen Mini printer") that never got a slot loses the
+        key match to the slot of the entity it resembles ("the Lumen printer"). With
+        ``ground_fallback`` and ``lexical_weight`` on, the retrieved chunks are grounded as on the
+        fallback, and their best event replaces the slots when its key text covers strictly more
+        of the question's words than each selected slot's key text does (``named_events="best"``);
+        with ``named_events="any"`` the best of all the events whose key texts do so replaces them,
+        even when an event of the slot's own name scores higher. A key that covers the same words
+        (an older version of the slot's own fact) never replaces the slot on that rule.
+        """
+        cfg = self.config
+        if not (cfg.ground_fallback and cfg.lexical_weight > 0):
+            return row
+        found = memory.indexes[b].search(chunk_query, question, cfg.num_fallback_chunks)
+        events = self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
+        if not events:
+            return row
+        words = set(tokenize([question])[0])
+        slot_words = [words & set(toks) for toks in tokenize(row.key_texts)]
+        named = [e for e, toks in zip(events, tokenize([e.key_text for e in events]))
+                 if all(words & set(toks) > s for s in slot_words)]
+        best = self._current_event(events)
+        if named and (cfg.named_events == "any" or any(e is best for e in named)):
+            return self._event_row(self._current_event(named))
+        newer = self._missed_update(memory, b, slot, slot_score, events) if slot_score is not None else None
+        return row if newer is None else self._event_row(newer)
+
+    def _missed_update(self, memory: RequestMemory, b: int, slot: int, slot_score: float,
+                       events: list[GroundedEvent]) -> Optional[GroundedEvent]:
+        """The latest grounded update that is a version of ``slot``'s fact (within ``version_margin``
+        of ``slot_score``, its key match; key cosine >= ``version_key_cosine``) and comes after the
+        slot's own event in the stream: an update the write path did not bring to the slot."""
+        cfg, mem = self.config, memory.slots
+        if int(mem.chunk_id[b, slot]) < 0:  # written by hand, not from the stream: no position to compare
+            return None
+        key, end = mem.keys[b, slot].float(), int(mem.span[b, slot, 1])
+        later = [e for e in events if e.event_type == "update" and e.position >= end
+                 and e.score >= slot_score - cfg.version_margin and float(e.key @ key) >= cfg.version_key_cosine]
+        return max(later, key=lambda e: (e.position, e.score), default=None)
+
+    def value_token_ids(self, value_text: Optional[str]) -> list[int]:
+        """A slot's value text -> its first ``value_tokens`` ids, tokenised as it reads mid-sentence
+        (leading space), the way training takes them from the stream; [] without text or tokenizer."""
+        n = self.config.value_tokens
+        if n == 0 or not value_text or not value_text.strip() or self.tokenizer is None:
+            return []
+        return list(self.tokenizer(" " + value_text.strip(), add_special_tokens=False)["input_ids"])[:n]
+
+    def _chunk_values(self, vecs: torch.Tensor) -> torch.Tensor:
+        """Chunk summaries [k, H] -> value space [k, dv] through the grounding head's value path."""
+        if vecs.shape[0] == 0:
+            return torch.zeros(0, self.config.value_dim)
+        w = self.grounding.value_proj.weight
+        return self.grounding.value_proj(self.grounding.norm(vecs.to(w.device, w.dtype))).float().cpu()

@@ -1,0 +1,226 @@
+"""The read path (modeling/reader.py) on tiny backbones: routing, the grounded fallback, lexical
+agreement, and the lifecycle rules that pick what a question reads."""
+
+import pytest
+import torch
+from conftest import STREAM, build, ingest, tiny_backbone
+
+from memadapter.errors import ConfigError
+from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM
+from memadapter.modeling.selection import GroundedEvent
+
+
+def test_router_branches_memory_then_chunk_fallback(tokenizer):
+    bb = tiny_backbone("llama")
+    model = build(bb, tokenizer, "text", router_match_threshold=-1.0)  # any occupied slot matches
+    mem = model.new_memory()
+    mem.write("alice city", "paris")
+    enc = tokenizer(["where does alice lives"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.branch == ["memory"] and sel.texts[0] == ["alice city: paris"]
+    # Ingested slots (confidence = p_write ~ 0.88) below the confidence bar: the row falls back to chunks.
+    strict = build(bb, tokenizer, "text", router_match_threshold=-1.0, router_confidence_threshold=0.95)
+    mem2 = ingest(strict, [STREAM])
+    assert mem2.table()
+    sel2 = strict.select(mem2, enc["input_ids"], enc["attention_mask"])
+    assert sel2.branch == ["fallback"] and all(t in {mem2.indexes[0].text(i) for i in range(len(mem2.indexes[0]))} for t in sel2.texts[0])
+    with pytest.raises(ConfigError, match="config_overrides"):
+        MemAdapterForCausalLM.from_pretrained(bb, adapter="x/y", num_slots=3)
+
+
+def test_ground_fallback_injects_the_best_matching_event_of_the_retrieved_chunks(tokenizer):
+    """No slot matches (threshold 2): the retrieved chunks are re-read, and the proposed event whose
+    key best matches the question is injected as one entry, with its value tokens."""
+    bb = tiny_backbone("llama")
+    model = build(bb, tokenizer, "prefix", router_match_threshold=2.0, ground_fallback=True, value_tokens=4)
+    mem = ingest(model, [STREAM])
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.branch == ["fallback"] and len(sel.texts[0]) == 1 and int(sel.valid.sum()) == 1
+    key_text, value_text = sel.texts[0][0].split(": ", 1)
+    chunks = " ".join(mem.indexes[0].text(i) for i in range(len(mem.indexes[0])))
+    assert key_text.strip() in chunks and value_text.strip() in chunks
+    want = tokenizer(" " + value_text.strip(), add_special_tokens=False)["input_ids"][:4]
+    assert [i for i in sel.value_ids[0, 0].tolist() if i >= 0] == want
+    # Without it the same row injects whole retrieved chunks, with no value tokens to copy.
+    plain = build(bb, tokenizer, "prefix", router_match_threshold=2.0, value_tokens=4)
+    sel2 = plain.select(ingest(plain, [STREAM]), enc["input_ids"], enc["attention_mask"])
+    assert all(t in chunks for t in sel2.texts[0]) and bool((sel2.value_ids == -1).all())
+
+
+def test_lexical_weight_lets_the_words_of_the_question_pick_the_slot(tokenizer):
+    """Untrained keys cannot tell two facts apart; the question's words against the slots' key
+    texts can. A large lexical weight makes the selection follow the named entity."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=10.0)
+    mem = model.new_memory()
+    mem.write("bob city", "rome")
+    mem.write("alice city", "paris")
+    for question, want in (("where does alice live", "alice city: paris"), ("what city is bob in", "bob city: rome")):
+        enc = tokenizer([question], return_tensors="pt")
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want]
+    with pytest.raises(ConfigError, match="lexical_weight"):
+        MemAdapterForCausalLM.from_pretrained(tiny_backbone("llama"), tokenizer=tokenizer, lexical_weight=-1.0)
+
+
+def test_fallback_chunks_widens_the_fallback_search_not_the_slot_count(tokenizer):
+    """fallback_chunks sets how many chunks the fallback retrieves (top_k when None); without
+    grounding each retrieved chunk's summary is injected, so the row shows the count."""
+    for n_chunks, want in ((None, 1), (3, 3)):
+        model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=2.0, top_k=1,
+                      fallback_chunks=n_chunks)  # no slot can reach 2.0: every question falls back
+        mem = ingest(model, [STREAM])
+        enc = tokenizer(["where does alice live"], return_tensors="pt")
+        sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+        assert sel.branch == ["fallback"] and len(sel.texts[0]) == want
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="fallback_chunks"):
+            MemAdapterConfig(fallback_chunks=bad)
+
+
+def test_lexical_text_sentence_tells_apart_two_facts_of_one_entity(tokenizer):
+    """Two slots with the same key text ("bob"): their key texts tie, their sentences (re-read from
+    the chunks they came from) carry the relation words that the question shares with one of them."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=10.0, lexical_text="sentence")
+    mem = model.new_memory()
+    for i, text in enumerate(("bob lives in rome", "the color of bob is red")):
+        n = len(text.split())
+        mem.indexes[0].add(torch.randn(1, model.config.hidden_size), [text], torch.tensor([[10 * i, 10 * i + n]]))
+    keys = torch.nn.functional.normalize(torch.tensor([[[1.0] + [0.0] * 15, [0.0, 1.0] + [0.0] * 14]]), dim=-1)
+    mem.slots.write(keys, torch.randn(1, 2, 16), chunk_id=torch.tensor([[0, 1]]),
+                    span=torch.tensor([[[0, 4], [13, 16]]]), key_text=[["bob", "bob"]], value_text=[["rome", "red"]])
+    assert [r["value_text"] for r in mem.table()] == ["rome", "red"]
+    assert model._slot_lexical_texts(mem, 0)[:2] == ["bob lives in rome", "the color of bob is red"]
+    for question, want in (("the color of bob", "bob: red"), ("bob lives where", "bob: rome")):
+        enc = tokenizer([question], return_tensors="pt")
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], question
+    model.config.lexical_text = "key"
+    assert model._slot_lexical_texts(mem, 0)[:2] == ["bob", "bob"]
+    with pytest.raises(ConfigError, match="lexical_text"):
+        MemAdapterConfig(lexical_text="chunk")
+
+
+def test_a_retrieved_event_that_names_the_question_better_replaces_the_slot(tokenizer, monkeypatch):
+    """The lookalike rule of select: a grounded event from the retrieved chunks replaces the selected
+    slot only when its key text covers strictly more of the question's words (the grounding is
+    fixed here; what it proposes on real text is the trained head's job)."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=0.2, ground_fallback=True)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    mem.write("bob city", "rome")  # words the tiny tokenizer knows; think "the Lumen printer"
+
+    def event(key: str):
+        return lambda *args: [GroundedEvent(key, "paris", torch.zeros(16), torch.zeros(16), "new", 1.0, 0)]
+
+    cases = (("old bob", "where does old bob live", "old bob: paris"),  # "the Lumen Mini printer"
+             ("old bob", "where does bob live", "bob city: rome"),
+             ("bob", "where does old bob live", "bob city: rome"))  # same words: the slot's lifecycle wins
+    for key, question, want in cases:
+        monkeypatch.setattr(model, "_ground_chunks", event(key))
+        enc = tokenizer([question], return_tensors="pt")
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (key, question)
+
+
+def test_named_events_any_lets_a_lower_scored_event_that_names_the_question_replace_the_slot(tokenizer, monkeypatch):
+    """The best grounded event carries the slot's own name (an older fact of it); another event names
+    the look-alike the question asks about. "best" keeps the slot, "any" takes the named event."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=0.2, ground_fallback=True)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    mem.write("bob city", "rome")
+    events = [GroundedEvent("bob", "paris", torch.zeros(16), torch.zeros(16), "new", 2.0, 0),
+              GroundedEvent("old bob", "berlin", torch.zeros(16), torch.zeros(16), "new", 1.0, 0)]
+    monkeypatch.setattr(model, "_ground_chunks", lambda *args: events)
+    enc = tokenizer(["where does old bob live"], return_tensors="pt")
+    for mode, want in (("best", "bob city: rome"), ("any", "old bob: berlin")):
+        model.config.named_events = mode
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], mode
+    with pytest.raises(ConfigError, match="named_events"):
+        MemAdapterConfig(named_events="all")
+
+
+def test_version_margin_reads_the_newest_of_two_versions_of_a_fact(tokenizer):
+    """Two slots hold versions of one fact (an update that missed the old slot at write time):
+    the keys rank the older one first by a hair; with version_margin the later write is read."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, slot_match_threshold=0.999)  # two slots, not one
+    mem = model.new_memory()
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    with torch.no_grad():
+        q = model.query_head(model._hidden(enc["input_ids"], enc["attention_mask"]), enc["attention_mask"].bool())
+    q = torch.nn.functional.normalize(q.float().cpu(), dim=-1)[0]
+    other = torch.nn.functional.normalize(torch.randn(16), dim=0)
+    other = torch.nn.functional.normalize(other - (other @ q) * q, dim=0)  # orthogonal to the query
+    old, new = q, torch.nn.functional.normalize(q + 0.2 * other, dim=0)  # cosines 1.0 and ~0.98
+    for key, value in ((old, "paris"), (new, "berlin"), (-q, "rome")):
+        mem.slots.write(key[None, None], torch.randn(1, 1, 16), key_text=[["alice"]], value_text=[[value]])
+    select = lambda: model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0]
+    assert select() == ["alice: paris"]
+    model.config.version_margin = 0.1
+    assert select() == ["alice: berlin"]
+    model.config.version_margin = 0.001  # the newer version is not a near tie at this margin
+    assert select() == ["alice: paris"]
+    model.config.version_margin, model.config.version_key_cosine = 0.1, 0.99  # nor a version at this cosine
+    assert select() == ["alice: paris"]
+    for bad in (-0.1, float("nan"), "0.1", True):
+        with pytest.raises(ConfigError, match="version_margin"):
+            MemAdapterConfig(version_margin=bad)
+    with pytest.raises(ConfigError, match="version_key_cosine"):
+        MemAdapterConfig(version_key_cosine=1.5)
+
+
+def test_a_later_grounded_update_of_the_slots_fact_replaces_the_slot(tokenizer, monkeypatch):
+    """An update the write path missed: the retrieved chunks hold a later update of the slot's fact.
+    With version_margin it replaces the slot when it comes after the slot's event, scores within
+    the margin of the slot's key match and has the slot's key; otherwise the slot stays."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=0.2, ground_fallback=True)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    key = model.encode_text(["alice city"], "key")  # [1, dk], unit
+    mem.slots.write(key[:, None], torch.randn(1, 1, 16), chunk_id=torch.tensor([[0]]), span=torch.tensor([[[10, 14]]]),
+                    key_text=[["alice"]], value_text=[["paris"]])
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    other = torch.nn.functional.normalize(torch.randn(key.shape[1]), dim=0)
+
+    def events(position: int, score: float, kind: str = "update", event_key=key[0]):
+        return lambda *args: [GroundedEvent("alice", "berlin", torch.zeros(16), event_key, kind, score, position)]
+
+    cases = ((None, events(40, 5.0), "alice: paris"),  # off: same words, the slot's lifecycle wins
+             (0.1, events(40, 5.0), "alice: berlin"),  # later, scores above the slot
+             (0.1, events(40, -5.0), "alice: paris"),  # later, but far below the slot's match
+             (0.1, events(5, 5.0), "alice: paris"),  # before the slot's event: an older version
+             (0.1, events(40, 5.0, "new"), "alice: paris"),  # not said to replace anything
+             (0.1, events(40, 5.0, event_key=other), "alice: paris"))  # another fact's key
+    for margin, grounded, want in cases:
+        model.config.version_margin = margin
+        monkeypatch.setattr(model, "_ground_chunks", grounded)
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (margin, want)
+
+
+def test_a_withdrawn_slot_is_selected_as_no_longer_known(tokenizer):
+    """A tombstone answers its question: its text says the fact was withdrawn, and it has no value
+    tokens to copy (the trained adapter learned "unknown" from retraction events without them)."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", retract_tombstones=True, value_tokens=4,
+                  router_match_threshold=-1.0, router_confidence_threshold=0.0)
+    mem = model.new_memory()
+    mem.write("Alice city", "Paris")
+    key = model.encode_text(["Alice city"], "key")
+    mem.slots.write(key, model.encode_text(["gone"], "value"), event=torch.tensor([[2]]), key_text=[["Alice"]])
+    assert mem.table()[0]["retracted"] and mem.table()[0]["value_text"] is None
+    enc = tokenizer(["Where does Alice live?"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.branch == ["memory"] and sel.texts[0] == ["Alice city: no longer known"]
+    assert bool((sel.value_ids == -1).all())
+    # withdrawn_text: the withdrawn slot copies that text's tokens instead of nothing.
+    model.config.withdrawn_text = "unknown"
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    want = model.value_token_ids("unknown")
+    assert want and sel.value_ids[0, 0, : len(want)].tolist() == want
+    assert sel.texts[0] == ["Alice city: no longer known"]
+    for bad in ("", "  ", 3):
+        with pytest.raises(ConfigError, match="withdrawn_text"):
+            MemAdapterConfig(withdrawn_text=bad)
