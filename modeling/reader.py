@@ -68,15 +68,10 @@ class MemoryReaderMixin:
                 conf = memory.slots.confidence[b]
                 idx = [m for m in slots if conf[m] >= cfg.router_confidence_threshold]
             if idx:
-                key_text = [memory.slots.key_text[b][m] or "" for m in idx]
-                value_text = [memory.slots.value_text[b][m] for m in idx]
-                row = SelectedRow(memory.slots.values[b, idx],  # [k, dv], the resolved latest versions
-                                  [f"{k}: {WITHDRAWN if v is None else v}" for k, v in zip(key_text, value_text)],
-                                  [self.value_token_ids(cfg.withdrawn_text if v is None else v) for v in value_text],
-                                  MEMORY, key_text)
                 # the key match alone (no confidence or usage terms), comparable to a grounded event's score
                 slot_score = None if scores is None else float(scores[b, idx[0]] - memory.slots.read_bias()[b, idx[0]])
-                rows.append(self._named_event_or(row, memory, b, chunk_query[b], query[b], texts[b], idx[0], slot_score))
+                rows.append(self._named_event_or(self._slot_row(memory, b, idx), memory, b, chunk_query[b], query[b],
+                                                 texts[b], idx[0], slot_score))
                 continue
             # Fallback, also for a matched row whose slots are all below the confidence bar.
             found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], n_chunks)
@@ -90,6 +85,16 @@ class MemoryReaderMixin:
             rows.append(SelectedRow(self._chunk_values(vecs), [memory.indexes[b].text(i) or "" for i in ids],
                                     [[] for _ in ids], FALLBACK))  # no value span to copy
         return stack_selection(rows, cfg.value_dim, cfg.value_tokens)
+
+    def _slot_row(self, memory: RequestMemory, b: int, idx: list[int]) -> SelectedRow:
+        """Slots ``idx`` of row ``b`` as entries "key: value" (a withdrawn one: "no longer known",
+        copying ``withdrawn_text``), their values [k, dv] the resolved latest versions."""
+        key_text = [memory.slots.key_text[b][m] or "" for m in idx]
+        value_text = [memory.slots.value_text[b][m] for m in idx]
+        return SelectedRow(memory.slots.values[b, idx],
+                           [f"{k}: {WITHDRAWN if v is None else v}" for k, v in zip(key_text, value_text)],
+                           [self.value_token_ids(self.config.withdrawn_text if v is None else v) for v in value_text],
+                           MEMORY, key_text)
 
     def _ground_chunks(self, memory: RequestMemory, b: int, chunk_ids: list[int],
                        query: torch.Tensor, question: str) -> list[GroundedEvent]:
