@@ -108,9 +108,9 @@ def slot_versions(scores: torch.Tensor, time: torch.Tensor, keys: torch.Tensor, 
     cos = torch.einsum("bmd,bd->bm", keys, keys[torch.arange(keys.shape[0]), best])  # [B, M]
     is_best = torch.arange(scores.shape[1])[None] == best[:, None]  # [B, M]
     versions = torch.isfinite(scores) & (scores >= top[:, None] - margin) & ((cos >= min_cosine) | is_best)
-    # latest time first, then the higher score: the order latest_version reads them in
-    rank = time.double() + torch.sigmoid(scores.double()) * 0.5  # a score never outweighs a clock tick
-    newest = rank.masked_fill(~versions, -math.inf).argmax(dim=-1)  # [B]
+    # the latest write time first, then the higher score: the order latest_version reads them in
+    latest = versions & (time == time.masked_fill(~versions, -1).amax(dim=-1, keepdim=True))  # [B, M]
+    newest = scores.masked_fill(~latest, -math.inf).argmax(dim=-1)  # [B]
     return versions, newest.masked_fill(~versions.any(dim=-1), -1)
 
 
