@@ -277,6 +277,18 @@ def lexical_agreement(query: str, texts: Sequence[Optional[str]]) -> list[float]
     return [r / top if top > 0 else 0.0 for r in raw]
 
 
+def word_overlap(text: str, others: Sequence[Optional[str]]) -> list[float]:
+    """Jaccard overlap of ``text``'s word set (:func:`tokenize`) with each of ``others``' (0 for
+    None, or when either side has no word).
+
+    Example:
+        >>> word_overlap("Priya Shah", ["Priya Shah", "Priyam Shah", None])
+        [1.0, 0.3333333333333333, 0.0]
+    """
+    toks = [set(t) for t in tokenize([text] + [o or "" for o in others])]
+    return [len(toks[0] & t) / len(toks[0] | t) if toks[0] and t else 0.0 for t in toks[1:]]
+
+
 def bm25_reference(docs: Sequence[Sequence[str]], query_tokens: Sequence[str],
                    k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> list[float]:
     """Plain-loop BM25 (lucene variant) of every document for one query; the test oracle."""

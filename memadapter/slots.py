@@ -12,6 +12,10 @@ Semantics of one write candidate (applied in order n = 0..N-1, vectorised over t
   ``>= match_threshold`` (UPDATE and RETRACT: ``>= update_match_threshold``, by default the same:
   they claim an earlier version exists, so weaker key evidence may suffice); value agreement is
   ``cos(v_slot, v) >= value_threshold`` (never with a withdrawn slot);
+  With ``update_name_weight`` w > 0, an UPDATE or RETRACT that has key text matches on
+  ``cos + w * overlap``, the overlap being the Jaccard overlap of its key text's words with each
+  slot's (:func:`memadapter.bm25.word_overlap`): a revision names the entity it revises, and
+  learned keys of look-alike names ("Priya", "Priyam") can sit closer than the fact it revises;
 * RETRACT + match -> slot freed (RETRACTED); RETRACT without match -> SKIPPED. With
   ``tombstones`` a retraction instead leaves a withdrawn record: the matched slot takes the
   retraction's value, loses its value text and is flagged ``retracted`` (RETRACTED); an unmatched
@@ -42,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validate import check_positive_int, check_tensor
+from .bm25 import word_overlap
 from .errors import CapacityError, ConfigError, DTypeError, NonFiniteError, ShapeError
 
 
@@ -232,6 +237,7 @@ class SlotMemory:
         match_threshold: float = 0.8,
         update_match_threshold: Optional[float] = None,
         tombstones: bool = False,
+        update_name_weight: float = 0.0,
         value_threshold: float = 0.9,
         write_threshold: float = 0.5,
         alpha: Optional[float] = None,
@@ -253,6 +259,9 @@ class SlotMemory:
         if not isinstance(tombstones, bool):
             raise DTypeError(f"tombstones: expected a bool, got {type(tombstones).__name__}")
         self.tombstones = tombstones
+        self.update_name_weight = _check_finite_number("update_name_weight", update_name_weight)
+        if self.update_name_weight < 0:
+            raise ConfigError(f"update_name_weight: must be >= 0, got {update_name_weight}")
         self.value_threshold = _check_unit_interval("value_threshold", value_threshold, low=-1.0)
         self.write_threshold = _check_unit_interval("write_threshold", write_threshold)
         if alpha is not None and (_check_unit_interval("alpha", alpha) <= 0.0):
@@ -412,9 +421,12 @@ class SlotMemory:
         """Which action each row takes for candidate n ([B] masks), given the current state."""
         k, v, ev = cand.keys[:, n], cand.values[:, n], cand.event[:, n]  # [B, dk], [B, dv], [B]
         rows = torch.arange(self._batch_size, device=self.device)
-        sims = torch.einsum("bmd,bd->bm", self.keys, k).masked_fill(~self.occupied, -math.inf)
-        best, best_m = sims.max(dim=1)  # [B]
         retract, update = ev == EventType.RETRACT, ev == EventType.UPDATE
+        sims = torch.einsum("bmd,bd->bm", self.keys, k)  # [B, M]
+        if self.update_name_weight > 0 and cand.key_text is not None:
+            sims = sims + self.update_name_weight * self._name_overlap(cand, n, (retract | update) & cand.mask[:, n])
+        sims = sims.masked_fill(~self.occupied, -math.inf)
+        best, best_m = sims.max(dim=1)  # [B]
         matched = best >= torch.where(retract | update, self.update_match_threshold, self.match_threshold)
         vcos = F.cosine_similarity(self.values[rows, best_m], v, dim=-1, eps=1e-12)  # [B]
         agree = (vcos >= self.value_threshold) & ~self.retracted[rows, best_m]
@@ -436,6 +448,14 @@ class SlotMemory:
             "drop": want_new & ~free.any(dim=1) & ~evictable.any(dim=1),
             "new_slot": torch.where(free.any(dim=1), free.long().argmax(dim=1), evict_m),
         }
+
+    def _name_overlap(self, cand: _Candidates, n: int, rows: torch.Tensor) -> torch.Tensor:
+        """[B, M]: word overlap of candidate n's key text with each slot's, in the ``rows`` [B] given."""
+        out = torch.zeros(self._batch_size, self._num_slots, dtype=self.dtype, device=self.device)
+        for b in rows.nonzero().flatten().tolist():
+            if cand.key_text[b][n]:
+                out[b] = torch.tensor(word_overlap(cand.key_text[b][n], self.key_text[b]), dtype=self.dtype)
+        return out
 
     def _write_one(self, cand: _Candidates, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply candidate n to every row; returns (action [B], slot [B])."""

@@ -16,9 +16,11 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
+from .bm25 import word_overlap
 from .slots import (
     AUX_BLOCKED, AUX_CONFLICT, AUX_HITS, AUX_OVERWRITES, EventType, ReadResult, SlotMemory, WriteAction,
     _Candidates,
@@ -62,11 +64,13 @@ class ReferenceSlotMemory(SlotMemory):
             action[b], slot[b] = int(act), m
         return action.to(self.device), slot.to(self.device)
 
-    def _best_match(self, b: int, key: torch.Tensor) -> tuple[float, int]:
+    def _best_match(self, b: int, key: torch.Tensor, key_text: Optional[str] = None) -> tuple[float, int]:
         best, best_m = -math.inf, -1
         for m in range(self.num_slots):
             if bool(self.occupied[b, m]):
                 cos = float(torch.dot(self.keys[b, m], key))
+                if key_text and self.update_name_weight > 0:
+                    cos += self.update_name_weight * word_overlap(key_text, [self.key_text[b][m]])[0]
                 if cos > best:
                     best, best_m = cos, m
         return best, best_m
@@ -75,8 +79,10 @@ class ReferenceSlotMemory(SlotMemory):
         key, value, ev = cand.keys[b, n], cand.values[b, n], int(cand.event[b, n])
         if float(cand.p_write[b, n]) < self.write_threshold or ev == EventType.IRRELEVANT:
             return WriteAction.SKIPPED, -1
-        best, m = self._best_match(b, key)
-        bar = self.update_match_threshold if ev in (EventType.UPDATE, EventType.RETRACT) else self.match_threshold
+        revises = ev in (EventType.UPDATE, EventType.RETRACT)
+        key_text = cand.key_text[b][n] if revises and cand.key_text is not None else None
+        best, m = self._best_match(b, key, key_text)
+        bar = self.update_match_threshold if revises else self.match_threshold
         matched = m >= 0 and best >= bar
         if ev == EventType.RETRACT:
             if not matched:

@@ -23,6 +23,7 @@ from .backbones import get_family
 INJECTIONS = ("prefix", "cross_attn", "text")
 LEXICAL_TEXTS = ("key", "sentence")
 NAMED_EVENTS = ("best", "any")
+READ_RULES = ("route", "joint")
 
 
 class MemAdapterConfig(PreTrainedConfig):
@@ -58,6 +59,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # retract_tombstones is on (else it frees the slot), so a question learns "no longer known".
     slot_update_match_threshold: Optional[float] = None
     retract_tombstones: bool = False
+    # Updates and retractions add this weight times the word overlap of their key text with each
+    # slot's key text to the key cosine when they look for the slot they revise (SlotMemory's
+    # update_name_weight): learned keys of look-alike names ("Priya", "Priyam") sit close. 0 = keys alone.
+    slot_update_name_weight: float = 0.0
     top_k: int = 4
     key_dim: int = 64
     value_dim: int = 64
@@ -96,6 +101,19 @@ class MemAdapterConfig(PreTrainedConfig):
     # write path missed). None = the best score alone.
     version_margin: Optional[float] = None
     version_key_cosine: float = 0.7
+    # How a question's entry is chosen. "route": the router picks the slots or the fallback, then the
+    # rules above act within that branch. "joint" (needs ground_fallback): the usable slots and the
+    # events grounded in the retrieved chunks compete on one score, entries that name fewer of the
+    # question's words than another drop out, and the best gives way to its latest version.
+    read_rule: str = "route"
+    # "joint": a key word of 4+ letters that begins or ends a question word names it (a key span
+    # cut inside a name, "Toumuch" for "Toumuchol", does not then drop out as naming less).
+    name_fragments: bool = False
+    # "joint": a withdrawn slot (a tombstone) later than the picked entry, whose key has cosine >=
+    # version_key_cosine with the pick's, replaces it when it scores within this margin of it (None:
+    # only within version_margin, like any version). A retraction's sentence ("Please forget X's
+    # price") matches a question about the fact more weakly than the fact's own sentences do.
+    withdrawn_margin: Optional[float] = None
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
@@ -177,9 +195,10 @@ class MemAdapterConfig(PreTrainedConfig):
             _finite(name, value)
             if not -1.0 <= value <= 1.0:
                 raise ConfigError(f"{name}: must be a cosine in [-1, 1], got {value}")
-        _finite("lexical_weight", self.lexical_weight)
-        if self.lexical_weight < 0:
-            raise ConfigError(f"lexical_weight: must be >= 0, got {self.lexical_weight}")
+        for name in ("lexical_weight", "slot_update_name_weight"):
+            _finite(name, getattr(self, name))
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.withdrawn_text is not None and (not isinstance(self.withdrawn_text, str) or not self.withdrawn_text.strip()):
             raise ConfigError(f"withdrawn_text: expected None or a non-empty string, got {self.withdrawn_text!r}")
         if self.fallback_chunks is not None and (isinstance(self.fallback_chunks, bool)
@@ -189,8 +208,18 @@ class MemAdapterConfig(PreTrainedConfig):
             _finite("version_margin", self.version_margin)
             if self.version_margin < 0:
                 raise ConfigError(f"version_margin: must be None or >= 0, got {self.version_margin}")
+        if self.withdrawn_margin is not None:
+            _finite("withdrawn_margin", self.withdrawn_margin)
+            if self.withdrawn_margin < 0:
+                raise ConfigError(f"withdrawn_margin: must be None or >= 0, got {self.withdrawn_margin}")
         if self.named_events not in NAMED_EVENTS:
             raise ConfigError(f"named_events: must be one of {', '.join(NAMED_EVENTS)}, got {self.named_events!r}")
+        if self.read_rule not in READ_RULES:
+            raise ConfigError(f"read_rule: must be one of {', '.join(READ_RULES)}, got {self.read_rule!r}")
+        if not isinstance(self.name_fragments, bool):
+            raise ConfigError(f"name_fragments: expected a bool, got {self.name_fragments!r}")
+        if self.read_rule == "joint" and not self.ground_fallback:
+            raise ConfigError("read_rule: 'joint' grounds the retrieved chunks; it needs ground_fallback=True")
         if self.lexical_text not in LEXICAL_TEXTS:
             raise ConfigError(f"lexical_text: must be one of {', '.join(LEXICAL_TEXTS)}, got {self.lexical_text!r}")
         if not isinstance(self.retract_tombstones, bool):

@@ -223,7 +223,8 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         # Memory lives on the CPU: it is small request data, and rows are edited by index from Python.
         slots = SlotMemory(cfg.num_slots, cfg.key_dim, cfg.value_dim, batch_size=batch_size,
                            match_threshold=cfg.slot_match_threshold,
-                           update_match_threshold=cfg.slot_update_match_threshold, tombstones=cfg.retract_tombstones)
+                           update_match_threshold=cfg.slot_update_match_threshold, tombstones=cfg.retract_tombstones,
+                           update_name_weight=cfg.slot_update_name_weight)
         indexes = [ChunkIndex(cfg.hidden_size, chunk_tokens=cfg.chunk_tokens) for _ in range(batch_size)]
         return RequestMemory(slots, indexes, self.encode_text)
 

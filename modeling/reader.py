@@ -5,7 +5,9 @@ question to the slot memory when a slot matches, else to the chunk fallback, whe
 chunks are grounded again into events. Lifecycle rules then pick what is read: the newest version
 of a fact (``version_margin``), a retrieved event that names a look-alike the question asks about
 (``named_events``), a later update the write path missed. The rules themselves are plain
-functions in :mod:`.selection`; this mixin applies them with the model's heads.
+functions in :mod:`.selection`; this mixin applies them with the model's heads. With
+``read_rule="joint"`` there is no branch decision: slots and grounded events compete in one pool
+(``_joint_row``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from memadapter.heads import EVENT_TYPES
 from memadapter.request_memory import RequestMemory
 from memadapter.router import FALLBACK, MEMORY, Router
 
-from .selection import (GroundedEvent, SelectedRow, Selection, latest_version, sentence_around, slot_versions,
-                        stack_selection)
+from .selection import (GroundedEvent, SelectedRow, Selection, latest_version, most_specific, sentence_around,
+                        slot_versions, stack_selection)
 
 WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
 
@@ -60,6 +62,12 @@ class MemoryReaderMixin:
         scores = memory.slots.scores(query, bias)[:, 0] if cfg.version_margin is not None else None  # [B, M]
         rows = []
         for b, branch in enumerate(route.branch):
+            if cfg.read_rule == "joint":
+                joint = self._joint_row(memory, b, query[b], chunk_query[b], texts[b], None if bias is None else bias[b])
+                if joint is not None:
+                    rows.append(joint)
+                    continue
+                branch = FALLBACK
             idx = []
             if branch == MEMORY:
                 slots = route.memory.indices[b, 0][route.memory.valid[b, 0]].tolist()
@@ -221,6 +229,48 @@ class MemoryReaderMixin:
         later = [e for e in events if e.event_type == "update" and e.position >= end
                  and e.score >= slot_score - cfg.version_margin and float(e.key @ key) >= cfg.version_key_cosine]
         return max(later, key=lambda e: (e.position, e.score), default=None)
+
+    def _joint_row(self, memory: RequestMemory, b: int, query: torch.Tensor, chunk_query: torch.Tensor,
+                   question: str, slot_bias: Optional[torch.Tensor]) -> Optional[SelectedRow]:
+        """``read_rule="joint"``: the usable slots of row ``b`` and the events grounded in its
+        retrieved chunks compete on one score (key match plus lexical agreement, no read bias);
+        entries whose key text names strictly fewer of the question's words than another's drop
+        out (:func:`most_specific`); the best entry then gives way to its latest version
+        (:func:`latest_version` over stream positions: slots and update events are versions).
+        None when there is neither a usable slot nor a grounded event.
+
+        The router's choice between the slots and the fallback turns on one threshold, and a
+        wrong branch cannot be undone by the lifecycle rules that act within it: an old event the
+        fallback grounds never meets the slot that holds its newer version. One pool lets them.
+        """
+        cfg, mem = self.config, memory.slots
+        match = mem.keys[b].float() @ query + (0.0 if slot_bias is None else slot_bias)  # [M]
+        usable = (mem.occupied[b] & (mem.confidence[b] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
+        found = memory.indexes[b].search(chunk_query, question, cfg.num_fallback_chunks)
+        events = self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
+        if not usable and not events:
+            return None
+        # entries: the usable slots, then the events
+        key_texts = [mem.key_text[b][m] or "" for m in usable] + [e.key_text for e in events]
+        scores = [float(match[m]) for m in usable] + [e.score for e in events]
+        # stream positions; a slot goes after an event at its own position (the slot is that event, resolved)
+        order = [int(mem.span[b, m, 0]) + 0.5 for m in usable] + [float(e.position) for e in events]
+        keys = torch.cat([mem.keys[b, usable].float(), torch.stack([e.key for e in events]) if events
+                          else torch.zeros(0, mem.key_dim)])
+        eligible = [True] * len(usable) + [e.event_type == "update" for e in events]
+        keep = most_specific(question, key_texts, fragments=cfg.name_fragments)
+        pick = keep[latest_version([scores[i] for i in keep], [order[i] for i in keep], keys[keep],
+                                   cfg.version_margin, cfg.version_key_cosine, [eligible[i] for i in keep])]
+        if cfg.withdrawn_margin is not None:
+            # a later withdrawal of the picked fact: a retraction sentence matches a question weakly
+            withdrawn = [i for i in keep if i < len(usable) and bool(mem.retracted[b, usable[i]])
+                         and order[i] > order[pick] and scores[i] >= scores[pick] - cfg.withdrawn_margin
+                         and float(keys[i] @ keys[pick]) >= cfg.version_key_cosine]
+            pick = max(withdrawn, key=lambda i: order[i], default=pick)
+        if pick >= len(usable):
+            return self._event_row(events[pick - len(usable)])
+        rest = sorted((m for m in usable if m != usable[pick]), key=lambda m: -float(match[m]))
+        return self._slot_row(memory, b, [usable[pick]] + rest[:cfg.top_k - 1])
 
     def value_token_ids(self, value_text: Optional[str]) -> list[int]:
         """A slot's value text -> its first ``value_tokens`` ids, tokenised as it reads mid-sentence

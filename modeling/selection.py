@@ -18,6 +18,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from memadapter.bm25 import tokenize
+
 _SENTENCE_END = re.compile(r"[.!?\n]")
 
 
@@ -88,6 +90,26 @@ def latest_version(scores: Sequence[float], order: Sequence[float], keys: torch.
         scores[i] >= scores[best] - margin and float(keys[i] @ keys[best]) >= min_cosine
         and (eligible is None or eligible[i]))]
     return max(versions, key=lambda i: (order[i], scores[i], -i))
+
+
+def most_specific(question: str, key_texts: Sequence[str], fragments: bool = False) -> list[int]:
+    """Indices of the entries whose key text names a set of the question's words that no other
+    entry's key text strictly contains: the entries about the entity the question names most exactly.
+
+    "the Lumen printer" names fewer of "What does the Lumen Mini printer cost?" than "the Lumen Mini
+    printer" does, and drops out; two versions of one fact, or two attributes of one entity, name
+    the same words and both stay. With ``fragments`` a key word of 4+ letters that begins or ends
+    a question word names it (a key span cut inside a name: "Toumuch" or "oumuchol" for "Toumuchol").
+
+    Example:
+        >>> most_specific("What does the Lumen Mini printer cost?", ["the Lumen printer", "The Lumen Mini printer", "x"])
+        [1]
+    """
+    words = set(tokenize([question])[0])
+    named = [{w for w in words if any(t == w or (fragments and len(t) >= 4 and (w.startswith(t) or w.endswith(t)))
+                                      for t in toks)}
+             for toks in tokenize(list(key_texts))]
+    return [i for i, s in enumerate(named) if not any(s < other for other in named)]
 
 
 def slot_versions(scores: torch.Tensor, time: torch.Tensor, keys: torch.Tensor, margin: float,

@@ -84,6 +84,22 @@ def test_update_match_threshold_lets_updates_and_retractions_match_on_weaker_key
     assert one(mem, E[0], E[2], event=torch.tensor([[EventType.RETRACT]])) == ("RETRACTED", 0)
 
 
+def test_update_name_weight_sends_a_revision_to_the_slot_it_names() -> None:
+    priyam, priya = E[0], F.normalize(E[0] + 0.8 * E[1], dim=0)  # look-alike keys: cosine 0.78
+    update_key = F.normalize(E[0] + 0.3 * E[1], dim=0)  # nearer Priyam's key (0.96) than Priya's (0.92)
+    for weight, expected in ((0.0, 0), (0.2, 1)):
+        mem = SlotMemory(4, 8, 8, update_match_threshold=0.6, update_name_weight=weight)
+        mem.write(torch.stack([priyam, priya])[None], E[2:4][None], key_text=[["Priyam Shah", "Priya Rao"]])
+        res = mem.write(update_key[None], E[4][None], event=torch.tensor([[EventType.UPDATE]]),
+                        key_text=[["Priya"]])
+        assert (WriteAction(int(res.action[0, 0])).name, int(res.slot[0, 0])) == ("OVERWRITTEN", expected)
+    # a NEW fact never takes the name evidence: same key, same text, its own slot only by the key
+    mem = SlotMemory(4, 8, 8, update_name_weight=0.2)
+    mem.write(torch.stack([priyam, priya])[None], E[2:4][None], key_text=[["Priyam Shah", "Priya Rao"]])
+    res = mem.write(update_key[None], E[4][None], event=torch.tensor([[EventType.NEW]]), key_text=[["Priya"]])
+    assert int(res.slot[0, 0]) == 0
+
+
 def test_bias_adds_evidence_to_match_and_read_scores() -> None:
     mem = SlotMemory(4, 8, 8)
     mem.write(torch.stack([E[0], F.normalize(E[0] + 2.0 * E[1], dim=0)])[None], E[2:4][None])
@@ -272,6 +288,7 @@ def test_bad_input_raises_typed_error_and_leaves_state_unchanged() -> None:
     ({"num_slots": 0}, CapacityError), ({"key_dim": -1}, CapacityError), ({"batch_size": 1.5}, DTypeError),
     ({"match_threshold": 1.5}, ConfigError), ({"write_threshold": float("nan")}, ConfigError),
     ({"update_match_threshold": -2.0}, ConfigError), ({"tombstones": 1}, DTypeError),
+    ({"update_name_weight": -0.1}, ConfigError), ({"update_name_weight": float("nan")}, ConfigError),
     ({"alpha": 0.0}, ConfigError), ({"alpha": 2.0}, ConfigError), ({"dtype": torch.int64}, DTypeError),
     ({"retention_weights": (1.0, 2.0)}, ConfigError), ({"read_lambda": float("inf")}, ConfigError),
 ])

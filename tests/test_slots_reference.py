@@ -40,7 +40,8 @@ def _write_args(n: int, seed: int) -> tuple:
         mask=torch.rand(B, n, generator=g) < 0.9,
         chunk_id=torch.randint(0, 50, (B, n), generator=g),
         span=torch.randint(0, 500, (B, n, 2), generator=g),
-        key_text=[[f"k{int(i)}" for i in row] for row in ki],
+        key_text=[[f"k{int(i)} w{int(j)}" for i, j in zip(row, words)] for row, words in
+                  zip(ki, torch.randint(0, 3, (B, n), generator=g))],  # shared words, for update_name_weight
         value_text=[[f"v{int(i)}" if int(i) % 2 else None for i in row] for row in vi],
     )
     return keys, values, kw
@@ -90,9 +91,11 @@ def _assert_states_equal(a: SlotMemory, r: SlotMemory) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(ops=ops, alpha=st.sampled_from([None, 0.3]), aux_dim=st.sampled_from([0, 2, 4, 6]),
-       tombstones=st.booleans(), update_bar=st.sampled_from([None, 0.5]))
-def test_vectorised_matches_reference(ops: list, alpha, aux_dim: int, tombstones: bool, update_bar) -> None:
-    kw = dict(batch_size=B, alpha=alpha, aux_dim=aux_dim, tombstones=tombstones, update_match_threshold=update_bar)
+       tombstones=st.booleans(), update_bar=st.sampled_from([None, 0.5]), name_weight=st.sampled_from([0.0, 0.3]))
+def test_vectorised_matches_reference(ops: list, alpha, aux_dim: int, tombstones: bool, update_bar,
+                                      name_weight: float) -> None:
+    kw = dict(batch_size=B, alpha=alpha, aux_dim=aux_dim, tombstones=tombstones, update_match_threshold=update_bar,
+              update_name_weight=name_weight)
     fast, ref = SlotMemory(M, D, D, **kw), ReferenceSlotMemory(M, D, D, **kw)
     for op in ops:
         _assert_results_equal(_apply(fast, op), _apply(ref, op))

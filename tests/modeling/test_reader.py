@@ -224,3 +224,93 @@ def test_a_withdrawn_slot_is_selected_as_no_longer_known(tokenizer):
     for bad in ("", "  ", 3):
         with pytest.raises(ConfigError, match="withdrawn_text"):
             MemAdapterConfig(withdrawn_text=bad)
+
+
+def _query_key(model, enc) -> torch.Tensor:
+    """The unit query key the model computes for ``enc`` [dk]: slot keys are placed against it."""
+    with torch.no_grad():
+        q = model.query_head(model._hidden(enc["input_ids"], enc["attention_mask"]), enc["attention_mask"].bool())
+    return torch.nn.functional.normalize(q.float().cpu(), dim=-1)[0]
+
+
+def test_read_rule_joint_lets_slots_and_grounded_events_compete_and_reads_the_latest_version(tokenizer, monkeypatch):
+    """read_rule="joint": one pool, one score. A slot at stream position 40 scores 1.0 (its key is
+    the query's); grounded events come with their own scores, positions and keys."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=2.0,  # the router never says memory
+                  router_confidence_threshold=0.0, top_k=1, ground_fallback=True, read_rule="joint",
+                  version_margin=0.2)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    q = _query_key(model, enc)
+    other = torch.nn.functional.normalize(torch.randn(q.shape[0]), dim=0)
+    other = torch.nn.functional.normalize(other - (other @ q) * q, dim=0)  # another fact's key
+    mem.slots.write(q[None, None], torch.randn(1, 1, 16), chunk_id=torch.tensor([[0]]), span=torch.tensor([[[40, 44]]]),
+                    key_text=[["alice"]], value_text=[["paris"]])
+
+    def grounded(key_text: str, score: float, position: int, kind: str = "update", key=q):
+        return lambda *args: [GroundedEvent(key_text, "berlin", torch.zeros(16), key, kind, score, position)]
+
+    cases = ((grounded("alice", 1.1, 10), "alice: paris"),  # an older version scores higher: the slot is newer
+             (grounded("alice", 0.9, 60), "alice: berlin"),  # a later update within the margin
+             (grounded("alice", 0.7, 60), "alice: paris"),  # ... not within it
+             (grounded("alice", 0.9, 60, "new"), "alice: paris"),  # not said to replace anything
+             (grounded("alice", 1.5, 10, key=other), "alice: berlin"),  # another fact that matches better
+             (grounded("old", 1.5, 60, key=other), "alice: paris"))  # names none of the question's words
+    for events, want in cases:
+        monkeypatch.setattr(model, "_ground_chunks", events)
+        sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+        assert sel.texts[0] == [want] and sel.branch[0] == ("memory" if want == "alice: paris" else "fallback")
+    # the route rule never brings the slot in: the router sends the row to the fallback
+    model.config.read_rule = "route"
+    monkeypatch.setattr(model, "_ground_chunks", grounded("alice", 1.1, 10))
+    assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == ["alice: berlin"]
+    with pytest.raises(ConfigError, match="read_rule"):
+        MemAdapterConfig(read_rule="both")
+    with pytest.raises(ConfigError, match="ground_fallback"):
+        MemAdapterConfig(read_rule="joint")
+    with pytest.raises(ConfigError, match="name_fragments"):
+        MemAdapterConfig(name_fragments=1)
+
+
+def test_read_rule_joint_without_slots_or_events_injects_chunk_summaries(tokenizer, monkeypatch):
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", top_k=1, ground_fallback=True, read_rule="joint")
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    monkeypatch.setattr(model, "_ground_chunks", lambda *args: [])
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.branch == ["fallback"] and sel.texts[0][0] in {mem.indexes[0].text(i) for i in range(len(mem.indexes[0]))}
+
+
+def test_slot_update_name_weight_reaches_the_slot_memory(tokenizer):
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", slot_update_name_weight=0.2)
+    assert model.new_memory().slots.update_name_weight == 0.2
+    for bad in (-0.1, float("inf")):
+        with pytest.raises(ConfigError, match="slot_update_name_weight"):
+            MemAdapterConfig(slot_update_name_weight=bad)
+
+
+def test_withdrawn_margin_lets_a_later_withdrawal_replace_a_better_scored_fact(tokenizer, monkeypatch):
+    """read_rule="joint": a grounded event of a fact scores 1.5; a later tombstone of the same fact
+    (same key) scores 0.71, outside the version margin. With withdrawn_margin it is read."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1,
+                  ground_fallback=True, read_rule="joint", version_margin=0.2, retract_tombstones=True)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    q = _query_key(model, enc)
+    other = torch.nn.functional.normalize(torch.randn(q.shape[0]), dim=0)
+    fact = torch.nn.functional.normalize(q + torch.nn.functional.normalize(other - (other @ q) * q, dim=0), dim=0)
+    mem.slots.write(fact[None, None], torch.randn(1, 1, 16), event=torch.tensor([[2]]), chunk_id=torch.tensor([[0]]),
+                    span=torch.tensor([[[80, 84]]]), key_text=[["alice"]])
+    assert mem.table()[0]["retracted"]
+    for position, margin, want in ((10, None, "alice: berlin"), (10, 1.0, "alice: no longer known"),
+                                   (10, 0.5, "alice: berlin"), (90, 1.0, "alice: berlin")):  # 90: after the withdrawal
+        model.config.withdrawn_margin = margin
+        monkeypatch.setattr(model, "_ground_chunks", lambda *args: [
+            GroundedEvent("alice", "berlin", torch.zeros(16), fact, "new", 1.5, position)])
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (position, margin)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ConfigError, match="withdrawn_margin"):
+            MemAdapterConfig(withdrawn_margin=bad)

@@ -2,7 +2,8 @@ import random
 
 import torch
 
-from memadapter.modeling.selection import SelectedRow, latest_version, sentence_around, slot_versions, stack_selection
+from memadapter.modeling.selection import (SelectedRow, latest_version, most_specific, sentence_around, slot_versions,
+                                           stack_selection)
 
 
 def test_stack_selection_pads_rows_and_value_ids():
@@ -61,3 +62,16 @@ def test_slot_versions_agrees_with_the_plain_latest_version():
                                      torch.zeros(1, 3, 2), 0.1, 0.7)
     assert not versions.any() and newest.tolist() == [-1]
 
+
+
+def test_most_specific_drops_entries_that_name_fewer_of_the_questions_words():
+    q = "What does the Lumen Mini printer cost?"
+    assert most_specific(q, ["the Lumen printer", "The Lumen Mini printer", "the Lumen Mini printer", ""]) == [1, 2]
+    assert most_specific(q, ["the Lumen printer", "the Acme Mini kettle"]) == [0, 1]  # neither set holds the other
+    assert most_specific(q, ["x", "y"]) == [0, 1] and most_specific(q, []) == []
+    # a key span cut inside a name names it only with fragments (4+ letters, at the word's start or end)
+    q = "What is the public name of Project Toumuchol?"
+    keys = ["Project Toumuch", "oumuchol", "Project Toumuchol", "Project Tou"]
+    assert most_specific(q, keys) == [2]
+    assert most_specific(q, keys, fragments=True) == [0, 2]
+    assert most_specific("Where does Steidim Faikrous work?", ["idim Faikrous", "Steidim Faikrous"], fragments=True) == [0, 1]
