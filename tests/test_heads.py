@@ -176,7 +176,7 @@ def test_context_tagger_sees_the_next_tokens_but_not_padding():
     base = head(h).tag_logits
     later = h.clone()
     later[0, 3] = torch.randn(16)  # change token 3: tokens 1..5 (window 2) see it, token 0 and 6 do not
-    diff = (head(later).tag_logits - base).abs().sum(-1)[0]
+    diff = (head(later).tag_logits - base).abs().sum(-1)[0].detach()
     assert bool((diff[1:6] > 0).all()) and float(diff[0]) == 0 and float(diff[6]) == 0
     padded = torch.cat([h, torch.randn(1, 3, 16)], 1)
     mask = torch.tensor([[True] * 7 + [False] * 3])
