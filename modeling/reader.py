@@ -59,7 +59,9 @@ class MemoryReaderMixin:
             bias = cfg.lexical_weight * torch.tensor([lexical_agreement(t, self._slot_lexical_texts(memory, b))
                                                       for b, t in enumerate(texts)])
         route = router.route(memory.slots, memory.indexes, query, texts, chunk_query, slot_bias=bias)
-        scores = memory.slots.scores(query, bias)[:, 0] if cfg.version_margin is not None else None  # [B, M]
+        # the route rule's version check; the joint rule scores its own pool
+        scores = memory.slots.scores(query, bias)[:, 0] \
+            if cfg.version_margin is not None and cfg.read_rule == "route" else None  # [B, M]
         rows = []
         for b, branch in enumerate(route.branch):
             if cfg.read_rule == "joint":
@@ -139,6 +141,12 @@ class MemoryReaderMixin:
                                         index.span(chunk_ids[r])[0] + c.key_span[0]))  # token offset in the stream
         return events
 
+    def _retrieved_events(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, query: torch.Tensor,
+                          question: str) -> list[GroundedEvent]:
+        """The events grounded in the ``num_fallback_chunks`` chunks retrieved for the question."""
+        found = memory.indexes[b].search(chunk_query, question, self.config.num_fallback_chunks)
+        return self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
+
     def _current_event(self, events: list[GroundedEvent]) -> Optional[GroundedEvent]:
         """The best-scoring event, or (``version_margin``) its latest version typed as an update."""
         if not events:
@@ -203,8 +211,7 @@ class MemoryReaderMixin:
         cfg = self.config
         if not (cfg.ground_fallback and cfg.lexical_weight > 0):
             return row
-        found = memory.indexes[b].search(chunk_query, question, cfg.num_fallback_chunks)
-        events = self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
+        events = self._retrieved_events(memory, b, chunk_query, query, question)
         if not events:
             return row
         words = set(tokenize([question])[0])
@@ -246,8 +253,7 @@ class MemoryReaderMixin:
         cfg, mem = self.config, memory.slots
         match = mem.keys[b].float() @ query + (0.0 if slot_bias is None else slot_bias)  # [M]
         usable = (mem.occupied[b] & (mem.confidence[b] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
-        found = memory.indexes[b].search(chunk_query, question, cfg.num_fallback_chunks)
-        events = self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
+        events = self._retrieved_events(memory, b, chunk_query, query, question)
         if not usable and not events:
             return None
         # entries: the usable slots, then the events
