@@ -23,7 +23,7 @@ Training targets (for the training issue; nothing here trains):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +109,58 @@ def pair_spans(spans: list[tuple[str, int, int]]) -> list[tuple[tuple[int, int],
             break
         pairs.append(((s, e), value))
     return pairs
+
+
+def word_starts(rows: list[list[int]], decode_batch: Callable[[list[list[int]]], list[str]]) -> list[list[bool]]:
+    """For each token of each row: does it begin a word? A token continues the previous token's word
+    when its text, read after that token, starts with a letter or digit and the previous token's
+    text ends with one. Decoding pairs keeps this tokenizer-agnostic (byte-level "Ġ" and
+    SentencePiece "▁" space markers alike); the first token of a row begins a word.
+
+    Example:
+        >>> pieces = {1: " Mer", 2: "idian", 3: " is", 4: " 2", 5: "10"}
+        >>> word_starts([[1, 2, 3, 4, 5]], lambda rows: ["".join(pieces[t] for t in r) for r in rows])
+        [[True, False, True, True, False]]
+    """
+    out = []
+    for row in rows:
+        singles = decode_batch([[t] for t in row])
+        pairs = decode_batch([row[i - 1 : i + 1] for i in range(1, len(row))])
+        starts = [True] if row else []
+        for prev, pair in zip(singles, pairs):
+            piece = pair[len(prev):] if pair.startswith(prev) else " "  # a split multi-byte character: no claim
+            starts.append(not (piece[:1].isalnum() and prev[-1:].isalnum()))
+        out.append(starts)
+    return out
+
+
+def snap_to_words(pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]], word_start: Sequence[bool],
+                  ) -> list[tuple[tuple[int, int], Optional[tuple[int, int]]]]:
+    """Widen each (key, value) span pair to whole words: a start moves back to its word's first
+    token, an end forward to the next word's start (``word_start[t]``: token t begins a word; end
+    exclusive). A value never starts inside its key (nor stays when the key's words took it all).
+
+    Example:
+        >>> snap_to_words([((1, 2), (4, 5))], [True, True, False, True, True, False, True])
+        [((1, 3), (4, 6))]
+    """
+    length = len(word_start)
+
+    def snap(s: int, e: int, floor: int) -> tuple[int, int]:
+        while s > floor and not word_start[s]:
+            s -= 1
+        while e < length and not word_start[e]:
+            e += 1
+        return s, e
+
+    out = []
+    for (k0, k1), value in pairs:
+        key = snap(k0, k1, 0)
+        if value is not None:
+            v0 = max(value[0], key[1])
+            value = snap(v0, max(value[1], v0 + 1), key[1]) if v0 < length else None  # the key took it all
+        out.append((key, value))
+    return out
 
 
 def relation_spans(key_spans: torch.Tensor, value_spans: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -213,8 +265,11 @@ class GroundingHead(nn.Module):
         return GroundingOutput(tag_logits, self.event(h), self.confidence(h).squeeze(-1))
 
     @torch.no_grad()
-    def propose(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> list[list[Candidate]]:
-        """Decode candidates per row: spans by a plain BIO loop, vectors pooled over the spans."""
+    def propose(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                word_start: Optional[list[list[bool]]] = None) -> list[list[Candidate]]:
+        """Decode candidates per row: spans by a plain BIO loop (widened to whole words when
+        ``word_start`` [B][T] says which tokens begin one, :func:`snap_to_words`), vectors pooled
+        over the spans."""
         mask = self._check(hidden, mask)
         out = self.forward(hidden, mask)
         tags = out.tag_logits.argmax(-1).tolist()  # [B][T]
@@ -222,12 +277,15 @@ class GroundingHead(nn.Module):
         lengths = mask.sum(-1).tolist()
         result: list[list[Candidate]] = []
         for b in range(hidden.shape[0]):
-            result.append(self._row_candidates(h[b], out, b, tags[b], int(lengths[b])))
+            n = int(lengths[b])
+            pairs = pair_spans(decode_spans(tags[b][:n]))
+            if word_start is not None:
+                pairs = snap_to_words(pairs, word_start[b][:n])
+            result.append(self._row_candidates(h[b], out, b, pairs, n))
         return result
 
-    def _row_candidates(self, h: torch.Tensor, out: GroundingOutput, b: int, tags: list[int],
-                        length: int) -> list[Candidate]:
-        pairs = pair_spans(decode_spans(tags))
+    def _row_candidates(self, h: torch.Tensor, out: GroundingOutput, b: int,
+                        pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]], length: int) -> list[Candidate]:
         if not pairs:
             return []
         key_spans = torch.tensor([k for k, _ in pairs], device=h.device)  # [N, 2]

@@ -71,6 +71,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # Channels of the GroundingHead's two-sided context convolution (0 = tag each token alone).
     grounding_context_size: int = 0
     num_event_types: int = 4  # new fact, newer version, retraction, irrelevant
+    # Widen the tagger's key and value spans to whole words (by the tokenizer's text) before they
+    # are pooled and written: a span cut inside a word ("Mer" of "Meridian", "Daniel" of
+    # "Daniela", "2" of "210") names or says something else.
+    snap_spans: bool = False
     # --- router ---
     router_match_threshold: float = 0.5  # slot score above which the memory branch answers
     router_confidence_threshold: float = 0.5  # slot confidence below which it is ignored
@@ -109,6 +113,9 @@ class MemAdapterConfig(PreTrainedConfig):
     # "joint": a key word of 4+ letters that begins or ends a question word names it (a key span
     # cut inside a name, "Toumuch" for "Toumuchol", does not then drop out as naming less).
     name_fragments: bool = False
+    # "joint": an entry whose key carries a name the question does not ("Paul Brandt" for Martin
+    # Brandt) drops out when another names as many of the question's words without one.
+    foreign_names: bool = False
     # "joint": a withdrawn slot (a tombstone) later than the picked entry, whose key has cosine >=
     # version_key_cosine with the pick's, replaces it when it scores within this margin of it (None:
     # only within version_margin, like any version). A retraction's sentence ("Please forget X's
@@ -216,8 +223,9 @@ class MemAdapterConfig(PreTrainedConfig):
             raise ConfigError(f"named_events: must be one of {', '.join(NAMED_EVENTS)}, got {self.named_events!r}")
         if self.read_rule not in READ_RULES:
             raise ConfigError(f"read_rule: must be one of {', '.join(READ_RULES)}, got {self.read_rule!r}")
-        if not isinstance(self.name_fragments, bool):
-            raise ConfigError(f"name_fragments: expected a bool, got {self.name_fragments!r}")
+        for name in ("name_fragments", "foreign_names", "snap_spans"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.read_rule == "joint" and not self.ground_fallback:
             raise ConfigError("read_rule: 'joint' grounds the retrieved chunks; it needs ground_fallback=True")
         if self.lexical_text not in LEXICAL_TEXTS:

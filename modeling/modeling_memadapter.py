@@ -37,7 +37,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
-from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool
+from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, word_starts
 from memadapter.request_memory import RequestMemory
 from memadapter.slots import SlotMemory
 
@@ -177,6 +177,12 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
             return " ".join(str(i) for i in ids)
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def _word_starts(self, rows: list[list[int]]) -> Optional[list[list[bool]]]:
+        """Which tokens begin a word (for ``snap_spans``); None when spans are not snapped."""
+        if not self.config.snap_spans or self.tokenizer is None:
+            return None
+        return word_starts(rows, lambda r: self.tokenizer.batch_decode(r, clean_up_tokenization_spaces=False))
+
     def _pad_id(self) -> int:
         pad = check_pad_token(self.backbone)
         return 0 if pad is None else int(pad)
@@ -286,7 +292,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
             span = torch.tensor([[start, start + len(chunk[b])]])
             chunk_ids[b] = int(memory.indexes[b].add(summary[b : b + 1], [self._decode(chunk[b])], span)[0])
             report.chunks[b] += 1
-        cands = self.grounding.propose(hidden, mask)
+        cands = self.grounding.propose(hidden, mask, self._word_starts(chunk))
         self._write_candidates(memory, chunk, cands, chunk_ids, report)
         for b in live:
             memory.tokens_seen[b] += len(chunk[b])

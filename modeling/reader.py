@@ -123,7 +123,7 @@ class MemoryReaderMixin:
             return []
         rows = [self._tok()(index.text(i), add_special_tokens=False)["input_ids"] for i in chunk_ids]
         ids, mask = self._right_pad(rows)
-        proposals = self.grounding.propose(self._hidden(ids, mask), mask)
+        proposals = self.grounding.propose(self._hidden(ids, mask), mask, self._word_starts(rows))
         cands = [(r, c) for r, row in enumerate(proposals) for c in row if c.value_span is not None]
         relevant = [(r, c) for r, c in cands if EVENT_TYPES[c.event_type] != "irrelevant"] or cands
         key_texts = [self._decode(rows[r][c.key_span[0]:c.key_span[1]]) for r, c in relevant]
@@ -264,7 +264,7 @@ class MemoryReaderMixin:
         keys = torch.cat([mem.keys[b, usable].float(), torch.stack([e.key for e in events]) if events
                           else torch.zeros(0, mem.key_dim)])
         eligible = [True] * len(usable) + [e.event_type == "update" for e in events]
-        keep = most_specific(question, key_texts, fragments=cfg.name_fragments)
+        keep = most_specific(question, key_texts, fragments=cfg.name_fragments, foreign_names=cfg.foreign_names)
         pick = keep[latest_version([scores[i] for i in keep], [order[i] for i in keep], keys[keep],
                                    cfg.version_margin, cfg.version_key_cosine, [eligible[i] for i in keep])]
         if cfg.withdrawn_margin is not None:

@@ -92,7 +92,8 @@ def latest_version(scores: Sequence[float], order: Sequence[float], keys: torch.
     return max(versions, key=lambda i: (order[i], scores[i], -i))
 
 
-def most_specific(question: str, key_texts: Sequence[str], fragments: bool = False) -> list[int]:
+def most_specific(question: str, key_texts: Sequence[str], fragments: bool = False,
+                  foreign_names: bool = False) -> list[int]:
     """Indices of the entries whose key text names a set of the question's words that no other
     entry's key text strictly contains: the entries about the entity the question names most exactly.
 
@@ -100,16 +101,39 @@ def most_specific(question: str, key_texts: Sequence[str], fragments: bool = Fal
     printer" does, and drops out; two versions of one fact, or two attributes of one entity, name
     the same words and both stay. With ``fragments`` a key word of 4+ letters that begins or ends
     a question word names it (a key span cut inside a name: "Toumuch" or "oumuchol" for "Toumuchol").
+    With ``foreign_names`` an entry whose key puts a name of its own (a capitalised word or a
+    number) in place of one the question names ("Paul Brandt" for a question about Martin Brandt,
+    "Daniel Berger" for Daniela Berger) then drops out when another remaining entry names as many
+    of the question's words without one: it is about a look-alike. A name the key only adds
+    ("Staigous Hahul" for "Who employs Staigous?") is no substitute.
 
     Example:
         >>> most_specific("What does the Lumen Mini printer cost?", ["the Lumen printer", "The Lumen Mini printer", "x"])
         [1]
+        >>> most_specific("Where does Martin Brandt work?", ["Paul Brandt", "Brandt"], foreign_names=True)
+        [1]
     """
     words = set(tokenize([question])[0])
-    named = [{w for w in words if any(t == w or (fragments and len(t) >= 4 and (w.startswith(t) or w.endswith(t)))
-                                      for t in toks)}
-             for toks in tokenize(list(key_texts))]
-    return [i for i, s in enumerate(named) if not any(s < other for other in named)]
+
+    def names(t: str, w: str) -> bool:
+        return t == w or (fragments and len(t) >= 4 and (w.startswith(t) or w.endswith(t)))
+
+    tokens = tokenize(list(key_texts))
+    named = [{w for w in words if any(names(t, w) for t in toks)} for toks in tokens]
+    keep = [i for i, s in enumerate(named) if not any(s < other for other in named)]
+    if not foreign_names:
+        return keep
+    # a name of the question that the key leaves out, and a name of the key in its place
+    question_names = words & _capitalised(question.split(None, 1)[-1])  # its first word is capitalised anyway
+    foreign = [bool(question_names - s) and any(t in _capitalised(text) and not any(names(t, w) for w in words)
+                                                 for t in toks)
+               for text, toks, s in zip(key_texts, tokens, named)]
+    return [i for i in keep if not (foreign[i] and any(not foreign[j] and len(named[j]) >= len(named[i]) for j in keep))]
+
+
+def _capitalised(text: str) -> set[str]:
+    """The lower-cased words of ``text`` written with a capital or a digit first: its names."""
+    return {w.lower() for w in re.findall(r"\w+", text) if not w[0].islower()}
 
 
 def slot_versions(scores: torch.Tensor, time: torch.Tensor, keys: torch.Tensor, margin: float,

@@ -19,6 +19,8 @@ from memadapter.heads import (
     pool_spans_reference,
     relation_spans,
     relation_spans_reference,
+    snap_to_words,
+    word_starts,
 )
 
 torch.manual_seed(0)
@@ -72,6 +74,37 @@ def test_propose_decodes_forced_tags_and_ignores_padding():
         assert c.event_probs.shape == (4,) and c.event_type == int(c.event_probs.argmax())
     mask[0, 5:] = False  # padding can never open a span
     assert [(c.key_span, c.value_span) for c in head.propose(hidden, mask)[0]] == [((1, 3), (3, 4))]
+
+
+def test_snap_to_words_widens_spans_cut_inside_a_word():
+    starts = [True, True, False, True, True, False, False, True]  # words: 0 | 1-2 | 3 | 4-6 | 7
+    assert snap_to_words([((2, 3), (5, 6))], starts) == [((1, 3), (4, 7))]
+    assert snap_to_words([((1, 3), (3, 4)), ((7, 8), None)], starts) == [((1, 3), (3, 4)), ((7, 8), None)]
+    # a value tagged inside its key's last word starts after the key (never inside it)
+    assert snap_to_words([((4, 5), (5, 6))], starts) == [((4, 7), (7, 8))]
+    assert snap_to_words([((5, 6), (6, 7))], starts[:7]) == [((4, 7), None)]
+    assert snap_to_words([], starts) == []
+
+
+def test_word_starts_reads_pieces_after_their_neighbour():
+    pieces = {1: " Daniel", 2: "a", 3: " Berger", 4: "'s", 5: " 2", 6: "10", 7: "-", 8: "4", 9: "\ufffd"}
+    decode = lambda rows: ["".join(pieces[t] for t in r) for r in rows]  # noqa: E731
+    assert word_starts([[1, 2, 3, 4], [5, 6, 7, 8], [2, 9, 2], []], decode) == [
+        [True, False, True, True], [True, False, True, True], [True, True, True], []]
+    # decode with a space marker dropped at the start of a text (SentencePiece) reads the same
+    sp = lambda rows: [decode(rows[i : i + 1])[0].lstrip() for i in range(len(rows))]  # noqa: E731
+    assert word_starts([[1, 2, 3]], sp) == [[True, False, True]]
+
+
+def test_propose_snaps_spans_to_words_before_pooling():
+    tags = [TAG_O, TAG_KEY_B, TAG_O, TAG_O, TAG_VAL_B, TAG_O, TAG_O]
+    head, hidden = _forced_head(tags)
+    starts = [True, True, False, True, True, False, True]
+    cands = head.propose(hidden, None, [starts])[0]
+    assert [(c.key_span, c.value_span) for c in cands] == [((1, 3), (4, 6))]
+    h = head.norm(hidden[0])
+    torch.testing.assert_close(cands[0].value, head.value_proj(h[4:6].mean(0)))
+    assert [(c.key_span, c.value_span) for c in head.propose(hidden)[0]] == [((1, 2), (4, 5))]
 
 
 def test_propose_key_vector_is_pooled_entity_and_relation():

@@ -297,3 +297,41 @@ def test_slot_match_threshold_reaches_the_memory(tokenizer):
     model = build(tiny_backbone("llama"), tokenizer, slot_update_match_threshold=0.3, retract_tombstones=True)
     slots = model.new_memory().slots
     assert slots.update_match_threshold == 0.3 and slots.tombstones
+
+
+def _piece_tokenizer():
+    """A WordPiece tokenizer over STREAM that cuts every word of 5+ letters in two ("par", "##is")."""
+    from tokenizers import Tokenizer, decoders
+    from tokenizers.models import WordPiece
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<pad>", "<unk>"]
+    for w in sorted(set(STREAM.split())):
+        pieces += [w[:3], "##" + w[3:]] if len(w) >= 5 else [w]
+    tok = Tokenizer(WordPiece({p: i for i, p in enumerate(dict.fromkeys(pieces))}, unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = WhitespaceSplit(), decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+
+
+def test_snap_spans_writes_whole_words_only():
+    tok = _piece_tokenizer()
+    words = set(STREAM.split())
+    assert len(tok(STREAM)["input_ids"]) > len(STREAM.split())  # the tokenizer does cut words
+
+    def texts(model):
+        mem = ingest(model, [STREAM])
+        return [t for row in mem.table() for t in (row["key_text"], row["value_text"]) if t]
+
+    # one chunk: a chunk boundary may itself fall inside a word
+    cut = texts(build(tiny_backbone("llama"), tok, chunk_tokens=64))
+    snapped = texts(build(tiny_backbone("llama"), tok, chunk_tokens=64, snap_spans=True))
+    assert snapped and all(set(t.split()) <= words for t in snapped)
+    assert any(not set(t.split()) <= words for t in cut)  # the untrained tagger does cut words
+    model = build(tiny_backbone("llama"), tok, snap_spans=True)
+    rows = [tok("alice moved to berlin", add_special_tokens=False)["input_ids"]]
+    assert model._word_starts(rows) == [[True, False, True, False, True, True, False]]  # ali ##ce mov ##ed to ber ##lin
+    with pytest.raises(ConfigError, match="snap_spans"):
+        MemAdapterConfig(snap_spans=1)
+    with pytest.raises(ConfigError, match="foreign_names"):
+        MemAdapterConfig(foreign_names="yes")

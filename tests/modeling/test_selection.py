@@ -75,3 +75,25 @@ def test_most_specific_drops_entries_that_name_fewer_of_the_questions_words():
     assert most_specific(q, keys) == [2]
     assert most_specific(q, keys, fragments=True) == [0, 2]
     assert most_specific("Where does Steidim Faikrous work?", ["idim Faikrous", "Steidim Faikrous"], fragments=True) == [0, 1]
+
+
+def test_most_specific_foreign_names_drops_look_alikes():
+    q = "Which company does Martin Brandt work for?"
+    keys = ["Paul Brandt", "Paula Brandt", "Brandt", "Louis Hughes"]
+    assert most_specific(q, keys) == [0, 1, 2]
+    assert most_specific(q, keys, foreign_names=True) == [2]
+    # a look-alike stays when no entry names as many of the question's words without a foreign name
+    assert most_specific(q, ["Paul Brandt", "Paula Brandt"], foreign_names=True) == [0, 1]
+    assert most_specific(q, ["Paul Brandt", "Martin"], foreign_names=True) == [1]  # as many, no foreign name
+    assert most_specific(q, ["Paul Brandt", "Martin Brandt"], foreign_names=True) == [1]
+    # a name the key adds is no substitute for one the question names ("Who employs Staigous?")
+    assert most_specific("Who employs Staigous?", ["Staigous Hahul", "Staigous"], foreign_names=True) == [0, 1]
+    assert most_specific("Who employs Staigous Hahul?", ["Staigous Hahul", "Staigous Dobos"], foreign_names=True) == [0]
+    # only capitalised words are names: a lower-case word the key leaves out or adds is none
+    q = "When is the Glacier project due?"
+    assert most_specific(q, ["Project Glacier's deadline", "Project Glacier II", "the Glacier project"],
+                         foreign_names=True) == [0, 1, 2]
+    # with fragments "Daniel" names "Daniela": no longer foreign
+    q = "What is Daniela Berger's home city?"
+    assert most_specific(q, ["Daniela", "Daniel Berger"], foreign_names=True) == [0]
+    assert most_specific(q, ["Daniela", "Daniel Berger"], fragments=True, foreign_names=True) == [1]
