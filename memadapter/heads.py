@@ -219,8 +219,11 @@ class GroundingHead(nn.Module):
     """
 
     def __init__(self, hidden_size: int, key_dim: int, value_dim: int, num_event_types: int = len(EVENT_TYPES),
-                 context_size: int = 0, context_window: int = CONTEXT_WINDOW):
+                 context_size: int = 0, context_window: int = CONTEXT_WINDOW, type_reads_relation: bool = False):
         super().__init__()
+        # Read a candidate's event type over its relation region too, not only key .. value: a
+        # retraction has no value, and its key's causal states never see "... is no longer known".
+        self.type_reads_relation = bool(type_reads_relation)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.key_dim = check_positive_int("key_dim", key_dim)
         self.value_dim = check_positive_int("value_dim", value_dim)
@@ -251,13 +254,26 @@ class GroundingHead(nn.Module):
             raise ShapeError(f"mask: expected shape {tuple(hidden.shape[:2])}, got {tuple(mask.shape)}")
         return mask.bool()
 
-    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> GroundingOutput:
-        """Per-token logits; padded positions get tag O so they never open a span."""
-        mask = self._check(hidden, mask)
+    def features(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What the tagger, event and confidence layers read: [B, T, H] -> [B, T, H + C]."""
         h = self.norm(hidden)
         if self.context is not None:
             x = (h * mask[..., None].to(h.dtype)).transpose(1, 2)  # [B, H, T]; padding reads as zeros
             h = torch.cat([h, F.gelu(self.context(x)).transpose(1, 2)], -1)  # [B, T, H + C]
+        return h
+
+    def type_spans(self, key_spans: torch.Tensor, value_spans: torch.Tensor, length: int) -> torch.Tensor:
+        """The tokens a candidate's event type is read over: key start .. value end, and with
+        ``type_reads_relation`` at least to the end of its relation region. [N, 2] x2 -> [N, 2]."""
+        end = torch.maximum(key_spans[:, 1], value_spans[:, 1])
+        if self.type_reads_relation:
+            end = torch.maximum(end, relation_spans(key_spans, value_spans, length)[:, 1])
+        return torch.stack([key_spans[:, 0], end], -1)
+
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> GroundingOutput:
+        """Per-token logits; padded positions get tag O so they never open a span."""
+        mask = self._check(hidden, mask)
+        h = self.features(hidden, mask)
         tag_logits = self.tagger(h)  # [B, T, 5]
         pad_o = torch.full_like(tag_logits, torch.finfo(tag_logits.dtype).min)
         pad_o[..., TAG_O] = 0.0
@@ -291,12 +307,13 @@ class GroundingHead(nn.Module):
         key_spans = torch.tensor([k for k, _ in pairs], device=h.device)  # [N, 2]
         # A key without a value pools its value from the key span (retractions carry no value).
         val_spans = torch.tensor([v if v is not None else k for k, v in pairs], device=h.device)
-        # Event type and confidence are read over the whole candidate (key start .. value end).
+        # Confidence is read over the whole candidate (key start .. value end), the event type
+        # over the same or (type_reads_relation) up to the relation region's end.
         whole = torch.stack([key_spans[:, 0], torch.maximum(key_spans[:, 1], val_spans[:, 1])], -1)
         rel = relation_spans(key_spans, val_spans, length)  # [N, 2]
         keys = self.key(pool_spans(h, key_spans), pool_spans(h, rel))  # [N, dk]
         values = self.value_proj(pool_spans(h, val_spans))  # [N, dv]
-        ev = pool_spans(out.event_logits[b], whole).softmax(-1)  # [N, E]
+        ev = pool_spans(out.event_logits[b], self.type_spans(key_spans, val_spans, length)).softmax(-1)  # [N, E]
         conf = torch.sigmoid(pool_spans(out.confidence_logits[b][:, None], whole)[:, 0])  # [N]
         return [
             Candidate(k, v, int(ev[i].argmax()), ev[i], float(conf[i]), keys[i], values[i])

@@ -97,7 +97,8 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
 
     def _build_heads(self, config: MemAdapterConfig, hidden: int) -> None:
         self.grounding = GroundingHead(hidden, config.key_dim, config.value_dim, config.num_event_types,
-                                       context_size=config.grounding_context_size)
+                                       context_size=config.grounding_context_size,
+                                       type_reads_relation=config.type_reads_relation)
         self.writer = WriteController(config.key_dim, config.num_event_types)
         self.query_head = QueryHead(hidden, config.key_dim)
         self.injector = SoftPrefixInjector(

@@ -107,6 +107,19 @@ def test_propose_snaps_spans_to_words_before_pooling():
     assert [(c.key_span, c.value_span) for c in head.propose(hidden)[0]] == [((1, 2), (4, 5))]
 
 
+def test_type_spans_reach_the_relation_region_only_when_asked():
+    keys, values = torch.tensor([[1, 3], [4, 5]]), torch.tensor([[6, 8], [4, 5]])  # the second has no value
+    assert GroundingHead(16, 8, 8).type_spans(keys, values, 9).tolist() == [[1, 8], [4, 5]]
+    head = GroundingHead(16, 8, 8, type_reads_relation=True)
+    assert head.type_spans(keys, values, 9).tolist() == [[1, 8], [4, 9]]  # 6 more tokens, cut at the length
+    tags = [TAG_O, TAG_KEY_B, TAG_O, TAG_O, TAG_O]
+    forced, hidden = _forced_head(tags)
+    forced.type_reads_relation = True
+    ev = forced.propose(hidden)[0][0].event_probs
+    out = forced.forward(hidden)
+    torch.testing.assert_close(ev, out.event_logits[0, 1:5].mean(0).softmax(-1))
+
+
 def test_propose_key_vector_is_pooled_entity_and_relation():
     tags = [TAG_KEY_B, TAG_KEY_I, TAG_O, TAG_O, TAG_VAL_B]
     head, hidden = _forced_head(tags)
