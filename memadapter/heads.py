@@ -95,17 +95,19 @@ def decode_spans(tags: list[int]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def pair_spans(spans: list[tuple[str, int, int]]) -> list[tuple[tuple[int, int], Optional[tuple[int, int]]]]:
-    """Pair each key span with the first value span after it and before the next key span."""
+def pair_spans(spans: list[tuple[str, int, int]], sentence_end: Optional[Sequence[bool]] = None,
+               ) -> list[tuple[tuple[int, int], Optional[tuple[int, int]]]]:
+    """Pair each key span with the first value span after it and before the next key span; with
+    ``sentence_end`` (per token: it ends a sentence) only a value in the key's own sentence: a
+    retraction has no value, and the next value tagged in the text after it is not its value."""
     pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]] = []
     for i, (kind, s, e) in enumerate(spans):
         if kind != "key":
             continue
         value = None
         for kind2, s2, e2 in spans[i + 1 :]:
-            if kind2 == "key":
-                break
-            value = (s2, e2)
+            if kind2 == "value" and not (sentence_end is not None and any(sentence_end[e:s2])):
+                value = (s2, e2)
             break
         pairs.append(((s, e), value))
     return pairs
@@ -132,6 +134,17 @@ def word_starts(rows: list[list[int]], decode_batch: Callable[[list[list[int]]],
             starts.append(not (piece[:1].isalnum() and prev[-1:].isalnum()))
         out.append(starts)
     return out
+
+
+def sentence_ends(rows: list[list[int]], decode_batch: Callable[[list[list[int]]], list[str]]) -> list[list[bool]]:
+    """For each token of each row: does its text end a sentence (".", "!", "?" or a line break)?
+
+    Example:
+        >>> pieces = {1: " valid", 2: ".", 3: " It", 4: "!\\n"}
+        >>> sentence_ends([[1, 2, 3, 4]], lambda rows: ["".join(pieces[t] for t in r) for r in rows])
+        [[False, True, False, True]]
+    """
+    return [[any(c in ".!?\n" for c in piece) for piece in decode_batch([[t] for t in row])] for row in rows]
 
 
 def snap_to_words(pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]], word_start: Sequence[bool],
@@ -282,10 +295,12 @@ class GroundingHead(nn.Module):
 
     @torch.no_grad()
     def propose(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                word_start: Optional[list[list[bool]]] = None) -> list[list[Candidate]]:
-        """Decode candidates per row: spans by a plain BIO loop (widened to whole words when
-        ``word_start`` [B][T] says which tokens begin one, :func:`snap_to_words`), vectors pooled
-        over the spans."""
+                word_start: Optional[list[list[bool]]] = None,
+                sentence_end: Optional[list[list[bool]]] = None) -> list[list[Candidate]]:
+        """Decode candidates per row: spans by a plain BIO loop, a key paired with the value after
+        it (only within its sentence when ``sentence_end`` [B][T] marks sentence ends), spans
+        widened to whole words when ``word_start`` [B][T] says which tokens begin one
+        (:func:`snap_to_words`), vectors pooled over the spans."""
         mask = self._check(hidden, mask)
         out = self.forward(hidden, mask)
         tags = out.tag_logits.argmax(-1).tolist()  # [B][T]
@@ -294,7 +309,7 @@ class GroundingHead(nn.Module):
         result: list[list[Candidate]] = []
         for b in range(hidden.shape[0]):
             n = int(lengths[b])
-            pairs = pair_spans(decode_spans(tags[b][:n]))
+            pairs = pair_spans(decode_spans(tags[b][:n]), None if sentence_end is None else sentence_end[b][:n])
             if word_start is not None:
                 pairs = snap_to_words(pairs, word_start[b][:n])
             result.append(self._row_candidates(h[b], out, b, pairs, n))

@@ -75,6 +75,9 @@ class MemAdapterConfig(PreTrainedConfig):
     # are pooled and written: a span cut inside a word ("Mer" of "Meridian", "Daniel" of
     # "Daniela", "2" of "210") names or says something else.
     snap_spans: bool = False
+    # Pair a key only with a value in its own sentence: a retraction has no value, and the next
+    # value tagged after it (in the following sentence or filler) is not its value.
+    pair_in_sentence: bool = False
     # Read a candidate's event type up to the end of its relation region (RELATION_WINDOW tokens
     # after a key without value): a retraction's "... is no longer known" follows its key. The
     # event layer must be fit to it: ``python -m memadapter.training.refit_events``.
@@ -227,7 +230,7 @@ class MemAdapterConfig(PreTrainedConfig):
             raise ConfigError(f"named_events: must be one of {', '.join(NAMED_EVENTS)}, got {self.named_events!r}")
         if self.read_rule not in READ_RULES:
             raise ConfigError(f"read_rule: must be one of {', '.join(READ_RULES)}, got {self.read_rule!r}")
-        for name in ("name_fragments", "foreign_names", "snap_spans", "type_reads_relation"):
+        for name in ("name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "type_reads_relation"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.read_rule == "joint" and not self.ground_fallback:

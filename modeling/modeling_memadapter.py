@@ -37,7 +37,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
-from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, word_starts
+from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, sentence_ends, word_starts
 from memadapter.request_memory import RequestMemory
 from memadapter.slots import SlotMemory
 
@@ -184,6 +184,14 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
             return None
         return word_starts(rows, lambda r: self.tokenizer.batch_decode(r, clean_up_tokenization_spaces=False))
 
+    def _propose(self, hidden: torch.Tensor, mask: torch.Tensor, rows: list[list[int]]) -> list:
+        """The GroundingHead's candidates for ``rows`` (token lists behind ``hidden``), with the
+        word and sentence marks the config asks for (``snap_spans``, ``pair_in_sentence``)."""
+        ends = None
+        if self.config.pair_in_sentence and self.tokenizer is not None:
+            ends = sentence_ends(rows, lambda r: self.tokenizer.batch_decode(r, clean_up_tokenization_spaces=False))
+        return self.grounding.propose(hidden, mask, self._word_starts(rows), ends)
+
     def _pad_id(self) -> int:
         pad = check_pad_token(self.backbone)
         return 0 if pad is None else int(pad)
@@ -293,7 +301,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
             span = torch.tensor([[start, start + len(chunk[b])]])
             chunk_ids[b] = int(memory.indexes[b].add(summary[b : b + 1], [self._decode(chunk[b])], span)[0])
             report.chunks[b] += 1
-        cands = self.grounding.propose(hidden, mask, self._word_starts(chunk))
+        cands = self._propose(hidden, mask, chunk)
         self._write_candidates(memory, chunk, cands, chunk_ids, report)
         for b in live:
             memory.tokens_seen[b] += len(chunk[b])

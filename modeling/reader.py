@@ -123,7 +123,7 @@ class MemoryReaderMixin:
             return []
         rows = [self._tok()(index.text(i), add_special_tokens=False)["input_ids"] for i in chunk_ids]
         ids, mask = self._right_pad(rows)
-        proposals = self.grounding.propose(self._hidden(ids, mask), mask, self._word_starts(rows))
+        proposals = self._propose(self._hidden(ids, mask), mask, rows)
         cands = [(r, c) for r, row in enumerate(proposals) for c in row if c.value_span is not None]
         relevant = [(r, c) for r, c in cands if EVENT_TYPES[c.event_type] != "irrelevant"] or cands
         key_texts = [self._decode(rows[r][c.key_span[0]:c.key_span[1]]) for r, c in relevant]

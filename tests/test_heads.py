@@ -19,6 +19,7 @@ from memadapter.heads import (
     pool_spans_reference,
     relation_spans,
     relation_spans_reference,
+    sentence_ends,
     snap_to_words,
     word_starts,
 )
@@ -76,6 +77,17 @@ def test_propose_decodes_forced_tags_and_ignores_padding():
     assert [(c.key_span, c.value_span) for c in head.propose(hidden, mask)[0]] == [((1, 3), (3, 4))]
 
 
+def test_pair_spans_within_a_sentence():
+    spans = [("key", 1, 3), ("value", 5, 6), ("key", 7, 8), ("value", 8, 9)]
+    ends = [False, False, True, False, True, False, False, False, False]  # a sentence ends at token 4
+    assert pair_spans(spans) == [((1, 3), (5, 6)), ((7, 8), (8, 9))]
+    assert pair_spans(spans, ends) == [((1, 3), None), ((7, 8), (8, 9))]  # the key's own last token may end it
+    assert pair_spans(spans, [False] * 9) == pair_spans(spans)
+    pieces = {1: " no", 2: " longer", 3: " valid", 4: ".", 5: " Code", 6: " 80", 7: "?\n"}
+    decode = lambda rows: ["".join(pieces[t] for t in r) for r in rows]  # noqa: E731
+    assert sentence_ends([[1, 2, 3, 4, 5, 6, 7], []], decode) == [[False] * 3 + [True, False, False, True], []]
+
+
 def test_snap_to_words_widens_spans_cut_inside_a_word():
     starts = [True, True, False, True, True, False, False, True]  # words: 0 | 1-2 | 3 | 4-6 | 7
     assert snap_to_words([((2, 3), (5, 6))], starts) == [((1, 3), (4, 7))]
@@ -105,6 +117,8 @@ def test_propose_snaps_spans_to_words_before_pooling():
     h = head.norm(hidden[0])
     torch.testing.assert_close(cands[0].value, head.value_proj(h[4:6].mean(0)))
     assert [(c.key_span, c.value_span) for c in head.propose(hidden)[0]] == [((1, 2), (4, 5))]
+    ends = [[False, False, True, False, False, False, False]]  # the key's sentence ends before the value
+    assert [(c.key_span, c.value_span) for c in head.propose(hidden, None, [starts], ends)[0]] == [((1, 3), None)]
 
 
 def test_type_spans_reach_the_relation_region_only_when_asked():

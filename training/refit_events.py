@@ -61,6 +61,27 @@ def pooled_events(model: Any, streams: Sequence[dict], progress: bool = True) ->
     return torch.cat(xs), torch.tensor(ys, dtype=torch.long)
 
 
+def typing_report(model: Any, streams: Sequence[dict], progress: bool = True) -> dict[str, dict[str, int]]:
+    """How the head types the labelled events of ``streams`` as ``ingest`` reads them (chunk by chunk,
+    its own spans): gold type -> {predicted type, or "none" when no candidate's key overlaps the
+    event's key: count}."""
+    chunk, report = model.config.chunk_tokens, {}
+    for stream in tqdm(streams, desc="typing report", disable=not progress):
+        lab = token_labels(stream, model.tokenizer)
+        ids, found = lab["input_ids"], []
+        for c0 in range(0, len(ids), chunk):
+            row = ids[c0 : c0 + chunk]
+            t = torch.tensor([row], device=model._device())
+            with torch.no_grad():
+                cands = model._propose(model._hidden(t, torch.ones_like(t)), torch.ones_like(t), [row])[0]
+            found += [(c0 + c.key_span[0], c0 + c.key_span[1], EVENT_TYPES[c.event_type]) for c in cands]
+        for (k0, k1), t in zip(lab["key_spans"], lab["event_types"]):
+            pred = next((p for s, e, p in found if s < k1 and e > k0), "none")
+            row = report.setdefault(EVENT_TYPES[t], {})
+            row[pred] = row.get(pred, 0) + 1
+    return report
+
+
 def class_accuracy(layer: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> dict[str, str]:
     """Per event type: right / total, as text."""
     with torch.no_grad():
@@ -92,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="stream seed (the adapter's training used 0)")
     p.add_argument("--synthetic-names", type=float, default=0.5)
     p.add_argument("--filler-tokens", type=int, default=512)
+    p.add_argument("--report-streams", type=int, default=150,
+                   help="validation-split streams (200 filler tokens) whose typing is reported before and after")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--type-reads-relation", action="store_true", help="pool a value-less event over its relation region")
@@ -107,6 +130,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--num-streams must be >= 10 and --steps >= 1")
     base, adapter = ge._model_dirs(argparse.Namespace(adapter=args.adapter, base=args.base))
     model = ge._load_model(argparse.Namespace(set=[], dtype="float32", device=None), base, adapter)
+    report = list(build_dataset("validation", args.report_streams, args.seed,
+                                **dict(SPLIT_DEFAULTS["validation"], filler_tokens=200)))
+    print("validation typing, as loaded:", typing_report(model, report, not args.no_progress))
     model.grounding.type_reads_relation = model.config.type_reads_relation = args.type_reads_relation
     shape = dict(SPLIT_DEFAULTS["train"], filler_tokens=args.filler_tokens, synthetic_names=args.synthetic_names)
     streams = list(build_dataset("train", args.num_streams, args.seed, **shape))
@@ -119,6 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fit_event_layer(layer, x_fit, y_fit, args.steps, args.lr, not args.no_progress)
     print("held-out events, after: ", class_accuracy(layer, x_held, y_held))
     print("fit events, after:      ", class_accuracy(layer, x_fit, y_fit))
+    print("validation typing, after: ", typing_report(model, report, not args.no_progress))
     model.save_pretrained(args.out)
     print(f"saved to {args.out}")
     return 0

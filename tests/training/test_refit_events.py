@@ -83,10 +83,20 @@ def test_main_saves_a_refit_adapter(streams, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ge, "_model_dirs", lambda args: ("base", args.adapter))
     monkeypatch.setattr(ge, "_load_model", lambda args, base, adapter: model)
     out = tmp_path / "refit"
-    assert refit_events.main(["--adapter", "x", "--out", str(out), "--num-streams", "10", "--steps", "3",
+    assert refit_events.main(["--adapter", "x", "--out", str(out), "--num-streams", "10", "--steps", "3", "--report-streams", "2",
                               "--filler-tokens", "32", "--type-reads-relation", "--no-progress"]) == 0
-    assert "held-out events, after" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out events, after" in printed and "validation typing, after" in printed
     assert json.loads((out / "adapter_config.json").read_text())["type_reads_relation"] is True
     assert not torch.equal(model.grounding.event.weight, before)
     with pytest.raises(SystemExit):
         refit_events.main(["--adapter", "x", "--out", str(out), "--num-streams", "3"])
+
+
+def test_typing_report_counts_every_labelled_event(streams):
+    model = _model(streams)
+    report = refit_events.typing_report(model, streams, progress=False)
+    n = sum(len(token_labels(s, model.tokenizer)["event_types"]) for s in streams)
+    assert sum(sum(row.values()) for row in report.values()) == n
+    assert set(report) <= set(EVENT_TYPES)
+    assert all(set(row) <= set(EVENT_TYPES) | {"none"} for row in report.values())
