@@ -3,8 +3,8 @@ candidates' pooled features, everything else frozen.
 
 The joint training reads event types token by token, and a retraction is the rarest event and the
 only one without a value, so the GroundingHead types some retractions as updates or new facts
-(85-94% right on validation streams, against 99%+ for the other types), and a retraction typed
-so writes no tombstone. The event layer is linear and the head mean-pools its logits over a
+(the SmolLM2 prefix adapter: 136/150 on validation streams, against 99%+ for the other types),
+and a retraction typed so writes no tombstone. The event layer is linear and the head mean-pools its logits over a
 candidate's tokens, so pooling the head's features first and fitting the layer on those pooled
 vectors is exact: a class-balanced logistic regression, started from the trained weights, over
 the frozen backbone's hidden states of training-split streams (read chunk by chunk as ``ingest``
@@ -13,6 +13,10 @@ relation region (``GroundingHead.type_spans``): the words after a retraction's k
 
     python -m memadapter.training.refit_events --adapter adapters/smollm2-135m-prefix \\
         --out runs/refit_events --num-streams 300 --type-reads-relation
+
+Measured there (docs/RESULTS.md, seventh step): retractions 149/150, but the write controller,
+trained on the old event probabilities, then writes differently and dev answers dropped; refit
+the event layer together with the write controller before adopting one.
 """
 
 from __future__ import annotations
