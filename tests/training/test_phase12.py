@@ -84,7 +84,7 @@ def test_variants_differ_only_by_the_write_auxiliary():
     batch = p12.collate([p12.make_stream("recall", 16, random.Random(i)) for i in range(4)])
     lite, parts = p12.loss_fn(model, batch, "lite_write", 0.2)
     plain, _ = p12.loss_fn(model, batch, "answer_only", 0.2)
-    assert float(lite - plain) == pytest.approx(p12.WRITE_AUX_WEIGHT * parts["write_bce"], rel=1e-5)
+    assert float((lite - plain).detach()) == pytest.approx(p12.WRITE_AUX_WEIGHT * parts["write_bce"], rel=1e-5)
 
 
 def test_train_is_deterministic_and_evaluate_counts_writes():
