@@ -178,19 +178,19 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
             return " ".join(str(i) for i in ids)
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def _word_starts(self, rows: list[list[int]]) -> Optional[list[list[bool]]]:
-        """Which tokens begin a word (for ``snap_spans``); None when spans are not snapped."""
-        if not self.config.snap_spans or self.tokenizer is None:
-            return None
-        return word_starts(rows, lambda r: self.tokenizer.batch_decode(r, clean_up_tokenization_spaces=False))
+    def _token_marks(self, rows: list[list[int]]) -> tuple[Optional[list[list[bool]]], Optional[list[list[bool]]]]:
+        """Per token of ``rows``: (begins a word, for ``snap_spans``; ends a sentence, for
+        ``pair_in_sentence``), each None when its setting is off or there is no tokenizer."""
+        if self.tokenizer is None:
+            return None, None
+        decode = lambda r: self.tokenizer.batch_decode(r, clean_up_tokenization_spaces=False)  # noqa: E731
+        return (word_starts(rows, decode) if self.config.snap_spans else None,
+                sentence_ends(rows, decode) if self.config.pair_in_sentence else None)
 
     def _propose(self, hidden: torch.Tensor, mask: torch.Tensor, rows: list[list[int]]) -> list:
         """The GroundingHead's candidates for ``rows`` (token lists behind ``hidden``), with the
-        word and sentence marks the config asks for (``snap_spans``, ``pair_in_sentence``)."""
-        ends = None
-        if self.config.pair_in_sentence and self.tokenizer is not None:
-            ends = sentence_ends(rows, lambda r: self.tokenizer.batch_decode(r, clean_up_tokenization_spaces=False))
-        return self.grounding.propose(hidden, mask, self._word_starts(rows), ends)
+        word and sentence marks the config asks for."""
+        return self.grounding.propose(hidden, mask, *self._token_marks(rows))
 
     def _pad_id(self) -> int:
         pad = check_pad_token(self.backbone)

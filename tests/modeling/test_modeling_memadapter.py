@@ -330,7 +330,7 @@ def test_snap_spans_writes_whole_words_only():
     assert any(not set(t.split()) <= words for t in cut)  # the untrained tagger does cut words
     model = build(tiny_backbone("llama"), tok, snap_spans=True)
     rows = [tok("alice moved to berlin", add_special_tokens=False)["input_ids"]]
-    assert model._word_starts(rows) == [[True, False, True, False, True, True, False]]  # ali ##ce mov ##ed to ber ##lin
+    assert model._token_marks(rows) == ([[True, False, True, False, True, True, False]], None)  # ali ##ce mov ##ed to ber ##lin
     ids = tok("bob lives in rome . update", add_special_tokens=False)["input_ids"]  # bob liv ##es in rome . upd ##ate
     for pair, want in ((False, None), (True, [[False] * 5 + [True, False, False]])):
         paired = build(tiny_backbone("llama"), tok, pair_in_sentence=pair)
