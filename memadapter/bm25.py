@@ -277,6 +277,30 @@ def lexical_agreement(query: str, texts: Sequence[Optional[str]]) -> list[float]
     return [r / top if top > 0 else 0.0 for r in raw]
 
 
+def query_coverage(query: str, texts: Sequence[Optional[str]]) -> list[float]:
+    """The share of the question's word weight that each text contains: the sum of the IDF (over
+    ``texts``) of the question's distinct words found in a text, divided by that sum over the
+    question's words found in any text, so in [0, 1] (0 for None, an empty text, or no shared word).
+
+    Unlike :func:`lexical_agreement`, which is relative to the best candidate, this is absolute:
+    pass the whole collection (e.g. every sentence of a stream) and score a subset of it, and a
+    text that shares only a common word scores low even when it is the best of that subset, so it
+    can feed a threshold. Words in no text (the question's own phrasing) do not count.
+
+    Example:
+        >>> [round(s, 2) for s in query_coverage("Which code does Ines Aldo have?",
+        ...                                      ["Ines Aldo has the code kilo", "Bex Fisk has the code echo", None])]
+        [1.0, 0.19, 0.0]
+    """
+    toks = tokenize([str(query)] + [t or "" for t in texts])
+    docs = [set(d) for d in toks[1:]]
+    n = len(docs)
+    df = {w: sum(w in d for d in docs) for w in set(toks[0])}
+    idf = {w: math.log(1.0 + (n - k + 0.5) / (k + 0.5)) for w, k in df.items() if k > 0}
+    total = sum(idf.values())
+    return [sum(v for w, v in idf.items() if w in d) / total if total > 0 else 0.0 for d in docs]
+
+
 def word_overlap(text: str, others: Sequence[Optional[str]]) -> list[float]:
     """Jaccard overlap of ``text``'s word set (:func:`tokenize`) with each of ``others``' (0 for
     None, or when either side has no word).

@@ -48,9 +48,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from memadapter.bench.stats import wilson_interval, write_rows_json
+from memadapter.bm25 import query_coverage
 from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, EmptyInputError, ShapeError
 from memadapter.heads import WriteController, masked_attention_pool, masked_attention_pool_reference
+from memadapter.modeling.selection import slot_versions
 from memadapter.router import Router
 from memadapter.slots import EventType, SlotMemory
 
@@ -89,6 +91,8 @@ class Feats:
     canon_query: Optional[torch.Tensor] = None  # [B, H]
     event_key_ids: Optional[torch.Tensor] = None  # [B, N] oracle: exact key equality
     query_key_ids: Optional[torch.Tensor] = None  # [B]
+    event_text: Optional[list[list[str]]] = None  # learned: the B x N event sentences (lexical agreement)
+    query_text: Optional[list[str]] = None  # learned: the B query sentences
 
 
 def _pad_tokens(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +124,7 @@ def featurize(samples: Sequence[Sample], cache: HiddenCache, protocol: str) -> F
     if protocol == "learned":
         f.event_tok, f.event_mask = ev_tok.reshape(B, N, *ev_tok.shape[1:]), ev_mask.reshape(B, N, -1)
         f.query_tok, f.query_mask = q_tok, q_mask
+        f.event_text, f.query_text = [list(s.events) for s in samples], [s.query for s in samples]
         return f
     ids = torch.tensor([s.key_ids for s in samples])  # [B, N]
     qids = torch.tensor([s.query_key_id for s in samples])  # [B]
@@ -183,11 +188,15 @@ class Phase13Adapter(nn.Module):
         ((1, 6), (1, 6, 64))
     """
 
-    def __init__(self, hidden_size: int, protocol: str, key_dim: int = 64) -> None:
+    def __init__(self, hidden_size: int, protocol: str, key_dim: int = 64, token_writer: bool = False) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
             raise ConfigError(f"protocol: unknown {protocol!r}; choose from {list(PROTOCOLS)}")
-        self.protocol, self.key_dim = protocol, key_dim
+        if token_writer and protocol != "learned":
+            raise ConfigError("token_writer: reads token states, which only the learned protocol has")
+        # token_writer: the writer max-pools per-token features instead of reading the mean-pooled
+        # sentence, so a signal word ("update") counts wherever an unseen sentence structure puts it.
+        self.protocol, self.key_dim, self.token_writer = protocol, key_dim, token_writer
         rep = 2 * hidden_size if protocol == "oracle" else hidden_size
         self.write_in = nn.Sequential(_mlp(hidden_size, key_dim), nn.GELU())
         self.write_event = nn.Linear(key_dim, len(EventType))
@@ -199,7 +208,11 @@ class Phase13Adapter(nn.Module):
     def p_write(self, f: Feats) -> torch.Tensor:
         """[B, N]: the writer sees the full event sentence only (write labels supervise it)."""
         B, N, _ = f.event_vec.shape
-        x = self.write_in(f.event_vec).reshape(B * N, -1)  # [B*N, dk]
+        if self.token_writer:
+            tok = self.write_in(f.event_tok).masked_fill(~f.event_mask[..., None], -math.inf)  # [B, N, T, dk]
+            x = tok.amax(dim=2).reshape(B * N, -1)  # [B, N, dk] -> [B*N, dk]
+        else:
+            x = self.write_in(f.event_vec).reshape(B * N, -1)  # [B*N, dk]
         # Memory-state features (match, conflict, fill) stay zero: lite labels depend on the event alone.
         feats = x.new_zeros(B * N, 4)
         return self.writer(x, self.write_event(x).softmax(-1), feats).reshape(B, N)
@@ -301,6 +314,7 @@ class TrainConfig:
     lr: float = 3e-3
     key_dim: int = 64
     augment_templates: bool = False  # paraphrased train templates (phase13_data._T_EXTRA)
+    token_writer: bool = False  # learned protocol: the writer max-pools token features (Phase13Adapter)
 
 
 TRAIN_SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
@@ -318,7 +332,7 @@ def train(cfg: TrainConfig, cache: HiddenCache, hidden_size: int, progress: bool
     pool = train_pool(cfg)
     feats = [(featurize(pool[i:i + cfg.batch], cache, cfg.protocol), Targets.of(pool[i:i + cfg.batch]))
              for i in range(0, len(pool), cfg.batch)]
-    ad = Phase13Adapter(hidden_size, cfg.protocol, cfg.key_dim)
+    ad = Phase13Adapter(hidden_size, cfg.protocol, cfg.key_dim, cfg.token_writer)
     opt = torch.optim.AdamW(ad.parameters(), lr=cfg.lr, weight_decay=0.01)
     curve = []
     for step in range(cfg.steps):
@@ -338,10 +352,21 @@ def train(cfg: TrainConfig, cache: HiddenCache, hidden_size: int, progress: bool
 # ----------------------------------------------------------------------------- inference
 @dataclass
 class Thresholds:
-    """replace: SlotMemory match threshold (same-key replacement); route: Router branch threshold."""
+    """replace: SlotMemory match threshold (same-key replacement); route: Router branch threshold;
+    lexical: weight of the question's word coverage (:func:`query_coverage`: the IDF share of its
+    words that an event's sentence holds, IDF over the stream) added to the key cosine wherever a
+    question is matched (slots, routing, the fallback). 0 reads keys only. Learned keys are weakest
+    on names never seen in training, and the words a question shares with a sentence are exact
+    evidence for them.
+    version_margin / version_cosine: with a margin, a memory read takes the latest of the best
+    slot's versions (``selection.slot_versions``): versions of one fact that never merged into one
+    slot score about equally, and the stream says which is current."""
 
     replace: float
     route: float
+    lexical: float = 0.0
+    version_margin: Optional[float] = None  # read the latest of the best slot's versions (selection.slot_versions)
+    version_cosine: float = 0.5  # ... slots within the margin whose key cosine with the best reaches this
 
 
 # Oracle slot keys are one-hot key ids: cosine is 1 for equal ids and 0 otherwise, so 0.5 is exact
@@ -356,33 +381,64 @@ def memory_keys(ad: Phase13Adapter, f: Feats, keys: torch.Tensor, q: torch.Tenso
     return keys, q
 
 
+@dataclass
+class Texts:
+    """The sentences a learned read matches words against: events [B][N] and questions [B]."""
+
+    events: list[list[str]]
+    questions: list[str]
+
+    def coverage(self) -> torch.Tensor:
+        """[B, N] :func:`query_coverage` of each question by each event sentence of its stream."""
+        return torch.tensor([query_coverage(q, ev) for q, ev in zip(self.questions, self.events)],
+                            dtype=torch.float32)
+
+
 def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
-            thr: Thresholds, offset: int, readout: torch.Tensor) -> dict[str, torch.Tensor]:
+            thr: Thresholds, offset: int, readout: torch.Tensor,
+            texts: Optional[Texts] = None) -> dict[str, torch.Tensor]:
     """Write events into a 32-slot memory, then route: authoritative slot if the key matches, else
     the sparse fallback: the top-16 events by key similarity, ranked by that similarity at the
     training temperature plus the learned readout (``readout`` [B, N] logits), so a rumour or an
-    older version of the same key can lose to the update. Returns hybrid / memory-alone pointers [B] (-1: none), writes, branch."""
+    older version of the same key can lose to the update. With ``texts`` and ``thr.lexical`` > 0,
+    lexical agreement is added to the key cosine of slots and fallback events alike.
+    Returns hybrid / memory-alone pointers [B] (-1: none), writes, branch."""
     B, N, dk = keys.shape
+    lex = thr.lexical if texts is not None else 0.0
     mem = SlotMemory(NUM_SLOTS, mk.shape[-1], dk, batch_size=B, match_threshold=thr.replace)
     ids = torch.arange(N).expand(B, N) + offset  # provenance: the event index each slot came from
     wr = mem.write(mk, keys, p.clamp(0.0, 1.0), event=torch.full((B, N), int(EventType.UPDATE)), chunk_id=ids)
-    best, slot = mem.match(mq)  # [B, 1]: before the read so memory-alone is independent of routing
+    bias = None
+    if lex > 0:
+        cov = texts.coverage()  # [B, N]
+        slot_event = mem.chunk_id - offset  # [B, M], < 0 on a free slot
+        bias = lex * cov.gather(1, slot_event.clamp(min=0)).masked_fill(slot_event < 0, 0.0)  # [B, M]
+    best, slot = mem.match(mq, bias)  # [B, 1]: before the read so memory-alone is independent of routing
+    if thr.version_margin is not None:
+        sims = torch.einsum("bd,bmd->bm", mq, mem.keys) + (0.0 if bias is None else bias)
+        _, newest = slot_versions(sims.masked_fill(~mem.occupied, -math.inf), mem.chunk_id, mem.keys,
+                                  thr.version_margin, thr.version_cosine)
+        slot = torch.where(slot[:, 0] >= 0, newest, slot[:, 0])[:, None]  # [B, 1]
     alone = torch.where((best[:, 0] >= thr.route) & (slot[:, 0] >= 0),
                         mem.chunk_id.gather(1, slot.clamp(min=0))[:, 0], torch.full((B,), -1))
     indexes = []
     for b in range(B):
-        idx = ChunkIndex(dk, dense_weight=1.0)
-        idx.add(keys[b])
+        # hybrid = w * cosine + (1 - w) * lexical ranks like cosine + lex * lexical
+        idx = ChunkIndex(dk, dense_weight=1.0 / (1.0 + lex))
+        idx.add(keys[b], texts=texts.events[b] if lex > 0 else None)
         indexes.append(idx)
-    res = Router(thr.route, top_k_slots=1, top_k_chunks=TOP_SPARSE).route(mem, indexes, mq, chunk_query=q)
+    res = Router(thr.route, top_k_slots=1, top_k_chunks=TOP_SPARSE).route(
+        mem, indexes, mq, query_text=texts.questions if lex > 0 else None, chunk_query=q, slot_bias=bias)
     hybrid = torch.full((B,), -1)
     for b, branch in enumerate(res.branch):
-        if branch == "memory":
-            hybrid[b] = mem.chunk_id[b, int(res.memory.indices[b, 0, 0])]
+        if branch == "memory":  # the read slot, or with the version rule the latest version of it
+            hybrid[b] = alone[b] if thr.version_margin is not None else \
+                mem.chunk_id[b, int(res.memory.indices[b, 0, 0])]
             continue
         found = res.chunks[b]
         ok = found.ids[0] >= 0
-        cand, sim = found.ids[0][ok], found.dense[0][ok]  # [k] the top-16 events by key similarity
+        cand = found.ids[0][ok]  # the top-16 events by key similarity (and BM25 with ``lex``)
+        sim = found.dense[0][ok] + (lex * cov[b, cand] if lex > 0 else 0.0)
         if len(cand):
             # Key similarity at the training temperature plus the readout logit: exact oracle keys
             # (cosine 1 vs 0) keep the choice within the query's key; learned keys let the readout
@@ -408,9 +464,11 @@ def predict(ad: Phase13Adapter, f: Feats, thr: Thresholds) -> dict[str, torch.Te
     p, keys, q = ad.p_write(f), ad.event_keys(f), ad.query_key(f)
     mk, mq = memory_keys(ad, f, keys, q)
     readout = ad.readout_scores(f)  # [B, N]
-    full = _hybrid(mk, mq, keys, q, p, thr, 0, readout)
+    texts = Texts(f.event_text, f.query_text) if f.event_text is not None else None
+    full = _hybrid(mk, mq, keys, q, p, thr, 0, readout, texts)
     s = max(0, keys.shape[1] - TAIL)
-    tail = _hybrid(mk[:, s:], mq, keys[:, s:], q, p[:, s:], thr, s, readout[:, s:])
+    tail_texts = None if texts is None else Texts([e[s:] for e in texts.events], texts.questions)
+    tail = _hybrid(mk[:, s:], mq, keys[:, s:], q, p[:, s:], thr, s, readout[:, s:], tail_texts)
     se, sq = ad.sparse_vectors(f)
     return {"full_hidden": readout.argmax(-1), "sparse_top16": sparse_top(se, sq),
             "memory": full["memory"], "tail64": tail["hybrid"], "hybrid": full["hybrid"],
@@ -419,12 +477,13 @@ def predict(ad: Phase13Adapter, f: Feats, thr: Thresholds) -> dict[str, torch.Te
 
 @torch.no_grad()
 def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: HiddenCache,
-              max_false_match: float = 0.01) -> Thresholds:
+              max_false_match: float = 0.01, lexical: float = 0.0) -> Thresholds:
     """Learned thresholds from a validation split (labels are calibration targets there).
 
     replace: cosine between signalled events of the same key (positive) vs other keys (negative);
     route: query vs the latest signalled event of its key (positive) vs the best signalled event
-    of another key in the same stream (negative: look-alike, other attribute, other entity)."""
+    of another key in the same stream (negative: look-alike, other attribute, other entity), as
+    key cosine plus ``lexical`` times the question's word coverage (as :func:`predict` reads it)."""
     if ad.protocol == "oracle":
         return ORACLE_THRESHOLDS
     pr, nr, pq, nq = [], [], [], []
@@ -438,6 +497,8 @@ def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: Hidden
             upper = torch.ones_like(same).triu(1)
             pr.append(sims[same & upper]), nr.append(sims[~same & upper])
             qs, qkey = keys[b] @ q[b], ids[t.target[b]]
+            if lexical > 0:
+                qs = qs + lexical * torch.tensor(query_coverage(samples[b].query, samples[b].events))
             mine = (w & (ids == qkey)).nonzero()
             if len(mine):
                 pq.append(qs[mine[-1]])
@@ -445,7 +506,7 @@ def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: Hidden
             if bool(other.any()):
                 nq.append(qs[other].max()[None])
     return Thresholds(Router.calibrate(torch.cat(pr), torch.cat(nr), max_false_match=max_false_match),
-                      Router.calibrate(torch.cat(pq), torch.cat(nq), max_false_match=max_false_match))
+                      Router.calibrate(torch.cat(pq), torch.cat(nq), max_false_match=max_false_match), lexical)
 
 
 # ----------------------------------------------------------------------------- evaluation and CLI
@@ -467,16 +528,26 @@ def evaluate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: HiddenC
 
 
 def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenCache, hidden_size: int,
-             cfg: Optional[TrainConfig] = None, settings=EVAL_SETTINGS, progress: bool = False) -> list[dict]:
-    """Train one adapter seed, calibrate on val (learned), evaluate on the held-out test split."""
-    cfg = replace(cfg or TrainConfig(), protocol=protocol, seed=seed)
+             cfg: Optional[TrainConfig] = None, settings=EVAL_SETTINGS, progress: bool = False,
+             read: Optional[Thresholds] = None, split: str = "test") -> list[dict]:
+    """Train one adapter seed, calibrate on val (learned), evaluate on the held-out ``split``.
+
+    ``read`` carries the learned read's settings (lexical weight, version rule; its thresholds are
+    ignored: they are calibrated). ``split="val"`` evaluates on another draw of the validation
+    split (seed + 1000), where those settings are chosen without touching the test split."""
+    cfg = cfg or TrainConfig()
+    cfg = replace(cfg, protocol=protocol, seed=seed, token_writer=cfg.token_writer and protocol == "learned")
+    read = read or Thresholds(0.0, 0.0)
     t0 = time.time()
     ad, curve = train(cfg, cache, hidden_size, progress)
     val = make_samples("val", max(12, samples // 2), seed, [s for s in settings if s[2] <= 128])
-    thr = calibrate(ad, val, cache)
-    rows = evaluate(ad, make_samples("test", samples, seed, settings), cache, thr)
-    meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write",
-            "augment_templates": cfg.augment_templates,
+    thr = calibrate(ad, val, cache, lexical=read.lexical)
+    if protocol == "learned":
+        thr = replace(thr, version_margin=read.version_margin, version_cosine=read.version_cosine)
+    rows = evaluate(ad, make_samples(split, samples, seed + 1000 if split == "val" else seed, settings), cache, thr)
+    meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write", "split": split,
+            "augment_templates": cfg.augment_templates, "token_writer": cfg.token_writer,
+            "lexical": thr.lexical, "version_margin": thr.version_margin, "version_cosine": thr.version_cosine,
             "replace_threshold": thr.replace, "route_threshold": thr.route,
             "final_loss": curve[-1], "seconds": round(time.time() - t0, 1)}
     return [{**meta, **r} for r in rows]
@@ -526,6 +597,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--train-events", type=int, default=TrainConfig.train_events)
     ap.add_argument("--augment-templates", action="store_true",
                     help="train on several paraphrased templates per fact and question (val/test templates stay unseen)")
+    ap.add_argument("--token-writer", action="store_true",
+                    help="learned: the writer max-pools token features instead of the mean-pooled sentence")
+    ap.add_argument("--lexical", type=float, default=0.0,
+                    help="learned: weight of the question's word coverage added to key cosine (0: keys only)")
+    ap.add_argument("--version-margin", type=float, default=None,
+                    help="learned: read the latest version among slots within this score margin of the best")
+    ap.add_argument("--version-cosine", type=float, default=0.5,
+                    help="learned: ... whose key cosine with the best slot reaches this")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="evaluate on the test split, or on another draw of val (to choose settings)")
     ap.add_argument("--cache-dir", default=None, help="hidden-state cache (default $MEMADAPTER_CACHE/phase13)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--read-layer", type=int, default=None,
@@ -539,7 +620,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not settings or args.seeds < 1 or args.samples < len(settings):
         raise ConfigError(f"samples: need at least one sample per setting ({len(settings)}) and seeds >= 1")
     cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events,
-                      augment_templates=args.augment_templates)
+                      augment_templates=args.augment_templates, token_writer=args.token_writer)
+    read = Thresholds(0.0, 0.0, args.lexical, args.version_margin, args.version_cosine)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else _default_cache_dir()
     rows: list[dict] = []
     for fam in families:
@@ -549,7 +631,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for proto in protocols:
             for seed in range(args.seeds):
                 print(f"[phase13] {fam} {proto} seed {seed}", file=sys.stderr)
-                rows += run_seed(fam, proto, seed, args.samples, cache, model.config.hidden_size, cfg, settings)
+                rows += run_seed(fam, proto, seed, args.samples, cache, model.config.hidden_size, cfg, settings,
+                                 read=read, split=args.split)
     summary = summarize(rows)
     print(markdown_table(summary))
     if args.json:

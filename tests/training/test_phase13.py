@@ -144,10 +144,10 @@ def _scramble(s: p13.Sample, rng: random.Random) -> p13.Sample:
                    write_labels=[rng.randrange(2) for _ in s.write_labels])
 
 
-def test_learned_never_reads_metadata(cache):
+@pytest.mark.parametrize("thr", [p13.Thresholds(0.8, 0.6), p13.Thresholds(0.8, 1.2, lexical=2.0, version_margin=0.3)])
+def test_learned_never_reads_metadata(cache, thr):
     samples = _small("test", 0)["streaming"]
     ad = p13.Phase13Adapter(64, "learned").eval()
-    thr = p13.Thresholds(0.8, 0.6)
     base = p13.predict(ad, p13.featurize(samples, cache, "learned"), thr)
     rng = random.Random(1)
     scrambled = p13.predict(ad, p13.featurize([_scramble(s, rng) for s in samples], cache, "learned"), thr)
@@ -211,10 +211,46 @@ def test_training_improves_pointer_accuracy(protocol, cache):
     assert {r["row"] for r in rows} >= set(p13.ROWS)
 
 
+def test_lexical_read_finds_the_named_entity_and_the_version_rule_its_latest_write(cache):
+    # An untrained adapter: its keys carry nothing, so what is right comes from the question's words
+    # (lexical coverage) and, among the slots about that key, the stream order (version rule).
+    torch.manual_seed(0)
+    ad = p13.Phase13Adapter(64, "learned").eval()
+    events = ["note : abel ashby lives in paris .", "note : bria brook likes the color red .",
+              "update : abel ashby moved to rome .", "note : cato colt lives in oslo ."]
+    s = SimpleNamespace(events=events, query="where does abel ashby live ?")
+    f = p13.featurize([s], cache, "learned")
+    with torch.no_grad():
+        ad.writer.mlp[2].bias.fill_(20.0)  # write everything: four slots, no key merges them
+    keys_only = p13.predict(ad, f, p13.Thresholds(1.0, -1.0))  # replace never, route always
+    lexical = p13.predict(ad, f, p13.Thresholds(1.0, -1.0, lexical=4.0))
+    latest = p13.predict(ad, f, p13.Thresholds(1.0, -1.0, lexical=4.0, version_margin=0.5, version_cosine=-1.0))
+    assert int(lexical["memory"][0]) in (0, 2)  # a slot about abel ashby
+    assert int(latest["memory"][0]) == int(latest["hybrid"][0]) == 2  # ... and the update, written last
+    assert keys_only["memory"].shape == (1,)
+
+
+def test_token_writer_reads_token_states_of_the_learned_protocol_only(cache):
+    ad = p13.Phase13Adapter(64, "learned", token_writer=True).eval()
+    f = p13.featurize(_small("test", 0)["recall"][:2], cache, "learned")
+    p = ad.p_write(f)
+    assert p.shape == f.event_vec.shape[:2] and bool(((p >= 0) & (p <= 1)).all())
+    with pytest.raises(ConfigError, match="token_writer"):
+        p13.Phase13Adapter(64, "oracle", token_writer=True)
+
+
+def test_coverage_is_the_questions_idf_share_in_each_event():
+    texts = p13.Texts([["abel ashby lives in paris .", "bria brook lives in rome ."]], ["where does abel ashby live ?"])
+    cov = texts.coverage()
+    assert cov.shape == (1, 2) and float(cov[0, 0]) == pytest.approx(1.0) and float(cov[0, 1]) == 0.0
+
+
 def test_calibrated_thresholds_are_oracle_exact_or_learned(cache):
     ad = p13.Phase13Adapter(64, "learned").eval()
     thr = p13.calibrate(ad, _small("val", 0), cache)
     assert -1.0 <= thr.replace <= 1.0 + 1e-6 and -1.0 <= thr.route <= 1.0 + 1e-6
+    lex = p13.calibrate(ad, _small("val", 0), cache, lexical=2.0)
+    assert lex.replace == thr.replace and lex.lexical == 2.0 and lex.route <= 3.0 + 1e-6  # cosine + 2 x coverage
     assert p13.calibrate(p13.Phase13Adapter(64, "oracle"), {}, cache) == p13.ORACLE_THRESHOLDS
 
 
@@ -222,6 +258,7 @@ def test_cli_writes_rows_with_wilson_intervals(tmp_path, capsys):
     out = tmp_path / "p13.json"
     code = p13.main(["--families", "llama", "--protocol", "both", "--seeds", "1", "--samples", "10",
                      "--max-events", "128", "--steps", "10", "--train-samples", "24", "--train-events", "24",
+                     "--lexical", "2", "--version-margin", "0.3", "--token-writer",
                      "--no-cache", "--json", str(out)])
     assert code == 0
     table = capsys.readouterr().out
@@ -231,3 +268,6 @@ def test_cli_writes_rows_with_wilson_intervals(tmp_path, capsys):
     summary = [r for r in rows if r.get("family") == "pooled"]
     assert len(summary) == 2 * len(p13.ROWS)
     assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in summary)
+    learned = [r for r in rows if r.get("protocol") == "learned" and "seed" in r]
+    assert learned and all(r["lexical"] == 2.0 and r["version_margin"] == 0.3 and r["token_writer"] for r in learned)
+    assert all(not r["token_writer"] and r["lexical"] == 0.0 for r in rows if r.get("protocol") == "oracle" and "seed" in r)
