@@ -194,9 +194,11 @@ class Phase13Adapter(nn.Module):
             raise ConfigError(f"protocol: unknown {protocol!r}; choose from {list(PROTOCOLS)}")
         if token_writer and protocol != "learned":
             raise ConfigError("token_writer: reads token states, which only the learned protocol has")
-        # token_writer: the writer max-pools per-token features instead of reading the mean-pooled
-        # sentence, so a signal word ("update") counts wherever an unseen sentence structure puts it.
+        # token_writer: the writer reads an attention pool over the sentence's tokens instead of its
+        # mean, so a signal word ("update") is not diluted by an unseen sentence structure's words.
         self.protocol, self.key_dim, self.token_writer = protocol, key_dim, token_writer
+        if token_writer:
+            self.write_norm, self.write_score = nn.LayerNorm(hidden_size), nn.Linear(hidden_size, 1)
         rep = 2 * hidden_size if protocol == "oracle" else hidden_size
         self.write_in = nn.Sequential(_mlp(hidden_size, key_dim), nn.GELU())
         self.write_event = nn.Linear(key_dim, len(EventType))
@@ -209,8 +211,9 @@ class Phase13Adapter(nn.Module):
         """[B, N]: the writer sees the full event sentence only (write labels supervise it)."""
         B, N, _ = f.event_vec.shape
         if self.token_writer:
-            tok = self.write_in(f.event_tok).masked_fill(~f.event_mask[..., None], -math.inf)  # [B, N, T, dk]
-            x = tok.amax(dim=2).reshape(B * N, -1)  # [B, N, dk] -> [B*N, dk]
+            h = self.write_norm(f.event_tok.flatten(0, 1))  # [B*N, T, H]
+            pooled = masked_attention_pool(h, self.write_score(h)[..., 0], f.event_mask.flatten(0, 1))  # [B*N, H]
+            x = self.write_in(pooled)  # [B*N, dk]
         else:
             x = self.write_in(f.event_vec).reshape(B * N, -1)  # [B*N, dk]
         # Memory-state features (match, conflict, fill) stay zero: lite labels depend on the event alone.
@@ -314,7 +317,7 @@ class TrainConfig:
     lr: float = 3e-3
     key_dim: int = 64
     augment_templates: bool = False  # paraphrased train templates (phase13_data._T_EXTRA)
-    token_writer: bool = False  # learned protocol: the writer max-pools token features (Phase13Adapter)
+    token_writer: bool = False  # learned protocol: the writer attention-pools token states (Phase13Adapter)
 
 
 TRAIN_SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
@@ -598,7 +601,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--augment-templates", action="store_true",
                     help="train on several paraphrased templates per fact and question (val/test templates stay unseen)")
     ap.add_argument("--token-writer", action="store_true",
-                    help="learned: the writer max-pools token features instead of the mean-pooled sentence")
+                    help="learned: the writer attention-pools token states instead of reading the mean-pooled sentence")
     ap.add_argument("--lexical", type=float, default=0.0,
                     help="learned: weight of the question's word coverage added to key cosine (0: keys only)")
     ap.add_argument("--version-margin", type=float, default=None,
