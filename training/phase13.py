@@ -368,6 +368,7 @@ class Thresholds:
     replace: float
     route: float
     lexical: float = 0.0
+    write: float = 0.5  # SlotMemory write threshold on the writer's p_write (calibrated with write_false)
     version_margin: Optional[float] = None  # read the latest of the best slot's versions (selection.slot_versions)
     version_cosine: float = 0.5  # ... slots within the margin whose key cosine with the best reaches this
 
@@ -408,7 +409,7 @@ def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Ten
     Returns hybrid / memory-alone pointers [B] (-1: none), writes, branch."""
     B, N, dk = keys.shape
     lex = thr.lexical if texts is not None else 0.0
-    mem = SlotMemory(NUM_SLOTS, mk.shape[-1], dk, batch_size=B, match_threshold=thr.replace)
+    mem = SlotMemory(NUM_SLOTS, mk.shape[-1], dk, batch_size=B, match_threshold=thr.replace, write_threshold=thr.write)
     ids = torch.arange(N).expand(B, N) + offset  # provenance: the event index each slot came from
     wr = mem.write(mk, keys, p.clamp(0.0, 1.0), event=torch.full((B, N), int(EventType.UPDATE)), chunk_id=ids)
     bias = None
@@ -480,19 +481,23 @@ def predict(ad: Phase13Adapter, f: Feats, thr: Thresholds) -> dict[str, torch.Te
 
 @torch.no_grad()
 def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: HiddenCache,
-              max_false_match: float = 0.01, lexical: float = 0.0) -> Thresholds:
+              max_false_match: float = 0.01, lexical: float = 0.0,
+              write_false: Optional[float] = None) -> Thresholds:
     """Learned thresholds from a validation split (labels are calibration targets there).
 
     replace: cosine between signalled events of the same key (positive) vs other keys (negative);
     route: query vs the latest signalled event of its key (positive) vs the best signalled event
     of another key in the same stream (negative: look-alike, other attribute, other entity), as
-    key cosine plus ``lexical`` times the question's word coverage (as :func:`predict` reads it)."""
+    key cosine plus ``lexical`` times the question's word coverage (as :func:`predict` reads it);
+    write (with ``write_false``, else 0.5): p_write of signalled (positive) vs unsignalled events
+    (negative), at most ``write_false`` of them written."""
     if ad.protocol == "oracle":
         return ORACLE_THRESHOLDS
-    pr, nr, pq, nq = [], [], [], []
+    pr, nr, pq, nq, pw, nw = [], [], [], [], [], []
     for samples in groups.values():
         f, t = featurize(samples, cache, "learned"), Targets.of(samples)
-        keys, q = ad.event_keys(f), ad.query_key(f)
+        keys, q, p = ad.event_keys(f), ad.query_key(f), ad.p_write(f)
+        pw.append(p[t.write > 0]), nw.append(p[t.write == 0])
         for b in range(len(samples)):
             w, ids = t.write[b] > 0, t.key_ids[b]
             k, kid = keys[b][w], ids[w]
@@ -508,8 +513,10 @@ def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: Hidden
             other = w & (ids != qkey)
             if bool(other.any()):
                 nq.append(qs[other].max()[None])
+    write = 0.5 if write_false is None else \
+        min(1.0, Router.calibrate(torch.cat(pw), torch.cat(nw), max_false_match=write_false))
     return Thresholds(Router.calibrate(torch.cat(pr), torch.cat(nr), max_false_match=max_false_match),
-                      Router.calibrate(torch.cat(pq), torch.cat(nq), max_false_match=max_false_match), lexical)
+                      Router.calibrate(torch.cat(pq), torch.cat(nq), max_false_match=max_false_match), lexical, write)
 
 
 # ----------------------------------------------------------------------------- evaluation and CLI
@@ -532,26 +539,27 @@ def evaluate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: HiddenC
 
 def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenCache, hidden_size: int,
              cfg: Optional[TrainConfig] = None, settings=EVAL_SETTINGS, progress: bool = False,
-             read: Optional[Thresholds] = None, split: str = "test") -> list[dict]:
+             read: Optional[Thresholds] = None, split: str = "test", write_false: Optional[float] = None) -> list[dict]:
     """Train one adapter seed, calibrate on val (learned), evaluate on the held-out ``split``.
 
     ``read`` carries the learned read's settings (lexical weight, version rule; its thresholds are
     ignored: they are calibrated). ``split="val"`` evaluates on another draw of the validation
-    split (seed + 1000), where those settings are chosen without touching the test split."""
+    split (seed + 1000), where those settings are chosen without touching the test split.
+    ``write_false``: calibrate the write threshold on val too (:func:`calibrate`)."""
     cfg = cfg or TrainConfig()
     cfg = replace(cfg, protocol=protocol, seed=seed, token_writer=cfg.token_writer and protocol == "learned")
     read = read or Thresholds(0.0, 0.0)
     t0 = time.time()
     ad, curve = train(cfg, cache, hidden_size, progress)
     val = make_samples("val", max(12, samples // 2), seed, [s for s in settings if s[2] <= 128])
-    thr = calibrate(ad, val, cache, lexical=read.lexical)
+    thr = calibrate(ad, val, cache, lexical=read.lexical, write_false=write_false)
     if protocol == "learned":
         thr = replace(thr, version_margin=read.version_margin, version_cosine=read.version_cosine)
     rows = evaluate(ad, make_samples(split, samples, seed + 1000 if split == "val" else seed, settings), cache, thr)
     meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write", "split": split,
             "augment_templates": cfg.augment_templates, "token_writer": cfg.token_writer,
             "lexical": thr.lexical, "version_margin": thr.version_margin, "version_cosine": thr.version_cosine,
-            "replace_threshold": thr.replace, "route_threshold": thr.route,
+            "replace_threshold": thr.replace, "route_threshold": thr.route, "write_threshold": thr.write,
             "final_loss": curve[-1], "seconds": round(time.time() - t0, 1)}
     return [{**meta, **r} for r in rows]
 
@@ -608,6 +616,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="learned: read the latest version among slots within this score margin of the best")
     ap.add_argument("--version-cosine", type=float, default=0.5,
                     help="learned: ... whose key cosine with the best slot reaches this")
+    ap.add_argument("--write-false", type=float, default=None,
+                    help="learned: calibrate the write threshold on val at this rate of unsignalled events written")
     ap.add_argument("--split", choices=("test", "val"), default="test",
                     help="evaluate on the test split, or on another draw of val (to choose settings)")
     ap.add_argument("--cache-dir", default=None, help="hidden-state cache (default $MEMADAPTER_CACHE/phase13)")
@@ -624,7 +634,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ConfigError(f"samples: need at least one sample per setting ({len(settings)}) and seeds >= 1")
     cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events,
                       augment_templates=args.augment_templates, token_writer=args.token_writer)
-    read = Thresholds(0.0, 0.0, args.lexical, args.version_margin, args.version_cosine)
+    read = Thresholds(0.0, 0.0, lexical=args.lexical, version_margin=args.version_margin,
+                      version_cosine=args.version_cosine)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else _default_cache_dir()
     rows: list[dict] = []
     for fam in families:
@@ -635,7 +646,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for seed in range(args.seeds):
                 print(f"[phase13] {fam} {proto} seed {seed}", file=sys.stderr)
                 rows += run_seed(fam, proto, seed, args.samples, cache, model.config.hidden_size, cfg, settings,
-                                 read=read, split=args.split)
+                                 read=read, split=args.split, write_false=args.write_false)
     summary = summarize(rows)
     print(markdown_table(summary))
     if args.json:
