@@ -251,6 +251,16 @@ def test_calibrated_thresholds_are_oracle_exact_or_learned(cache):
     assert -1.0 <= thr.replace <= 1.0 + 1e-6 and -1.0 <= thr.route <= 1.0 + 1e-6
     lex = p13.calibrate(ad, _small("val", 0), cache, lexical=2.0)
     assert lex.replace == thr.replace and lex.lexical == 2.0 and lex.route <= 3.0 + 1e-6  # cosine + 2 x coverage
+    assert thr.write == 0.5  # the writer's own decision unless asked to calibrate it
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ad.writer.mlp[2].weight.normal_()  # zero-initialised: every p_write would be exactly 0.5
+    cal = p13.calibrate(ad, _small("val", 0), cache, write_false=0.01)
+    f, t = p13.featurize(_small("val", 0)["recall"], cache, "learned"), p13.Targets.of(_small("val", 0)["recall"])
+    assert 0.0 <= cal.write <= 1.0 and cal.route == thr.route
+    with torch.no_grad():
+        p = ad.p_write(f)
+    assert float((p[t.write == 0] >= cal.write).float().mean()) <= 0.05  # few unsignalled events pass
     assert p13.calibrate(p13.Phase13Adapter(64, "oracle"), {}, cache) == p13.ORACLE_THRESHOLDS
 
 
