@@ -22,9 +22,10 @@ It equals :func:`bm25_reference` on the same documents (the reference counts any
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import bm25s
 import numpy as np
@@ -36,8 +37,16 @@ DEFAULT_K1 = 1.5
 DEFAULT_B = 0.75
 
 
-def tokenize(texts: Sequence[str]) -> list[list[str]]:
-    """Lower-cased word tokens (2+ word characters) without English stopwords, one list per text.
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def tokenize(texts: Sequence[str], stem: bool = False) -> list[list[str]]:
+    """Lower-cased word tokens (2+ word characters) without English stopwords, one list per text;
+    ``stem``: Snowball English stems (PyStemmer).
 
     Example:
         >>> tokenize(["The cat sat on the mat."])
@@ -45,8 +54,9 @@ def tokenize(texts: Sequence[str]) -> list[list[str]]:
     """
     if len(texts) == 0:
         return []
+    stemmer = _stemmer().stemWords if stem else None
     out = bm25s.tokenize(list(texts), lower=True, stopwords="english", return_ids=False,
-                         show_progress=False)
+                         show_progress=False, stemmer=stemmer)
     return [list(doc) for doc in out]
 
 
@@ -277,28 +287,50 @@ def lexical_agreement(query: str, texts: Sequence[Optional[str]]) -> list[float]
     return [r / top if top > 0 else 0.0 for r in raw]
 
 
-def query_coverage(query: str, texts: Sequence[Optional[str]]) -> list[float]:
-    """The share of the question's word weight that each text contains: the sum of the IDF (over
-    ``texts``) of the question's distinct words found in a text, divided by that sum over the
-    question's words found in any text, so in [0, 1] (0 for None, an empty text, or no shared word).
+def query_coverage(query: str, texts: Sequence[Optional[str]],
+                   idf: Optional[Callable[[str], float]] = None) -> list[float]:
+    """The share of the question's word weight that each text contains: the sum of the IDF of the
+    question's distinct words found in a text, divided by that sum over the question's words found
+    in any text, so in [0, 1] (0 for None, an empty text, or no shared word).
 
     Unlike :func:`lexical_agreement`, which is relative to the best candidate, this is absolute:
     pass the whole collection (e.g. every sentence of a stream) and score a subset of it, and a
     text that shares only a common word scores low even when it is the best of that subset, so it
-    can feed a threshold. Words in no text (the question's own phrasing) do not count.
+    can feed a threshold. Words in no text (the question's own phrasing) do not count. Words are
+    stemmed (Snowball English), so "live" in a question meets "lives" in a statement. ``idf``
+    (stemmed word -> weight, e.g. :func:`background_idf` of a training corpus) replaces the IDF
+    over ``texts``: then a word every statement of one kind repeats ("lives") weighs little even
+    in a short stream.
 
     Example:
         >>> [round(s, 2) for s in query_coverage("Which code does Ines Aldo have?",
         ...                                      ["Ines Aldo has the code kilo", "Bex Fisk has the code echo", None])]
         [1.0, 0.19, 0.0]
     """
-    toks = tokenize([str(query)] + [t or "" for t in texts])
+    toks = tokenize([str(query)] + [t or "" for t in texts], stem=True)
     docs = [set(d) for d in toks[1:]]
     n = len(docs)
     df = {w: sum(w in d for d in docs) for w in set(toks[0])}
-    idf = {w: math.log(1.0 + (n - k + 0.5) / (k + 0.5)) for w, k in df.items() if k > 0}
-    total = sum(idf.values())
-    return [sum(v for w, v in idf.items() if w in d) / total if total > 0 else 0.0 for d in docs]
+    weight = {w: (idf(w) if idf is not None else math.log(1.0 + (n - k + 0.5) / (k + 0.5)))
+              for w, k in df.items() if k > 0}
+    total = sum(weight.values())
+    return [sum(v for w, v in weight.items() if w in d) / total if total > 0 else 0.0 for d in docs]
+
+
+def background_idf(texts: Sequence[str]) -> Callable[[str], float]:
+    """IDF of stemmed words over a background corpus (one document per text): a word the corpus
+    never saw gets the largest weight, log(1 + (n + 0.5) / 0.5).
+
+    Example:
+        >>> idf = background_idf(["abel lives in paris", "bria lives in rome"])
+        >>> round(idf("live"), 2), round(idf("abel"), 2), round(idf("zeno"), 2)
+        (0.18, 0.69, 1.79)
+    """
+    counts: Counter[str] = Counter()
+    for doc in tokenize(list(texts), stem=True):
+        counts.update(set(doc))
+    n = len(texts)
+    return lambda w: math.log(1.0 + (n - counts.get(w, 0) + 0.5) / (counts.get(w, 0) + 0.5))
 
 
 def word_overlap(text: str, others: Sequence[Optional[str]]) -> list[float]:

@@ -41,14 +41,14 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from memadapter.bench.stats import wilson_interval, write_rows_json
-from memadapter.bm25 import query_coverage
+from memadapter.bm25 import background_idf, query_coverage
 from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, EmptyInputError, ShapeError
 from memadapter.heads import WriteController, masked_attention_pool, masked_attention_pool_reference
@@ -199,6 +199,8 @@ class Phase13Adapter(nn.Module):
         self.protocol, self.key_dim, self.token_writer = protocol, key_dim, token_writer
         if token_writer:
             self.write_norm, self.write_score = nn.LayerNorm(hidden_size), nn.Linear(hidden_size, 1)
+        # IDF of words over the training sentences, set by :func:`train` (Thresholds.lexical_idf "train")
+        self.background: Optional[Callable[[str], float]] = None
         rep = 2 * hidden_size if protocol == "oracle" else hidden_size
         self.write_in = nn.Sequential(_mlp(hidden_size, key_dim), nn.GELU())
         self.write_event = nn.Linear(key_dim, len(EventType))
@@ -336,6 +338,7 @@ def train(cfg: TrainConfig, cache: HiddenCache, hidden_size: int, progress: bool
     feats = [(featurize(pool[i:i + cfg.batch], cache, cfg.protocol), Targets.of(pool[i:i + cfg.batch]))
              for i in range(0, len(pool), cfg.batch)]
     ad = Phase13Adapter(hidden_size, cfg.protocol, cfg.key_dim, cfg.token_writer)
+    ad.background = background_idf([t for s in pool for t in (*s.events, s.query)])
     opt = torch.optim.AdamW(ad.parameters(), lr=cfg.lr, weight_decay=0.01)
     curve = []
     for step in range(cfg.steps):
@@ -360,7 +363,9 @@ class Thresholds:
     words that an event's sentence holds, IDF over the stream) added to the key cosine wherever a
     question is matched (slots, routing, the fallback). 0 reads keys only. Learned keys are weakest
     on names never seen in training, and the words a question shares with a sentence are exact
-    evidence for them.
+    evidence for them. lexical_idf "train" weighs words by their IDF over the adapter's training
+    sentences (:func:`background_idf`), so a word of the sentence templates ("lives") weighs little
+    and a name never trained on weighs most; "stream" uses IDF over the stream itself.
     version_margin / version_cosine: with a margin, a memory read takes the latest of the best
     slot's versions (``selection.slot_versions``): versions of one fact that never merged into one
     slot score about equally, and the stream says which is current."""
@@ -369,6 +374,7 @@ class Thresholds:
     route: float
     lexical: float = 0.0
     write: float = 0.5  # SlotMemory write threshold on the writer's p_write (calibrated with write_false)
+    lexical_idf: str = "stream"  # word weights of the coverage: IDF over the stream, or "train": the training corpus
     version_margin: Optional[float] = None  # read the latest of the best slot's versions (selection.slot_versions)
     version_cosine: float = 0.5  # ... slots within the margin whose key cosine with the best reaches this
 
@@ -391,10 +397,11 @@ class Texts:
 
     events: list[list[str]]
     questions: list[str]
+    idf: Optional[Callable[[str], float]] = None  # word weights (None: IDF over each stream)
 
     def coverage(self) -> torch.Tensor:
         """[B, N] :func:`query_coverage` of each question by each event sentence of its stream."""
-        return torch.tensor([query_coverage(q, ev) for q, ev in zip(self.questions, self.events)],
+        return torch.tensor([query_coverage(q, ev, self.idf) for q, ev in zip(self.questions, self.events)],
                             dtype=torch.float32)
 
 
@@ -468,10 +475,11 @@ def predict(ad: Phase13Adapter, f: Feats, thr: Thresholds) -> dict[str, torch.Te
     p, keys, q = ad.p_write(f), ad.event_keys(f), ad.query_key(f)
     mk, mq = memory_keys(ad, f, keys, q)
     readout = ad.readout_scores(f)  # [B, N]
-    texts = Texts(f.event_text, f.query_text) if f.event_text is not None else None
+    idf = ad.background if thr.lexical_idf == "train" else None
+    texts = Texts(f.event_text, f.query_text, idf) if f.event_text is not None else None
     full = _hybrid(mk, mq, keys, q, p, thr, 0, readout, texts)
     s = max(0, keys.shape[1] - TAIL)
-    tail_texts = None if texts is None else Texts([e[s:] for e in texts.events], texts.questions)
+    tail_texts = None if texts is None else Texts([e[s:] for e in texts.events], texts.questions, idf)
     tail = _hybrid(mk[:, s:], mq, keys[:, s:], q, p[:, s:], thr, s, readout[:, s:], tail_texts)
     se, sq = ad.sparse_vectors(f)
     return {"full_hidden": readout.argmax(-1), "sparse_top16": sparse_top(se, sq),
@@ -482,7 +490,7 @@ def predict(ad: Phase13Adapter, f: Feats, thr: Thresholds) -> dict[str, torch.Te
 @torch.no_grad()
 def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: HiddenCache,
               max_false_match: float = 0.01, lexical: float = 0.0,
-              write_false: Optional[float] = None) -> Thresholds:
+              write_false: Optional[float] = None, lexical_idf: str = "stream") -> Thresholds:
     """Learned thresholds from a validation split (labels are calibration targets there).
 
     replace: cosine between signalled events of the same key (positive) vs other keys (negative);
@@ -506,7 +514,8 @@ def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: Hidden
             pr.append(sims[same & upper]), nr.append(sims[~same & upper])
             qs, qkey = keys[b] @ q[b], ids[t.target[b]]
             if lexical > 0:
-                qs = qs + lexical * torch.tensor(query_coverage(samples[b].query, samples[b].events))
+                idf = ad.background if lexical_idf == "train" else None
+                qs = qs + lexical * torch.tensor(query_coverage(samples[b].query, samples[b].events, idf))
             mine = (w & (ids == qkey)).nonzero()
             if len(mine):
                 pq.append(qs[mine[-1]])
@@ -516,7 +525,8 @@ def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: Hidden
     write = 0.5 if write_false is None else \
         min(1.0, Router.calibrate(torch.cat(pw), torch.cat(nw), max_false_match=write_false))
     return Thresholds(Router.calibrate(torch.cat(pr), torch.cat(nr), max_false_match=max_false_match),
-                      Router.calibrate(torch.cat(pq), torch.cat(nq), max_false_match=max_false_match), lexical, write)
+                      Router.calibrate(torch.cat(pq), torch.cat(nq), max_false_match=max_false_match), lexical, write,
+                      lexical_idf)
 
 
 # ----------------------------------------------------------------------------- evaluation and CLI
@@ -552,13 +562,13 @@ def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenC
     t0 = time.time()
     ad, curve = train(cfg, cache, hidden_size, progress)
     val = make_samples("val", max(12, samples // 2), seed, [s for s in settings if s[2] <= 128])
-    thr = calibrate(ad, val, cache, lexical=read.lexical, write_false=write_false)
+    thr = calibrate(ad, val, cache, lexical=read.lexical, write_false=write_false, lexical_idf=read.lexical_idf)
     if protocol == "learned":
         thr = replace(thr, version_margin=read.version_margin, version_cosine=read.version_cosine)
     rows = evaluate(ad, make_samples(split, samples, seed + 1000 if split == "val" else seed, settings), cache, thr)
     meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write", "split": split,
             "augment_templates": cfg.augment_templates, "token_writer": cfg.token_writer,
-            "lexical": thr.lexical, "version_margin": thr.version_margin, "version_cosine": thr.version_cosine,
+            "lexical": thr.lexical, "lexical_idf": thr.lexical_idf, "version_margin": thr.version_margin, "version_cosine": thr.version_cosine,
             "replace_threshold": thr.replace, "route_threshold": thr.route, "write_threshold": thr.write,
             "final_loss": curve[-1], "seconds": round(time.time() - t0, 1)}
     return [{**meta, **r} for r in rows]
@@ -612,6 +622,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="learned: the writer attention-pools token states instead of reading the mean-pooled sentence")
     ap.add_argument("--lexical", type=float, default=0.0,
                     help="learned: weight of the question's word coverage added to key cosine (0: keys only)")
+    ap.add_argument("--lexical-idf", choices=("stream", "train"), default="stream",
+                    help="learned: coverage word weights from IDF over the stream or over the training sentences")
     ap.add_argument("--version-margin", type=float, default=None,
                     help="learned: read the latest version among slots within this score margin of the best")
     ap.add_argument("--version-cosine", type=float, default=0.5,
@@ -634,7 +646,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ConfigError(f"samples: need at least one sample per setting ({len(settings)}) and seeds >= 1")
     cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events,
                       augment_templates=args.augment_templates, token_writer=args.token_writer)
-    read = Thresholds(0.0, 0.0, lexical=args.lexical, version_margin=args.version_margin,
+    read = Thresholds(0.0, 0.0, lexical=args.lexical, lexical_idf=args.lexical_idf, version_margin=args.version_margin,
                       version_cosine=args.version_cosine)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else _default_cache_dir()
     rows: list[dict] = []
