@@ -27,3 +27,19 @@ def test_no_shared_word_or_no_candidates_gives_zeros():
     assert lexical_agreement("Where does Nina live?", ["The Nova heater", "Paul Keller"]) == [0.0, 0.0]
     assert lexical_agreement("anything", []) == []
     assert lexical_agreement("", ["Paul Keller"]) == [0.0]
+
+
+def test_query_coverage_is_absolute_stemmed_and_takes_background_weights():
+    from memadapter.bm25 import background_idf, query_coverage
+
+    texts = ["note : Ines Aldo lives in Paris .", "update : Ines Aldo moved to Rome .", "Bex Fisk lives in Oslo .", None]
+    cov = query_coverage("Where does Ines Aldo live?", texts)
+    assert cov[0] == 1.0 and cov[3] == 0.0 and all(0.0 <= c <= 1.0 for c in cov)
+    assert cov[2] < cov[1] < cov[0]  # "live" meets "lives"; the names weigh more than it
+    only_other = query_coverage("Where does Ines Aldo live?", texts[2:3])
+    assert only_other == [1.0]  # the question's names are in no text: they do not count
+    idf = background_idf(["x lives in y .", "z lives in w .", "q moved to r ."])
+    assert idf("zeno") > idf("live")
+    weighted = query_coverage("Where does Ines Aldo live?", texts, idf)
+    assert weighted[1] > cov[1] and weighted[2] < cov[2]  # a common template word weighs less
+    assert query_coverage("?", texts) == [0.0, 0.0, 0.0, 0.0]

@@ -224,7 +224,11 @@ def test_lexical_read_finds_the_named_entity_and_the_version_rule_its_latest_wri
         ad.writer.mlp[2].bias.fill_(20.0)  # write everything: four slots, no key merges them
     keys_only = p13.predict(ad, f, p13.Thresholds(1.0, -1.0))  # replace never, route always
     lexical = p13.predict(ad, f, p13.Thresholds(1.0, -1.0, lexical=4.0))
-    latest = p13.predict(ad, f, p13.Thresholds(1.0, -1.0, lexical=4.0, version_margin=0.5, version_cosine=-1.0))
+    # The update lacks "lives": with words weighted by a corpus where "lives" is common, it stays
+    # within the margin of the fact (random keys add up to ~0.5) and, written last, is read.
+    ad.background = p13.background_idf(["bria brook lives in rome .", "cato colt lives in oslo .", "dara moved to rome ."])
+    latest = p13.predict(ad, f, p13.Thresholds(1.0, -1.0, lexical=4.0, lexical_idf="train", version_margin=1.0,
+                                               version_cosine=-1.0))
     assert int(lexical["memory"][0]) in (0, 2)  # a slot about abel ashby
     assert int(latest["memory"][0]) == int(latest["hybrid"][0]) == 2  # ... and the update, written last
     assert keys_only["memory"].shape == (1,)
@@ -242,7 +246,8 @@ def test_token_writer_reads_token_states_of_the_learned_protocol_only(cache):
 def test_coverage_is_the_questions_idf_share_in_each_event():
     texts = p13.Texts([["abel ashby lives in paris .", "bria brook lives in rome ."]], ["where does abel ashby live ?"])
     cov = texts.coverage()
-    assert cov.shape == (1, 2) and float(cov[0, 0]) == pytest.approx(1.0) and float(cov[0, 1]) == 0.0
+    assert cov.shape == (1, 2) and float(cov[0, 0]) == pytest.approx(1.0)
+    assert 0.0 < float(cov[0, 1]) < 0.2  # shares only "live(s)", a word both sentences hold
 
 
 def test_calibrated_thresholds_are_oracle_exact_or_learned(cache):
