@@ -405,6 +405,25 @@ class Texts:
                             dtype=torch.float32)
 
 
+def _slot_bias(mem: SlotMemory, cov: torch.Tensor, lex: float, offset: int) -> torch.Tensor:
+    """[B, M] ``lex`` x the coverage ``cov`` [B, N] of the event each slot came from (0 on a free slot)."""
+    slot_event = mem.chunk_id - offset  # [B, M], < 0 on a free slot
+    return lex * cov.gather(1, slot_event.clamp(min=0)).masked_fill(slot_event < 0, 0.0)
+
+
+def _memory_pointer(mem: SlotMemory, mq: torch.Tensor, bias: Optional[torch.Tensor], thr: Thresholds) -> torch.Tensor:
+    """[B] the event the memory answers with (-1: no slot clears ``thr.route``): the best-matching
+    slot, or with the version rule the latest of its versions. No side effects (no usage credit)."""
+    best, slot = mem.match(mq, bias)  # [B, 1]
+    if thr.version_margin is not None:
+        sims = torch.einsum("bd,bmd->bm", mq, mem.keys) + (0.0 if bias is None else bias)
+        _, newest = slot_versions(sims.masked_fill(~mem.occupied, -math.inf), mem.chunk_id, mem.keys,
+                                  thr.version_margin, thr.version_cosine)
+        slot = torch.where(slot[:, 0] >= 0, newest, slot[:, 0])[:, None]  # [B, 1]
+    return torch.where((best[:, 0] >= thr.route) & (slot[:, 0] >= 0),
+                       mem.chunk_id.gather(1, slot.clamp(min=0))[:, 0], torch.full((mq.shape[0],), -1))
+
+
 def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
             thr: Thresholds, offset: int, readout: torch.Tensor,
             texts: Optional[Texts] = None) -> dict[str, torch.Tensor]:
@@ -412,29 +431,19 @@ def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Ten
     the sparse fallback: the top-16 events by key similarity, ranked by that similarity at the
     training temperature plus the learned readout (``readout`` [B, N] logits), so a rumour or an
     older version of the same key can lose to the update. With ``texts`` and ``thr.lexical`` > 0,
-    lexical agreement is added to the key cosine of slots and fallback events alike.
+    the question's word coverage is added to the key cosine of slots and fallback events alike.
     Returns hybrid / memory-alone pointers [B] (-1: none), writes, branch."""
     B, N, dk = keys.shape
     lex = thr.lexical if texts is not None else 0.0
     mem = SlotMemory(NUM_SLOTS, mk.shape[-1], dk, batch_size=B, match_threshold=thr.replace, write_threshold=thr.write)
     ids = torch.arange(N).expand(B, N) + offset  # provenance: the event index each slot came from
     wr = mem.write(mk, keys, p.clamp(0.0, 1.0), event=torch.full((B, N), int(EventType.UPDATE)), chunk_id=ids)
-    bias = None
-    if lex > 0:
-        cov = texts.coverage()  # [B, N]
-        slot_event = mem.chunk_id - offset  # [B, M], < 0 on a free slot
-        bias = lex * cov.gather(1, slot_event.clamp(min=0)).masked_fill(slot_event < 0, 0.0)  # [B, M]
-    best, slot = mem.match(mq, bias)  # [B, 1]: before the read so memory-alone is independent of routing
-    if thr.version_margin is not None:
-        sims = torch.einsum("bd,bmd->bm", mq, mem.keys) + (0.0 if bias is None else bias)
-        _, newest = slot_versions(sims.masked_fill(~mem.occupied, -math.inf), mem.chunk_id, mem.keys,
-                                  thr.version_margin, thr.version_cosine)
-        slot = torch.where(slot[:, 0] >= 0, newest, slot[:, 0])[:, None]  # [B, 1]
-    alone = torch.where((best[:, 0] >= thr.route) & (slot[:, 0] >= 0),
-                        mem.chunk_id.gather(1, slot.clamp(min=0))[:, 0], torch.full((B,), -1))
+    cov = texts.coverage() if lex > 0 else None  # [B, N]
+    bias = _slot_bias(mem, cov, lex, offset) if lex > 0 else None  # [B, M]
+    alone = _memory_pointer(mem, mq, bias, thr)  # before the read: memory-alone is independent of routing
     indexes = []
     for b in range(B):
-        # hybrid = w * cosine + (1 - w) * lexical ranks like cosine + lex * lexical
+        # hybrid = w * cosine + (1 - w) * BM25 ranks like cosine + lex * BM25
         idx = ChunkIndex(dk, dense_weight=1.0 / (1.0 + lex))
         idx.add(keys[b], texts=texts.events[b] if lex > 0 else None)
         indexes.append(idx)
@@ -449,8 +458,8 @@ def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Ten
         found = res.chunks[b]
         ok = found.ids[0] >= 0
         cand = found.ids[0][ok]  # the top-16 events by key similarity (and BM25 with ``lex``)
-        sim = found.dense[0][ok] + (lex * cov[b, cand] if lex > 0 else 0.0)
         if len(cand):
+            sim = found.dense[0][ok] + (lex * cov[b, cand] if lex > 0 else 0.0)
             # Key similarity at the training temperature plus the readout logit: exact oracle keys
             # (cosine 1 vs 0) keep the choice within the query's key; learned keys let the readout
             # prefer the signalled update over a same-looking rumour or older version.
