@@ -194,11 +194,13 @@ def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenC
     val = make_samples("val", max(12, samples // 2), seed, [s for s in settings if s[2] <= 128])
     thr = calibrate(ad, val, cache, lexical=read.lexical, write_false=write_false, lexical_idf=read.lexical_idf)
     if protocol == "learned":
-        thr = replace(thr, version_margin=read.version_margin, version_cosine=read.version_cosine)
+        thr = replace(thr, version_margin=read.version_margin, version_cosine=read.version_cosine,
+                      fallback_versions=read.fallback_versions)
     rows = evaluate(ad, make_samples(split, samples, seed + 1000 if split == "val" else seed, settings), cache, thr)
     meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write", "split": split,
             "augment_templates": cfg.augment_templates, "token_writer": cfg.token_writer,
             "lexical": thr.lexical, "lexical_idf": thr.lexical_idf, "version_margin": thr.version_margin, "version_cosine": thr.version_cosine,
+            "fallback_versions": thr.fallback_versions,
             "replace_threshold": thr.replace, "route_threshold": thr.route, "write_threshold": thr.write,
             "final_loss": curve[-1], "seconds": round(time.time() - t0, 1)}
     return [{**meta, **r} for r in rows]
@@ -258,6 +260,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="learned: read the latest version among slots within this score margin of the best")
     ap.add_argument("--version-cosine", type=float, default=0.5,
                     help="learned: ... whose key cosine with the best slot reaches this")
+    ap.add_argument("--fallback-versions", action="store_true",
+                    help="learned: the fallback reads the latest written version of its best event (needs --version-margin)")
     ap.add_argument("--write-false", type=float, default=None,
                     help="learned: calibrate the write threshold on val at this rate of unsignalled events written")
     ap.add_argument("--split", choices=("test", "val"), default="test",
@@ -277,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events,
                       augment_templates=args.augment_templates, token_writer=args.token_writer)
     read = Thresholds(0.0, 0.0, lexical=args.lexical, lexical_idf=args.lexical_idf, version_margin=args.version_margin,
-                      version_cosine=args.version_cosine)
+                      version_cosine=args.version_cosine, fallback_versions=args.fallback_versions)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else _default_cache_dir()
     rows: list[dict] = []
     for fam in families:

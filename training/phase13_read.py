@@ -50,6 +50,7 @@ class Thresholds:
     lexical_idf: str = "stream"  # word weights of the coverage: IDF over the stream, or "train": the training corpus
     version_margin: Optional[float] = None  # read the latest of the best slot's versions (selection.slot_versions)
     version_cosine: float = 0.5  # ... slots within the margin whose key cosine with the best reaches this
+    fallback_versions: bool = False  # the fallback, too, reads the latest written version of its best event
 
 
 # Oracle slot keys are one-hot key ids: cosine is 1 for equal ids and 0 otherwise, so 0.5 is exact
@@ -97,6 +98,19 @@ def _memory_pointer(mem: SlotMemory, mq: torch.Tensor, bias: Optional[torch.Tens
                        mem.chunk_id.gather(1, slot.clamp(min=0))[:, 0], torch.full((mq.shape[0],), -1))
 
 
+def _latest_written(cand: torch.Tensor, sim: torch.Tensor, keys: torch.Tensor, p: torch.Tensor, best: int,
+                    thr: Thresholds) -> int:
+    """Index into ``cand`` [k] (event ids, ascending = older first is not assumed): the latest event
+    among ``best`` and its versions that the writer would write (``p`` [N] >= ``thr.write``): within
+    ``thr.version_margin`` of its score ``sim`` [k] and at key cosine >= ``thr.version_cosine``
+    with it (``keys`` [N, dk]). ``best`` itself when no version is written."""
+    close = (sim >= sim[best] - thr.version_margin) & (keys[cand] @ keys[cand[best]] >= thr.version_cosine)
+    written = close & (p[cand] >= thr.write)
+    if not bool(written.any()):
+        return best
+    return int(torch.where(written, cand, torch.full_like(cand, -1)).argmax())
+
+
 def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
             thr: Thresholds, offset: int, readout: torch.Tensor,
             texts: Optional[Texts] = None) -> dict[str, torch.Tensor]:
@@ -136,7 +150,10 @@ def _hybrid(mk: torch.Tensor, mq: torch.Tensor, keys: torch.Tensor, q: torch.Ten
             # Key similarity at the training temperature plus the readout logit: exact oracle keys
             # (cosine 1 vs 0) keep the choice within the query's key; learned keys let the readout
             # prefer the signalled update over a same-looking rumour or older version.
-            hybrid[b] = int(cand[(sim / TEMP + readout[b, cand]).argmax()]) + offset
+            best = int((sim / TEMP + readout[b, cand]).argmax())
+            if thr.fallback_versions and thr.version_margin is not None:
+                best = _latest_written(cand, sim, keys[b], p[b], best, thr)
+            hybrid[b] = int(cand[best]) + offset
     return {"hybrid": hybrid, "memory": alone, "writes": wr.num_writes,
             "memory_branch": torch.tensor([br == "memory" for br in res.branch])}
 

@@ -234,6 +234,19 @@ def test_lexical_read_finds_the_named_entity_and_the_version_rule_its_latest_wri
     assert keys_only["memory"].shape == (1,)
 
 
+def test_fallback_version_rule_reads_the_latest_written_version():
+    from memadapter.training.phase13_read import _latest_written
+
+    keys = torch.tensor([[1.0, 0.0], [0.9, 0.436], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # event 3: another key
+    cand = torch.tensor([0, 1, 3, 4])  # the fallback's candidates (event ids)
+    sim = torch.tensor([0.90, 0.85, 0.89, 0.88])
+    p = torch.tensor([0.9, 0.9, 0.9, 0.9, 0.1])  # event 4 (latest, same key) is a rumour: not written
+    thr = p13.Thresholds(0.9, 0.5, write=0.5, version_margin=0.1, version_cosine=0.8)
+    assert _latest_written(cand, sim, keys, p, 0, thr) == 1  # event 1: a later written version
+    assert _latest_written(cand, sim, keys, p, 0, replace(thr, version_margin=0.01)) == 0  # outside the margin
+    assert _latest_written(cand, sim, keys, torch.zeros(5), 0, thr) == 0  # nothing written: the best
+
+
 def test_token_writer_reads_token_states_of_the_learned_protocol_only(cache):
     ad = p13.Phase13Adapter(64, "learned", token_writer=True).eval()
     f = p13.featurize(_small("test", 0)["recall"][:2], cache, "learned")
@@ -273,7 +286,7 @@ def test_cli_writes_rows_with_wilson_intervals(tmp_path, capsys):
     out = tmp_path / "p13.json"
     code = p13.main(["--families", "llama", "--protocol", "both", "--seeds", "1", "--samples", "10",
                      "--max-events", "128", "--steps", "10", "--train-samples", "24", "--train-events", "24",
-                     "--lexical", "2", "--version-margin", "0.3", "--token-writer",
+                     "--lexical", "2", "--version-margin", "0.3", "--token-writer", "--fallback-versions",
                      "--no-cache", "--json", str(out)])
     assert code == 0
     table = capsys.readouterr().out
@@ -284,5 +297,6 @@ def test_cli_writes_rows_with_wilson_intervals(tmp_path, capsys):
     assert len(summary) == 2 * len(p13.ROWS)
     assert all(r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in summary)
     learned = [r for r in rows if r.get("protocol") == "learned" and "seed" in r]
-    assert learned and all(r["lexical"] == 2.0 and r["version_margin"] == 0.3 and r["token_writer"] for r in learned)
+    assert learned and all(r["lexical"] == 2.0 and r["version_margin"] == 0.3 and r["token_writer"]
+                           and r["fallback_versions"] for r in learned)
     assert all(not r["token_writer"] and r["lexical"] == 0.0 for r in rows if r.get("protocol") == "oracle" and "seed" in r)
