@@ -12,7 +12,13 @@ pointer readout) predicts which event answers the query. Two protocols:
   same-key replacement and branch arbitration use key cosine against thresholds calibrated with
   ``Router.calibrate`` on a validation split (unseen names, unseen templates); evaluation uses a
   test split with other unseen names and other unseen templates. Key ids / write labels / target
-  are training targets only.
+  are training targets only. Optionally (``--lexical``, ``phase13_read.Thresholds``) the read also
+  weighs the question's words found in each event sentence, reads the latest written version of
+  a fact, and calibrates the write threshold on the validation split too.
+
+Modules: ``phase13_data`` (samples), ``phase13_backbones`` (backbones, hidden-state cache),
+``phase13_model`` (features, adapter), ``phase13_read`` (the hybrid read, calibration); this one
+trains, evaluates and runs the CLI.
 
 Rows per protocol: ``full_hidden`` (unconstrained pointer over all events from full-sentence
 vectors), ``sparse_top16`` (cosine top-16 over full-sentence projections, best one answers),
