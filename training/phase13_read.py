@@ -41,13 +41,16 @@ class Thresholds:
     and a name never trained on weighs most; "stream" uses IDF over the stream itself.
     version_margin / version_cosine: with a margin, a memory read takes the latest of the best
     slot's versions (``selection.slot_versions``): versions of one fact that never merged into one
-    slot score about equally, and the stream says which is current."""
+    slot score about equally, and the stream says which is current. fallback_versions: the
+    fallback, too, reads the latest version of its best event that the writer would write.
+    write: an event is written when its p_write reaches this; on unseen sentence structures the
+    writer's scores shrink, so :func:`calibrate` can set it from the validation split."""
 
     replace: float
     route: float
     lexical: float = 0.0
     write: float = 0.5  # SlotMemory write threshold on the writer's p_write (calibrated with write_false)
-    lexical_idf: str = "stream"  # word weights of the coverage: IDF over the stream, or "train": the training corpus
+    lexical_idf: str = "stream"  # coverage word weights: IDF over the stream, or "train": over the training sentences
     version_margin: Optional[float] = None  # read the latest of the best slot's versions (selection.slot_versions)
     version_cosine: float = 0.5  # ... slots within the margin whose key cosine with the best reaches this
     fallback_versions: bool = False  # the fallback, too, reads the latest written version of its best event
@@ -100,10 +103,11 @@ def _memory_pointer(mem: SlotMemory, mq: torch.Tensor, bias: Optional[torch.Tens
 
 def _latest_written(cand: torch.Tensor, sim: torch.Tensor, keys: torch.Tensor, p: torch.Tensor, best: int,
                     thr: Thresholds) -> int:
-    """Index into ``cand`` [k] (event ids, ascending = older first is not assumed): the latest event
-    among ``best`` and its versions that the writer would write (``p`` [N] >= ``thr.write``): within
-    ``thr.version_margin`` of its score ``sim`` [k] and at key cosine >= ``thr.version_cosine``
-    with it (``keys`` [N, dk]). ``best`` itself when no version is written."""
+    """Index into ``cand`` [k] (fallback candidates, event ids in any order) of the latest event
+    (largest id) among ``best`` and its versions that the writer would write (``p`` [N] >=
+    ``thr.write``); versions score within ``thr.version_margin`` of ``sim[best]`` (``sim`` [k]) and
+    have key cosine >= ``thr.version_cosine`` with it (``keys`` [N, dk]). ``best`` itself when
+    none of them is written."""
     close = (sim >= sim[best] - thr.version_margin) & (keys[cand] @ keys[cand[best]] >= thr.version_cosine)
     written = close & (p[cand] >= thr.write)
     if not bool(written.any()):
@@ -201,6 +205,7 @@ def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: Hidden
     if ad.protocol == "oracle":
         return ORACLE_THRESHOLDS
     pr, nr, pq, nq, pw, nw = [], [], [], [], [], []
+    idf = ad.background if lexical_idf == "train" else None
     for samples in groups.values():
         f, t = featurize(samples, cache, "learned"), Targets.of(samples)
         keys, q, p = ad.event_keys(f), ad.query_key(f), ad.p_write(f)
@@ -213,7 +218,6 @@ def calibrate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: Hidden
             pr.append(sims[same & upper]), nr.append(sims[~same & upper])
             qs, qkey = keys[b] @ q[b], ids[t.target[b]]
             if lexical > 0:
-                idf = ad.background if lexical_idf == "train" else None
                 qs = qs + lexical * torch.tensor(query_coverage(samples[b].query, samples[b].events, idf))
             mine = (w & (ids == qkey)).nonzero()
             if len(mine):
