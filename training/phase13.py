@@ -185,26 +185,30 @@ def evaluate(ad: Phase13Adapter, groups: dict[str, list[Sample]], cache: HiddenC
 
 def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenCache, hidden_size: int,
              cfg: Optional[TrainConfig] = None, settings=EVAL_SETTINGS, progress: bool = False,
-             read: Optional[Thresholds] = None, split: str = "test", write_false: Optional[float] = None) -> list[dict]:
+             read: Optional[Thresholds] = None, split: str = "test", write_false: Optional[float] = None,
+             val_paraphrases: bool = False) -> list[dict]:
     """Train one adapter seed, calibrate on val (learned), evaluate on the held-out ``split``.
 
     ``read`` carries the learned read's settings (lexical weight, version rule; its thresholds are
     ignored: they are calibrated). ``split="val"`` evaluates on another draw of the validation
     split (seed + 1000), where those settings are chosen without touching the test split.
-    ``write_false``: calibrate the write threshold on val too (:func:`calibrate`)."""
+    ``write_false``: calibrate the write threshold on val too (:func:`calibrate`). ``val_paraphrases``:
+    the val samples (calibration and the val draw) mix in value-first paraphrased templates."""
     cfg = cfg or TrainConfig()
     cfg = replace(cfg, protocol=protocol, seed=seed, token_writer=cfg.token_writer and protocol == "learned")
     read = read or Thresholds(0.0, 0.0)
     t0 = time.time()
     ad, curve = train(cfg, cache, hidden_size, progress)
-    val = make_samples("val", max(12, samples // 2), seed, [s for s in settings if s[2] <= 128])
+    val = make_samples("val", max(12, samples // 2), seed, [s for s in settings if s[2] <= 128], val_paraphrases)
     thr = calibrate(ad, val, cache, lexical=read.lexical, write_false=write_false, lexical_idf=read.lexical_idf)
     if protocol == "learned":
         thr = replace(thr, version_margin=read.version_margin, version_cosine=read.version_cosine,
                       fallback_versions=read.fallback_versions)
-    rows = evaluate(ad, make_samples(split, samples, seed + 1000 if split == "val" else seed, settings), cache, thr)
+    held_out = make_samples(split, samples, seed + 1000, settings, val_paraphrases) if split == "val" else \
+        make_samples(split, samples, seed, settings)
+    rows = evaluate(ad, held_out, cache, thr)
     meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write", "split": split,
-            "augment_templates": cfg.augment_templates, "token_writer": cfg.token_writer,
+            "augment_templates": cfg.augment_templates, "val_paraphrases": val_paraphrases, "token_writer": cfg.token_writer,
             "lexical": thr.lexical, "lexical_idf": thr.lexical_idf, "version_margin": thr.version_margin, "version_cosine": thr.version_cosine,
             "fallback_versions": thr.fallback_versions,
             "replace_threshold": thr.replace, "route_threshold": thr.route, "write_threshold": thr.write,
@@ -272,6 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="learned: calibrate the write threshold on val at this rate of unsignalled events written")
     ap.add_argument("--split", choices=("test", "val"), default="test",
                     help="evaluate on the test split, or on another draw of val (to choose settings)")
+    ap.add_argument("--val-paraphrases", action="store_true",
+                    help="learned: val samples (calibration, --split val) mix in value-first paraphrased templates")
     ap.add_argument("--cache-dir", default=None, help="hidden-state cache (default $MEMADAPTER_CACHE/phase13)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--read-layer", type=int, default=None,
@@ -298,7 +304,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for seed in range(args.seeds):
                 print(f"[phase13] {fam} {proto} seed {seed}", file=sys.stderr)
                 rows += run_seed(fam, proto, seed, args.samples, cache, model.config.hidden_size, cfg, settings,
-                                 read=read, split=args.split, write_false=args.write_false)
+                                 read=read, split=args.split, write_false=args.write_false,
+                                 val_paraphrases=args.val_paraphrases)
     summary = summarize(rows)
     print(markdown_table(summary))
     if args.json:

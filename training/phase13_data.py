@@ -100,6 +100,22 @@ _Q_EXTRA = {
     "color": ("what is the favourite color of {e} ?", "which color suits {e} best ?"),
     "code": ("which code does {e} use ?", "what opens the safe of {e} ?"),
 }
+# Extra val-split paraphrases (``augment=True`` on val): value-first word orders, which the base
+# val templates lack and the test templates have; a causal backbone then reads the name after the
+# value, so the name's states carry the value. Appositives, a structure of no train or test
+# template (tests check it), built from words the train split has ("home", "color", "code"), as the
+# test templates are, so a random tiny backbone can still tell the attribute. Questions stay the
+# val ones.
+_T_VAL_EXTRA = {
+    "city": (("note , {v} , home of {e} .", "update , {v} , new home of {e} .",
+              "rumor , {v} , home of {e} .", "{v} , home of {e} ."),),
+    "color": (("note , {v} , the favourite color of {e} .", "update , {v} , the new favourite color of {e} .",
+               "rumor , {v} , the favourite color of {e} .", "{v} , the favourite color of {e} ."),),
+    "code": (("note , {v} , the code of {e} .", "update , {v} , the new code of {e} .",
+              "rumor , {v} , the code of {e} .", "{v} , the code of {e} ."),),
+}
+_Q_VAL_EXTRA: dict[str, tuple[str, ...]] = {attr: () for attr in _T_VAL_EXTRA}
+_EXTRAS = {"train": (_T_EXTRA, _Q_EXTRA), "val": (_T_VAL_EXTRA, _Q_VAL_EXTRA)}
 SPLITS = tuple(_T)
 SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
 # Ten evaluation settings up to 2,048 events (the paper's count and longest length).
@@ -124,10 +140,14 @@ def vocabulary() -> list[str]:
         for split in table.values():
             for tpl in split.values():
                 words.update(_template_words(tpl if isinstance(tpl, tuple) else (tpl,)))
-    # The paraphrases' new words go after the sorted base, so every earlier word keeps its id.
-    extra = set(_template_words(t for rows in _T_EXTRA.values() for row in rows for t in row))
-    extra |= set(_template_words(t for qs in _Q_EXTRA.values() for t in qs))
-    return sorted(words) + sorted(extra - words)
+    # The paraphrases' new words go after the sorted base, block by block in the order they were
+    # added, so every earlier word keeps its id.
+    out = sorted(words)
+    for t_extra, q_extra in _EXTRAS.values():
+        extra = set(_template_words(t for rows in t_extra.values() for row in rows for t in row))
+        extra |= set(_template_words(t for qs in q_extra.values() for t in qs))
+        out += sorted(extra - set(out))
+    return out
 
 
 def _template_words(templates) -> list[str]:
@@ -165,8 +185,9 @@ class _Gen:
     def __init__(self, rng: random.Random, split: str, n: int, augment: bool = False) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split: unknown {split!r}; choose from {list(SPLITS)}")
-        if augment and split != "train":
-            raise ConfigError(f"augment: paraphrased templates exist for the train split only, got split {split!r}")
+        if augment and split not in _EXTRAS:
+            raise ConfigError(f"augment: paraphrased templates exist for the train and val splits only, "
+                              f"got split {split!r}")
         self.rng, self.split, self.n, self.augment = rng, split, n, augment
         self.entities = [(a, b) for a in _NAMES[split] for b in _SURNAMES[split]]
         self.placed: dict[int, Event] = {}
@@ -213,11 +234,11 @@ class _Gen:
 
     def render(self, ev: Event) -> str:
         kind, ent, attr, val = ev
-        row = self.pick((_T[self.split][attr],) + (_T_EXTRA[attr] if self.augment else ()))
+        row = self.pick((_T[self.split][attr],) + (_EXTRAS[self.split][0][attr] if self.augment else ()))
         return row[KINDS.index(kind)].format(e=" ".join(ent), v=VALUES[attr][val])
 
     def question(self, ent: Entity, attr: str) -> str:
-        q = self.pick((_Q[self.split][attr],) + (_Q_EXTRA[attr] if self.augment else ()))
+        q = self.pick((_Q[self.split][attr],) + (_EXTRAS[self.split][1][attr] if self.augment else ()))
         return q.format(e=" ".join(ent))
 
     def build(self, setting: str, query: tuple[Entity, str], target_pos: int) -> Sample:
@@ -256,8 +277,8 @@ def make_sample(setting: str, n_events: int, rng: random.Random, split: str = "t
                 augment: bool = False) -> Sample:
     """One seeded controlled sample of ``setting`` with ``n_events`` events from ``split``'s names/templates.
 
-    ``augment`` (train split only): each sentence and the question take one of several paraphrased
-    templates instead of the split's single one."""
+    ``augment`` (train and val splits): each sentence and the question take one of several
+    paraphrased templates instead of the split's single one."""
     if setting not in SETTINGS:
         raise ConfigError(f"setting: unknown {setting!r}; choose from {list(SETTINGS)}")
     g = _Gen(rng, split, n_events, augment)
@@ -311,8 +332,9 @@ def make_sample(setting: str, n_events: int, rng: random.Random, split: str = "t
     return g.build(setting, (ent, attr), upd)
 
 
-def make_samples(split: str, count: int, seed: int, settings: Sequence[tuple[str, str, int]]) -> dict[str, list[Sample]]:
+def make_samples(split: str, count: int, seed: int, settings: Sequence[tuple[str, str, int]],
+                 augment: bool = False) -> dict[str, list[Sample]]:
     """``count`` samples spread over ``settings`` (name, setting, events), seeded; -> name -> samples."""
     rng = random.Random(f"{split}:{seed}")
     per = [count // len(settings) + (i < count % len(settings)) for i in range(len(settings))]
-    return {name: [make_sample(s, n, rng, split) for _ in range(k)] for (name, s, n), k in zip(settings, per)}
+    return {name: [make_sample(s, n, rng, split, augment) for _ in range(k)] for (name, s, n), k in zip(settings, per)}

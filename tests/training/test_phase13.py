@@ -82,13 +82,32 @@ def test_augmented_templates_stay_off_the_held_out_ones():
         p13.make_sample("recall", 24, random.Random(0), "test", augment=True)
 
 
+def test_val_paraphrases_stay_off_train_and_test():
+    val_extra = {t for rows in p13_data._T_VAL_EXTRA.values() for row in rows for t in row}
+    val_extra |= {q for qs in p13_data._Q_VAL_EXTRA.values() for q in qs}
+    others = {t for split in ("train", "test") for row in p13_data._T[split].values() for t in row}
+    others |= {q for split in ("train", "test") for q in p13_data._Q[split].values()}
+    others |= {t for rows in p13_data._T_EXTRA.values() for row in rows for t in row}
+    others |= {q for qs in p13_data._Q_EXTRA.values() for q in qs}
+    assert not val_extra & others
+    base = {t for row in p13_data._T["val"].values() for t in row}
+    aug = [p13.make_sample("streaming", 128, random.Random(i), "val", augment=True) for i in range(4)]
+    events = [e for s in aug for e in s.events]
+    assert any(not any(_matches(t, e) for t in base) for e in events)  # value-first rows are used
+    assert all(any(_matches(t, e) for t in base | val_extra) for e in events)  # and nothing else
+    assert all(any(_matches(q, s.query) for q in p13_data._Q["val"].values()) for s in aug)  # val questions
+    val = p13.make_samples("val", 12, 3, p13.EVAL_SETTINGS[:6])
+    assert val == p13.make_samples("val", 12, 3, p13.EVAL_SETTINGS[:6], augment=False)  # default unchanged
+
+
 def test_vocabulary_keeps_earlier_ids_and_covers_paraphrases():
     vocab = p13.vocabulary()
     assert len(vocab) == len(set(vocab))
     n_base = next(i for i in range(1, len(vocab)) if vocab[i] < vocab[i - 1])  # the sorted base ends here
     assert vocab[:n_base] == sorted(vocab[:n_base])
-    words = {w for rows in p13_data._T_EXTRA.values() for row in rows for t in row for w in t.split()}
-    assert {w for w in words if not w.startswith("{")} <= set(vocab)
+    for extra in (p13_data._T_EXTRA, p13_data._T_VAL_EXTRA):
+        words = {w for rows in extra.values() for row in rows for t in row for w in t.split()}
+        assert {w for w in words if not w.startswith("{")} <= set(vocab)
 
 
 def _matches(template: str, sentence: str) -> bool:
@@ -300,3 +319,12 @@ def test_cli_writes_rows_with_wilson_intervals(tmp_path, capsys):
     assert learned and all(r["lexical"] == 2.0 and r["version_margin"] == 0.3 and r["token_writer"]
                            and r["fallback_versions"] for r in learned)
     assert all(not r["token_writer"] and r["lexical"] == 0.0 for r in rows if r.get("protocol") == "oracle" and "seed" in r)
+
+
+def test_cli_val_split_with_paraphrases(tmp_path):
+    out = tmp_path / "p13_val.json"
+    assert p13.main(["--families", "llama", "--protocol", "learned", "--seeds", "1", "--samples", "10",
+                     "--max-events", "128", "--steps", "5", "--train-samples", "12", "--train-events", "24",
+                     "--split", "val", "--val-paraphrases", "--no-cache", "--json", str(out)]) == 0
+    rows = [r for r in json.loads(out.read_text()) if "seed" in r]
+    assert rows and all(r["split"] == "val" and r["val_paraphrases"] for r in rows)
