@@ -129,6 +129,8 @@ class TrainConfig:
     lr: float = 3e-3
     key_dim: int = 64
     augment_templates: bool = False  # paraphrased train templates (phase13_data._T_EXTRA)
+    augment_separators: bool = False  # varied separators after the signal word (phase13_data._SEPARATORS)
+    augment_lead_ins: bool = False  # a lead-in word before some plain statements (phase13_data._LEAD_INS)
     token_writer: bool = False  # learned protocol: the writer attention-pools token states (Phase13Adapter)
 
 
@@ -138,7 +140,8 @@ TRAIN_SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "s
 def train_pool(cfg: TrainConfig) -> list[Sample]:
     rng = random.Random(f"train:{cfg.seed}")
     return [make_sample(TRAIN_SETTINGS[i % len(TRAIN_SETTINGS)], cfg.train_events, rng, "train",
-                        cfg.augment_templates) for i in range(cfg.train_samples)]
+                        cfg.augment_templates, cfg.augment_separators, cfg.augment_lead_ins)
+            for i in range(cfg.train_samples)]
 
 
 def train(cfg: TrainConfig, cache: HiddenCache, hidden_size: int, progress: bool = False) -> tuple[Phase13Adapter, list[float]]:
@@ -208,7 +211,9 @@ def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenC
         make_samples(split, samples, seed, settings)
     rows = evaluate(ad, held_out, cache, thr)
     meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write", "split": split,
-            "augment_templates": cfg.augment_templates, "val_paraphrases": val_paraphrases, "token_writer": cfg.token_writer,
+            "augment_templates": cfg.augment_templates, "augment_separators": cfg.augment_separators,
+            "augment_lead_ins": cfg.augment_lead_ins,
+            "val_paraphrases": val_paraphrases, "token_writer": cfg.token_writer,
             "lexical": thr.lexical, "lexical_idf": thr.lexical_idf, "version_margin": thr.version_margin, "version_cosine": thr.version_cosine,
             "fallback_versions": thr.fallback_versions,
             "replace_threshold": thr.replace, "route_threshold": thr.route, "write_threshold": thr.write,
@@ -260,6 +265,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--train-events", type=int, default=TrainConfig.train_events)
     ap.add_argument("--augment-templates", action="store_true",
                     help="train on several paraphrased templates per fact and question (val/test templates stay unseen)")
+    ap.add_argument("--augment-separators", action="store_true",
+                    help="train sentences vary the separator after the signal word (note : / note - / ...)")
+    ap.add_argument("--augment-lead-ins", action="store_true",
+                    help="some train plain statements begin with a lead-in word (also / meanwhile / ...)")
     ap.add_argument("--token-writer", action="store_true",
                     help="learned: the writer attention-pools token states instead of reading the mean-pooled sentence")
     ap.add_argument("--lexical", type=float, default=0.0,
@@ -291,7 +300,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not settings or args.seeds < 1 or args.samples < len(settings):
         raise ConfigError(f"samples: need at least one sample per setting ({len(settings)}) and seeds >= 1")
     cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events,
-                      augment_templates=args.augment_templates, token_writer=args.token_writer)
+                      augment_templates=args.augment_templates, augment_separators=args.augment_separators,
+                      augment_lead_ins=args.augment_lead_ins,
+                      token_writer=args.token_writer)
     read = Thresholds(0.0, 0.0, lexical=args.lexical, lexical_idf=args.lexical_idf, version_margin=args.version_margin,
                       version_cosine=args.version_cosine, fallback_versions=args.fallback_versions)
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else _default_cache_dir()

@@ -116,6 +116,14 @@ _T_VAL_EXTRA = {
 }
 _Q_VAL_EXTRA: dict[str, tuple[str, ...]] = {attr: () for attr in _T_VAL_EXTRA}
 _EXTRAS = {"train": (_T_EXTRA, _Q_EXTRA), "val": (_T_VAL_EXTRA, _Q_VAL_EXTRA)}
+# Separators after the signal word for train sentences (``separators=True``): every train template
+# writes "note :", so a writer can learn the ":" instead of the word before it, and an unseen
+# separator (the val split's ",") then hides every signal. None of these is a val or test separator.
+_SEPARATORS = (":", "-", ";", "!", "|")
+# Lead-in words before a train plain statement (``lead_ins=True``): no train statement begins with a
+# word the writer has not seen in that place, so an unseen first word (val's "today") can look like a
+# signal to it. None of these is a val or test word.
+_LEAD_INS = ("also", "meanwhile", "indeed", "besides", "anyway", "again")
 SPLITS = tuple(_T)
 SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
 # Ten evaluation settings up to 2,048 events (the paper's count and longest length).
@@ -147,7 +155,8 @@ def vocabulary() -> list[str]:
         extra = set(_template_words(t for rows in t_extra.values() for row in rows for t in row))
         extra |= set(_template_words(t for qs in q_extra.values() for t in qs))
         out += sorted(extra - set(out))
-    return out
+    out += sorted(set(_SEPARATORS) - set(out))
+    return out + sorted(set(_LEAD_INS) - set(out))
 
 
 def _template_words(templates) -> list[str]:
@@ -182,13 +191,18 @@ Event = tuple[str, Entity, str, int]  # (kind, entity, attribute, value index)
 class _Gen:
     """Places labelled events at random positions and fills the rest with background facts."""
 
-    def __init__(self, rng: random.Random, split: str, n: int, augment: bool = False) -> None:
+    def __init__(self, rng: random.Random, split: str, n: int, augment: bool = False,
+                 separators: bool = False, lead_ins: bool = False) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split: unknown {split!r}; choose from {list(SPLITS)}")
         if augment and split not in _EXTRAS:
             raise ConfigError(f"augment: paraphrased templates exist for the train and val splits only, "
                               f"got split {split!r}")
+        if (separators or lead_ins) and split != "train":
+            raise ConfigError(f"separators, lead_ins: varied sentence starts are for the train split only, "
+                              f"got split {split!r}")
         self.rng, self.split, self.n, self.augment = rng, split, n, augment
+        self.separators, self.lead_ins = separators, lead_ins
         self.entities = [(a, b) for a in _NAMES[split] for b in _SURNAMES[split]]
         self.placed: dict[int, Event] = {}
         self.reserved: set[Entity] = set()
@@ -235,7 +249,13 @@ class _Gen:
     def render(self, ev: Event) -> str:
         kind, ent, attr, val = ev
         row = self.pick((_T[self.split][attr],) + (_EXTRAS[self.split][0][attr] if self.augment else ()))
-        return row[KINDS.index(kind)].format(e=" ".join(ent), v=VALUES[attr][val])
+        text = row[KINDS.index(kind)].format(e=" ".join(ent), v=VALUES[attr][val])
+        if self.separators and kind != "plain":  # "note : ..." -> "note - ..."
+            signal, sep, rest = text.split(" ", 2)
+            text = f"{signal} {self.rng.choice(_SEPARATORS)} {rest}"
+        if self.lead_ins and kind == "plain" and self.rng.random() < 0.3:
+            text = f"{self.rng.choice(_LEAD_INS)} {text}"
+        return text
 
     def question(self, ent: Entity, attr: str) -> str:
         q = self.pick((_Q[self.split][attr],) + (_EXTRAS[self.split][1][attr] if self.augment else ()))
@@ -274,14 +294,15 @@ def _chain(g: _Gen, ent: Entity, attr: str, positions: Sequence[int]) -> int:
 
 
 def make_sample(setting: str, n_events: int, rng: random.Random, split: str = "train",
-                augment: bool = False) -> Sample:
+                augment: bool = False, separators: bool = False, lead_ins: bool = False) -> Sample:
     """One seeded controlled sample of ``setting`` with ``n_events`` events from ``split``'s names/templates.
 
     ``augment`` (train and val splits): each sentence and the question take one of several
-    paraphrased templates instead of the split's single one."""
+    paraphrased templates instead of the split's single one. ``separators`` (train split only): the
+    separator after a signal word is drawn from ``_SEPARATORS`` instead of always ":"."""
     if setting not in SETTINGS:
         raise ConfigError(f"setting: unknown {setting!r}; choose from {list(SETTINGS)}")
-    g = _Gen(rng, split, n_events, augment)
+    g = _Gen(rng, split, n_events, augment, separators, lead_ins)
     if setting == "uniform":
         return _uniform(g, setting)
     if setting == "recall":

@@ -100,6 +100,34 @@ def test_val_paraphrases_stay_off_train_and_test():
     assert val == p13.make_samples("val", 12, 3, p13.EVAL_SETTINGS[:6], augment=False)  # default unchanged
 
 
+def test_separator_augmentation_varies_only_the_signal_separator():
+    plain = p13.make_sample("distractor", 48, random.Random(2), "train", augment=True)
+    assert plain == p13.make_sample("distractor", 48, random.Random(2), "train", augment=True, separators=False)
+    varied = [p13.make_sample("distractor", 48, random.Random(i), "train", augment=True, separators=True)
+              for i in range(4)]
+    signalled = [e.split() for s in varied for e in s.events if e.split()[0] in ("note", "update", "rumor")]
+    assert {words[1] for words in signalled} == set(p13_data._SEPARATORS)
+    held_out = {t.split()[1] for split in ("val", "test") for row in p13_data._T[split].values() for t in row
+                if t.split()[0] in ("note", "update", "rumor")}
+    assert held_out == {",", ":"} and "," not in p13_data._SEPARATORS  # val's "," stays unseen
+    assert set(p13_data._SEPARATORS) <= set(p13.vocabulary())
+    with pytest.raises(ConfigError, match="separators"):
+        p13.make_sample("recall", 24, random.Random(0), "val", separators=True)
+
+
+def test_lead_in_augmentation_prefixes_only_plain_train_statements():
+    samples = [p13.make_sample("uniform", 48, random.Random(i), "train", lead_ins=True) for i in range(3)]
+    firsts = [e.split()[0] for s in samples for e in s.events]
+    assert set(p13_data._LEAD_INS) <= set(firsts) and set(p13_data._LEAD_INS) <= set(p13.vocabulary())
+    held_out = {w for split in ("val", "test") for row in p13_data._T[split].values() for t in row for w in t.split()}
+    held_out |= {w for split in ("val", "test") for q in p13_data._Q[split].values() for w in q.split()}
+    assert not set(p13_data._LEAD_INS) & held_out
+    signalled = p13.make_sample("versioning", 48, random.Random(0), "train", lead_ins=True)
+    assert all(e.split()[0] in ("note", "update", "rumor") for e, w in zip(signalled.events, signalled.write_labels) if w)
+    with pytest.raises(ConfigError, match="lead_ins"):
+        p13.make_sample("recall", 24, random.Random(0), "test", lead_ins=True)
+
+
 def test_vocabulary_keeps_earlier_ids_and_covers_paraphrases():
     vocab = p13.vocabulary()
     assert len(vocab) == len(set(vocab))
