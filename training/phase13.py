@@ -131,6 +131,7 @@ class TrainConfig:
     augment_templates: bool = False  # paraphrased train templates (phase13_data._T_EXTRA)
     augment_separators: bool = False  # varied separators after the signal word (phase13_data._SEPARATORS)
     augment_lead_ins: bool = False  # a lead-in word before some plain statements (phase13_data._LEAD_INS)
+    augment_question_leads: bool = False  # a lead word before some questions (phase13_data._QUESTION_LEADS)
     token_writer: bool = False  # learned protocol: the writer attention-pools token states (Phase13Adapter)
 
 
@@ -140,7 +141,8 @@ TRAIN_SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "s
 def train_pool(cfg: TrainConfig) -> list[Sample]:
     rng = random.Random(f"train:{cfg.seed}")
     return [make_sample(TRAIN_SETTINGS[i % len(TRAIN_SETTINGS)], cfg.train_events, rng, "train",
-                        cfg.augment_templates, cfg.augment_separators, cfg.augment_lead_ins)
+                        cfg.augment_templates, cfg.augment_separators, cfg.augment_lead_ins,
+                        cfg.augment_question_leads)
             for i in range(cfg.train_samples)]
 
 
@@ -212,7 +214,7 @@ def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenC
     rows = evaluate(ad, held_out, cache, thr)
     meta = {"family": family, "protocol": protocol, "seed": seed, "variant": "lite_write", "split": split,
             "augment_templates": cfg.augment_templates, "augment_separators": cfg.augment_separators,
-            "augment_lead_ins": cfg.augment_lead_ins,
+            "augment_lead_ins": cfg.augment_lead_ins, "augment_question_leads": cfg.augment_question_leads,
             "val_paraphrases": val_paraphrases, "token_writer": cfg.token_writer,
             "lexical": thr.lexical, "lexical_idf": thr.lexical_idf, "version_margin": thr.version_margin, "version_cosine": thr.version_cosine,
             "fallback_versions": thr.fallback_versions,
@@ -269,6 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="train sentences vary the separator after the signal word (note : / note - / ...)")
     ap.add_argument("--augment-lead-ins", action="store_true",
                     help="some train plain statements begin with a lead-in word (also / meanwhile / ...)")
+    ap.add_argument("--augment-question-leads", action="store_true",
+                    help="half the train questions begin with a lead word (please / now / ...)")
     ap.add_argument("--token-writer", action="store_true",
                     help="learned: the writer attention-pools token states instead of reading the mean-pooled sentence")
     ap.add_argument("--lexical", type=float, default=0.0,
@@ -301,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ConfigError(f"samples: need at least one sample per setting ({len(settings)}) and seeds >= 1")
     cfg = TrainConfig(steps=args.steps, train_samples=args.train_samples, train_events=args.train_events,
                       augment_templates=args.augment_templates, augment_separators=args.augment_separators,
-                      augment_lead_ins=args.augment_lead_ins,
+                      augment_lead_ins=args.augment_lead_ins, augment_question_leads=args.augment_question_leads,
                       token_writer=args.token_writer)
     read = Thresholds(0.0, 0.0, lexical=args.lexical, lexical_idf=args.lexical_idf, version_margin=args.version_margin,
                       version_cosine=args.version_cosine, fallback_versions=args.fallback_versions)

@@ -104,8 +104,8 @@ _Q_EXTRA = {
 # val templates lack and the test templates have; a causal backbone then reads the name after the
 # value, so the name's states carry the value. Appositives, a structure of no train or test
 # template (tests check it), built from words the train split has ("home", "color", "code"), as the
-# test templates are, so a random tiny backbone can still tell the attribute. Questions stay the
-# val ones.
+# test templates are, so a random tiny backbone can still tell the attribute. Questions may be
+# imperative ("say which ..."), a form no train question has.
 _T_VAL_EXTRA = {
     "city": (("note , {v} , home of {e} .", "update , {v} , new home of {e} .",
               "rumor , {v} , home of {e} .", "{v} , home of {e} ."),),
@@ -114,7 +114,11 @@ _T_VAL_EXTRA = {
     "code": (("note , {v} , the code of {e} .", "update , {v} , the new code of {e} .",
               "rumor , {v} , the code of {e} .", "{v} , the code of {e} ."),),
 }
-_Q_VAL_EXTRA: dict[str, tuple[str, ...]] = {attr: () for attr in _T_VAL_EXTRA}
+_Q_VAL_EXTRA = {  # imperative questions: every base val (and train) question begins with a wh-word
+    "city": ("say which city {e} lives in ?",),
+    "color": ("say which color {e} likes ?",),
+    "code": ("say which code {e} has ?",),
+}
 _EXTRAS = {"train": (_T_EXTRA, _Q_EXTRA), "val": (_T_VAL_EXTRA, _Q_VAL_EXTRA)}
 # Separators after the signal word for train sentences (``separators=True``): every train template
 # writes "note :", so a writer can learn the ":" instead of the word before it, and an unseen
@@ -124,6 +128,10 @@ _SEPARATORS = (":", "-", ";", "!", "|")
 # word the writer has not seen in that place, so an unseen first word (val's "today") can look like a
 # signal to it. None of these is a val or test word.
 _LEAD_INS = ("also", "meanwhile", "indeed", "besides", "anyway", "again")
+# Lead words before a train question (``question_leads=True``): every train question begins with a
+# wh-word, so the query key can lean on its first token and an unseen opening ("say which ...")
+# moves it. None of these is a val or test word.
+_QUESTION_LEADS = ("please", "now", "kindly", "quickly", "okay", "so")
 SPLITS = tuple(_T)
 SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "streaming")
 # Ten evaluation settings up to 2,048 events (the paper's count and longest length).
@@ -148,15 +156,17 @@ def vocabulary() -> list[str]:
         for split in table.values():
             for tpl in split.values():
                 words.update(_template_words(tpl if isinstance(tpl, tuple) else (tpl,)))
-    # The paraphrases' new words go after the sorted base, block by block in the order they were
-    # added, so every earlier word keeps its id.
+    # New words go after the sorted base, block by block in the order they were added, so every
+    # earlier word keeps its id.
+    def words_of(t_extra, q_extra):
+        return set(_template_words(t for rows in t_extra.values() for row in rows for t in row)) | \
+            set(_template_words(t for qs in q_extra.values() for t in qs))
+
     out = sorted(words)
-    for t_extra, q_extra in _EXTRAS.values():
-        extra = set(_template_words(t for rows in t_extra.values() for row in rows for t in row))
-        extra |= set(_template_words(t for qs in q_extra.values() for t in qs))
-        out += sorted(extra - set(out))
-    out += sorted(set(_SEPARATORS) - set(out))
-    return out + sorted(set(_LEAD_INS) - set(out))
+    for block in (words_of(_T_EXTRA, _Q_EXTRA), _SEPARATORS, _LEAD_INS, words_of(_T_VAL_EXTRA, _Q_VAL_EXTRA),
+                  _QUESTION_LEADS):
+        out += sorted(set(block) - set(out))
+    return out
 
 
 def _template_words(templates) -> list[str]:
@@ -192,17 +202,17 @@ class _Gen:
     """Places labelled events at random positions and fills the rest with background facts."""
 
     def __init__(self, rng: random.Random, split: str, n: int, augment: bool = False,
-                 separators: bool = False, lead_ins: bool = False) -> None:
+                 separators: bool = False, lead_ins: bool = False, question_leads: bool = False) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split: unknown {split!r}; choose from {list(SPLITS)}")
         if augment and split not in _EXTRAS:
             raise ConfigError(f"augment: paraphrased templates exist for the train and val splits only, "
                               f"got split {split!r}")
-        if (separators or lead_ins) and split != "train":
-            raise ConfigError(f"separators, lead_ins: varied sentence starts are for the train split only, "
-                              f"got split {split!r}")
+        if (separators or lead_ins or question_leads) and split != "train":
+            raise ConfigError(f"separators, lead_ins, question_leads: varied sentence starts are for the train "
+                              f"split only, got split {split!r}")
         self.rng, self.split, self.n, self.augment = rng, split, n, augment
-        self.separators, self.lead_ins = separators, lead_ins
+        self.separators, self.lead_ins, self.question_leads = separators, lead_ins, question_leads
         self.entities = [(a, b) for a in _NAMES[split] for b in _SURNAMES[split]]
         self.placed: dict[int, Event] = {}
         self.reserved: set[Entity] = set()
@@ -259,7 +269,10 @@ class _Gen:
 
     def question(self, ent: Entity, attr: str) -> str:
         q = self.pick((_Q[self.split][attr],) + (_EXTRAS[self.split][1][attr] if self.augment else ()))
-        return q.format(e=" ".join(ent))
+        q = q.format(e=" ".join(ent))
+        if self.question_leads and self.rng.random() < 0.5:
+            q = f"{self.rng.choice(_QUESTION_LEADS)} {q}"
+        return q
 
     def build(self, setting: str, query: tuple[Entity, str], target_pos: int) -> Sample:
         back = self.background()
@@ -294,15 +307,18 @@ def _chain(g: _Gen, ent: Entity, attr: str, positions: Sequence[int]) -> int:
 
 
 def make_sample(setting: str, n_events: int, rng: random.Random, split: str = "train",
-                augment: bool = False, separators: bool = False, lead_ins: bool = False) -> Sample:
+                augment: bool = False, separators: bool = False, lead_ins: bool = False,
+                question_leads: bool = False) -> Sample:
     """One seeded controlled sample of ``setting`` with ``n_events`` events from ``split``'s names/templates.
 
     ``augment`` (train and val splits): each sentence and the question take one of several
     paraphrased templates instead of the split's single one. ``separators`` (train split only): the
-    separator after a signal word is drawn from ``_SEPARATORS`` instead of always ":"."""
+    separator after a signal word is drawn from ``_SEPARATORS`` instead of always ":"; ``lead_ins``
+    and ``question_leads`` (train split only) put a lead word before some plain statements and
+    questions."""
     if setting not in SETTINGS:
         raise ConfigError(f"setting: unknown {setting!r}; choose from {list(SETTINGS)}")
-    g = _Gen(rng, split, n_events, augment, separators, lead_ins)
+    g = _Gen(rng, split, n_events, augment, separators, lead_ins, question_leads)
     if setting == "uniform":
         return _uniform(g, setting)
     if setting == "recall":

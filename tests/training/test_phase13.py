@@ -95,7 +95,9 @@ def test_val_paraphrases_stay_off_train_and_test():
     events = [e for s in aug for e in s.events]
     assert any(not any(_matches(t, e) for t in base) for e in events)  # value-first rows are used
     assert all(any(_matches(t, e) for t in base | val_extra) for e in events)  # and nothing else
-    assert all(any(_matches(q, s.query) for q in p13_data._Q["val"].values()) for s in aug)  # val questions
+    val_questions = set(p13_data._Q["val"].values()) | {q for qs in p13_data._Q_VAL_EXTRA.values() for q in qs}
+    assert all(any(_matches(q, s.query) for q in val_questions) for s in aug)
+    assert any(s.query.startswith("say ") for s in aug)  # the imperative row is used
     val = p13.make_samples("val", 12, 3, p13.EVAL_SETTINGS[:6])
     assert val == p13.make_samples("val", 12, 3, p13.EVAL_SETTINGS[:6], augment=False)  # default unchanged
 
@@ -126,6 +128,20 @@ def test_lead_in_augmentation_prefixes_only_plain_train_statements():
     assert all(e.split()[0] in ("note", "update", "rumor") for e, w in zip(signalled.events, signalled.write_labels) if w)
     with pytest.raises(ConfigError, match="lead_ins"):
         p13.make_sample("recall", 24, random.Random(0), "test", lead_ins=True)
+
+
+def test_question_leads_prefix_only_train_questions():
+    samples = [p13.make_sample("recall", 24, random.Random(i), "train", augment=True, question_leads=True)
+               for i in range(40)]
+    firsts = {s.query.split()[0] for s in samples}
+    assert len(firsts & set(p13_data._QUESTION_LEADS)) >= 4
+    assert firsts - set(p13_data._QUESTION_LEADS)  # about half keep their wh-word
+    assert set(p13_data._QUESTION_LEADS) <= set(p13.vocabulary())
+    held_out = {w for split in ("val", "test") for q in p13_data._Q[split].values() for w in q.split()}
+    held_out |= {w for qs in p13_data._Q_VAL_EXTRA.values() for q in qs for w in q.split()}
+    assert not set(p13_data._QUESTION_LEADS) & held_out
+    with pytest.raises(ConfigError, match="question_leads"):
+        p13.make_sample("recall", 24, random.Random(0), "val", question_leads=True)
 
 
 def test_vocabulary_keeps_earlier_ids_and_covers_paraphrases():
