@@ -60,7 +60,7 @@ from memadapter.heads import WriteController
 # The controlled samples live in their own module; these names are part of this module's API too.
 from .phase13_data import (  # noqa: F401
     ATTRIBUTES, EVAL_SETTINGS, KINDS, MAX_KEYS, SETTINGS, SPLITS, VALUES, WRITE_KINDS, Sample, make_sample,
-    make_samples, vocabulary,
+    Wording, make_samples, vocabulary,
 )
 
 from .phase13_backbones import (  # noqa: F401
@@ -141,8 +141,8 @@ TRAIN_SETTINGS = ("recall", "versioning", "distractor", "uniform", "hardneg", "s
 def train_pool(cfg: TrainConfig) -> list[Sample]:
     rng = random.Random(f"train:{cfg.seed}")
     return [make_sample(TRAIN_SETTINGS[i % len(TRAIN_SETTINGS)], cfg.train_events, rng, "train",
-                        cfg.augment_templates, cfg.augment_separators, cfg.augment_lead_ins,
-                        cfg.augment_question_leads)
+                        cfg.augment_templates, Wording(cfg.augment_separators, cfg.augment_lead_ins,
+                                                       cfg.augment_question_leads))
             for i in range(cfg.train_samples)]
 
 
@@ -198,7 +198,8 @@ def run_seed(family: str, protocol: str, seed: int, samples: int, cache: HiddenC
     ignored: they are calibrated). ``split="val"`` evaluates on another draw of the validation
     split (seed + 1000), where those settings are chosen without touching the test split.
     ``write_false``: calibrate the write threshold on val too (:func:`calibrate`). ``val_paraphrases``:
-    the val samples (calibration and the val draw) mix in value-first paraphrased templates."""
+    the val samples (calibration and the val draw) mix in value-first statements and imperative
+    questions (``phase13_data._T_VAL_EXTRA``, ``_Q_VAL_EXTRA``)."""
     cfg = cfg or TrainConfig()
     cfg = replace(cfg, protocol=protocol, seed=seed, token_writer=cfg.token_writer and protocol == "learned")
     read = read or Thresholds(0.0, 0.0)
@@ -290,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--split", choices=("test", "val"), default="test",
                     help="evaluate on the test split, or on another draw of val (to choose settings)")
     ap.add_argument("--val-paraphrases", action="store_true",
-                    help="learned: val samples (calibration, --split val) mix in value-first paraphrased templates")
+                    help="learned: val samples (calibration, --split val) mix in value-first statements and imperative questions")
     ap.add_argument("--cache-dir", default=None, help="hidden-state cache (default $MEMADAPTER_CACHE/phase13)")
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--read-layer", type=int, default=None,

@@ -15,8 +15,8 @@ Example:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import astuple, dataclass
+from typing import Optional, Sequence
 
 from memadapter.errors import ConfigError
 
@@ -122,7 +122,7 @@ _Q_VAL_EXTRA = {  # imperative questions: every base val (and train) question be
 _EXTRAS = {"train": (_T_EXTRA, _Q_EXTRA), "val": (_T_VAL_EXTRA, _Q_VAL_EXTRA)}
 # Separators after the signal word for train sentences (``separators=True``): every train template
 # writes "note :", so a writer can learn the ":" instead of the word before it, and an unseen
-# separator (the val split's ",") then hides every signal. None of these is a val or test separator.
+# separator (the val split's ",") then hides every signal. Val's "," is not among them.
 _SEPARATORS = (":", "-", ";", "!", "|")
 # Lead-in words before a train plain statement (``lead_ins=True``): no train statement begins with a
 # word the writer has not seen in that place, so an unseen first word (val's "today") can look like a
@@ -198,21 +198,39 @@ Entity = tuple[str, str]
 Event = tuple[str, Entity, str, int]  # (kind, entity, attribute, value index)
 
 
+@dataclass(frozen=True)
+class Wording:
+    """Train-only variations of how sentences begin, so that neither the writer nor the query key
+    can lean on one token in one place: ``separators`` draws the separator after a signal word from
+    ``_SEPARATORS``; ``lead_ins`` puts a word of ``_LEAD_INS`` before 30% of plain statements;
+    ``question_leads`` one of ``_QUESTION_LEADS`` before half the questions.
+
+    Example:
+        >>> import random
+        >>> s = make_sample("recall", 16, random.Random(0), wording=Wording(separators=True))
+        >>> sorted({e.split()[1] for e in s.events if e.split()[0] == "note"})
+        ['!', '-', ':', ';', '|']
+    """
+
+    separators: bool = False
+    lead_ins: bool = False
+    question_leads: bool = False
+
+
 class _Gen:
     """Places labelled events at random positions and fills the rest with background facts."""
 
     def __init__(self, rng: random.Random, split: str, n: int, augment: bool = False,
-                 separators: bool = False, lead_ins: bool = False, question_leads: bool = False) -> None:
+                 wording: Optional[Wording] = None) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split: unknown {split!r}; choose from {list(SPLITS)}")
         if augment and split not in _EXTRAS:
             raise ConfigError(f"augment: paraphrased templates exist for the train and val splits only, "
                               f"got split {split!r}")
-        if (separators or lead_ins or question_leads) and split != "train":
-            raise ConfigError(f"separators, lead_ins, question_leads: varied sentence starts are for the train "
-                              f"split only, got split {split!r}")
-        self.rng, self.split, self.n, self.augment = rng, split, n, augment
-        self.separators, self.lead_ins, self.question_leads = separators, lead_ins, question_leads
+        wording = wording or Wording()
+        if any(astuple(wording)) and split != "train":
+            raise ConfigError(f"wording: {wording} varies sentence starts, for the train split only, got split {split!r}")
+        self.rng, self.split, self.n, self.augment, self.wording = rng, split, n, augment, wording
         self.entities = [(a, b) for a in _NAMES[split] for b in _SURNAMES[split]]
         self.placed: dict[int, Event] = {}
         self.reserved: set[Entity] = set()
@@ -260,17 +278,17 @@ class _Gen:
         kind, ent, attr, val = ev
         row = self.pick((_T[self.split][attr],) + (_EXTRAS[self.split][0][attr] if self.augment else ()))
         text = row[KINDS.index(kind)].format(e=" ".join(ent), v=VALUES[attr][val])
-        if self.separators and kind != "plain":  # "note : ..." -> "note - ..."
-            signal, sep, rest = text.split(" ", 2)
+        if self.wording.separators and kind != "plain":  # "note : ..." -> "note - ..."
+            signal, _, rest = text.split(" ", 2)
             text = f"{signal} {self.rng.choice(_SEPARATORS)} {rest}"
-        if self.lead_ins and kind == "plain" and self.rng.random() < 0.3:
+        if self.wording.lead_ins and kind == "plain" and self.rng.random() < 0.3:
             text = f"{self.rng.choice(_LEAD_INS)} {text}"
         return text
 
     def question(self, ent: Entity, attr: str) -> str:
         q = self.pick((_Q[self.split][attr],) + (_EXTRAS[self.split][1][attr] if self.augment else ()))
         q = q.format(e=" ".join(ent))
-        if self.question_leads and self.rng.random() < 0.5:
+        if self.wording.question_leads and self.rng.random() < 0.5:
             q = f"{self.rng.choice(_QUESTION_LEADS)} {q}"
         return q
 
@@ -307,18 +325,15 @@ def _chain(g: _Gen, ent: Entity, attr: str, positions: Sequence[int]) -> int:
 
 
 def make_sample(setting: str, n_events: int, rng: random.Random, split: str = "train",
-                augment: bool = False, separators: bool = False, lead_ins: bool = False,
-                question_leads: bool = False) -> Sample:
+                augment: bool = False, wording: Optional[Wording] = None) -> Sample:
     """One seeded controlled sample of ``setting`` with ``n_events`` events from ``split``'s names/templates.
 
     ``augment`` (train and val splits): each sentence and the question take one of several
-    paraphrased templates instead of the split's single one. ``separators`` (train split only): the
-    separator after a signal word is drawn from ``_SEPARATORS`` instead of always ":"; ``lead_ins``
-    and ``question_leads`` (train split only) put a lead word before some plain statements and
-    questions."""
+    paraphrased templates instead of the split's single one. ``wording`` (train split only): how
+    sentences and questions may begin (:class:`Wording`)."""
     if setting not in SETTINGS:
         raise ConfigError(f"setting: unknown {setting!r}; choose from {list(SETTINGS)}")
-    g = _Gen(rng, split, n_events, augment, separators, lead_ins, question_leads)
+    g = _Gen(rng, split, n_events, augment, wording)
     if setting == "uniform":
         return _uniform(g, setting)
     if setting == "recall":

@@ -104,8 +104,8 @@ def test_val_paraphrases_stay_off_train_and_test():
 
 def test_separator_augmentation_varies_only_the_signal_separator():
     plain = p13.make_sample("distractor", 48, random.Random(2), "train", augment=True)
-    assert plain == p13.make_sample("distractor", 48, random.Random(2), "train", augment=True, separators=False)
-    varied = [p13.make_sample("distractor", 48, random.Random(i), "train", augment=True, separators=True)
+    assert plain == p13.make_sample("distractor", 48, random.Random(2), "train", augment=True, wording=p13.Wording())
+    varied = [p13.make_sample("distractor", 48, random.Random(i), "train", augment=True, wording=p13.Wording(separators=True))
               for i in range(4)]
     signalled = [e.split() for s in varied for e in s.events if e.split()[0] in ("note", "update", "rumor")]
     assert {words[1] for words in signalled} == set(p13_data._SEPARATORS)
@@ -114,24 +114,25 @@ def test_separator_augmentation_varies_only_the_signal_separator():
     assert held_out == {",", ":"} and "," not in p13_data._SEPARATORS  # val's "," stays unseen
     assert set(p13_data._SEPARATORS) <= set(p13.vocabulary())
     with pytest.raises(ConfigError, match="separators"):
-        p13.make_sample("recall", 24, random.Random(0), "val", separators=True)
+        p13.make_sample("recall", 24, random.Random(0), "val", wording=p13.Wording(separators=True))
 
 
 def test_lead_in_augmentation_prefixes_only_plain_train_statements():
-    samples = [p13.make_sample("uniform", 48, random.Random(i), "train", lead_ins=True) for i in range(3)]
+    samples = [p13.make_sample("uniform", 48, random.Random(i), "train", wording=p13.Wording(lead_ins=True)) for i in range(3)]
     firsts = [e.split()[0] for s in samples for e in s.events]
     assert set(p13_data._LEAD_INS) <= set(firsts) and set(p13_data._LEAD_INS) <= set(p13.vocabulary())
     held_out = {w for split in ("val", "test") for row in p13_data._T[split].values() for t in row for w in t.split()}
     held_out |= {w for split in ("val", "test") for q in p13_data._Q[split].values() for w in q.split()}
     assert not set(p13_data._LEAD_INS) & held_out
-    signalled = p13.make_sample("versioning", 48, random.Random(0), "train", lead_ins=True)
+    signalled = p13.make_sample("versioning", 48, random.Random(0), "train", wording=p13.Wording(lead_ins=True))
     assert all(e.split()[0] in ("note", "update", "rumor") for e, w in zip(signalled.events, signalled.write_labels) if w)
     with pytest.raises(ConfigError, match="lead_ins"):
-        p13.make_sample("recall", 24, random.Random(0), "test", lead_ins=True)
+        p13.make_sample("recall", 24, random.Random(0), "test", wording=p13.Wording(lead_ins=True))
 
 
 def test_question_leads_prefix_only_train_questions():
-    samples = [p13.make_sample("recall", 24, random.Random(i), "train", augment=True, question_leads=True)
+    samples = [p13.make_sample("recall", 24, random.Random(i), "train", augment=True,
+                               wording=p13.Wording(question_leads=True))
                for i in range(40)]
     firsts = {s.query.split()[0] for s in samples}
     assert len(firsts & set(p13_data._QUESTION_LEADS)) >= 4
@@ -141,7 +142,7 @@ def test_question_leads_prefix_only_train_questions():
     held_out |= {w for qs in p13_data._Q_VAL_EXTRA.values() for q in qs for w in q.split()}
     assert not set(p13_data._QUESTION_LEADS) & held_out
     with pytest.raises(ConfigError, match="question_leads"):
-        p13.make_sample("recall", 24, random.Random(0), "val", question_leads=True)
+        p13.make_sample("recall", 24, random.Random(0), "val", wording=p13.Wording(question_leads=True))
 
 
 def test_vocabulary_keeps_earlier_ids_and_covers_paraphrases():
