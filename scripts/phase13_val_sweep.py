@@ -5,7 +5,7 @@ the learned-protocol defaults below), calibrates on the plain val split (30 samp
 to 128 events), and answers one val draw of 60 samples over the 10 settings twice: as drawn
 ("mix": value-first statements, half the questions imperative) and with every question rewritten to
 val's imperative form "say which ..." ("imp"). Prints hybrid correct per run and the totals; the
-rows of docs/results/phase13_val_*.json came from this script.
+rows of docs/results/phase13_val_train_samples.json came from this script.
 
     python scripts/phase13_val_sweep.py llama,qwen2 0,1,2 '{"C3": {"steps": 2000, "train_samples": 960}}' out.json
 
@@ -20,13 +20,12 @@ import torch
 
 from memadapter.training.phase13 import EVAL_SETTINGS, TrainConfig, _default_cache_dir, evaluate, train
 from memadapter.training.phase13_backbones import HiddenCache, default_read_layer, load_backbone
-from memadapter.training.phase13_data import _Q, make_samples
+from memadapter.training.phase13_data import _Q, _Q_VAL_EXTRA, make_samples
 from memadapter.training.phase13_read import calibrate
 
 BASE = {"protocol": "learned", "steps": 1000, "augment_templates": True, "token_writer": True}
 READ = {"lexical": 2.0, "lexical_idf": "train", "version_margin": 0.3, "version_cosine": 0.5, "readout_weight": 1.0}
-IMPERATIVE = {"city": "say which city {e} lives in ?", "color": "say which color {e} likes ?",
-              "code": "say which code {e} has ?"}
+IMPERATIVE = {attr: forms[0] for attr, forms in _Q_VAL_EXTRA.items()}  # val's own imperative questions
 
 
 def imperative(sample):
@@ -76,7 +75,8 @@ def main() -> None:
                         total[key][form] += sum(per.values())
                     out.append({"family": fam, "seed": seed, "config": key, **res})
                     print(fam, seed, key, {f: sum(v.values()) for f, v in res.items()}, f"{time.time() - t0:.0f}s", flush=True)
-                json.dump(out, open(args.out, "w"), indent=1)
+                with open(args.out, "w") as fh:
+                    json.dump(out, fh, indent=1)
     print("TOTAL", total)
 
 
