@@ -71,6 +71,7 @@ class GroundingOutput:
     event_logits: torch.Tensor  # [B, T, E]
     confidence_logits: torch.Tensor  # [B, T]
     extra: dict = field(default_factory=dict)
+    lifecycle_logits: Optional[torch.Tensor] = None  # [B, T, E] with a lifecycle layer
 
 
 def decode_spans(tags: list[int]) -> list[tuple[str, int, int]]:
@@ -232,7 +233,8 @@ class GroundingHead(nn.Module):
     """
 
     def __init__(self, hidden_size: int, key_dim: int, value_dim: int, num_event_types: int = len(EVENT_TYPES),
-                 context_size: int = 0, context_window: int = CONTEXT_WINDOW, type_reads_relation: bool = False):
+                 context_size: int = 0, context_window: int = CONTEXT_WINDOW, type_reads_relation: bool = False,
+                 lifecycle_typing: bool = False):
         super().__init__()
         # Read a candidate's event type over its relation region too, not only key .. value: a
         # retraction has no value, and its key's causal states never see "... is no longer known".
@@ -250,6 +252,10 @@ class GroundingHead(nn.Module):
         features = hidden_size + max(context_size, 0)
         self.tagger = nn.Linear(features, len(TAGS))
         self.event = nn.Linear(features, num_event_types)
+        # lifecycle_typing: a second event layer types the memory operation (write / update /
+        # tombstone) while ``event`` keeps feeding the WriteController the probabilities it was
+        # trained on, so a refit typing (refit_events) cannot move the writes.
+        self.lifecycle_event = nn.Linear(features, num_event_types) if lifecycle_typing else None
         self.confidence = nn.Linear(features, 1)
         self.key_proj = nn.Linear(2 * hidden_size, key_dim)  # [entity ; relation] -> key
         self.value_proj = nn.Linear(hidden_size, value_dim)
@@ -291,7 +297,8 @@ class GroundingHead(nn.Module):
         pad_o = torch.full_like(tag_logits, torch.finfo(tag_logits.dtype).min)
         pad_o[..., TAG_O] = 0.0
         tag_logits = torch.where(mask[..., None], tag_logits, pad_o)
-        return GroundingOutput(tag_logits, self.event(h), self.confidence(h).squeeze(-1))
+        lifecycle = None if self.lifecycle_event is None else self.lifecycle_event(h)
+        return GroundingOutput(tag_logits, self.event(h), self.confidence(h).squeeze(-1), lifecycle_logits=lifecycle)
 
     @torch.no_grad()
     def propose(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None,
@@ -323,15 +330,22 @@ class GroundingHead(nn.Module):
         # A key without a value pools its value from the key span (retractions carry no value).
         val_spans = torch.tensor([v if v is not None else k for k, v in pairs], device=h.device)
         # Confidence is read over the whole candidate (key start .. value end), the event type
-        # over the same or (type_reads_relation) up to the relation region's end.
+        # over the same or (type_reads_relation) up to the relation region's end. With a lifecycle
+        # layer, that layer reads the type and ``event`` keeps the spans it was trained on.
         whole = torch.stack([key_spans[:, 0], torch.maximum(key_spans[:, 1], val_spans[:, 1])], -1)
         rel = relation_spans(key_spans, val_spans, length)  # [N, 2]
         keys = self.key(pool_spans(h, key_spans), pool_spans(h, rel))  # [N, dk]
         values = self.value_proj(pool_spans(h, val_spans))  # [N, dv]
-        ev = pool_spans(out.event_logits[b], self.type_spans(key_spans, val_spans, length)).softmax(-1)  # [N, E]
+        typed = self.type_spans(key_spans, val_spans, length)  # [N, 2]
+        if out.lifecycle_logits is None:
+            ev = pool_spans(out.event_logits[b], typed).softmax(-1)  # [N, E]
+            kind = ev.argmax(-1)
+        else:
+            ev = pool_spans(out.event_logits[b], whole).softmax(-1)  # [N, E]: what the writer was trained on
+            kind = pool_spans(out.lifecycle_logits[b], typed).argmax(-1)  # [N]
         conf = torch.sigmoid(pool_spans(out.confidence_logits[b][:, None], whole)[:, 0])  # [N]
         return [
-            Candidate(k, v, int(ev[i].argmax()), ev[i], float(conf[i]), keys[i], values[i])
+            Candidate(k, v, int(kind[i]), ev[i], float(conf[i]), keys[i], values[i])
             for i, (k, v) in enumerate(pairs)
         ]
 
@@ -348,7 +362,9 @@ class GroundingHead(nn.Module):
                 raise ShapeError(f"{name}: expected shape {tuple(out.tag_logits.shape[:2])}, got {tuple(t.shape)}")
         loss = F.cross_entropy(out.tag_logits.flatten(0, 1), tag_targets.flatten(), ignore_index=IGNORE_INDEX)
         if bool((event_targets != IGNORE_INDEX).any()):
-            loss = loss + F.cross_entropy(out.event_logits.flatten(0, 1), event_targets.flatten(), ignore_index=IGNORE_INDEX)
+            for logits in (out.event_logits, out.lifecycle_logits):
+                if logits is not None:
+                    loss = loss + F.cross_entropy(logits.flatten(0, 1), event_targets.flatten(), ignore_index=IGNORE_INDEX)
         if confidence_targets is not None:
             keep = ~torch.isnan(confidence_targets)
             if bool(keep.any()):

@@ -82,6 +82,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # after a key without value): a retraction's "... is no longer known" follows its key. The
     # event layer must be fit to it: ``python -m memadapter.training.refit_events``.
     type_reads_relation: bool = False
+    # A second event layer types the memory operation (new / update / tombstone) while the trained
+    # event layer keeps feeding the WriteController: refit_events --lifecycle fits it, so a better
+    # retraction typing does not move the writes the controller learned on the old probabilities.
+    lifecycle_typing: bool = False
     # --- router ---
     router_match_threshold: float = 0.5  # slot score above which the memory branch answers
     router_confidence_threshold: float = 0.5  # slot confidence below which it is ignored
@@ -230,7 +234,8 @@ class MemAdapterConfig(PreTrainedConfig):
             raise ConfigError(f"named_events: must be one of {', '.join(NAMED_EVENTS)}, got {self.named_events!r}")
         if self.read_rule not in READ_RULES:
             raise ConfigError(f"read_rule: must be one of {', '.join(READ_RULES)}, got {self.read_rule!r}")
-        for name in ("name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "type_reads_relation"):
+        for name in ("name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "type_reads_relation",
+                     "lifecycle_typing"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.read_rule == "joint" and not self.ground_fallback:

@@ -98,7 +98,8 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
     def _build_heads(self, config: MemAdapterConfig, hidden: int) -> None:
         self.grounding = GroundingHead(hidden, config.key_dim, config.value_dim, config.num_event_types,
                                        context_size=config.grounding_context_size,
-                                       type_reads_relation=config.type_reads_relation)
+                                       type_reads_relation=config.type_reads_relation,
+                                       lifecycle_typing=config.lifecycle_typing)
         self.writer = WriteController(config.key_dim, config.num_event_types)
         self.query_head = QueryHead(hidden, config.key_dim)
         self.injector = SoftPrefixInjector(
@@ -315,19 +316,21 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         keys, values = torch.zeros(B, N, cfg.key_dim), torch.zeros(B, N, cfg.value_dim)
         keys[..., 0] = 1.0  # padding candidates need a non-zero key (they are masked out)
         ev_probs, conf = torch.zeros(B, N, cfg.num_event_types), torch.zeros(B, N)
+        kinds = torch.zeros(B, N, dtype=torch.long)  # the candidate's event type (a lifecycle layer's, if any)
         spans, cmask = torch.zeros(B, N, 2, dtype=torch.long), torch.zeros(B, N, dtype=torch.bool)
         key_text, value_text = [[None] * N for _ in range(B)], [[None] * N for _ in range(B)]
         for b, row in enumerate(cands):
             off = memory.tokens_seen[b]
             for n, c in enumerate(row):
                 keys[b, n], values[b, n], ev_probs[b, n], conf[b, n] = c.key.float().cpu(), c.value.float().cpu(), c.event_probs.float().cpu(), c.confidence
+                kinds[b, n] = c.event_type
                 end = c.value_span[1] if c.value_span else c.key_span[1]
                 spans[b, n] = torch.tensor([off + c.key_span[0], off + max(end, c.key_span[1])])
                 key_text[b][n] = self._decode(chunk[b][c.key_span[0]:c.key_span[1]])
                 value_text[b][n] = self._decode(chunk[b][c.value_span[0]:c.value_span[1]]) if c.value_span else None
                 cmask[b, n] = True
         p_write = self._p_write(slots, keys, values, ev_probs, conf)
-        result = slots.write(keys, values, p_write, event=ev_probs.argmax(-1), importance=conf.clamp(0, 1),
+        result = slots.write(keys, values, p_write, event=kinds, importance=conf.clamp(0, 1),
                              chunk_id=chunk_ids[:, None].expand(B, N), span=spans,
                              key_text=key_text, value_text=value_text, mask=cmask)
         for b in range(B):

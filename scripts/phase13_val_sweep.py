@@ -9,7 +9,8 @@ rows of docs/results/phase13_val_train_samples.json came from this script.
 
     python scripts/phase13_val_sweep.py llama,qwen2 0,1,2 '{"C3": {"steps": 2000, "train_samples": 960}}' out.json
 
-``--read`` gives read settings per name (``readout_weight`` scales the fallback's readout logits).
+``--read`` gives read settings per name (``readout_weight`` scales the fallback's readout logits);
+``--val-samples`` a larger val draw where 60 samples saturate (SmolLM2).
 """
 import argparse
 import json
@@ -55,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("families"), ap.add_argument("seeds"), ap.add_argument("configs"), ap.add_argument("out")
     ap.add_argument("--read", default='{"as_built": {}}', help="JSON: read-settings name -> settings")
+    ap.add_argument("--val-samples", type=int, default=60, help="samples of the val draw per seed (over the 10 settings)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     configs, reads, out, total = json.loads(args.configs), json.loads(args.read), [], {}
@@ -62,7 +64,7 @@ def main() -> None:
         model, tok, name = load_backbone(fam)
         cache = HiddenCache(model, tok, name, _default_cache_dir(), layer=default_read_layer(fam, model))
         for seed in map(int, args.seeds.split(",")):
-            held = make_samples("val", 60, seed + 1000, EVAL_SETTINGS, True)
+            held = make_samples("val", args.val_samples, seed + 1000, EVAL_SETTINGS, True)
             draws = {"mix": held, "imp": {k: [imperative(s) for s in v] for k, v in held.items()}}
             cal = make_samples("val", 30, seed, [s for s in EVAL_SETTINGS if s[2] <= 128])
             for cname, over in configs.items():

@@ -15,8 +15,9 @@ relation region (``GroundingHead.type_spans``): the words after a retraction's k
         --out runs/refit_events --num-streams 300 --type-reads-relation
 
 Measured there (docs/RESULTS.md, seventh step): retractions 149/150, but the write controller,
-trained on the old event probabilities, then writes differently and dev answers dropped; refit
-the event layer together with the write controller before adopting one.
+trained on the old event probabilities, then writes differently and dev answers dropped.
+``--lifecycle`` therefore fits a second layer that only types the memory operation (tombstone or
+write) and leaves the controller's inputs as trained (``MemAdapterConfig.lifecycle_typing``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,16 @@ def fit_event_layer(layer: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, st
     return layer
 
 
+def add_lifecycle_layer(model: Any) -> torch.nn.Linear:
+    """Give ``model`` a lifecycle event layer (``config.lifecycle_typing``) started as a copy of its
+    trained event layer, which stays as it is for the WriteController. Returns the new layer."""
+    event = model.grounding.event
+    layer = torch.nn.Linear(event.in_features, event.out_features).to(event.weight)
+    layer.load_state_dict(event.state_dict())
+    model.grounding.lifecycle_event, model.config.lifecycle_typing = layer, True
+    return layer
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m memadapter.training.refit_events", description=__doc__.split("\n\n")[0])
     p.add_argument("--adapter", required=True, help="trained adapter directory")
@@ -122,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--type-reads-relation", action="store_true", help="pool a value-less event over its relation region")
+    p.add_argument("--lifecycle", action="store_true",
+                   help="fit a second event layer that types the memory operation only; the WriteController keeps "
+                        "reading the trained event layer (config lifecycle_typing)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -138,13 +152,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 **dict(SPLIT_DEFAULTS["validation"], filler_tokens=200)))
     print("validation typing, as loaded:", typing_report(model, report, not args.no_progress))
     model.grounding.type_reads_relation = model.config.type_reads_relation = args.type_reads_relation
+    if args.lifecycle:
+        add_lifecycle_layer(model)
     shape = dict(SPLIT_DEFAULTS["train"], filler_tokens=args.filler_tokens, synthetic_names=args.synthetic_names)
     streams = list(build_dataset("train", args.num_streams, args.seed, **shape))
     random.Random(args.seed).shuffle(streams)
     held = len(streams) // 10
     x_fit, y_fit = pooled_events(model, streams[held:], not args.no_progress)
     x_held, y_held = pooled_events(model, streams[:held], not args.no_progress)
-    layer = model.grounding.event
+    layer = model.grounding.lifecycle_event if args.lifecycle else model.grounding.event
     print("held-out events, before:", class_accuracy(layer, x_held, y_held))
     fit_event_layer(layer, x_fit, y_fit, args.steps, args.lr, not args.no_progress)
     print("held-out events, after: ", class_accuracy(layer, x_held, y_held))

@@ -93,6 +93,27 @@ def test_main_saves_a_refit_adapter(streams, tmp_path, monkeypatch, capsys):
         refit_events.main(["--adapter", "x", "--out", str(out), "--num-streams", "3"])
 
 
+def test_main_lifecycle_fits_a_second_layer_and_keeps_the_writers(streams, tmp_path, monkeypatch):
+    model = _model(streams)
+    event = {k: v.clone() for k, v in model.grounding.event.state_dict().items()}
+    monkeypatch.setattr(ge, "_model_dirs", lambda args: ("base", args.adapter))
+    monkeypatch.setattr(ge, "_load_model", lambda args, base, adapter: model)
+    out = tmp_path / "lifecycle"
+    assert refit_events.main(["--adapter", "x", "--out", str(out), "--num-streams", "10", "--steps", "3", "--report-streams", "2",
+                              "--filler-tokens", "32", "--type-reads-relation", "--lifecycle", "--no-progress"]) == 0
+    for k, v in model.grounding.event.state_dict().items():
+        assert torch.equal(v, event[k]), k
+    assert not torch.equal(model.grounding.lifecycle_event.weight, event["weight"])
+    assert json.loads((out / "adapter_config.json").read_text())["lifecycle_typing"] is True
+    loaded = MemAdapterForCausalLM.from_pretrained(tiny_backbone("llama"), adapter=out, tokenizer=model.tokenizer)
+    torch.testing.assert_close(loaded.grounding.lifecycle_event.weight, model.grounding.lifecycle_event.weight)
+    mem = loaded.new_memory()
+    loaded.ingest(mem, streams[0]["text"])
+    ref = model.new_memory()
+    model.ingest(ref, streams[0]["text"])
+    assert mem.table(0) == ref.table(0)
+
+
 def test_typing_report_counts_every_labelled_event(streams):
     model = _model(streams)
     report = refit_events.typing_report(model, streams, progress=False)
