@@ -23,6 +23,7 @@ write) and leaves the controller's inputs as trained (``MemAdapterConfig.lifecyc
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 from typing import Any, Optional, Sequence
 
@@ -112,9 +113,7 @@ def fit_event_layer(layer: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, st
 def add_lifecycle_layer(model: Any) -> torch.nn.Linear:
     """Give ``model`` a lifecycle event layer (``config.lifecycle_typing``) started as a copy of its
     trained event layer, which stays as it is for the WriteController. Returns the new layer."""
-    event = model.grounding.event
-    layer = torch.nn.Linear(event.in_features, event.out_features).to(event.weight)
-    layer.load_state_dict(event.state_dict())
+    layer = copy.deepcopy(model.grounding.event)
     model.grounding.lifecycle_event, model.config.lifecycle_typing = layer, True
     return layer
 
