@@ -1,0 +1,163 @@
+"""Token spans of candidate memory events: BIO tags decoded into key and value spans, keys paired
+with their values, spans widened to whole words, the relation region after a key, and mean pooling
+over spans. Plain loops and vectorised forms side by side; :mod:`memadapter.heads` reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+TAGS: tuple[str, ...] = ("O", "KEY_B", "KEY_I", "VAL_B", "VAL_I")
+TAG_O, TAG_KEY_B, TAG_KEY_I, TAG_VAL_B, TAG_VAL_I = range(5)
+# Tokens after a key that carry its relation when no value follows ("Greta's phone number; ...").
+RELATION_WINDOW = 6
+
+
+def decode_spans(tags: list[int]) -> list[tuple[str, int, int]]:
+    """BIO decode one row: returns ``(kind, start, end)`` with kind in {"key", "value"}.
+
+    An I tag without a preceding B of the same kind opens a span (lenient decoding), so a
+    slightly wrong tagger still yields spans instead of nothing.
+    """
+    spans: list[tuple[str, int, int]] = []
+    kind: Optional[str] = None
+    start = 0
+    for t, tag in enumerate(tags):
+        tag_kind = "key" if tag in (TAG_KEY_B, TAG_KEY_I) else "value" if tag in (TAG_VAL_B, TAG_VAL_I) else None
+        begins = tag in (TAG_KEY_B, TAG_VAL_B)
+        if kind is not None and (tag_kind != kind or begins):
+            spans.append((kind, start, t))
+            kind = None
+        if tag_kind is not None and kind is None:
+            kind, start = tag_kind, t
+    if kind is not None:
+        spans.append((kind, start, len(tags)))
+    return spans
+
+
+def pair_spans(spans: list[tuple[str, int, int]], sentence_end: Optional[Sequence[bool]] = None,
+               ) -> list[tuple[tuple[int, int], Optional[tuple[int, int]]]]:
+    """Pair each key span with the first value span after it and before the next key span; with
+    ``sentence_end`` (per token: it ends a sentence) only a value in the key's own sentence: a
+    retraction has no value, and the next value tagged in the text after it is not its value."""
+    pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]] = []
+    for i, (kind, s, e) in enumerate(spans):
+        if kind != "key":
+            continue
+        value = None
+        for kind2, s2, e2 in spans[i + 1 :]:
+            if kind2 == "value" and not (sentence_end is not None and any(sentence_end[e:s2])):
+                value = (s2, e2)
+            break
+        pairs.append(((s, e), value))
+    return pairs
+
+
+def word_starts(rows: list[list[int]], decode_batch: Callable[[list[list[int]]], list[str]]) -> list[list[bool]]:
+    """For each token of each row: does it begin a word? A token continues the previous token's word
+    when its text, read after that token, starts with a letter or digit and the previous token's
+    text ends with one. Decoding pairs keeps this tokenizer-agnostic (byte-level "Ġ" and
+    SentencePiece "▁" space markers alike); the first token of a row begins a word.
+
+    Example:
+        >>> pieces = {1: " Mer", 2: "idian", 3: " is", 4: " 2", 5: "10"}
+        >>> word_starts([[1, 2, 3, 4, 5]], lambda rows: ["".join(pieces[t] for t in r) for r in rows])
+        [[True, False, True, True, False]]
+    """
+    out = []
+    for row in rows:
+        singles = decode_batch([[t] for t in row])
+        pairs = decode_batch([row[i - 1 : i + 1] for i in range(1, len(row))])
+        starts = [True] if row else []
+        for prev, pair in zip(singles, pairs):
+            piece = pair[len(prev):] if pair.startswith(prev) else " "  # a split multi-byte character: no claim
+            starts.append(not (piece[:1].isalnum() and prev[-1:].isalnum()))
+        out.append(starts)
+    return out
+
+
+def sentence_ends(rows: list[list[int]], decode_batch: Callable[[list[list[int]]], list[str]]) -> list[list[bool]]:
+    """For each token of each row: does its text end a sentence (".", "!", "?" or a line break)?
+
+    Example:
+        >>> pieces = {1: " valid", 2: ".", 3: " It", 4: "!\\n"}
+        >>> sentence_ends([[1, 2, 3, 4]], lambda rows: ["".join(pieces[t] for t in r) for r in rows])
+        [[False, True, False, True]]
+    """
+    return [[any(c in ".!?\n" for c in piece) for piece in decode_batch([[t] for t in row])] for row in rows]
+
+
+def snap_to_words(pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]], word_start: Sequence[bool],
+                  ) -> list[tuple[tuple[int, int], Optional[tuple[int, int]]]]:
+    """Widen each (key, value) span pair to whole words: a start moves back to its word's first
+    token, an end forward to the next word's start (``word_start[t]``: token t begins a word; end
+    exclusive). A value never starts inside its key (nor stays when the key's words took it all).
+
+    Example:
+        >>> snap_to_words([((1, 2), (4, 5))], [True, True, False, True, True, False, True])
+        [((1, 3), (4, 6))]
+    """
+    length = len(word_start)
+
+    def snap(s: int, e: int, floor: int) -> tuple[int, int]:
+        while s > floor and not word_start[s]:
+            s -= 1
+        while e < length and not word_start[e]:
+            e += 1
+        return s, e
+
+    out = []
+    for (k0, k1), value in pairs:
+        key = snap(k0, k1, 0)
+        if value is not None:
+            v0 = max(value[0], key[1])
+            value = snap(v0, max(value[1], v0 + 1), key[1]) if v0 < length else None  # the key took it all
+        out.append((key, value))
+    return out
+
+
+def relation_spans(key_spans: torch.Tensor, value_spans: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The tokens that say *which* attribute a key is about: key end .. value start.
+
+    A causal backbone's key tokens ("The Vega kettle") cannot see the relation that follows
+    ("sells for"), so a key pooled over the entity alone is the same for the kettle's price and
+    its colour. The relation region is ``[key_end, value_start)`` when a value follows the key;
+    otherwise (a retraction, whose value span equals its key span) the ``RELATION_WINDOW`` tokens
+    after the key, cut at ``lengths``. An empty region falls back to the key's last token.
+
+    key_spans, value_spans [..., 2] (end exclusive), lengths broadcastable to [...] -> [..., 2].
+    """
+    k0, k1, v0 = key_spans[..., 0], key_spans[..., 1], value_spans[..., 0]
+    has_value = v0 >= k1
+    end = torch.where(has_value, v0, torch.minimum(k1 + RELATION_WINDOW, torch.as_tensor(lengths).to(k1)))
+    empty = end <= k1
+    start = torch.where(empty, (k1 - 1).clamp(min=0), k1)
+    return torch.stack([torch.where(empty, torch.maximum(k0, start), start), torch.where(empty, k1, end)], -1)
+
+
+def relation_spans_reference(key_spans: list, value_spans: list, length: int) -> list:
+    """Plain-loop reference for :func:`relation_spans` on one row of (start, end) pairs."""
+    out = []
+    for (k0, k1), (v0, _) in zip(key_spans, value_spans):
+        end = v0 if v0 >= k1 else min(k1 + RELATION_WINDOW, length)
+        out.append([max(k0, k1 - 1), k1] if end <= k1 else [k1, end])
+    return out
+
+
+def pool_spans(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` [T, H] over each ``spans`` [N, 2] (end exclusive) -> [N, H]. Vectorised."""
+    t = torch.arange(hidden.shape[0], device=hidden.device)
+    inside = (t[None, :] >= spans[:, :1]) & (t[None, :] < spans[:, 1:])  # [N, T]
+    weights = inside.to(hidden.dtype)
+    counts = weights.sum(-1, keepdim=True).clamp_min(1.0)  # [N, 1]
+    return (weights @ hidden) / counts
+
+
+def pool_spans_reference(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Plain-loop reference for ``pool_spans``."""
+    rows = []
+    for s, e in spans.tolist():
+        rows.append(hidden[s:e].mean(0) if e > s else hidden.new_zeros(hidden.shape[-1]))
+    return torch.stack(rows) if rows else hidden.new_zeros(0, hidden.shape[-1])
