@@ -132,6 +132,12 @@ class MemAdapterConfig(PreTrainedConfig):
     # only within version_margin, like any version). A retraction's sentence ("Please forget X's
     # price") matches a question about the fact more weakly than the fact's own sentences do.
     withdrawn_margin: Optional[float] = None
+    # "joint": a withdrawn slot later than the picked entry replaces it when its sentence ("Please
+    # forget the Terra printer's colour") names every question word that the pick's sentence names
+    # and either names more of them or has key cosine >= this with the pick's key (None: off). The
+    # words tell the withdrawal of the asked fact from that of another attribute of the entity;
+    # sentences, not key texts, since a retraction's key span is often the bare name ("Atlas").
+    withdrawn_cover: Optional[float] = None
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
@@ -230,6 +236,10 @@ class MemAdapterConfig(PreTrainedConfig):
             _finite("withdrawn_margin", self.withdrawn_margin)
             if self.withdrawn_margin < 0:
                 raise ConfigError(f"withdrawn_margin: must be None or >= 0, got {self.withdrawn_margin}")
+        if self.withdrawn_cover is not None:
+            _finite("withdrawn_cover", self.withdrawn_cover)
+            if not -1.0 <= self.withdrawn_cover <= 1.0:
+                raise ConfigError(f"withdrawn_cover: must be None or a cosine in [-1, 1], got {self.withdrawn_cover}")
         if self.named_events not in NAMED_EVENTS:
             raise ConfigError(f"named_events: must be one of {', '.join(NAMED_EVENTS)}, got {self.named_events!r}")
         if self.read_rule not in READ_RULES:

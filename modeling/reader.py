@@ -22,8 +22,8 @@ from memadapter.heads import EVENT_TYPES
 from memadapter.request_memory import RequestMemory
 from memadapter.router import FALLBACK, MEMORY, Router
 
-from .selection import (GroundedEvent, SelectedRow, Selection, latest_version, most_specific, sentence_around,
-                        slot_versions, stack_selection)
+from .selection import (GroundedEvent, SelectedRow, Selection, covering_withdrawal, latest_version, most_specific,
+                        sentence_around, slot_versions, stack_selection)
 
 WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
 
@@ -127,18 +127,17 @@ class MemoryReaderMixin:
         cands = [(r, c) for r, row in enumerate(proposals) for c in row if c.value_span is not None]
         relevant = [(r, c) for r, c in cands if EVENT_TYPES[c.event_type] != "irrelevant"] or cands
         key_texts = [self._decode(rows[r][c.key_span[0]:c.key_span[1]]) for r, c in relevant]
+        sentences = [sentence_around(self._decode, rows[r], c.key_span[0], c.value_span[1]) for r, c in relevant]
         lexical = [0.0] * len(relevant)
         if self.config.lexical_weight > 0 and relevant:
-            lexical = lexical_agreement(question, key_texts if self.config.lexical_text == "key" else
-                                        [sentence_around(self._decode, rows[r], c.key_span[0], c.value_span[1])
-                                         for r, c in relevant])
+            lexical = lexical_agreement(question, key_texts if self.config.lexical_text == "key" else sentences)
         events = []
-        for (r, c), key_text, lex in zip(relevant, key_texts, lexical):
+        for (r, c), key_text, sentence, lex in zip(relevant, key_texts, sentences, lexical):
             key = c.key.float().cpu()
             events.append(GroundedEvent(key_text, self._decode(rows[r][c.value_span[0]:c.value_span[1]]),
                                         c.value.float().cpu(), key, EVENT_TYPES[c.event_type],
                                         float(key @ query) + self.config.lexical_weight * lex,
-                                        index.span(chunk_ids[r])[0] + c.key_span[0]))  # token offset in the stream
+                                        index.span(chunk_ids[r])[0] + c.key_span[0], sentence))  # offset in the stream
         return events
 
     def _retrieved_events(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, query: torch.Tensor,
@@ -164,10 +163,13 @@ class MemoryReaderMixin:
 
     def _slot_lexical_texts(self, memory: RequestMemory, b: int) -> list[Optional[str]]:
         """Per slot of row ``b``, the text the question's words are matched against: the key text,
-        or (``lexical_text="sentence"``) its event's sentence, re-read from the chunk it came from."""
+        or (``lexical_text="sentence"``) its event's sentence (:meth:`_slot_sentences`)."""
+        return memory.slots.key_text[b] if self.config.lexical_text == "key" else self._slot_sentences(memory, b)
+
+    def _slot_sentences(self, memory: RequestMemory, b: int) -> list[Optional[str]]:
+        """Per slot of row ``b``, the sentence of the event it holds, re-read from the chunk it came
+        from (its key text when the chunk is gone or the slot was written by hand; None: free)."""
         key_text = memory.slots.key_text[b]
-        if self.config.lexical_text == "key":
-            return key_text
         index, chunks, out = memory.indexes[b], {}, []
         for m, key in enumerate(key_text):
             chunk_id = int(memory.slots.chunk_id[b, m])
@@ -273,6 +275,12 @@ class MemoryReaderMixin:
                          and order[i] > order[pick] and scores[i] >= scores[pick] - cfg.withdrawn_margin
                          and float(keys[i] @ keys[pick]) >= cfg.version_key_cosine]
             pick = max(withdrawn, key=lambda i: order[i], default=pick)
+        if cfg.withdrawn_cover is not None:
+            slot_sentences = self._slot_sentences(memory, b)
+            sentences = [slot_sentences[m] or "" for m in usable] + [e.sentence or e.key_text for e in events]
+            withdrawn = [i for i, m in enumerate(usable) if bool(mem.retracted[b, m])]  # any slot, not only keep:
+            # a retraction's key is often the bare name, which names fewer question words than the fact's
+            pick = covering_withdrawal(question, sentences, pick, withdrawn, order, keys, cfg.withdrawn_cover)
         if pick >= len(usable):
             return self._event_row(events[pick - len(usable)])
         rest = sorted((m for m in usable if m != usable[pick]), key=lambda m: -float(match[m]))

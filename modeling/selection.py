@@ -131,6 +131,36 @@ def most_specific(question: str, key_texts: Sequence[str], fragments: bool = Fal
     return [i for i in keep if not (foreign[i] and any(not foreign[j] and len(named[j]) >= len(named[i]) for j in keep))]
 
 
+def covering_withdrawal(question: str, sentences: Sequence[str], pick: int, withdrawn: Sequence[int],
+                        order: Sequence[float], keys: torch.Tensor, min_cosine: float) -> int:
+    """``pick``, or the latest of the ``withdrawn`` entries (tombstones) after it in the stream
+    (``order``) whose sentence names every word of the question that the pick's sentence names,
+    and either names more of them or has a unit key (``keys`` [N, dk]) with cosine >= ``min_cosine``
+    to the pick's.
+
+    A retraction sentence matches a question about its fact more weakly than the fact's own
+    sentences do, so a score margin cannot tell it from the withdrawal of another attribute of
+    the same entity; the words its sentence shares with the question can. One that names a word
+    the pick's sentence lacks ("deadline", beside the entity's access code) is about the asked
+    fact; one that names the same words is a version only if its key agrees.
+
+    Example:
+        >>> keys = torch.eye(2)[[0, 1, 1]]
+        >>> sentences = ["The colour of the Terra printer is teal.", "Please forget the Terra printer's colour.",
+        ...              "Please forget the Terra printer's price."]
+        >>> q = "What colour is the Terra printer?"
+        >>> [covering_withdrawal(q, sentences, 0, [1, 2], [0, 5, 9], keys, cos) for cos in (0.7, -1.0)]
+        [0, 1]
+        >>> covering_withdrawal("Which colour is the Terra printer now?", sentences[1:], 1, [0], [5, 0], keys[1:], 0.7)
+        0
+    """
+    words = set(tokenize([question])[0])
+    named = [words & set(toks) for toks in tokenize(list(sentences))]
+    later = [i for i in withdrawn if order[i] > order[pick] and named[i] >= named[pick]
+             and (named[i] > named[pick] or float(keys[i] @ keys[pick]) >= min_cosine)]
+    return max(later, key=lambda i: order[i], default=pick)
+
+
 def _capitalised(text: str) -> set[str]:
     """The lower-cased words of ``text`` written with a capital or a digit first: its names."""
     return {w.lower() for w in re.findall(r"\w+", text) if not w[0].islower()}
@@ -164,7 +194,8 @@ def slot_versions(scores: torch.Tensor, time: torch.Tensor, keys: torch.Tensor, 
 class GroundedEvent:
     """An event the GroundingHead proposed in a retrieved chunk, scored against a question: its key
     and value texts, value [dv] and key [dk] vectors, event type name, score (key match plus
-    lexical agreement) and position (token offset of its key in the stream)."""
+    lexical agreement), position (token offset of its key in the stream) and the text of its
+    sentence (:func:`sentence_around`; None: the key text stands for it)."""
 
     key_text: str
     value_text: str
@@ -173,6 +204,7 @@ class GroundedEvent:
     event_type: str
     score: float
     position: int
+    sentence: Optional[str] = None
 
 
 def sentence_around(decode: Callable[[Sequence[int]], str], ids: Sequence[int], start: int, end: int) -> str:

@@ -314,3 +314,35 @@ def test_withdrawn_margin_lets_a_later_withdrawal_replace_a_better_scored_fact(t
     for bad in (-0.1, float("nan")):
         with pytest.raises(ConfigError, match="withdrawn_margin"):
             MemAdapterConfig(withdrawn_margin=bad)
+
+
+def test_withdrawn_cover_reads_a_later_withdrawal_whose_sentence_names_the_asked_fact(tokenizer, monkeypatch):
+    """read_rule="joint": a grounded event "alice lives in berlin" (score 1.5) and, later in the
+    stream, a tombstone slot that scores 0.71. With withdrawn_cover the tombstone is read when its
+    sentence names every question word the event's names, and more of them or a key that agrees."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1,
+                  ground_fallback=True, read_rule="joint", version_margin=0.2, retract_tombstones=True)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    enc = tokenizer(["where does alice live"], return_tensors="pt")  # the tiny tokenizer reads "where does alice"
+    q = _query_key(model, enc)
+    other = torch.nn.functional.normalize(torch.randn(q.shape[0]), dim=0)
+    other = torch.nn.functional.normalize(other - (other @ q) * q, dim=0)
+    fact, elsewhere = [torch.nn.functional.normalize(q + sign * other, dim=0) for sign in (1, -1)]  # cosine 0
+    monkeypatch.setattr(model, "_ground_chunks", lambda *args: [
+        GroundedEvent("alice", "berlin", torch.zeros(16), fact, "new", 1.5, 10, "alice lives in berlin")])
+    for key, sentence, cover, want in ((fact, "forget the city alice lives in", None, "berlin"),
+                                       (elsewhere, "forget the city alice lives in", 0.7, "berlin"),
+                                       (fact, "forget the city alice lives in", 0.7, "no longer known"),
+                                       (elsewhere, "where alice lives is unknown now", 0.7, "no longer known"),
+                                       (fact, "please forget bob", -1.0, "berlin")):
+        mem.slots.reset()
+        mem.slots.write(key[None, None], torch.randn(1, 1, 16), event=torch.tensor([[2]]), chunk_id=torch.tensor([[0]]),
+                        span=torch.tensor([[[80, 84]]]), key_text=[["alice"]])
+        monkeypatch.setattr(model, "_slot_sentences", lambda memory, b, s=sentence: [s] + [None] * (memory.slots.num_slots - 1))
+        model.config.withdrawn_cover = cover
+        got = model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0]
+        assert got == [f"alice: {want}"], (sentence, cover)
+    for bad in (1.5, float("nan")):
+        with pytest.raises(ConfigError, match="withdrawn_cover"):
+            MemAdapterConfig(withdrawn_cover=bad)

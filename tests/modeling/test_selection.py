@@ -2,8 +2,8 @@ import random
 
 import torch
 
-from memadapter.modeling.selection import (SelectedRow, latest_version, most_specific, sentence_around, slot_versions,
-                                           stack_selection)
+from memadapter.modeling.selection import (SelectedRow, covering_withdrawal, latest_version, most_specific,
+                                           sentence_around, slot_versions, stack_selection)
 
 
 def test_stack_selection_pads_rows_and_value_ids():
@@ -97,3 +97,20 @@ def test_most_specific_foreign_names_drops_look_alikes():
     q = "What is Daniela Berger's home city?"
     assert most_specific(q, ["Daniela", "Daniel Berger"], foreign_names=True) == [0]
     assert most_specific(q, ["Daniela", "Daniel Berger"], fragments=True, foreign_names=True) == [1]
+
+
+def test_covering_withdrawal_reads_the_withdrawal_of_the_asked_fact_only():
+    q = "What is the deadline for the Ember project?"
+    sentences = ["The access code for Project Ember is W1-4485.",  # the pick: another attribute
+                 "Please forget Project Ember's deadline.",  # names "deadline" besides: the asked fact
+                 "Please forget Project Ember's access code.",  # names the same words as the pick
+                 "Please forget Project Ember Mini's deadline."]  # names as many: look-alikes need their key
+    keys = torch.eye(3)[[0, 1, 0, 2]]  # [4, dk]: only the third agrees with the pick's key
+    order = [10, 50, 40, 60]
+    assert covering_withdrawal(q, sentences, 0, [1, 2], order, keys, 0.7) == 1  # names more: the key is not asked
+    assert covering_withdrawal(q, sentences, 0, [2], order, keys, 0.7) == 2  # same words, key agrees
+    assert covering_withdrawal(q, sentences, 0, [2], [10, 50, 5, 60], keys, 0.7) == 0  # earlier than the pick
+    assert covering_withdrawal(q, sentences, 1, [0], [50, 10, 40, 60], keys, -1.0) == 1  # names fewer: never
+    assert covering_withdrawal(q, sentences, 1, [3], order, keys, 0.7) == 1  # same words, key disagrees
+    assert covering_withdrawal(q, sentences, 1, [3], order, keys, -1.0) == 3  # without a key bar, the latest
+    assert covering_withdrawal(q, sentences, 0, [], order, keys, -1.0) == 0

@@ -1,0 +1,86 @@
+"""Compare read-time settings of a trained adapter on generation dev streams, one ingest per stream.
+
+Every ``--variant NAME:JSON`` (settings of ``generation_eval.SETTABLE``, applied over the adapter's
+config) answers every question of every stream with the ``memory`` method from the *same* ingested
+memory, so a read rule costs one generation per question, not a 32K-token ingest per stream. The
+first variant should be the committed settings (``base:{}``): it reproduces the adapter's
+``generation_eval`` dev row and so checks the sweep. Only settings read at select time may differ
+between variants (an ingest-time setting would need its own ingest); the script refuses others.
+
+    python scripts/generation_read_sweep.py --split validation --synthetic-names 0.0 --num-streams 16 \\
+        --filler-tokens 30000 --seed 0 --variant base:{} --variant on:'{"withdrawn_cover": 0.7}' --json out.json
+"""
+import argparse
+import json
+import sys
+
+import torch
+from tqdm import tqdm
+
+from memadapter.training import generation_eval as ge
+
+# read by select (the read path), never by ingest; everything else in SETTABLE shapes the memory itself
+READ_TIME = {"lexical_weight", "router_match_threshold", "router_confidence_threshold", "ground_fallback", "top_k",
+             "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin", "version_key_cosine",
+             "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin", "withdrawn_cover"}
+
+
+def variants(items):
+    out = {}
+    for item in items:
+        name, _, raw = item.partition(":")
+        settings = json.loads(raw or "{}")
+        bad = set(settings) - READ_TIME
+        if bad:
+            sys.exit(f"--variant {name}: {sorted(bad)} are not read-time settings ({sorted(READ_TIME)})")
+        out[name] = settings
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--adapter", default="adapters/smollm2-135m-prefix")
+    p.add_argument("--base", default=None)
+    p.add_argument("--split", default="validation")
+    p.add_argument("--synthetic-names", type=float, default=0.0)
+    p.add_argument("--num-streams", type=int, default=16)
+    p.add_argument("--filler-tokens", type=int, default=30000)
+    p.add_argument("--filler-source", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", action="append", required=True, metavar="NAME:JSON")
+    p.add_argument("--json", default=None, help="rows and every prediction, per variant")
+    args = p.parse_args()
+    todo = variants(args.variant)
+    args.set, args.dtype, args.device = [], "float32", None
+    model = ge._load_model(args, *ge._model_dirs(args))
+    tok, base = model.tokenizer, {k: getattr(model.config, k) for k in READ_TIME}
+    settings = ge._Settings(max_new_tokens=12, full_context_tokens=8192, tail_tokens=1024, chat=True)
+    preds = []
+    for i, stream in enumerate(tqdm(list(ge._streams(args)), desc="read sweep", unit="stream")):
+        text, questions = ge._inputs(stream, i, None)
+        ctx = ge._stream_context(model, tok, text, ["memory"])
+        for name, overrides in todo.items():
+            for key, value in {**base, **overrides}.items():
+                setattr(model.config, key, value)
+            model.config.validate_fields()
+            for q in questions:
+                pred = ge._answer(model, tok, "memory", ctx, q["question"], ge.question_ids(tok, q["question"]), settings)
+                preds.append({"stream": str(stream.get("id", i)), "method": name, "task": q["kind"],
+                              "question": q["question"], "gold": q["answer"], "prediction": pred, "skipped": False,
+                              "correct": ge.exact_match(pred, q["answer"]), "contains": ge.contains_answer(pred, q["answer"])})
+    rows = ge.summarize(preds, list(todo))
+    print(ge.markdown_table(rows))
+    for name in list(todo)[1:]:  # what each variant changed against the first
+        first = {(p["stream"], p["question"]): p for p in preds if p["method"] == list(todo)[0]}
+        for p in preds:
+            old = first[(p["stream"], p["question"])]
+            if p["method"] == name and p["prediction"] != old["prediction"]:
+                print(f"{name}: {p['task']} | {p['question']} | gold {p['gold']} | {old['prediction']} -> {p['prediction']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "variants": todo, "rows": rows, "predictions": preds}, f, indent=1)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
