@@ -138,6 +138,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # words tell the withdrawal of the asked fact from that of another attribute of the entity;
     # sentences, not key texts, since a retraction's key span is often the bare name ("Atlas").
     withdrawn_cover: Optional[float] = None
+    # "joint": an entry whose key text names fewer of the question's words than another's (and so
+    # drops out) is put back when its sentence names every question word that each remaining
+    # entry's sentence names: a key span cut short ("Pripis" for "Gustao Pripis") is no look-alike.
+    restore_by_sentence: bool = False
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
@@ -245,7 +249,7 @@ class MemAdapterConfig(PreTrainedConfig):
         if self.read_rule not in READ_RULES:
             raise ConfigError(f"read_rule: must be one of {', '.join(READ_RULES)}, got {self.read_rule!r}")
         for name in ("name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "type_reads_relation",
-                     "lifecycle_typing"):
+                     "lifecycle_typing", "restore_by_sentence"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.read_rule == "joint" and not self.ground_fallback:

@@ -23,7 +23,7 @@ from memadapter.request_memory import RequestMemory
 from memadapter.router import FALLBACK, MEMORY, Router
 
 from .selection import (GroundedEvent, SelectedRow, Selection, covering_withdrawal, latest_version, most_specific,
-                        sentence_around, slot_versions, stack_selection)
+                        restore_by_sentence, sentence_around, slot_versions, stack_selection)
 
 WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
 
@@ -246,6 +246,8 @@ class MemoryReaderMixin:
         entries whose key text names strictly fewer of the question's words than another's drop
         out (:func:`most_specific`); the best entry then gives way to its latest version
         (:func:`latest_version` over stream positions: slots and update events are versions).
+        ``restore_by_sentence`` puts entries back by their sentences (:func:`restore_by_sentence`),
+        ``withdrawn_cover`` lets a later withdrawal of the asked fact win (:func:`covering_withdrawal`).
         None when there is neither a usable slot nor a grounded event.
 
         The router's choice between the slots and the fallback turns on one threshold, and a
@@ -267,6 +269,10 @@ class MemoryReaderMixin:
                           else torch.zeros(0, mem.key_dim)])
         eligible = [True] * len(usable) + [e.event_type == "update" for e in events]
         keep = most_specific(question, key_texts, fragments=cfg.name_fragments, foreign_names=cfg.foreign_names)
+        sentences = self._pool_sentences(memory, b, usable, events) \
+            if cfg.restore_by_sentence or cfg.withdrawn_cover is not None else None
+        if cfg.restore_by_sentence:
+            keep = restore_by_sentence(question, sentences, keep)
         pick = keep[latest_version([scores[i] for i in keep], [order[i] for i in keep], keys[keep],
                                    cfg.version_margin, cfg.version_key_cosine, [eligible[i] for i in keep])]
         if cfg.withdrawn_margin is not None:
@@ -276,8 +282,6 @@ class MemoryReaderMixin:
                          and float(keys[i] @ keys[pick]) >= cfg.version_key_cosine]
             pick = max(withdrawn, key=lambda i: order[i], default=pick)
         if cfg.withdrawn_cover is not None:
-            slot_sentences = self._slot_sentences(memory, b)
-            sentences = [slot_sentences[m] or "" for m in usable] + [e.sentence or e.key_text for e in events]
             withdrawn = [i for i, m in enumerate(usable) if bool(mem.retracted[b, m])]  # any slot, not only keep:
             # a retraction's key is often the bare name, which names fewer question words than the fact's
             pick = covering_withdrawal(question, sentences, pick, withdrawn, order, keys, cfg.withdrawn_cover)
@@ -285,6 +289,11 @@ class MemoryReaderMixin:
             return self._event_row(events[pick - len(usable)])
         rest = sorted((m for m in usable if m != usable[pick]), key=lambda m: -float(match[m]))
         return self._slot_row(memory, b, [usable[pick]] + rest[:cfg.top_k - 1])
+
+    def _pool_sentences(self, memory: RequestMemory, b: int, usable: list[int], events: list[GroundedEvent]) -> list[str]:
+        """The sentence of each entry of a joint pool: slots ``usable`` of row ``b``, then ``events``."""
+        slot_sentences = self._slot_sentences(memory, b)
+        return [slot_sentences[m] or "" for m in usable] + [e.sentence or e.key_text for e in events]
 
     def value_token_ids(self, value_text: Optional[str]) -> list[int]:
         """A slot's value text -> its first ``value_tokens`` ids, tokenised as it reads mid-sentence

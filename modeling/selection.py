@@ -131,6 +131,30 @@ def most_specific(question: str, key_texts: Sequence[str], fragments: bool = Fal
     return [i for i in keep if not (foreign[i] and any(not foreign[j] and len(named[j]) >= len(named[i]) for j in keep))]
 
 
+def restore_by_sentence(question: str, sentences: Sequence[str], keep: Sequence[int]) -> list[int]:
+    """``keep`` (the entries :func:`most_specific` left by their key texts), with every other entry
+    put back whose sentence names some of the question's words and every one that the sentence of
+    each kept entry names. Sorted indices.
+
+    A key span cut short ("Pripis" for Gustao Pripis) names fewer of the question's words than a
+    whole-name key of another attribute ("Gustao Pripis's phone number is no longer known") and
+    drops out, though its sentence ("Gustao Pripis is based in Porto") names the entity as fully.
+    A look-alike's sentence names fewer of the words ("the Lumen printer" against a question about
+    the Lumen Mini printer) and stays out.
+
+    Example:
+        >>> q = "What is Gustao Pripis's home city?"
+        >>> sentences = ["Gustao Pripis is based in Porto.", "Gustao Pripis's phone number is no longer known.",
+        ...              "Pripis Mendes lives in Lyon."]
+        >>> restore_by_sentence(q, sentences, [1])
+        [0, 1]
+    """
+    words = set(tokenize([question])[0])
+    named = [words & set(toks) for toks in tokenize(list(sentences))]
+    back = [i for i in range(len(sentences)) if i not in keep and named[i] and all(named[i] >= named[k] for k in keep)]
+    return sorted([*keep, *back])
+
+
 def covering_withdrawal(question: str, sentences: Sequence[str], pick: int, withdrawn: Sequence[int],
                         order: Sequence[float], keys: torch.Tensor, min_cosine: float) -> int:
     """``pick``, or the latest of the ``withdrawn`` entries (tombstones) after it in the stream

@@ -22,7 +22,8 @@ from memadapter.training import generation_eval as ge
 # read by select (the read path), never by ingest; everything else in SETTABLE shapes the memory itself
 READ_TIME = {"lexical_weight", "router_match_threshold", "router_confidence_threshold", "ground_fallback", "top_k",
              "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin", "version_key_cosine",
-             "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin", "withdrawn_cover"}
+             "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin", "withdrawn_cover",
+             "restore_by_sentence"}
 
 
 def variants(items):

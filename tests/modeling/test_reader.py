@@ -346,3 +346,22 @@ def test_withdrawn_cover_reads_a_later_withdrawal_whose_sentence_names_the_asked
     for bad in (1.5, float("nan")):
         with pytest.raises(ConfigError, match="withdrawn_cover"):
             MemAdapterConfig(withdrawn_cover=bad)
+
+
+def test_restore_by_sentence_lets_an_event_with_a_cut_key_compete(tokenizer, monkeypatch):
+    """read_rule="joint", no slots: an event keyed "alice" (score 1.0) names fewer question words
+    than one keyed "where does alice" (0.5) and drops out, unless its sentence names as many."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1,
+                  ground_fallback=True, read_rule="joint")
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    enc = tokenizer(["where does alice live"], return_tensors="pt")  # the tiny tokenizer reads "where does alice"
+    for sentence, restore, want in (("where alice lives: berlin", False, "rome"), ("where alice lives: berlin", True, "berlin"),
+                                    ("alice: berlin", True, "rome")):
+        monkeypatch.setattr(model, "_ground_chunks", lambda *args, s=sentence: [
+            GroundedEvent("alice", "berlin", torch.zeros(16), torch.zeros(16), "new", 1.0, 10, s),
+            GroundedEvent("where does alice", "rome", torch.zeros(16), torch.zeros(16), "new", 0.5, 20, "where alice works")])
+        model.config.restore_by_sentence = restore
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0][0].endswith(want), (sentence, restore)
+    with pytest.raises(ConfigError, match="restore_by_sentence"):
+        MemAdapterConfig(restore_by_sentence=1)

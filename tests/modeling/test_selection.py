@@ -3,7 +3,7 @@ import random
 import torch
 
 from memadapter.modeling.selection import (SelectedRow, covering_withdrawal, latest_version, most_specific,
-                                           sentence_around, slot_versions, stack_selection)
+                                           restore_by_sentence, sentence_around, slot_versions, stack_selection)
 
 
 def test_stack_selection_pads_rows_and_value_ids():
@@ -114,3 +114,15 @@ def test_covering_withdrawal_reads_the_withdrawal_of_the_asked_fact_only():
     assert covering_withdrawal(q, sentences, 1, [3], order, keys, 0.7) == 1  # same words, key disagrees
     assert covering_withdrawal(q, sentences, 1, [3], order, keys, -1.0) == 3  # without a key bar, the latest
     assert covering_withdrawal(q, sentences, 0, [], order, keys, -1.0) == 0
+
+
+def test_restore_by_sentence_puts_back_a_cut_key_but_not_a_look_alike():
+    q = "What does the Lumen Mini printer cost?"
+    keys = ["Mini printer", "the Lumen Mini printer", "the Lumen printer"]
+    sentences = ["The Lumen Mini printer costs 80 dollars.", "The colour of the Lumen Mini printer is teal.",
+                 "The Lumen printer costs 50 dollars."]
+    keep = most_specific(q, keys)
+    assert keep == [1]
+    assert restore_by_sentence(q, sentences, keep) == [0, 1]  # the cut key's sentence names the printer fully
+    assert restore_by_sentence(q, ["", *sentences[1:]], keep) == [1]  # a sentence that names nothing stays out
+    assert restore_by_sentence(q, sentences, [0, 1, 2]) == [0, 1, 2]
