@@ -71,12 +71,11 @@ def main():
                               "correct": ge.exact_match(pred, q["answer"]), "contains": ge.contains_answer(pred, q["answer"])})
     rows = ge.summarize(preds, list(todo))
     print(ge.markdown_table(rows))
-    for name in list(todo)[1:]:  # what each variant changed against the first
-        first = {(p["stream"], p["question"]): p for p in preds if p["method"] == list(todo)[0]}
-        for p in preds:
-            old = first[(p["stream"], p["question"])]
-            if p["method"] == name and p["prediction"] != old["prediction"]:
-                print(f"{name}: {p['task']} | {p['question']} | gold {p['gold']} | {old['prediction']} -> {p['prediction']}")
+    first = {(p["stream"], p["question"]): p["prediction"] for p in preds if p["method"] == list(todo)[0]}
+    for p in preds:  # what each variant changed against the first
+        old = first[(p["stream"], p["question"])]
+        if p["prediction"] != old:
+            print(f"{p['method']}: {p['task']} | {p['question']} | gold {p['gold']} | {old} -> {p['prediction']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "variants": todo, "rows": rows, "predictions": preds}, f, indent=1)
