@@ -12,6 +12,7 @@ functions in :mod:`.selection`; this mixin applies them with the model's heads. 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -108,15 +109,19 @@ class MemoryReaderMixin:
 
     def _ground_chunks(self, memory: RequestMemory, b: int, chunk_ids: list[int],
                        query: torch.Tensor, question: str) -> list[GroundedEvent]:
-        """Query-time grounding of retrieved chunks: every proposed event with a value span, scored
-        by its key's match with ``query`` [dk] plus ``lexical_weight`` times the question's agreement
-        with its key text (or sentence); [] when no chunk proposes one.
+        """Query-time grounding of retrieved chunks: every proposed event with a value span
+        (:meth:`_chunk_events`), scored against the question (:meth:`_score_events`).
 
         Facts that were never written (no write signal) live only in the chunk index; reading the
         retrieved chunks again with the GroundingHead turns them into slot-like entries, so the
-        injector sees one event's value instead of a whole chunk's summary. Events typed irrelevant
-        (rumours, guesses) are passed over when any other candidate exists.
+        injector sees one event's value instead of a whole chunk's summary.
         """
+        return self._score_events(self._chunk_events(memory, b, chunk_ids), query, question)
+
+    def _chunk_events(self, memory: RequestMemory, b: int, chunk_ids: list[int]) -> list[GroundedEvent]:
+        """Every event with a value span that the GroundingHead proposes in chunks ``chunk_ids`` of
+        row ``b``, in chunk order, unscored (score 0); [] without chunk text or tokenizer. What it
+        finds does not depend on the question, so a caller may ground every chunk once."""
         index = memory.indexes[b]
         chunk_ids = [i for i in chunk_ids if index.text(i)]
         if not chunk_ids or self.tokenizer is None:
@@ -124,21 +129,27 @@ class MemoryReaderMixin:
         rows = [self._tok()(index.text(i), add_special_tokens=False)["input_ids"] for i in chunk_ids]
         ids, mask = self._right_pad(rows)
         proposals = self._propose(self._hidden(ids, mask), mask, rows)
-        cands = [(r, c) for r, row in enumerate(proposals) for c in row if c.value_span is not None]
-        relevant = [(r, c) for r, c in cands if EVENT_TYPES[c.event_type] != "irrelevant"] or cands
-        key_texts = [self._decode(rows[r][c.key_span[0]:c.key_span[1]]) for r, c in relevant]
-        sentences = [sentence_around(self._decode, rows[r], c.key_span[0], c.value_span[1]) for r, c in relevant]
+        events = []
+        for r, row in enumerate(proposals):
+            for c in (c for c in row if c.value_span is not None):
+                (k0, k1), (v0, v1) = c.key_span, c.value_span
+                events.append(GroundedEvent(self._decode(rows[r][k0:k1]), self._decode(rows[r][v0:v1]),
+                                            c.value.float().cpu(), c.key.float().cpu(), EVENT_TYPES[c.event_type], 0.0,
+                                            index.span(chunk_ids[r])[0] + k0,  # offset in the stream
+                                            sentence_around(self._decode, rows[r], k0, v1)))
+        return events
+
+    def _score_events(self, events: list[GroundedEvent], query: torch.Tensor, question: str) -> list[GroundedEvent]:
+        """``events`` scored by their key's match with ``query`` [dk] plus ``lexical_weight`` times
+        the question's agreement with their key texts (or sentences). Events typed irrelevant
+        (rumours, guesses) are passed over when any other candidate exists."""
+        relevant = [e for e in events if e.event_type != "irrelevant"] or events
         lexical = [0.0] * len(relevant)
         if self.config.lexical_weight > 0 and relevant:
-            lexical = lexical_agreement(question, key_texts if self.config.lexical_text == "key" else sentences)
-        events = []
-        for (r, c), key_text, sentence, lex in zip(relevant, key_texts, sentences, lexical):
-            key = c.key.float().cpu()
-            events.append(GroundedEvent(key_text, self._decode(rows[r][c.value_span[0]:c.value_span[1]]),
-                                        c.value.float().cpu(), key, EVENT_TYPES[c.event_type],
-                                        float(key @ query) + self.config.lexical_weight * lex,
-                                        index.span(chunk_ids[r])[0] + c.key_span[0], sentence))  # offset in the stream
-        return events
+            lexical = lexical_agreement(question, [e.key_text if self.config.lexical_text == "key" else e.sentence
+                                                   for e in relevant])
+        return [replace(e, score=float(e.key @ query) + self.config.lexical_weight * lex)
+                for e, lex in zip(relevant, lexical)]
 
     def _retrieved_events(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, query: torch.Tensor,
                           question: str) -> list[GroundedEvent]:

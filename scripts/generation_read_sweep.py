@@ -6,6 +6,9 @@ memory, so a read rule costs one generation per question, not a 32K-token ingest
 first variant should be the committed settings (``base:{}``): it reproduces the adapter's
 ``generation_eval`` dev row and so checks the sweep. Only settings read at select time may differ
 between variants (an ingest-time setting would need its own ingest); the script refuses others.
+``--query-head NAME:DIR`` adds a variant that reads with the committed settings and the QueryHead
+of the adapter in DIR (a refit: ``training/refit_query.py``); the QueryHead is read at select
+time only, and every other tensor in DIR must equal the loaded adapter's.
 
     python scripts/generation_read_sweep.py --split validation --synthetic-names 0.0 --num-streams 16 \\
         --filler-tokens 30000 --seed 0 --variant base:{} --variant on:'{"withdrawn_cover": 0.7}' --json out.json
@@ -38,6 +41,23 @@ def variants(items):
     return out
 
 
+def query_heads(items, model):
+    """``NAME:DIR`` items -> {name: the QueryHead state of the adapter in DIR}; exits when DIR holds
+    another tensor that differs from ``model``'s (a weight the ingest reads)."""
+    from safetensors.torch import load_file
+
+    own, out = model.adapter_state_dict(), {}
+    for item in items:
+        name, _, path = item.partition(":")
+        tensors = load_file(f"{path}/adapter_model.safetensors")
+        differ = [k for k in sorted(set(own) | set(tensors)) if not k.startswith("query_head.")
+                  and not (k in own and k in tensors and torch.equal(own[k].cpu(), tensors[k]))]
+        if differ:
+            sys.exit(f"--query-head {name}: {path} differs from the adapter in more than the QueryHead: {differ[:3]}")
+        out[name] = {k[len("query_head."):]: v for k, v in tensors.items() if k.startswith("query_head.")}
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--adapter", default="adapters/smollm2-135m-prefix")
@@ -49,12 +69,19 @@ def main():
     p.add_argument("--filler-source", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", action="append", required=True, metavar="NAME:JSON")
+    p.add_argument("--query-head", action="append", default=[], metavar="NAME:DIR",
+                   help="a variant with the committed settings and the QueryHead of the adapter in DIR")
     p.add_argument("--json", default=None, help="rows and every prediction, per variant")
     args = p.parse_args()
     todo = variants(args.variant)
     args.set, args.dtype, args.device = [], "float32", None
     model = ge._load_model(args, *ge._model_dirs(args))
     tok, base = model.tokenizer, {k: getattr(model.config, k) for k in READ_TIME}
+    heads = query_heads(args.query_head, model)
+    own_head = {k: v.clone() for k, v in model.query_head.state_dict().items()}
+    if set(heads) & set(todo):
+        sys.exit(f"--query-head: {sorted(set(heads) & set(todo))} already name a --variant")
+    todo.update({name: {} for name in heads})
     settings = ge._Settings(max_new_tokens=12, full_context_tokens=8192, tail_tokens=1024, chat=True)
     preds = []
     for i, stream in enumerate(tqdm(list(ge._streams(args)), desc="read sweep", unit="stream")):
@@ -64,6 +91,7 @@ def main():
             for key, value in {**base, **overrides}.items():
                 setattr(model.config, key, value)
             model.config.validate_fields()
+            model.query_head.load_state_dict(heads.get(name, own_head))
             for q in questions:
                 pred = ge._answer(model, tok, "memory", ctx, q["question"], ge.question_ids(tok, q["question"]), settings)
                 preds.append({"stream": str(stream.get("id", i)), "method": name, "task": q["kind"],

@@ -11,3 +11,28 @@ def test_variants_take_read_time_settings_and_refuse_ingest_time_ones(load_scrip
     for ingest_time in ("slot_match_threshold", "retract_tombstones", "snap_spans", "pair_in_sentence"):
         with pytest.raises(SystemExit, match=ingest_time):
             sweep.variants([f'x:{{"{ingest_time}": 1}}'])
+
+
+def test_query_heads_take_a_refit_query_head_and_refuse_other_weights(load_script, tmp_path):
+    import torch
+
+    from memadapter.modeling.configuration_memadapter import MemAdapterConfig
+    from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
+    from memadapter.modeling.tiny import tiny_backbone
+
+    sweep = load_script("generation_read_sweep")
+    torch.manual_seed(0)
+    model = MemAdapterForCausalLM(MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8),
+                                  backbone=tiny_backbone("llama"))
+    grounding = next(model.grounding.parameters())
+    with torch.no_grad():
+        model.query_head.proj.weight.add_(1.0)
+        model.save_pretrained(str(tmp_path / "refit"))  # differs in the QueryHead only
+        grounding.add_(1.0)
+        model.save_pretrained(str(tmp_path / "other"))  # and in a weight the ingest reads
+        grounding.sub_(1.0)
+        model.query_head.proj.weight.sub_(1.0)
+    heads = sweep.query_heads([f"qh:{tmp_path / 'refit'}"], model)
+    torch.testing.assert_close(heads["qh"]["proj.weight"], model.query_head.proj.weight + 1.0)
+    with pytest.raises(SystemExit, match="grounding"):
+        sweep.query_heads([f"bad:{tmp_path / 'other'}"], model)
