@@ -142,6 +142,13 @@ class MemAdapterConfig(PreTrainedConfig):
     # drops out) is put back when its sentence names every question word that each remaining
     # entry's sentence names: a key span cut short ("Pripis" for "Gustao Pripis") is no look-alike.
     restore_by_sentence: bool = False
+    # "joint": an entry of another fact (key cosine < version_key_cosine with the pick's, a value of
+    # its own) that scores within this margin of the pick replaces it when the frozen backbone finds
+    # its value the likelier answer to the question: the higher pointwise mutual information,
+    # log p(value | question) - log p(value | no question) (None: off). Two attributes of one entity
+    # ("What does the Vega bicycle sell for?": its price, its colour) can score alike; the answer's
+    # type ("45 dollars", not "coral") is what the backbone knows.
+    answer_type_margin: Optional[float] = None
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
@@ -240,6 +247,10 @@ class MemAdapterConfig(PreTrainedConfig):
             _finite("withdrawn_margin", self.withdrawn_margin)
             if self.withdrawn_margin < 0:
                 raise ConfigError(f"withdrawn_margin: must be None or >= 0, got {self.withdrawn_margin}")
+        if self.answer_type_margin is not None:
+            _finite("answer_type_margin", self.answer_type_margin)
+            if self.answer_type_margin < 0:
+                raise ConfigError(f"answer_type_margin: must be None or a margin >= 0, got {self.answer_type_margin}")
         if self.withdrawn_cover is not None:
             _finite("withdrawn_cover", self.withdrawn_cover)
             if not -1.0 <= self.withdrawn_cover <= 1.0:

@@ -23,8 +23,8 @@ from memadapter.heads import EVENT_TYPES
 from memadapter.request_memory import RequestMemory
 from memadapter.router import FALLBACK, MEMORY, Router
 
-from .selection import (GroundedEvent, SelectedRow, Selection, covering_withdrawal, latest_version, most_specific,
-                        restore_by_sentence, sentence_around, slot_versions, stack_selection)
+from .selection import (GroundedEvent, SelectedRow, Selection, answer_type_rivals, covering_withdrawal, latest_version,
+                        most_specific, restore_by_sentence, sentence_around, slot_versions, stack_selection)
 
 WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
 
@@ -286,6 +286,13 @@ class MemoryReaderMixin:
             keep = restore_by_sentence(question, sentences, keep)
         pick = keep[latest_version([scores[i] for i in keep], [order[i] for i in keep], keys[keep],
                                    cfg.version_margin, cfg.version_key_cosine, [eligible[i] for i in keep])]
+        if cfg.answer_type_margin is not None:
+            values = [mem.value_text[b][m] for m in usable] + [e.value_text for e in events]
+            rivals = answer_type_rivals(scores, keys, [i for i in keep if values[i]], pick, cfg.answer_type_margin,
+                                        cfg.version_key_cosine)
+            if rivals and values[pick]:
+                pmi = self._answer_pmi(question, [values[i] for i in [pick, *rivals]])
+                pick = [pick, *rivals][max(range(len(pmi)), key=lambda j: (pmi[j], -j))]  # a tie keeps the pick
         if cfg.withdrawn_margin is not None:
             # a later withdrawal of the picked fact: a retraction sentence matches a question weakly
             withdrawn = [i for i in keep if i < len(usable) and bool(mem.retracted[b, usable[i]])
@@ -300,6 +307,37 @@ class MemoryReaderMixin:
             return self._event_row(events[pick - len(usable)])
         rest = sorted((m for m in usable if m != usable[pick]), key=lambda m: -float(match[m]))
         return self._slot_row(memory, b, [usable[pick]] + rest[:cfg.top_k - 1])
+
+    @torch.no_grad()
+    def _answer_pmi(self, question: str, values: list[str]) -> list[float]:
+        """Per value: log p(value | the question) - log p(value | a question that asks nothing, "What
+        is it?") under the frozen backbone (adapter off), summed over the value's tokens. The
+        question's words raise the answers of its type ("July 2" after "What is the deadline ...");
+        the empty question takes out how likely the value's tokens are anyway (a code's rare pieces)."""
+        tok = self._tok()
+        prompts = [self._answer_prompt(question), self._answer_prompt("What is it?")]
+        space = "" if getattr(tok, "chat_template", None) else " "  # an assistant turn starts its line
+        answers = [tok(space + v.strip(), add_special_tokens=False)["input_ids"] for v in values]
+        rows = [p + a for a in answers for p in prompts]  # value-major: (asked, not asked) per value
+        ids, mask = self._right_pad(rows)
+        with self.disable_adapter():
+            logp = torch.log_softmax(self.backbone(input_ids=ids.to(self._device()),
+                                                   attention_mask=mask.to(self._device())).logits.float(), -1)  # [R, T, V]
+        # a value token at t is predicted at t - 1; the value starts where the row's prompt ends
+        lp = [sum(float(logp[r, t - 1, row[t]]) for t in range(len(prompts[r % 2]), len(row))) for r, row in enumerate(rows)]
+        return [lp[2 * i] - lp[2 * i + 1] for i in range(len(values))]
+
+    def _answer_prompt(self, question: str) -> list[int]:
+        """The backbone's prompt for a short answer: an instruct model's chat turn when its tokenizer
+        has a template (it answers inside its own format), else "Question: ...\\nAnswer:"."""
+        tok = self._tok()
+        content = f"Question: {question.strip()}\nAnswer with the answer only, in a few words."
+        if getattr(tok, "chat_template", None):
+            content = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                              tokenize=False)
+        else:
+            content += "\nAnswer:"
+        return list(tok(content, add_special_tokens=False)["input_ids"])
 
     def _pool_sentences(self, memory: RequestMemory, b: int, usable: list[int], events: list[GroundedEvent]) -> list[str]:
         """The sentence of each entry of a joint pool: slots ``usable`` of row ``b``, then ``events``."""

@@ -185,6 +185,20 @@ def covering_withdrawal(question: str, sentences: Sequence[str], pick: int, with
     return max(later, key=lambda i: order[i], default=pick)
 
 
+def answer_type_rivals(scores: Sequence[float], keys: torch.Tensor, candidates: Sequence[int], pick: int,
+                       margin: float, min_cosine: float) -> list[int]:
+    """The ``candidates`` (other than ``pick``) that score within ``margin`` of it and are another
+    fact, not a version of the pick's: unit key (``keys`` [N, dk]) cosine < ``min_cosine``.
+
+    Example:
+        >>> keys = torch.tensor([[1.0, 0.0], [0.9, 0.44], [0.0, 1.0], [0.0, 1.0]])
+        >>> answer_type_rivals([0.9, 0.88, 0.85, 0.5], keys, [0, 1, 2, 3], 0, 0.1, 0.7)  # 1: a version; 3: too low
+        [2]
+    """
+    return [i for i in candidates if i != pick and scores[i] >= scores[pick] - margin
+            and float(keys[i] @ keys[pick]) < min_cosine]
+
+
 def _capitalised(text: str) -> set[str]:
     """The lower-cased words of ``text`` written with a capital or a digit first: its names."""
     return {w.lower() for w in re.findall(r"\w+", text) if not w[0].islower()}

@@ -365,3 +365,49 @@ def test_restore_by_sentence_lets_an_event_with_a_cut_key_compete(tokenizer, mon
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0][0].endswith(want), (sentence, restore)
     with pytest.raises(ConfigError, match="restore_by_sentence"):
         MemAdapterConfig(restore_by_sentence=1)
+
+
+def test_answer_type_margin_reads_the_rival_fact_whose_value_the_backbone_finds_the_likelier_answer(tokenizer, monkeypatch):
+    """read_rule="joint", no slots: two grounded events of other facts (key cosine 0), "berlin"
+    scoring 1.5 and "555-0101" 1.45. Within answer_type_margin the one with the higher answer PMI
+    is read; a version of the pick (the same key) is no rival."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1,
+                  ground_fallback=True, read_rule="joint")
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    q = _query_key(model, enc)
+    other = torch.nn.functional.normalize(torch.randn(q.shape[0]), dim=0)
+    other = torch.nn.functional.normalize(other - (other @ q) * q, dim=0)
+    city, phone = [torch.nn.functional.normalize(q + sign * other, dim=0) for sign in (1, -1)]  # cosine 0
+    for phone_key, margin, pmi, want in ((phone, None, [0.0, 5.0], "berlin"), (phone, 0.1, [0.0, 5.0], "555-0101"),
+                                         (phone, 0.01, [0.0, 5.0], "berlin"), (phone, 0.1, [5.0, 0.0], "berlin"),
+                                         (phone, 0.1, [1.0, 1.0], "berlin"), (city, 0.1, [0.0, 5.0], "berlin")):
+        monkeypatch.setattr(model, "_ground_chunks", lambda *args, k=phone_key: [
+            GroundedEvent("alice", "berlin", torch.zeros(16), city, "new", 1.5, 10, "alice lives in berlin"),
+            GroundedEvent("alice", "555-0101", torch.zeros(16), k, "new", 1.45, 5, "call alice on 555-0101")])
+        monkeypatch.setattr(model, "_answer_pmi", lambda question, values, p=pmi: p[: len(values)])
+        model.config.answer_type_margin = margin
+        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [f"alice: {want}"], (margin, pmi)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ConfigError, match="answer_type_margin"):
+            MemAdapterConfig(answer_type_margin=bad)
+
+
+@torch.no_grad()
+def test_answer_pmi_is_the_plain_loop_over_values_and_prompts(tokenizer):
+    """The batched, right-padded PMI equals one unpadded backbone pass per (value, prompt)."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix")
+    question, values = "where does alice live", ["berlin", "rome paris", "alice"]
+    got = model._answer_pmi(question, values)
+
+    def logp(prompt: list[int], value: str) -> float:
+        ids = prompt + tokenizer(" " + value, add_special_tokens=False)["input_ids"]
+        with model.disable_adapter():
+            lp = torch.log_softmax(model.backbone(input_ids=torch.tensor([ids])).logits.float()[0], -1)
+        return sum(float(lp[t - 1, ids[t]]) for t in range(len(prompt), len(ids)))
+
+    asked, blank = model._answer_prompt(question), model._answer_prompt("What is it?")
+    want = [logp(asked, v) - logp(blank, v) for v in values]
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-4, rtol=1e-4)
+    assert len(set(round(x, 4) for x in got)) == 3
