@@ -86,6 +86,7 @@ def stream_pools(model: Any, stream: dict, question_ids: Any) -> list[ReadPool]:
         by_chunk.setdefault(next(c for c in range(len(index)) if index.span(c)[0] <= e.position < index.span(c)[1]),
                             []).append(e)
     usable = (mem.occupied[0] & (mem.confidence[0] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
+    slot_texts = model._slot_lexical_texts(memory, 0)  # the texts the question's words meet, per slot
     no_query = torch.zeros(cfg.key_dim)
     pools = []
     for q in stream["questions"]:
@@ -96,7 +97,6 @@ def stream_pools(model: Any, stream: dict, question_ids: Any) -> list[ReadPool]:
         found = index.search(model._mean(hidden, mask).float().cpu()[0], question, cfg.num_fallback_chunks)
         events = model._score_events([e for c in found.expanded[0] if c >= 0 for e in by_chunk.get(c, [])],
                                      no_query, question)  # score = the lexical term alone
-        slot_texts = model._slot_lexical_texts(memory, 0)
         slot_lex = lexical_agreement(question, slot_texts) if cfg.lexical_weight > 0 else [0.0] * len(slot_texts)
         keys = torch.cat([mem.keys[0, usable].float(), torch.stack([e.key for e in events]) if events
                           else torch.zeros(0, cfg.key_dim)])  # [N, dk]
