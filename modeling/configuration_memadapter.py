@@ -145,7 +145,7 @@ class MemAdapterConfig(PreTrainedConfig):
     # "joint": an entry of another fact (key cosine < version_key_cosine with the pick's, a value of
     # its own) that scores within this margin of the pick replaces it when the frozen backbone finds
     # its value the likelier answer to the question: the higher pointwise mutual information,
-    # log p(value | question) - log p(value | no question) (None: off). Two attributes of one entity
+    # log p(value | question) - log p(value | "What is it?") (None: off). Two attributes of one entity
     # ("What does the Vega bicycle sell for?": its price, its colour) can score alike; the answer's
     # type ("45 dollars", not "coral") is what the backbone knows.
     answer_type_margin: Optional[float] = None

@@ -81,10 +81,10 @@ def stream_pools(model: Any, stream: dict, question_ids: Any) -> list[ReadPool]:
     memory = model.new_memory()
     model.ingest(memory, stream["text"], progress=False)
     mem, index, facts = memory.slots, memory.indexes[0], _event_facts(tok, stream)
+    spans = [index.span(c) for c in range(len(index))]
     by_chunk: dict[int, list] = {}  # every chunk grounded once; a question takes its retrieved chunks' events
     for e in model._chunk_events(memory, 0, list(range(len(index)))):
-        by_chunk.setdefault(next(c for c in range(len(index)) if index.span(c)[0] <= e.position < index.span(c)[1]),
-                            []).append(e)
+        by_chunk.setdefault(next(c for c, (s, t) in enumerate(spans) if s <= e.position < t), []).append(e)
     usable = (mem.occupied[0] & (mem.confidence[0] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
     slot_texts = model._slot_lexical_texts(memory, 0)  # the texts the question's words meet, per slot
     no_query = torch.zeros(cfg.key_dim)
