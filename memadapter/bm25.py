@@ -37,6 +37,19 @@ DEFAULT_K1 = 1.5
 DEFAULT_B = 0.75
 
 
+def content_words(text: str) -> set[str]:
+    """The words of ``text`` (as :func:`tokenize` gives them) that are not function words, the
+    question words among them ("what", "where", "now", "does"): bm25s' longer English list.
+
+    Example:
+        >>> sorted(content_words("Where does Louise work now?"))
+        ['louise', 'work']
+    """
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    return set(tokenize([text])[0]) - set(STOPWORDS_EN_PLUS)
+
+
 @functools.lru_cache(maxsize=1)
 def _stemmer():
     import Stemmer

@@ -103,6 +103,11 @@ class MemAdapterConfig(PreTrainedConfig):
     # Chunks the fallback retrieves (None: top_k). With ground_fallback the one best event among
     # them is injected, so more chunks widen the search without lengthening the prompt.
     fallback_chunks: Optional[int] = None
+    # Chunks read beside the fallback_chunks (joint read, named events): up to this many more that
+    # the question's names (capitalised words, numbers) alone rank first by BM25. A fact stated in
+    # other words than the question's ("is employed by" for "work for") loses the hybrid search to
+    # filler that shares the common words; its entity's name is rare in the filler.
+    name_chunks: int = 0
     # A grounded event whose key text names more of the question's words than the selected slot's
     # (a look-alike the question asks about, "the Lumen Mini printer", beside the slot of "the Lumen
     # printer") replaces the slot: "best" when it is the best-scoring event, "any" when it is the best
@@ -142,6 +147,12 @@ class MemAdapterConfig(PreTrainedConfig):
     # drops out) is put back when its sentence names every question word that each remaining
     # entry's sentence names: a key span cut short ("Pripis" for "Gustao Pripis") is no look-alike.
     restore_by_sentence: bool = False
+    # "joint": an entry that drops out by its key text is put back when its sentence names a word
+    # of the asked entity that a remaining entry's sentence names and a content word of the question
+    # that none of theirs names (the attribute): "Trudegreisa's phone number is ..." beside
+    # sentences about Trudegreisa Katum's city and employer. An entry with a foreign name (see
+    # foreign_names, when on) stays out.
+    restore_by_attribute: bool = False
     # "joint": an entry of another fact (key cosine < version_key_cosine with the pick's, a value of
     # its own) that scores within this margin of the pick replaces it when the frozen backbone finds
     # its value the likelier answer to the question: the higher pointwise mutual information,
@@ -236,6 +247,8 @@ class MemAdapterConfig(PreTrainedConfig):
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.withdrawn_text is not None and (not isinstance(self.withdrawn_text, str) or not self.withdrawn_text.strip()):
             raise ConfigError(f"withdrawn_text: expected None or a non-empty string, got {self.withdrawn_text!r}")
+        if isinstance(self.name_chunks, bool) or not isinstance(self.name_chunks, int) or self.name_chunks < 0:
+            raise ConfigError(f"name_chunks: expected an int >= 0, got {self.name_chunks!r}")
         if self.fallback_chunks is not None and (isinstance(self.fallback_chunks, bool)
                                                  or not isinstance(self.fallback_chunks, int) or self.fallback_chunks < 1):
             raise ConfigError(f"fallback_chunks: expected None or a positive int, got {self.fallback_chunks!r}")
@@ -260,7 +273,7 @@ class MemAdapterConfig(PreTrainedConfig):
         if self.read_rule not in READ_RULES:
             raise ConfigError(f"read_rule: must be one of {', '.join(READ_RULES)}, got {self.read_rule!r}")
         for name in ("name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "type_reads_relation",
-                     "lifecycle_typing", "restore_by_sentence"):
+                     "lifecycle_typing", "restore_by_sentence", "restore_by_attribute"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.read_rule == "joint" and not self.ground_fallback:

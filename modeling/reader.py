@@ -23,8 +23,9 @@ from memadapter.heads import EVENT_TYPES
 from memadapter.request_memory import RequestMemory
 from memadapter.router import FALLBACK, MEMORY, Router
 
-from .selection import (GroundedEvent, SelectedRow, Selection, answer_type_rivals, covering_withdrawal, latest_version,
-                        most_specific, restore_by_sentence, sentence_around, slot_versions, stack_selection)
+from .selection import (GroundedEvent, SelectedRow, Selection, answer_type_rivals, covering_withdrawal, foreign_keys,
+                        latest_version, most_specific, question_names, restore_by_attribute, restore_by_sentence,
+                        sentence_around, slot_versions, stack_selection)
 
 WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
 
@@ -153,9 +154,21 @@ class MemoryReaderMixin:
 
     def _retrieved_events(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, query: torch.Tensor,
                           question: str) -> list[GroundedEvent]:
-        """The events grounded in the ``num_fallback_chunks`` chunks retrieved for the question."""
-        found = memory.indexes[b].search(chunk_query, question, self.config.num_fallback_chunks)
-        return self._ground_chunks(memory, b, [i for i in found.expanded[0] if i >= 0], query, question)
+        """The events grounded in the chunks retrieved for the question (:meth:`_retrieved_chunks`)."""
+        return self._ground_chunks(memory, b, self._retrieved_chunks(memory, b, chunk_query, question), query, question)
+
+    def _retrieved_chunks(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, question: str) -> list[int]:
+        """Chunk ids of row ``b`` for a question: the ``num_fallback_chunks`` best by the hybrid
+        search (``chunk_query`` [H] and the question's words), then up to ``name_chunks`` more that
+        hold the question's names, best by BM25 over the names alone."""
+        index, cfg = memory.indexes[b], self.config
+        ids = [i for i in index.search(chunk_query, question, cfg.num_fallback_chunks).expanded[0] if i >= 0]
+        names = question_names(question)
+        if cfg.name_chunks and names and len(index):
+            _, _, by_name = index.hybrid_scores(chunk_query, " ".join(sorted(names)))  # [1, N] each
+            order = torch.sort(by_name[0], descending=True, stable=True).indices.tolist()
+            ids += [i for i in order if float(by_name[0, i]) > 0 and i not in ids][:cfg.name_chunks]
+        return ids
 
     def _current_event(self, events: list[GroundedEvent]) -> Optional[GroundedEvent]:
         """The best-scoring event, or (``version_margin``) its latest version typed as an update."""
@@ -257,7 +270,8 @@ class MemoryReaderMixin:
         entries whose key text names strictly fewer of the question's words than another's drop
         out (:func:`most_specific`); the best entry then gives way to its latest version
         (:func:`latest_version` over stream positions: slots and update events are versions).
-        ``restore_by_sentence`` puts entries back by their sentences (:func:`restore_by_sentence`),
+        ``restore_by_sentence`` and ``restore_by_attribute`` put entries back by their sentences
+        (:func:`restore_by_sentence`, :func:`restore_by_attribute`),
         ``withdrawn_cover`` lets a later withdrawal of the asked fact win (:func:`covering_withdrawal`).
         None when there is neither a usable slot nor a grounded event.
 
@@ -281,9 +295,12 @@ class MemoryReaderMixin:
         eligible = [True] * len(usable) + [e.event_type == "update" for e in events]
         keep = most_specific(question, key_texts, fragments=cfg.name_fragments, foreign_names=cfg.foreign_names)
         sentences = self._pool_sentences(memory, b, usable, events) \
-            if cfg.restore_by_sentence or cfg.withdrawn_cover is not None else None
+            if cfg.restore_by_sentence or cfg.restore_by_attribute or cfg.withdrawn_cover is not None else None
         if cfg.restore_by_sentence:
             keep = restore_by_sentence(question, sentences, keep)
+        if cfg.restore_by_attribute:
+            foreign = foreign_keys(question, key_texts, cfg.name_fragments) if cfg.foreign_names else []
+            keep = restore_by_attribute(question, sentences, keep, [i for i, f in enumerate(foreign) if f])
         pick = keep[latest_version([scores[i] for i in keep], [order[i] for i in keep], keys[keep],
                                    cfg.version_margin, cfg.version_key_cosine, [eligible[i] for i in keep])]
         if cfg.answer_type_margin is not None:

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from memadapter.bm25 import tokenize
+from memadapter.bm25 import content_words, tokenize
 
 _SENTENCE_END = re.compile(r"[.!?\n]")
 
@@ -113,22 +113,39 @@ def most_specific(question: str, key_texts: Sequence[str], fragments: bool = Fal
         >>> most_specific("Where does Martin Brandt work?", ["Paul Brandt", "Brandt"], foreign_names=True)
         [1]
     """
-    words = set(tokenize([question])[0])
-
-    def names(t: str, w: str) -> bool:
-        return t == w or (fragments and len(t) >= 4 and (w.startswith(t) or w.endswith(t)))
-
-    tokens = tokenize(list(key_texts))
-    named = [{w for w in words if any(names(t, w) for t in toks)} for toks in tokens]
+    named = _named_words(question, key_texts, fragments)
     keep = [i for i, s in enumerate(named) if not any(s < other for other in named)]
     if not foreign_names:
         return keep
-    # a name of the question that the key leaves out, and a name of the key in its place
-    question_names = words & _capitalised(question.split(None, 1)[-1])  # its first word is capitalised anyway
-    foreign = [bool(question_names - s) and any(t in _capitalised(text) and not any(names(t, w) for w in words)
-                                                 for t in toks)
-               for text, toks, s in zip(key_texts, tokens, named)]
+    foreign = foreign_keys(question, key_texts, fragments)
     return [i for i in keep if not (foreign[i] and any(not foreign[j] and len(named[j]) >= len(named[i]) for j in keep))]
+
+
+def _names(t: str, w: str, fragments: bool) -> bool:
+    """Key token ``t`` names question word ``w`` (or, with ``fragments``, is a 4+ letter piece of it)."""
+    return t == w or (fragments and len(t) >= 4 and (w.startswith(t) or w.endswith(t)))
+
+
+def _named_words(question: str, key_texts: Sequence[str], fragments: bool) -> list[set[str]]:
+    """Per key text, the question's words it names."""
+    words = set(tokenize([question])[0])
+    return [{w for w in words if any(_names(t, w, fragments) for t in toks)} for toks in tokenize(list(key_texts))]
+
+
+def foreign_keys(question: str, key_texts: Sequence[str], fragments: bool = False) -> list[bool]:
+    """Per key text: it leaves out a name of the question (a capitalised word or a number) and
+    carries a name of its own ("Paul Brandt" for a question about Martin Brandt).
+
+    Example:
+        >>> foreign_keys("Where does Martin Brandt work?", ["Paul Brandt", "Brandt", "Martin Brandt Jr"])
+        [True, False, False]
+    """
+    words = set(tokenize([question])[0])
+    asked = words & question_names(question)
+    named = _named_words(question, key_texts, fragments)
+    return [bool(asked - s) and any(t in _capitalised(text) and not any(_names(t, w, fragments) for w in words)
+                                             for t in toks)
+            for text, toks, s in zip(key_texts, tokenize(list(key_texts)), named)]
 
 
 def restore_by_sentence(question: str, sentences: Sequence[str], keep: Sequence[int]) -> list[int]:
@@ -152,6 +169,35 @@ def restore_by_sentence(question: str, sentences: Sequence[str], keep: Sequence[
     words = set(tokenize([question])[0])
     named = [words & set(toks) for toks in tokenize(list(sentences))]
     back = [i for i in range(len(sentences)) if i not in keep and named[i] and all(named[i] >= named[k] for k in keep)]
+    return sorted([*keep, *back])
+
+
+def restore_by_attribute(question: str, sentences: Sequence[str], keep: Sequence[int],
+                         excluded: Sequence[int] = ()) -> list[int]:
+    """``keep``, with every other entry (but the ``excluded``) put back whose sentence names a
+    question word that some kept entry's sentence names too (the entity) and a content word of the
+    question (not a question word such as "what" or "now") that no kept entry's sentence names
+    (the asked attribute). Sorted indices.
+
+    A key span that names the entity by part of its name ("Trudegreisa" for Trudegreisa Katum)
+    drops out by its key text, and :func:`restore_by_sentence` cannot put it back when the kept
+    entries are other attributes whose sentences name the whole name: "Trudegreisa's phone number
+    is ..." names neither "Katum" nor do they name "phone". A look-alike's sentence names no
+    attribute word that the asked entity's own fact does not name too.
+
+    Example:
+        >>> q = "What is Trudegreisa Katum's phone number?"
+        >>> sentences = ["Trudegreisa Katum lives in Krakow.", "Trudegreisa's phone number is 555-0132.",
+        ...              "Call Gamu on 555-0110.", "The phone of Rosa is 555-0199."]
+        >>> restore_by_attribute(q, sentences, [0])
+        [0, 1]
+    """
+    words = set(tokenize([question])[0])
+    content = content_words(question)
+    named = [words & set(toks) for toks in tokenize(list(sentences))]
+    kept = set().union(*(named[k] for k in keep))
+    back = [i for i in range(len(sentences)) if i not in keep and i not in excluded
+            and named[i] & kept and (named[i] & content) - kept]
     return sorted([*keep, *back])
 
 
@@ -197,6 +243,17 @@ def answer_type_rivals(scores: Sequence[float], keys: torch.Tensor, candidates: 
     """
     return [i for i in candidates if i != pick and scores[i] >= scores[pick] - margin
             and float(keys[i] @ keys[pick]) < min_cosine]
+
+
+def question_names(question: str) -> set[str]:
+    """The lower-cased names of ``question``: its words written with a capital or a digit first,
+    but its first word (capitalised anyway).
+
+    Example:
+        >>> sorted(question_names("Which company does Nina Keller work for?"))
+        ['keller', 'nina']
+    """
+    return _capitalised((question.split(None, 1) or [""])[-1])
 
 
 def _capitalised(text: str) -> set[str]:

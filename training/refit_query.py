@@ -94,8 +94,8 @@ def stream_pools(model: Any, stream: dict, question_ids: Any) -> list[ReadPool]:
         mask = torch.ones_like(ids, dtype=torch.bool)
         hidden = model._hidden(ids, mask)  # [1, T, H]
         question = model._decode(ids[0].tolist())
-        found = index.search(model._mean(hidden, mask).float().cpu()[0], question, cfg.num_fallback_chunks)
-        events = model._score_events([e for c in found.expanded[0] if c >= 0 for e in by_chunk.get(c, [])],
+        chunks = model._retrieved_chunks(memory, 0, model._mean(hidden, mask).float().cpu()[0], question)
+        events = model._score_events([e for c in chunks for e in by_chunk.get(c, [])],
                                      no_query, question)  # score = the lexical term alone
         slot_lex = lexical_agreement(question, slot_texts) if cfg.lexical_weight > 0 else [0.0] * len(slot_texts)
         keys = torch.cat([mem.keys[0, usable].float(), torch.stack([e.key for e in events]) if events

@@ -348,23 +348,56 @@ def test_withdrawn_cover_reads_a_later_withdrawal_whose_sentence_names_the_asked
             MemAdapterConfig(withdrawn_cover=bad)
 
 
-def test_restore_by_sentence_lets_an_event_with_a_cut_key_compete(tokenizer, monkeypatch):
+@pytest.mark.parametrize("setting, question, rival, cases", [
+    ("restore_by_sentence", "where does alice live",  # the tiny tokenizer reads "where does alice"
+     ("where does alice", "rome", "where alice works"),
+     (("where alice lives: berlin", False, "rome"), ("where alice lives: berlin", True, "berlin"),
+      ("alice: berlin", True, "rome"))),
+    ("restore_by_attribute", "what city is alice bob",
+     ("alice bob", "red", "alice bob color red"),
+     (("alice city berlin", False, "red"), ("alice city berlin", True, "berlin"), ("alice is berlin", True, "red"),
+      ("bob city berlin", True, "berlin"), ("carol city berlin", True, "red"))),
+])
+def test_a_restore_rule_lets_an_event_with_a_cut_key_compete(tokenizer, monkeypatch, setting, question, rival, cases):
     """read_rule="joint", no slots: an event keyed "alice" (score 1.0) names fewer question words
-    than one keyed "where does alice" (0.5) and drops out, unless its sentence names as many."""
+    than the rival (0.5) and drops out, unless the rule puts it back by its sentence:
+    restore_by_sentence when it names as many of the question's words, restore_by_attribute when it
+    names the asked attribute ("city"), which the rival's does not, beside a word of the entity."""
     model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1,
                   ground_fallback=True, read_rule="joint")
     mem = ingest(model, [STREAM])
     mem.slots.reset()
-    enc = tokenizer(["where does alice live"], return_tensors="pt")  # the tiny tokenizer reads "where does alice"
-    for sentence, restore, want in (("where alice lives: berlin", False, "rome"), ("where alice lives: berlin", True, "berlin"),
-                                    ("alice: berlin", True, "rome")):
+    enc = tokenizer([question], return_tensors="pt")
+    for sentence, restore, want in cases:
         monkeypatch.setattr(model, "_ground_chunks", lambda *args, s=sentence: [
             GroundedEvent("alice", "berlin", torch.zeros(16), torch.zeros(16), "new", 1.0, 10, s),
-            GroundedEvent("where does alice", "rome", torch.zeros(16), torch.zeros(16), "new", 0.5, 20, "where alice works")])
-        model.config.restore_by_sentence = restore
+            GroundedEvent(rival[0], rival[1], torch.zeros(16), torch.zeros(16), "new", 0.5, 20, rival[2])])
+        setattr(model.config, setting, restore)
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0][0].endswith(want), (sentence, restore)
-    with pytest.raises(ConfigError, match="restore_by_sentence"):
-        MemAdapterConfig(restore_by_sentence=1)
+    with pytest.raises(ConfigError, match=setting):
+        MemAdapterConfig(**{setting: 1})
+
+
+def test_name_chunks_adds_the_chunks_that_hold_the_question_names(tokenizer):
+    """The hybrid search ranks filler that shares the question's common words first; name_chunks
+    adds up to that many chunks holding its names ("Nina"), best by BM25 over the names alone."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", fallback_chunks=2)
+    mem = model.new_memory()
+    texts = ["the company did work for a company", "work at a company is work", "Nina is employed by Stonebridge Media",
+             "a quiet essay", "Nina Keller and Nina again", "Ninas left"]
+    hidden = model.config.hidden_size
+    mem.indexes[0].add(torch.nn.functional.normalize(torch.randn(len(texts), hidden), dim=-1), texts)
+    query = torch.zeros(hidden)  # the dense half says nothing: the words decide
+    question = "Which company does Nina work for?"
+    assert model._retrieved_chunks(mem, 0, query, question) == [0, 1]
+    model.config.name_chunks = 1
+    assert model._retrieved_chunks(mem, 0, query, question) == [0, 1, 4]
+    assert model._retrieved_chunks(mem, 0, query, "which company does nina work for") == [0, 1]  # no name: no more
+    model.config.name_chunks = 9
+    assert model._retrieved_chunks(mem, 0, query, question) == [0, 1, 4, 2]  # only chunks that hold a name
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="name_chunks"):
+            MemAdapterConfig(name_chunks=bad)
 
 
 def test_answer_type_margin_reads_the_rival_fact_whose_value_the_backbone_finds_the_likelier_answer(tokenizer, monkeypatch):

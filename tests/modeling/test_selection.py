@@ -3,7 +3,7 @@ import random
 import torch
 
 from memadapter.modeling.selection import (SelectedRow, covering_withdrawal, latest_version, most_specific,
-                                           restore_by_sentence, sentence_around, slot_versions, stack_selection)
+                                           restore_by_attribute, restore_by_sentence, sentence_around, slot_versions, stack_selection)
 
 
 def test_stack_selection_pads_rows_and_value_ids():
@@ -126,3 +126,18 @@ def test_restore_by_sentence_puts_back_a_cut_key_but_not_a_look_alike():
     assert restore_by_sentence(q, sentences, keep) == [0, 1]  # the cut key's sentence names the printer fully
     assert restore_by_sentence(q, ["", *sentences[1:]], keep) == [1]  # a sentence that names nothing stays out
     assert restore_by_sentence(q, sentences, [0, 1, 2]) == [0, 1, 2]
+
+
+def test_restore_by_attribute_puts_back_the_asked_attribute_but_not_a_look_alike():
+    q = "What is the price of the Lumen Mini printer?"
+    keys = ["Lumen", "the Lumen Mini printer", "the Lumen printer", "Lumen Max"]
+    sentences = ["The price of the Lumen is 80 dollars.", "The colour of the Lumen Mini printer is teal.",
+                 "The Lumen printer is sold in Oslo.", "The price of Lumen Max is 90 dollars."]
+    keep = most_specific(q, keys)
+    assert keep == [1]
+    assert restore_by_attribute(q, sentences, keep) == [0, 1, 3]  # both name "price", which the colour does not
+    assert restore_by_attribute(q, sentences, keep, excluded=[3]) == [0, 1]  # a foreign name stays out
+    assert restore_by_attribute(q, sentences, [0, 1]) == [0, 1]  # "price" is named already: nothing comes back
+    # a new word alone (no word of the entity) or a question word alone ("now") is not enough
+    assert restore_by_attribute("Where does Ana Roth work now?", ["Ana Roth lives in Rome.", "He works now.",
+                                                                  "Ana now lives in Oslo."], [0]) == [0]
