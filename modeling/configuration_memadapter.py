@@ -153,6 +153,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # sentences about Trudegreisa Katum's city and employer. An entry with a foreign name (see
     # foreign_names, when on) stays out.
     restore_by_attribute: bool = False
+    # "joint": which grounded events may be read as a newer version of the best entry: "update"
+    # (typed so by the GroundingHead) or "any" (every event but a rumour, typed "irrelevant"). A
+    # correction ("Correction: X's phone number changed to ...") is often typed "new".
+    version_events: str = "update"
     # "joint": an entry of another fact (key cosine < version_key_cosine with the pick's, a value of
     # its own) that scores within this margin of the pick replaces it when the frozen backbone finds
     # its value the likelier answer to the question: the higher pointwise mutual information,
@@ -268,6 +272,8 @@ class MemAdapterConfig(PreTrainedConfig):
             _finite("withdrawn_cover", self.withdrawn_cover)
             if not -1.0 <= self.withdrawn_cover <= 1.0:
                 raise ConfigError(f"withdrawn_cover: must be None or a cosine in [-1, 1], got {self.withdrawn_cover}")
+        if self.version_events not in ("update", "any"):
+            raise ConfigError(f"version_events: must be 'update' or 'any', got {self.version_events!r}")
         if self.named_events not in NAMED_EVENTS:
             raise ConfigError(f"named_events: must be one of {', '.join(NAMED_EVENTS)}, got {self.named_events!r}")
         if self.read_rule not in READ_RULES:

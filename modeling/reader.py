@@ -292,7 +292,8 @@ class MemoryReaderMixin:
         order = [int(mem.span[b, m, 0]) + 0.5 for m in usable] + [float(e.position) for e in events]
         keys = torch.cat([mem.keys[b, usable].float(), torch.stack([e.key for e in events]) if events
                           else torch.zeros(0, mem.key_dim)])
-        eligible = [True] * len(usable) + [e.event_type == "update" for e in events]
+        eligible = [True] * len(usable) + [e.event_type == "update" or (cfg.version_events == "any"
+                                                                        and e.event_type != "irrelevant") for e in events]
         keep = most_specific(question, key_texts, fragments=cfg.name_fragments, foreign_names=cfg.foreign_names)
         sentences = self._pool_sentences(memory, b, usable, events) \
             if cfg.restore_by_sentence or cfg.restore_by_attribute or cfg.withdrawn_cover is not None else None

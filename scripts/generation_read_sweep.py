@@ -26,7 +26,7 @@ from memadapter.training import generation_eval as ge
 READ_TIME = {"lexical_weight", "router_match_threshold", "router_confidence_threshold", "ground_fallback", "top_k",
              "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin", "version_key_cosine",
              "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin", "withdrawn_cover",
-             "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks"}
+             "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks", "version_events"}
 
 
 def variants(items):

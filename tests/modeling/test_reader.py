@@ -378,6 +378,27 @@ def test_a_restore_rule_lets_an_event_with_a_cut_key_compete(tokenizer, monkeypa
         MemAdapterConfig(**{setting: 1})
 
 
+def test_version_events_any_lets_a_correction_typed_new_be_the_latest_version(tokenizer, monkeypatch):
+    """read_rule="joint", no slots: two events of one fact (the same key) within version_margin;
+    the later one, typed "new", is read as the newer version only with version_events="any"."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1,
+                  ground_fallback=True, read_rule="joint", version_margin=0.1)
+    mem = ingest(model, [STREAM])
+    mem.slots.reset()
+    enc = tokenizer(["where does alice live"], return_tensors="pt")
+    key = torch.nn.functional.normalize(torch.ones(16), dim=0)
+    for later_type, setting, want in (("new", "update", "paris"), ("new", "any", "berlin"), ("update", "update", "berlin"),
+                                      ("irrelevant", "any", "paris")):
+        monkeypatch.setattr(model, "_ground_chunks", lambda *args, t=later_type: [
+            GroundedEvent("alice", "paris", torch.zeros(16), key, "new", 1.0, 10, "alice lives in paris"),
+            GroundedEvent("alice", "berlin", torch.zeros(16), key, t, 0.95, 30, "alice moved to berlin")])
+        model.config.version_events = setting
+        got = model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0][0]
+        assert got.endswith(want), (later_type, setting, got)
+    with pytest.raises(ConfigError, match="version_events"):
+        MemAdapterConfig(version_events="all")
+
+
 def test_name_chunks_adds_the_chunks_that_hold_the_question_names(tokenizer):
     """The hybrid search ranks filler that shares the question's common words first; name_chunks
     adds up to that many chunks holding its names ("Nina"), best by BM25 over the names alone."""
