@@ -157,6 +157,22 @@ class MemAdapterConfig(PreTrainedConfig):
     # (typed so by the GroundingHead) or "any" (every event but a rumour, typed "irrelevant"). A
     # correction ("Correction: X's phone number changed to ...") is often typed "new".
     version_events: str = "update"
+    # Sentences (lexical_text="sentence", the joint read's restore and withdrawal rules) are read
+    # on into the neighbouring chunks when a chunk boundary cuts them ("Update: Please forget
+    # Project" | "Mosaic's public name."); False: within the entry's own chunk.
+    cross_chunk_sentences: bool = False
+    # "joint": a slot with no value that is not a tombstone, whose sentence is the sentence of an
+    # entry with a value ("Magemusa" beside "Magemusa Souta now works at Maple Court Hotels"), leaves
+    # the pool: it is a key read without its value, not a withdrawal, and would read as "unknown".
+    drop_valueless_echoes: bool = False
+    # "joint": an entry whose key puts a name of its own inside the question's name ("the Mifaim
+    # Mini printer", "The Kiker II project" for the Mifaim printer, Project Kiker) drops out when
+    # another names as many of the question's words without one; applied after the restore rules.
+    inserted_names: bool = False
+    # "joint": a slot with no value that is no tombstone (a withdrawal the write path typed as a new
+    # fact or an update, or a key read without its value) does not compete on score; it is read
+    # only as a withdrawal that covers the pick (withdrawn_cover, which it needs), like a tombstone.
+    valueless_withdrawals: bool = False
     # "joint": an entry of another fact (key cosine < version_key_cosine with the pick's, a value of
     # its own) that scores within this margin of the pick replaces it when the frozen backbone finds
     # its value the likelier answer to the question: the higher pointwise mutual information,
@@ -279,7 +295,9 @@ class MemAdapterConfig(PreTrainedConfig):
         if self.read_rule not in READ_RULES:
             raise ConfigError(f"read_rule: must be one of {', '.join(READ_RULES)}, got {self.read_rule!r}")
         for name in ("name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "type_reads_relation",
-                     "lifecycle_typing", "restore_by_sentence", "restore_by_attribute"):
+                     "lifecycle_typing", "restore_by_sentence", "restore_by_attribute",
+                     "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names",
+                     "valueless_withdrawals"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.read_rule == "joint" and not self.ground_fallback:

@@ -25,7 +25,8 @@ from memadapter.router import FALLBACK, MEMORY, Router
 
 from .selection import (GroundedEvent, SelectedRow, Selection, answer_type_rivals, covering_withdrawal, foreign_keys,
                         latest_version, most_specific, question_names, restore_by_attribute, restore_by_sentence,
-                        sentence_around, slot_versions, stack_selection)
+                        sentence_around, slot_versions, stack_selection, valueless_echoes,
+                        without_inserted_names)
 
 WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
 
@@ -130,15 +131,36 @@ class MemoryReaderMixin:
         rows = [self._tok()(index.text(i), add_special_tokens=False)["input_ids"] for i in chunk_ids]
         ids, mask = self._right_pad(rows)
         proposals = self._propose(self._hidden(ids, mask), mask, rows)
-        events = []
+        events, tokens = [], dict(zip(chunk_ids, rows))
         for r, row in enumerate(proposals):
             for c in (c for c in row if c.value_span is not None):
                 (k0, k1), (v0, v1) = c.key_span, c.value_span
                 events.append(GroundedEvent(self._decode(rows[r][k0:k1]), self._decode(rows[r][v0:v1]),
                                             c.value.float().cpu(), c.key.float().cpu(), EVENT_TYPES[c.event_type], 0.0,
                                             index.span(chunk_ids[r])[0] + k0,  # offset in the stream
-                                            sentence_around(self._decode, rows[r], k0, v1)))
+                                            self._sentence(memory, b, chunk_ids[r], k0, v1, tokens)))
         return events
+
+    def _sentence(self, memory: RequestMemory, b: int, chunk_id: int, start: int, end: int,
+                  tokens: dict[int, list[int]]) -> str:
+        """The sentence around tokens ``start:end`` of chunk ``chunk_id`` of row ``b`` (offsets in the
+        chunk; :func:`sentence_around`), read on into the chunks before and after it that continue
+        the stream when ``cross_chunk_sentences`` is on. ``tokens`` caches each chunk's ids."""
+        index = memory.indexes[b]
+
+        def ids(c: int) -> list[int]:
+            if c not in tokens:
+                tokens[c] = self._tok()(index.text(c), add_special_tokens=False)["input_ids"]
+            return tokens[c]
+
+        before, after = [], []
+        if self.config.cross_chunk_sentences:
+            lo, hi = index.span(chunk_id)
+            if chunk_id > 0 and index.text(chunk_id - 1) and index.span(chunk_id - 1)[1] == lo:
+                before = ids(chunk_id - 1)
+            if chunk_id + 1 < len(index) and index.text(chunk_id + 1) and index.span(chunk_id + 1)[0] == hi:
+                after = ids(chunk_id + 1)
+        return sentence_around(self._decode, before + ids(chunk_id) + after, len(before) + start, len(before) + end)
 
     def _score_events(self, events: list[GroundedEvent], query: torch.Tensor, question: str) -> list[GroundedEvent]:
         """``events`` scored by their key's match with ``query`` [dk] plus ``lexical_weight`` times
@@ -194,17 +216,14 @@ class MemoryReaderMixin:
         """Per slot of row ``b``, the sentence of the event it holds, re-read from the chunk it came
         from (its key text when the chunk is gone or the slot was written by hand; None: free)."""
         key_text = memory.slots.key_text[b]
-        index, chunks, out = memory.indexes[b], {}, []
+        index, tokens, out = memory.indexes[b], {}, []
         for m, key in enumerate(key_text):
             chunk_id = int(memory.slots.chunk_id[b, m])
-            text = index.text(chunk_id) if key is not None and 0 <= chunk_id < len(index) else None
-            if text is None:
+            if key is None or not 0 <= chunk_id < len(index) or index.text(chunk_id) is None:
                 out.append(key)
                 continue
-            if chunk_id not in chunks:  # the chunk's tokens again; its span gives the offset
-                chunks[chunk_id] = self._tok()(text, add_special_tokens=False)["input_ids"]
-            start, end = (int(x) - index.span(chunk_id)[0] for x in memory.slots.span[b, m])
-            out.append(sentence_around(self._decode, chunks[chunk_id], start, end))
+            start, end = (int(x) - index.span(chunk_id)[0] for x in memory.slots.span[b, m])  # the chunk's tokens again
+            out.append(self._sentence(memory, b, chunk_id, start, end, tokens))
         return out
 
     def _newest_versions(self, memory: RequestMemory, b: int, scores: torch.Tensor, slots: list[int]) -> list[int]:
@@ -283,6 +302,13 @@ class MemoryReaderMixin:
         match = mem.keys[b].float() @ query + (0.0 if slot_bias is None else slot_bias)  # [M]
         usable = (mem.occupied[b] & (mem.confidence[b] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
         events = self._retrieved_events(memory, b, chunk_query, query, question)
+        sentences = self._pool_sentences(memory, b, usable, events) if cfg.restore_by_sentence or \
+            cfg.restore_by_attribute or cfg.withdrawn_cover is not None or cfg.drop_valueless_echoes else None
+        if cfg.drop_valueless_echoes:
+            echoes = set(valueless_echoes([mem.value_text[b][m] for m in usable] + [e.value_text for e in events],
+                                          [bool(mem.retracted[b, m]) for m in usable] + [False] * len(events), sentences))
+            usable = [m for i, m in enumerate(usable) if i not in echoes]
+            sentences = [s for i, s in enumerate(sentences) if i not in echoes]
         if not usable and not events:
             return None
         # entries: the usable slots, then the events
@@ -295,13 +321,17 @@ class MemoryReaderMixin:
         eligible = [True] * len(usable) + [e.event_type == "update" or (cfg.version_events == "any"
                                                                         and e.event_type != "irrelevant") for e in events]
         keep = most_specific(question, key_texts, fragments=cfg.name_fragments, foreign_names=cfg.foreign_names)
-        sentences = self._pool_sentences(memory, b, usable, events) \
-            if cfg.restore_by_sentence or cfg.restore_by_attribute or cfg.withdrawn_cover is not None else None
         if cfg.restore_by_sentence:
             keep = restore_by_sentence(question, sentences, keep)
         if cfg.restore_by_attribute:
             foreign = foreign_keys(question, key_texts, cfg.name_fragments) if cfg.foreign_names else []
             keep = restore_by_attribute(question, sentences, keep, [i for i, f in enumerate(foreign) if f])
+        if cfg.inserted_names:  # last: the restore rules would put a look-alike back by its sentence
+            keep = without_inserted_names(question, key_texts, keep, cfg.name_fragments)
+        # a slot with no value that is no tombstone: with valueless_withdrawals only a covering withdrawal
+        valueless = [i for i, m in enumerate(usable) if mem.value_text[b][m] is None and not bool(mem.retracted[b, m])] \
+            if cfg.valueless_withdrawals else []
+        keep = [i for i in keep if i not in valueless] or keep
         pick = keep[latest_version([scores[i] for i in keep], [order[i] for i in keep], keys[keep],
                                    cfg.version_margin, cfg.version_key_cosine, [eligible[i] for i in keep])]
         if cfg.answer_type_margin is not None:
@@ -318,7 +348,7 @@ class MemoryReaderMixin:
                          and float(keys[i] @ keys[pick]) >= cfg.version_key_cosine]
             pick = max(withdrawn, key=lambda i: order[i], default=pick)
         if cfg.withdrawn_cover is not None:
-            withdrawn = [i for i, m in enumerate(usable) if bool(mem.retracted[b, m])]  # any slot, not only keep:
+            withdrawn = [i for i, m in enumerate(usable) if bool(mem.retracted[b, m]) or i in valueless]  # any slot:
             # a retraction's key is often the bare name, which names fewer question words than the fact's
             pick = covering_withdrawal(question, sentences, pick, withdrawn, order, keys, cfg.withdrawn_cover)
         if pick >= len(usable):

@@ -148,6 +148,43 @@ def foreign_keys(question: str, key_texts: Sequence[str], fragments: bool = Fals
             for text, toks, s in zip(key_texts, tokenize(list(key_texts)), named)]
 
 
+def inserted_names(question: str, key_texts: Sequence[str], fragments: bool = False) -> list[bool]:
+    """Per key text: it puts a name of its own (a capitalised word or a number that names no
+    question word) between two words that name question words: "The Mifaim Mini printer" or "the
+    Stubral Next project" for a question about the Mifaim printer or Project Stubral. A word inside
+    a name makes another entity (a look-alike); one after it completes the name ("Staigous Hahul"
+    for "Who employs Staigous?").
+
+    Example:
+        >>> inserted_names("What does the Mifaim printer cost?", ["The Mifaim Mini printer", "Mifaim printer", "Mifaim Hahul"])
+        [True, False, False]
+    """
+    words = set(tokenize([question])[0])
+    out = []
+    for text in key_texts:
+        tokens = re.findall(r"\w+", text)
+        naming = [any(_names(t.lower(), w, fragments) for w in words) for t in tokens]
+        named_at = [i for i, n in enumerate(naming) if n]
+        out.append(any(not naming[j] and not tokens[j][0].islower() for j in range(named_at[0] + 1, named_at[-1]))
+                   if named_at else False)
+    return out
+
+
+def without_inserted_names(question: str, key_texts: Sequence[str], keep: Sequence[int],
+                           fragments: bool = False) -> list[int]:
+    """``keep`` without the entries whose key inserts a name (:func:`inserted_names`) when another
+    kept entry names as many of the question's words without one: they are about a look-alike.
+
+    Example:
+        >>> q = "What is Project Kiker called now?"
+        >>> without_inserted_names(q, ["Project Kiker", "The Kiker II project", "The Kiker project"], [0, 1, 2])
+        [0, 2]
+    """
+    inserted = inserted_names(question, key_texts, fragments)
+    named = _named_words(question, key_texts, fragments)
+    return [i for i in keep if not (inserted[i] and any(not inserted[j] and len(named[j]) >= len(named[i]) for j in keep))]
+
+
 def restore_by_sentence(question: str, sentences: Sequence[str], keep: Sequence[int]) -> list[int]:
     """``keep`` (the entries :func:`most_specific` left by their key texts), with every other entry
     put back whose sentence names some of the question's words and every one that the sentence of
@@ -199,6 +236,20 @@ def restore_by_attribute(question: str, sentences: Sequence[str], keep: Sequence
     back = [i for i in range(len(sentences)) if i not in keep and i not in excluded
             and named[i] & kept and (named[i] & content) - kept]
     return sorted([*keep, *back])
+
+
+def valueless_echoes(values: Sequence[Optional[str]], withdrawn: Sequence[bool], sentences: Sequence[str]) -> list[int]:
+    """Indices of the entries with no value (None) that are not withdrawn (tombstones) and whose
+    sentence is the sentence of an entry with a value: a key read without the value its sentence
+    states ("Magemusa" beside "Magemusa Souta now works at Maple Court Hotels"), not a withdrawal.
+
+    Example:
+        >>> s = ["Mia now works at Acme.", "Mia now works at Acme.", "Forget Mia's employer."]
+        >>> valueless_echoes([" Acme", None, None], [False, False, False], s)
+        [1]
+    """
+    stated = {s for v, s in zip(values, sentences) if v is not None}
+    return [i for i, (v, w, s) in enumerate(zip(values, withdrawn, sentences)) if v is None and not w and s in stated]
 
 
 def covering_withdrawal(question: str, sentences: Sequence[str], pick: int, withdrawn: Sequence[int],

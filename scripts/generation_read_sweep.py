@@ -26,7 +26,8 @@ from memadapter.training import generation_eval as ge
 READ_TIME = {"lexical_weight", "router_match_threshold", "router_confidence_threshold", "ground_fallback", "top_k",
              "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin", "version_key_cosine",
              "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin", "withdrawn_cover",
-             "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks", "version_events"}
+             "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks", "version_events",
+             "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals"}
 
 
 def variants(items):
@@ -58,6 +59,18 @@ def query_heads(items, model):
     return out
 
 
+def picked_value(model, ctx, tok, question: str) -> str:
+    """The value text of the first entry ``select`` reads for the question ("unknown" for a withdrawn
+    slot): what the injector is handed to copy, scored without generating."""
+    from memadapter.modeling.reader import WITHDRAWN
+
+    ctx.memory.restore(ctx.snapshot)
+    ids = torch.tensor([ge.question_ids(tok, question)])  # [1, T]
+    texts = model.select(ctx.memory, ids, torch.ones_like(ids)).texts[0]
+    value = texts[0].rsplit(": ", 1)[-1].strip() if texts else ""
+    return "unknown" if value == WITHDRAWN else value
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--adapter", default="adapters/smollm2-135m-prefix")
@@ -72,6 +85,8 @@ def main():
     p.add_argument("--query-head", action="append", default=[], metavar="NAME:DIR",
                    help="a variant with the committed settings and the QueryHead of the adapter in DIR")
     p.add_argument("--json", default=None, help="rows and every prediction, per variant")
+    p.add_argument("--select-only", action="store_true",
+                   help="no generation: a question's prediction is the value of the entry it selects first")
     args = p.parse_args()
     todo = variants(args.variant)
     args.set, args.dtype, args.device = [], "float32", None
@@ -93,7 +108,8 @@ def main():
             model.config.validate_fields()
             model.query_head.load_state_dict(heads.get(name, own_head))
             for q in questions:
-                pred = ge._answer(model, tok, "memory", ctx, q["question"], ge.question_ids(tok, q["question"]), settings)
+                pred = picked_value(model, ctx, tok, q["question"]) if args.select_only else \
+                    ge._answer(model, tok, "memory", ctx, q["question"], ge.question_ids(tok, q["question"]), settings)
                 preds.append({"stream": str(stream.get("id", i)), "method": name, "task": q["kind"],
                               "question": q["question"], "gold": q["answer"], "prediction": pred, "skipped": False,
                               "correct": ge.exact_match(pred, q["answer"]), "contains": ge.contains_answer(pred, q["answer"])})

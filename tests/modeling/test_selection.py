@@ -3,7 +3,8 @@ import random
 import torch
 
 from memadapter.modeling.selection import (SelectedRow, covering_withdrawal, latest_version, most_specific,
-                                           restore_by_attribute, restore_by_sentence, sentence_around, slot_versions, stack_selection)
+                                           restore_by_attribute, restore_by_sentence, sentence_around, slot_versions, stack_selection,
+                                           valueless_echoes, without_inserted_names)
 
 
 def test_stack_selection_pads_rows_and_value_ids():
@@ -141,3 +142,20 @@ def test_restore_by_attribute_puts_back_the_asked_attribute_but_not_a_look_alike
     # a new word alone (no word of the entity) or a question word alone ("now") is not enough
     assert restore_by_attribute("Where does Ana Roth work now?", ["Ana Roth lives in Rome.", "He works now.",
                                                                   "Ana now lives in Oslo."], [0]) == [0]
+
+
+def test_valueless_echoes_are_keys_read_without_the_value_their_sentence_states():
+    sentences = ["Mia now works at Acme.", "Mia now works at Acme.", "Forget Mia's employer.", "Mia now works at Acme."]
+    assert valueless_echoes([" Acme", None, None, None], [False, False, False, True], sentences) == [1]  # 3: a tombstone
+    assert valueless_echoes([None, None], [False, False], sentences[:2]) == []  # no entry states a value
+
+
+def test_without_inserted_names_drops_the_look_alike_but_not_a_completed_name():
+    q = "What does the Mifaim printer sell for now?"
+    keys = ["The Mifaim printer", "The Mifaim Mini printer", "the Mifaim printer's colour"]
+    assert without_inserted_names(q, keys, [0, 1, 2]) == [0, 2]
+    assert without_inserted_names(q, keys[1:2], [0]) == [0]  # no other entry: the look-alike is all there is
+    assert without_inserted_names("Who employs Puvus?", ["Puvus Grairom", "Puvus"], [0, 1]) == [0, 1]  # a surname after
+    assert without_inserted_names("What is Project Kiker called?", ["The Kiker II project", "Kiker 2 project", "Project Kiker"],
+                                  [0, 1, 2]) == [2]  # a number is a name too
+    assert without_inserted_names("What does the Mifaim Mini printer cost?", keys, [1]) == [1]  # the asked look-alike

@@ -36,3 +36,25 @@ def test_query_heads_take_a_refit_query_head_and_refuse_other_weights(load_scrip
     torch.testing.assert_close(heads["qh"]["proj.weight"], model.query_head.proj.weight + 1.0)
     with pytest.raises(SystemExit, match="grounding"):
         sweep.query_heads([f"bad:{tmp_path / 'other'}"], model)
+
+
+def test_picked_value_is_the_first_selected_entry_value_and_unknown_for_a_withdrawal(load_script):
+    from types import SimpleNamespace
+
+    import torch
+
+    from memadapter.modeling.selection import SelectedRow, stack_selection
+
+    sweep = load_script("generation_read_sweep")
+    restored = []
+    memory = SimpleNamespace(restore=restored.append)
+    ctx = SimpleNamespace(memory=memory, snapshot="post-ingest")
+
+    def tok(text, add_special_tokens):
+        return {"input_ids": [len(w) for w in text.split()]}
+
+    for texts, want in ((["Mia Roth: Porto", "Mia: Lyon"], "Porto"), (["Mia: no longer known"], "unknown"), ([], "")):
+        rows = [SelectedRow(torch.zeros(len(texts), 4), texts, [[] for _ in texts], "memory")]
+        model = SimpleNamespace(select=lambda m, ids, mask, r=rows: stack_selection(r, 4, 0))
+        assert sweep.picked_value(model, ctx, tok, " Where is Mia? ") == want
+    assert restored == ["post-ingest"] * 3  # every question reads the post-ingest memory
