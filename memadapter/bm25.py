@@ -280,9 +280,10 @@ class TermIndex:
         return out
 
 
-def lexical_agreement(query: str, texts: Sequence[Optional[str]]) -> list[float]:
+def lexical_agreement(query: str, texts: Sequence[Optional[str]], content_only: bool = False) -> list[float]:
     """How well each text's words answer ``query``: BM25 with ``texts`` as the collection, divided
     by the best score, so in [0, 1] (0 for None, an empty text, or no shared word).
+    ``content_only``: only the query's :func:`content_words` count, not "now", "where" or "does".
 
     Learned keys are weakest on names never seen in training ("the Acme kettle" and "the Acme
     bicycle" can sit at key cosine 0.85); the words a question shares with a slot's key text are
@@ -293,9 +294,16 @@ def lexical_agreement(query: str, texts: Sequence[Optional[str]]) -> list[float]
         >>> [round(s, 2) for s in lexical_agreement("What colour is the Acme kettle?",
         ...                                         ["the Acme bicycle", "The Acme kettle", None])]
         [0.32, 1.0, 0.0]
+        >>> texts = ["Mia now lives in Rome", "Mia is employed by Acme"]
+        >>> [[round(s, 2) for s in lexical_agreement("Where does Mia work now?", texts, c)] for c in (False, True)]
+        [[1.0, 0.24], [0.88, 1.0]]
     """
     docs = tokenize([t or "" for t in texts])
-    raw = bm25_reference(docs, tokenize([str(query)])[0]) if docs else []
+    words = tokenize([str(query)])[0]
+    if content_only:
+        content = content_words(str(query))
+        words = [w for w in words if w in content]
+    raw = bm25_reference(docs, words) if docs else []
     top = max(raw, default=0.0)
     return [r / top if top > 0 else 0.0 for r in raw]
 

@@ -1,6 +1,7 @@
 """Token spans of candidate memory events: BIO tags decoded into key and value spans, keys paired
 with their values, spans widened to whole words, the relation region after a key, and mean pooling
-over spans. Plain loops and vectorised forms side by side; :mod:`memadapter.heads` reads them.
+over spans, and chunk boundaries at sentence ends. Plain loops and vectorised forms side by side;
+:mod:`memadapter.heads` reads them.
 """
 
 from __future__ import annotations
@@ -87,6 +88,32 @@ def sentence_ends(rows: list[list[int]], decode_batch: Callable[[list[list[int]]
         [[False, True, False, True]]
     """
     return [[any(c in ".!?\n" for c in piece) for piece in decode_batch([[t] for t in row])] for row in rows]
+
+
+def sentence_chunks(sentence_end: Sequence[bool], size: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, end)`` chunks (end exclusive) of at most ``size`` tokens, each ending
+    after the last sentence-ending token (``sentence_end[t]``, :func:`sentence_ends`) in its second
+    half, or after exactly ``size`` tokens when there is none there (or the tokens run out).
+
+    Each chunk is read on its own, so a cut inside a sentence ("... has a job at Blue" |
+    "field Bank.") leaves a key without its value, or a withdrawal without the fact it withdraws.
+
+    Example:
+        >>> sentence_chunks([False, True, False, False, True, False, False], 4)
+        [(0, 2), (2, 5), (5, 7)]
+        >>> sentence_chunks([False] * 5, 2)
+        [(0, 2), (2, 4), (4, 5)]
+    """
+    if size < 1:
+        raise ValueError(f"size: expected a positive int, got {size!r}")
+    chunks, start, n = [], 0, len(sentence_end)
+    while start < n:
+        end = start + size
+        if end < n:  # the last end in [start + size // 2, end): never a chunk shorter than half
+            end = next((t + 1 for t in range(end - 1, start + max(size // 2, 1) - 2, -1) if sentence_end[t]), end)
+        chunks.append((start, min(end, n)))
+        start = chunks[-1][1]
+    return chunks
 
 
 def snap_to_words(pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]], word_start: Sequence[bool],

@@ -22,6 +22,7 @@ from .backbones import get_family
 
 INJECTIONS = ("prefix", "cross_attn", "text")
 LEXICAL_TEXTS = ("key", "sentence")
+CHUNK_BOUNDARIES = ("tokens", "sentence")
 NAMED_EVENTS = ("best", "any")
 READ_RULES = ("route", "joint")
 
@@ -51,6 +52,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # --- ingest ---
     read_layer: int = -1  # index into hidden_states (0 = embeddings, -1 = last); see read_hidden_states
     chunk_tokens: int = 512
+    # Where ingest cuts the stream: "tokens" (every chunk_tokens tokens) or "sentence" (after the
+    # last sentence end in a chunk's second half; needs a tokenizer). Each chunk is read on its own,
+    # so a fixed cut inside a fact leaves its key in one chunk and its value in the next.
+    chunk_boundary: str = "tokens"
     # --- slot memory ---
     num_slots: int = 64
     slot_match_threshold: float = 0.8  # key cosine from which a candidate is the same fact (overwrite)
@@ -97,6 +102,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # (the event's whole sentence, re-read from the chunk: relation words such as "deadline" or
     # "phone" then tell apart two facts about one entity).
     lexical_text: str = "key"
+    # Only the question's content words count for lexical agreement, not "now", "where" or "does":
+    # a "now" in another attribute's update ("Louise now lives in Utrecht") otherwise outscores the
+    # asked fact ("Louise Moreau is employed by Harbor Health") for "Where does Louise work now?".
+    lexical_content_words: bool = False
     # Fallback: re-read the retrieved chunks at query time and inject the proposed event whose key
     # best matches the question (an unwritten fact becomes a slot-like entry); else chunk summaries.
     ground_fallback: bool = False  # on for trained adapters (the training configs); an untrained head would guess
@@ -297,11 +306,13 @@ class MemAdapterConfig(PreTrainedConfig):
         for name in ("name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "type_reads_relation",
                      "lifecycle_typing", "restore_by_sentence", "restore_by_attribute",
                      "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names",
-                     "valueless_withdrawals"):
+                     "valueless_withdrawals", "lexical_content_words"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.read_rule == "joint" and not self.ground_fallback:
             raise ConfigError("read_rule: 'joint' grounds the retrieved chunks; it needs ground_fallback=True")
+        if self.chunk_boundary not in CHUNK_BOUNDARIES:
+            raise ConfigError(f"chunk_boundary: must be one of {', '.join(CHUNK_BOUNDARIES)}, got {self.chunk_boundary!r}")
         if self.lexical_text not in LEXICAL_TEXTS:
             raise ConfigError(f"lexical_text: must be one of {', '.join(LEXICAL_TEXTS)}, got {self.lexical_text!r}")
         if not isinstance(self.retract_tombstones, bool):

@@ -21,7 +21,6 @@ greedy decoding and sampling all behave as in the plain backbone.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from contextlib import contextmanager, nullcontext
@@ -38,6 +37,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from memadapter.chunk_index import ChunkIndex
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
 from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, sentence_ends, word_starts
+from memadapter.spans import sentence_chunks
 from memadapter.request_memory import RequestMemory
 from memadapter.slots import SlotMemory
 
@@ -184,9 +184,11 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         ``pair_in_sentence``), each None when its setting is off or there is no tokenizer."""
         if self.tokenizer is None:
             return None, None
-        decode = lambda r: self.tokenizer.batch_decode(r, clean_up_tokenization_spaces=False)  # noqa: E731
-        return (word_starts(rows, decode) if self.config.snap_spans else None,
-                sentence_ends(rows, decode) if self.config.pair_in_sentence else None)
+        return (word_starts(rows, self._decode_rows) if self.config.snap_spans else None,
+                sentence_ends(rows, self._decode_rows) if self.config.pair_in_sentence else None)
+
+    def _decode_rows(self, rows: list[list[int]]) -> list[str]:
+        return self.tokenizer.batch_decode(rows, clean_up_tokenization_spaces=False)
 
     def _propose(self, hidden: torch.Tensor, mask: torch.Tensor, rows: list[list[int]]) -> list:
         """The GroundingHead's candidates for ``rows`` (token lists behind ``hidden``), with the
@@ -278,18 +280,26 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         if not isinstance(memory, RequestMemory):
             raise DTypeError(f"memory: expected a RequestMemory (model.new_memory()), got {type(memory).__name__}")
         rows = self._ingest_rows(memory, text_or_ids, attention_mask)
-        C = self.config.chunk_tokens
-        n_chunks = max(math.ceil(len(r) / C) for r in rows)
+        bounds = [self._chunk_bounds(r) for r in rows]  # per row: (start, end) of each chunk
+        n_chunks = max(len(b) for b in bounds)
         show = n_chunks >= PROGRESS_MIN_CHUNKS if progress is None else progress
         report = IngestReport([0] * len(rows), [0] * len(rows), [0] * len(rows))
         snap = memory.snapshot()
         try:
             for c in tqdm(range(n_chunks), desc="ingest", unit="chunk", disable=not show):
-                self._ingest_chunk(memory, [r[c * C:(c + 1) * C] for r in rows], report)
+                self._ingest_chunk(memory, [r[slice(*b[c])] if c < len(b) else [] for r, b in zip(rows, bounds)], report)
         except BaseException:
             memory.restore(snap)
             raise
         return report
+
+    def _chunk_bounds(self, row: list[int]) -> list[tuple[int, int]]:
+        """Where ``row``'s chunks start and end: every ``chunk_tokens`` tokens, or
+        (``chunk_boundary="sentence"``, with a tokenizer) after a sentence end (:func:`sentence_chunks`)."""
+        C = self.config.chunk_tokens
+        if self.config.chunk_boundary == "sentence" and self.tokenizer is not None:
+            return sentence_chunks(sentence_ends([row], self._decode_rows)[0], C)
+        return [(s, min(s + C, len(row))) for s in range(0, len(row), C)]
 
     def _ingest_chunk(self, memory: RequestMemory, chunk: list[list[int]], report: IngestReport) -> None:
         live = [b for b, r in enumerate(chunk) if r]

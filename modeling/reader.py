@@ -59,7 +59,8 @@ class MemoryReaderMixin:
         router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=n_chunks)
         bias = None
         if cfg.lexical_weight > 0:  # [B, M]: what each question's words say about each slot's key text
-            bias = cfg.lexical_weight * torch.tensor([lexical_agreement(t, self._slot_lexical_texts(memory, b))
+            bias = cfg.lexical_weight * torch.tensor([lexical_agreement(t, self._slot_lexical_texts(memory, b),
+                                                                        cfg.lexical_content_words)
                                                       for b, t in enumerate(texts)])
         route = router.route(memory.slots, memory.indexes, query, texts, chunk_query, slot_bias=bias)
         # the route rule's version check; the joint rule scores its own pool
@@ -170,7 +171,7 @@ class MemoryReaderMixin:
         lexical = [0.0] * len(relevant)
         if self.config.lexical_weight > 0 and relevant:
             lexical = lexical_agreement(question, [e.key_text if self.config.lexical_text == "key" else e.sentence
-                                                   for e in relevant])
+                                                   for e in relevant], self.config.lexical_content_words)
         return [replace(e, score=float(e.key @ query) + self.config.lexical_weight * lex)
                 for e, lex in zip(relevant, lexical)]
 

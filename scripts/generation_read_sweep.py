@@ -27,7 +27,8 @@ READ_TIME = {"lexical_weight", "router_match_threshold", "router_confidence_thre
              "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin", "version_key_cosine",
              "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin", "withdrawn_cover",
              "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks", "version_events",
-             "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals"}
+             "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals",
+             "lexical_content_words"}
 
 
 def variants(items):

@@ -1,4 +1,7 @@
 """Token spans: BIO decoding, key-value pairing, whole-word snapping, relation regions, pooling."""
+import random
+
+import pytest
 import torch
 
 from memadapter.spans import (
@@ -13,6 +16,7 @@ from memadapter.spans import (
     pool_spans_reference,
     relation_spans,
     relation_spans_reference,
+    sentence_chunks,
     sentence_ends,
     snap_to_words,
     word_starts,
@@ -44,6 +48,24 @@ def test_pair_spans_within_a_sentence():
     pieces = {1: " no", 2: " longer", 3: " valid", 4: ".", 5: " Code", 6: " 80", 7: "?\n"}
     decode = lambda rows: ["".join(pieces[t] for t in r) for r in rows]  # noqa: E731
     assert sentence_ends([[1, 2, 3, 4, 5, 6, 7], []], decode) == [[False] * 3 + [True, False, False, True], []]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sentence_chunks_tile_the_row_and_end_at_sentence_ends(seed):
+    rng = random.Random(seed)
+    size = rng.randint(1, 12)
+    ends = [rng.random() < 0.15 for _ in range(rng.randint(0, 60))]
+    chunks = sentence_chunks(ends, size)
+    assert [s for s, _ in chunks] == [0, *(e for _, e in chunks)][:len(chunks)]
+    assert (chunks[-1][1] if chunks else 0) == len(ends)
+    for s, e in chunks[:-1]:
+        late_ends = [t for t in range(s + max(size // 2, 1) - 1, s + size) if ends[t]]
+        assert e - s <= size and e == (late_ends[-1] + 1 if late_ends else s + size)
+
+
+def test_sentence_chunks_rejects_a_bad_size():
+    with pytest.raises(ValueError, match="size"):
+        sentence_chunks([True], 0)
 
 
 def test_snap_to_words_widens_spans_cut_inside_a_word():

@@ -51,7 +51,8 @@ SETTABLE = ("slot_match_threshold", "slot_update_match_threshold", "retract_tomb
             "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin",
             "version_key_cosine", "named_events", "read_rule", "name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "slot_update_name_weight",
             "withdrawn_margin", "withdrawn_cover", "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks", "version_events",
-            "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals")
+            "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals",
+            "chunk_boundary", "lexical_content_words")
 _MEMORY_METHODS = ("memory", "text")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)

@@ -62,14 +62,14 @@ _WORDS = (
 ).split()
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A whitespace word-level tokenizer over a small vocabulary (ids < 1000), left padding."""
+def tiny_tokenizer(words: tuple[str, ...] = tuple(_WORDS)) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over a small vocabulary (``words``, ids < 1000), left padding."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
 
     vocab = {"<pad>": PAD_ID, "<unk>": UNK_ID, "<bos>": BOS_ID, "<eos>": EOS_ID}
-    vocab.update({w: i + 4 for i, w in enumerate(_WORDS)})
+    vocab.update({w: i + 4 for i, w in enumerate(words)})
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = WhitespaceSplit()
     return PreTrainedTokenizerFast(

@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import ALL_MODEL_TYPES, QUESTIONS, SMALL, STREAM, build, ingest, tiny_backbone
+from conftest import _WORDS, ALL_MODEL_TYPES, QUESTIONS, SMALL, STREAM, build, ingest, tiny_backbone, tiny_tokenizer
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -137,6 +137,17 @@ def test_ingest_is_chunked_reads_only_to_read_layer_and_stays_bounded(tokenizer,
     assert int(mem.slots.occupied.sum()) <= 4 and mem.tokens_seen == [n_tokens]
     assert mem.indexes[0].span(1) == (8, 16)
     assert "ingest" in capsys.readouterr().err  # the tqdm bar
+
+
+def test_ingest_cuts_chunks_after_sentence_ends():
+    tok = tiny_tokenizer((*_WORDS, "."))  # STREAM's "." must be a token that decodes to "."
+    bb = tiny_backbone("llama")
+    fixed, by_sentence = (ingest(build(bb, tok, chunk_tokens=10, chunk_boundary=b), [STREAM, "bob lives in london"])
+                          for b in ("tokens", "sentence"))
+    n = len(tok(STREAM, add_special_tokens=False)["input_ids"])  # 20: "." at 4 and 13
+    assert [fixed.indexes[0].span(i) for i in range(len(fixed.indexes[0]))] == [(0, 10), (10, 20)]
+    assert [by_sentence.indexes[0].span(i) for i in range(len(by_sentence.indexes[0]))] == [(0, 5), (5, 14), (14, 20)]
+    assert by_sentence.tokens_seen == [n, 4] and by_sentence.indexes[1].spans.tolist() == [[0, 4]]
 
 
 def test_ingest_writes_with_the_lifecycle_layers_type(tokenizer):

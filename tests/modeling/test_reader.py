@@ -101,6 +101,26 @@ def test_lexical_text_sentence_tells_apart_two_facts_of_one_entity(tokenizer):
         MemAdapterConfig(lexical_text="chunk")
 
 
+def test_lexical_content_words_leaves_now_out_of_the_lexical_agreement(tokenizer):
+    """The question's "now" names the other attribute's update sentence; its content words do not."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_match_threshold=-1.0,
+                  router_confidence_threshold=0.0, top_k=1, lexical_weight=10.0, lexical_text="sentence")
+    mem = model.new_memory()
+    texts = ("the color of bob is now red", "the city of bob is rome in the old version")
+    for i, text in enumerate(texts):
+        mem.indexes[0].add(torch.randn(1, model.config.hidden_size), [text], torch.tensor([[20 * i, 20 * i + len(text.split())]]))
+    keys = torch.eye(16)[None, :2]  # two facts; lexical_weight 10 lets the words decide
+    mem.slots.write(keys, torch.randn(1, 2, 16), chunk_id=torch.tensor([[0, 1]]), span=torch.tensor([[[3, 7], [23, 27]]]),
+                    key_text=[["bob", "bob"]], value_text=[["red", "rome"]])
+    assert [r["value_text"] for r in mem.table()] == ["red", "rome"]
+    enc = tokenizer(["what city is bob in now"], return_tensors="pt")
+    picks = []
+    for on in (False, True):
+        model.config.lexical_content_words = on
+        picks.append(model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0])
+    assert picks == [["bob: red"], ["bob: rome"]]
+
+
 def test_a_retrieved_event_that_names_the_question_better_replaces_the_slot(tokenizer, monkeypatch):
     """The lookalike rule of select: a grounded event from the retrieved chunks replaces the selected
     slot only when its key text covers strictly more of the question's words (the grounding is

@@ -31,11 +31,15 @@ def test_committed_adapter_loads_ingests_and_generates():
     assert model.config.restore_by_sentence and model.config.lexical_weight == 0.3
     assert model.config.restore_by_attribute and model.config.name_chunks == 3 and model.config.version_events == "any"
     assert model.config.inserted_names and not model.config.valueless_withdrawals and not model.config.cross_chunk_sentences
+    assert model.config.chunk_boundary == "sentence" and model.config.lexical_content_words
     assert sum(v.numel() for v in model.adapter_state_dict().values()) == 1_231_629
     stream = generate_stream(random.Random(0), split="test_unseen_entities")
     memory = model.new_memory()
     report = model.ingest(memory, stream["text"])
     assert report.writes[0] >= 1 and any(r["value_text"] for r in memory.table())
+    index = memory.indexes[0]  # chunks end after a sentence end (a hard cut only where none is near)
+    ends = [index.text(i).rstrip(" ")[-1:] in (".", "!", "?", "\n") for i in range(len(index) - 1)]
+    assert sum(ends) >= 0.9 * len(ends) and all(index.span(i)[1] - index.span(i)[0] <= 512 for i in range(len(index)))
     ids = torch.tensor([model.tokenizer(stream["questions"][0]["question"], add_special_tokens=False)["input_ids"]])
     out = model.generate(ids, torch.ones_like(ids), memory=memory, max_new_tokens=8, do_sample=False)
     assert out.shape[0] == 1 and ids.shape[1] < out.shape[1] <= ids.shape[1] + 8
