@@ -25,6 +25,19 @@ LEXICAL_TEXTS = ("key", "sentence")
 CHUNK_BOUNDARIES = ("tokens", "sentence")
 NAMED_EVENTS = ("best", "any")
 READ_RULES = ("route", "joint")
+# Settings that may change on a trained adapter without retraining it (generation_eval --set):
+# those read only when a question selects from memory, and those that shape what ingest writes.
+READ_TIME_SETTINGS = frozenset({
+    "lexical_weight", "router_match_threshold", "router_confidence_threshold", "ground_fallback", "top_k",
+    "withdrawn_text", "lexical_text", "lexical_content_words", "fallback_chunks", "version_margin",
+    "version_key_cosine", "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin",
+    "withdrawn_cover", "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks",
+    "version_events", "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals",
+})
+INGEST_TIME_SETTINGS = frozenset({
+    "slot_match_threshold", "slot_update_match_threshold", "slot_update_name_weight", "retract_tombstones",
+    "value_tokens", "snap_spans", "pair_in_sentence", "chunk_boundary",
+})
 
 
 class MemAdapterConfig(PreTrainedConfig):
@@ -260,8 +273,9 @@ class MemAdapterConfig(PreTrainedConfig):
             raise ConfigError(f"injection: must be one of {', '.join(INJECTIONS)}, got {self.injection!r}")
         if self.injection == "cross_attn" and not self.cross_attn_layers:
             raise ConfigError("cross_attn_layers: injection='cross_attn' needs at least one layer index")
-        if not isinstance(self.ground_fallback, bool):
-            raise ConfigError(f"ground_fallback: expected a bool, got {self.ground_fallback!r}")
+        for name, kind in type(self).__annotations__.items():  # every switch this config declares
+            if kind in ("bool", bool) and not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         _finite("router_match_threshold", self.router_match_threshold)
         for name in ("slot_match_threshold", "slot_update_match_threshold", "version_key_cosine"):
             value = getattr(self, name)
@@ -303,20 +317,12 @@ class MemAdapterConfig(PreTrainedConfig):
             raise ConfigError(f"named_events: must be one of {', '.join(NAMED_EVENTS)}, got {self.named_events!r}")
         if self.read_rule not in READ_RULES:
             raise ConfigError(f"read_rule: must be one of {', '.join(READ_RULES)}, got {self.read_rule!r}")
-        for name in ("name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "type_reads_relation",
-                     "lifecycle_typing", "restore_by_sentence", "restore_by_attribute",
-                     "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names",
-                     "valueless_withdrawals", "lexical_content_words"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if self.read_rule == "joint" and not self.ground_fallback:
             raise ConfigError("read_rule: 'joint' grounds the retrieved chunks; it needs ground_fallback=True")
         if self.chunk_boundary not in CHUNK_BOUNDARIES:
             raise ConfigError(f"chunk_boundary: must be one of {', '.join(CHUNK_BOUNDARIES)}, got {self.chunk_boundary!r}")
         if self.lexical_text not in LEXICAL_TEXTS:
             raise ConfigError(f"lexical_text: must be one of {', '.join(LEXICAL_TEXTS)}, got {self.lexical_text!r}")
-        if not isinstance(self.retract_tombstones, bool):
-            raise ConfigError(f"retract_tombstones: expected a bool, got {self.retract_tombstones!r}")
         _finite("router_confidence_threshold", self.router_confidence_threshold)
         if not 0.0 <= self.router_confidence_threshold <= 1.0:
             raise ConfigError(f"router_confidence_threshold: must be in [0, 1], got {self.router_confidence_threshold}")

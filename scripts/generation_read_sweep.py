@@ -20,15 +20,10 @@ import sys
 import torch
 from tqdm import tqdm
 
+from memadapter.modeling.configuration_memadapter import READ_TIME_SETTINGS
 from memadapter.training import generation_eval as ge
 
-# read by select (the read path), never by ingest; everything else in SETTABLE shapes the memory itself
-READ_TIME = {"lexical_weight", "router_match_threshold", "router_confidence_threshold", "ground_fallback", "top_k",
-             "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin", "version_key_cosine",
-             "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin", "withdrawn_cover",
-             "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks", "version_events",
-             "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals",
-             "lexical_content_words"}
+READ_TIME = READ_TIME_SETTINGS  # read by select, never by ingest: variants may differ in these only
 
 
 def variants(items):

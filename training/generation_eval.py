@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from memadapter._validate import check_positive_int
 from memadapter.bench.stats import wilson_interval, write_rows_json
 from memadapter.errors import ConfigError, EmptyInputError
+from memadapter.modeling.configuration_memadapter import INGEST_TIME_SETTINGS, READ_TIME_SETTINGS
 
 from .lifecycle_data import QUESTION_KINDS
 
@@ -46,13 +47,7 @@ __all__ = ["METHODS", "normalize_answer", "exact_match", "contains_answer", "que
 
 METHODS: tuple[str, ...] = ("memory", "text", "full_context", "tail", "no_context")
 # Config fields read only when memory is built, written or read: safe to change on a trained adapter.
-SETTABLE = ("slot_match_threshold", "slot_update_match_threshold", "retract_tombstones", "lexical_weight",
-            "router_match_threshold", "router_confidence_threshold", "ground_fallback", "value_tokens", "top_k",
-            "withdrawn_text", "lexical_text", "fallback_chunks", "version_margin",
-            "version_key_cosine", "named_events", "read_rule", "name_fragments", "foreign_names", "snap_spans", "pair_in_sentence", "slot_update_name_weight",
-            "withdrawn_margin", "withdrawn_cover", "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks", "version_events",
-            "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals",
-            "chunk_boundary", "lexical_content_words")
+SETTABLE = tuple(sorted(READ_TIME_SETTINGS | INGEST_TIME_SETTINGS))  # --set FIELD=VALUE
 _MEMORY_METHODS = ("memory", "text")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)

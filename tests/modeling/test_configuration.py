@@ -6,7 +6,7 @@ import pytest
 
 from memadapter.errors import AdapterMismatchError, ConfigError
 from memadapter.modeling.backbones import supported_model_types
-from memadapter.modeling.configuration_memadapter import MemAdapterConfig
+from memadapter.modeling.configuration_memadapter import INGEST_TIME_SETTINGS, READ_TIME_SETTINGS, MemAdapterConfig
 
 
 
@@ -87,3 +87,9 @@ def test_validate_fields_rechecks_after_edit():
     cfg.top_k = cfg.num_slots + 1
     with pytest.raises(ConfigError, match="top_k"):
         cfg.validate_fields()
+
+
+def test_settable_fields_are_config_fields_read_at_one_time_only():
+    fields = MemAdapterConfig().to_dict()
+    assert not READ_TIME_SETTINGS & INGEST_TIME_SETTINGS
+    assert (READ_TIME_SETTINGS | INGEST_TIME_SETTINGS) <= set(fields)

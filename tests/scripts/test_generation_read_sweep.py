@@ -8,7 +8,7 @@ def test_variants_take_read_time_settings_and_refuse_ingest_time_ones(load_scrip
     sweep = load_script("generation_read_sweep")
     assert sweep.READ_TIME <= set(SETTABLE)
     assert sweep.variants(["base:{}", 'on:{"withdrawn_cover": 0.5}']) == {"base": {}, "on": {"withdrawn_cover": 0.5}}
-    for ingest_time in ("slot_match_threshold", "retract_tombstones", "snap_spans", "pair_in_sentence"):
+    for ingest_time in ("slot_match_threshold", "retract_tombstones", "snap_spans", "pair_in_sentence", "chunk_boundary"):
         with pytest.raises(SystemExit, match=ingest_time):
             sweep.variants([f'x:{{"{ingest_time}": 1}}'])
 
