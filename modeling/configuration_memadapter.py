@@ -32,7 +32,7 @@ READ_TIME_SETTINGS = frozenset({
     "withdrawn_text", "lexical_text", "lexical_content_words", "fallback_chunks", "version_margin",
     "version_key_cosine", "named_events", "read_rule", "name_fragments", "foreign_names", "withdrawn_margin",
     "withdrawn_cover", "restore_by_sentence", "answer_type_margin", "restore_by_attribute", "name_chunks",
-    "version_events", "cross_chunk_sentences", "drop_valueless_echoes", "inserted_names", "valueless_withdrawals",
+    "version_events", "inserted_names",
 })
 INGEST_TIME_SETTINGS = frozenset({
     "slot_match_threshold", "slot_update_match_threshold", "slot_update_name_weight", "retract_tombstones",
@@ -179,22 +179,10 @@ class MemAdapterConfig(PreTrainedConfig):
     # (typed so by the GroundingHead) or "any" (every event but a rumour, typed "irrelevant"). A
     # correction ("Correction: X's phone number changed to ...") is often typed "new".
     version_events: str = "update"
-    # Sentences (lexical_text="sentence", the joint read's restore and withdrawal rules) are read
-    # on into the neighbouring chunks when a chunk boundary cuts them ("Update: Please forget
-    # Project" | "Mosaic's public name."); False: within the entry's own chunk.
-    cross_chunk_sentences: bool = False
-    # "joint": a slot with no value that is not a tombstone, whose sentence is the sentence of an
-    # entry with a value ("Magemusa" beside "Magemusa Souta now works at Maple Court Hotels"), leaves
-    # the pool: it is a key read without its value, not a withdrawal, and would read as "unknown".
-    drop_valueless_echoes: bool = False
     # "joint": an entry whose key puts a name of its own inside the question's name ("the Mifaim
     # Mini printer", "The Kiker II project" for the Mifaim printer, Project Kiker) drops out when
     # another names as many of the question's words without one; applied after the restore rules.
     inserted_names: bool = False
-    # "joint": a slot with no value that is no tombstone (a withdrawal the write path typed as a new
-    # fact or an update, or a key read without its value) does not compete on score; it is read
-    # only as a withdrawal that covers the pick (withdrawn_cover, which it needs), like a tombstone.
-    valueless_withdrawals: bool = False
     # "joint": an entry of another fact (key cosine < version_key_cosine with the pick's, a value of
     # its own) that scores within this margin of the pick replaces it when the frozen backbone finds
     # its value the likelier answer to the question: the higher pointwise mutual information,

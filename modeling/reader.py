@@ -25,8 +25,7 @@ from memadapter.router import FALLBACK, MEMORY, Router
 
 from .selection import (GroundedEvent, SelectedRow, Selection, answer_type_rivals, covering_withdrawal, foreign_keys,
                         latest_version, most_specific, question_names, restore_by_attribute, restore_by_sentence,
-                        sentence_around, slot_versions, stack_selection, valueless_echoes,
-                        without_inserted_names)
+                        sentence_around, slot_versions, stack_selection, without_inserted_names)
 
 WITHDRAWN = "no longer known"  # the text of a retracted slot (retract_tombstones), for text injection
 
@@ -145,23 +144,10 @@ class MemoryReaderMixin:
     def _sentence(self, memory: RequestMemory, b: int, chunk_id: int, start: int, end: int,
                   tokens: dict[int, list[int]]) -> str:
         """The sentence around tokens ``start:end`` of chunk ``chunk_id`` of row ``b`` (offsets in the
-        chunk; :func:`sentence_around`), read on into the chunks before and after it that continue
-        the stream when ``cross_chunk_sentences`` is on. ``tokens`` caches each chunk's ids."""
-        index = memory.indexes[b]
-
-        def ids(c: int) -> list[int]:
-            if c not in tokens:
-                tokens[c] = self._tok()(index.text(c), add_special_tokens=False)["input_ids"]
-            return tokens[c]
-
-        before, after = [], []
-        if self.config.cross_chunk_sentences:
-            lo, hi = index.span(chunk_id)
-            if chunk_id > 0 and index.text(chunk_id - 1) and index.span(chunk_id - 1)[1] == lo:
-                before = ids(chunk_id - 1)
-            if chunk_id + 1 < len(index) and index.text(chunk_id + 1) and index.span(chunk_id + 1)[0] == hi:
-                after = ids(chunk_id + 1)
-        return sentence_around(self._decode, before + ids(chunk_id) + after, len(before) + start, len(before) + end)
+        chunk; :func:`sentence_around`). ``tokens`` caches each chunk's ids."""
+        if chunk_id not in tokens:
+            tokens[chunk_id] = self._tok()(memory.indexes[b].text(chunk_id), add_special_tokens=False)["input_ids"]
+        return sentence_around(self._decode, tokens[chunk_id], start, end)
 
     def _score_events(self, events: list[GroundedEvent], query: torch.Tensor, question: str) -> list[GroundedEvent]:
         """``events`` scored by their key's match with ``query`` [dk] plus ``lexical_weight`` times
@@ -303,13 +289,6 @@ class MemoryReaderMixin:
         match = mem.keys[b].float() @ query + (0.0 if slot_bias is None else slot_bias)  # [M]
         usable = (mem.occupied[b] & (mem.confidence[b] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
         events = self._retrieved_events(memory, b, chunk_query, query, question)
-        sentences = self._pool_sentences(memory, b, usable, events) if cfg.restore_by_sentence or \
-            cfg.restore_by_attribute or cfg.withdrawn_cover is not None or cfg.drop_valueless_echoes else None
-        if cfg.drop_valueless_echoes:
-            echoes = set(valueless_echoes([mem.value_text[b][m] for m in usable] + [e.value_text for e in events],
-                                          [bool(mem.retracted[b, m]) for m in usable] + [False] * len(events), sentences))
-            usable = [m for i, m in enumerate(usable) if i not in echoes]
-            sentences = [s for i, s in enumerate(sentences) if i not in echoes]
         if not usable and not events:
             return None
         # entries: the usable slots, then the events
@@ -322,6 +301,8 @@ class MemoryReaderMixin:
         eligible = [True] * len(usable) + [e.event_type == "update" or (cfg.version_events == "any"
                                                                         and e.event_type != "irrelevant") for e in events]
         keep = most_specific(question, key_texts, fragments=cfg.name_fragments, foreign_names=cfg.foreign_names)
+        sentences = self._pool_sentences(memory, b, usable, events) \
+            if cfg.restore_by_sentence or cfg.restore_by_attribute or cfg.withdrawn_cover is not None else None
         if cfg.restore_by_sentence:
             keep = restore_by_sentence(question, sentences, keep)
         if cfg.restore_by_attribute:
@@ -329,10 +310,6 @@ class MemoryReaderMixin:
             keep = restore_by_attribute(question, sentences, keep, [i for i, f in enumerate(foreign) if f])
         if cfg.inserted_names:  # last: the restore rules would put a look-alike back by its sentence
             keep = without_inserted_names(question, key_texts, keep, cfg.name_fragments)
-        # a slot with no value that is no tombstone: with valueless_withdrawals only a covering withdrawal
-        valueless = [i for i, m in enumerate(usable) if mem.value_text[b][m] is None and not bool(mem.retracted[b, m])] \
-            if cfg.valueless_withdrawals else []
-        keep = [i for i in keep if i not in valueless] or keep
         pick = keep[latest_version([scores[i] for i in keep], [order[i] for i in keep], keys[keep],
                                    cfg.version_margin, cfg.version_key_cosine, [eligible[i] for i in keep])]
         if cfg.answer_type_margin is not None:
@@ -349,7 +326,7 @@ class MemoryReaderMixin:
                          and float(keys[i] @ keys[pick]) >= cfg.version_key_cosine]
             pick = max(withdrawn, key=lambda i: order[i], default=pick)
         if cfg.withdrawn_cover is not None:
-            withdrawn = [i for i, m in enumerate(usable) if bool(mem.retracted[b, m]) or i in valueless]  # any slot:
+            withdrawn = [i for i, m in enumerate(usable) if bool(mem.retracted[b, m])]  # any slot, not only keep:
             # a retraction's key is often the bare name, which names fewer question words than the fact's
             pick = covering_withdrawal(question, sentences, pick, withdrawn, order, keys, cfg.withdrawn_cover)
         if pick >= len(usable):

@@ -238,20 +238,6 @@ def restore_by_attribute(question: str, sentences: Sequence[str], keep: Sequence
     return sorted([*keep, *back])
 
 
-def valueless_echoes(values: Sequence[Optional[str]], withdrawn: Sequence[bool], sentences: Sequence[str]) -> list[int]:
-    """Indices of the entries with no value (None) that are not withdrawn (tombstones) and whose
-    sentence is the sentence of an entry with a value: a key read without the value its sentence
-    states ("Magemusa" beside "Magemusa Souta now works at Maple Court Hotels"), not a withdrawal.
-
-    Example:
-        >>> s = ["Mia now works at Acme.", "Mia now works at Acme.", "Forget Mia's employer."]
-        >>> valueless_echoes([" Acme", None, None], [False, False, False], s)
-        [1]
-    """
-    stated = {s for v, s in zip(values, sentences) if v is not None}
-    return [i for i, (v, w, s) in enumerate(zip(values, withdrawn, sentences)) if v is None and not w and s in stated]
-
-
 def covering_withdrawal(question: str, sentences: Sequence[str], pick: int, withdrawn: Sequence[int],
                         order: Sequence[float], keys: torch.Tensor, min_cosine: float) -> int:
     """``pick``, or the latest of the ``withdrawn`` entries (tombstones) after it in the stream

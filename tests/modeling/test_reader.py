@@ -487,49 +487,6 @@ def test_answer_pmi_is_the_plain_loop_over_values_and_prompts(tokenizer):
     assert len(set(round(x, 4) for x in got)) == 3
 
 
-def test_drop_valueless_echoes_reads_the_value_that_the_slot_sentence_states(tokenizer, monkeypatch):
-    """read_rule="joint": a slot written with no value (not a retraction) matches the question best
-    and reads "no longer known". With drop_valueless_echoes it leaves the pool when its sentence is
-    the sentence of an entry that has a value, and that entry is read; a sentence of its own (a
-    withdrawal the write path did not type as one) keeps it."""
-    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1,
-                  ground_fallback=True, read_rule="joint", retract_tombstones=True)
-    mem = ingest(model, [STREAM])
-    enc = tokenizer(["where does alice live"], return_tensors="pt")
-    q = _query_key(model, enc)
-    stated = "alice moved to berlin"
-    monkeypatch.setattr(model, "_ground_chunks", lambda *args: [
-        GroundedEvent("alice", "berlin", torch.zeros(16), q, "update", -5.0, 10, stated)])
-    for sentence, drop, want in ((stated, False, "no longer known"), (stated, True, "berlin"),
-                                 ("forget where alice lives", True, "no longer known")):
-        mem.slots.reset()
-        mem.slots.write(q[None, None], torch.randn(1, 1, 16), event=torch.tensor([[0]]), chunk_id=torch.tensor([[0]]),
-                        span=torch.tensor([[[80, 84]]]), key_text=[["alice"]])
-        assert mem.slots.value_text[0][0] is None and not bool(mem.slots.retracted[0, 0])
-        monkeypatch.setattr(model, "_slot_sentences", lambda memory, b, s=sentence: [s] + [None] * (memory.slots.num_slots - 1))
-        model.config.drop_valueless_echoes = drop
-        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [f"alice: {want}"], (sentence, drop)
-    with pytest.raises(ConfigError, match="drop_valueless_echoes"):
-        MemAdapterConfig(drop_valueless_echoes=1)
-
-
-def test_cross_chunk_sentences_reads_a_sentence_on_into_the_next_chunk(tokenizer):
-    """A chunk boundary cuts "alice lives | in paris": with cross_chunk_sentences an entry's sentence
-    reads on into the chunks that continue the stream (the tiny tokenizer has no sentence end, so
-    the whole neighbours), and not into one that does not (a gap in the token spans)."""
-    model = build(tiny_backbone("llama"), tokenizer, "prefix")
-    mem = model.new_memory()
-    texts = ["bob", "alice lives", "in paris", "rome"]
-    vectors = torch.nn.functional.normalize(torch.randn(len(texts), model.config.hidden_size), dim=-1)
-    mem.indexes[0].add(vectors, texts, torch.tensor([[0, 1], [1, 3], [3, 5], [9, 10]]))
-    assert model._sentence(mem, 0, 1, 0, 2, {}) == "alice lives"
-    model.config.cross_chunk_sentences = True
-    assert model._sentence(mem, 0, 1, 0, 2, {}) == "bob alice lives in paris"
-    assert model._sentence(mem, 0, 2, 0, 2, {}) == "alice lives in paris"  # chunk 3 does not continue it
-    with pytest.raises(ConfigError, match="cross_chunk_sentences"):
-        MemAdapterConfig(cross_chunk_sentences="yes")
-
-
 def test_inserted_names_drops_the_look_alike_whose_key_puts_a_name_inside_the_asked_one(tokenizer, monkeypatch):
     """read_rule="joint", no slots: "alice Mini bob" (1.0) and "alice bob" (0.5) name the same
     question words; with inserted_names the first, a look-alike, drops out and "alice bob" is read."""
@@ -546,27 +503,3 @@ def test_inserted_names_drops_the_look_alike_whose_key_puts_a_name_inside_the_as
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], setting
     with pytest.raises(ConfigError, match="inserted_names"):
         MemAdapterConfig(inserted_names="on")
-
-
-def test_valueless_withdrawals_reads_a_slot_without_value_only_as_a_covering_withdrawal(tokenizer, monkeypatch):
-    """read_rule="joint": a slot with no value that is no tombstone outscores the event "alice lives
-    in berlin". With valueless_withdrawals it no longer wins on score; it is read ("no longer
-    known") only when it covers the event as withdrawn_cover asks: later, naming its words."""
-    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1,
-                  ground_fallback=True, read_rule="joint", withdrawn_cover=0.7)
-    mem = ingest(model, [STREAM])
-    enc = tokenizer(["where does alice live"], return_tensors="pt")
-    q = _query_key(model, enc)
-    monkeypatch.setattr(model, "_ground_chunks", lambda *args: [
-        GroundedEvent("alice", "berlin", torch.zeros(16), q, "new", 0.5, 10, "alice lives in berlin")])
-    for sentence, setting, want in (("please forget bob", False, "alice: no longer known"),
-                                    ("please forget bob", True, "alice: berlin"),
-                                    ("forget the city alice lives in", True, "alice: no longer known")):
-        mem.slots.reset()
-        mem.slots.write(q[None, None], torch.randn(1, 1, 16), event=torch.tensor([[0]]), chunk_id=torch.tensor([[0]]),
-                        span=torch.tensor([[[80, 84]]]), key_text=[["alice"]])
-        monkeypatch.setattr(model, "_slot_sentences", lambda memory, b, s=sentence: [s] + [None] * (memory.slots.num_slots - 1))
-        model.config.valueless_withdrawals = setting
-        assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (sentence, setting)
-    with pytest.raises(ConfigError, match="valueless_withdrawals"):
-        MemAdapterConfig(valueless_withdrawals=None)

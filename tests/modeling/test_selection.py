@@ -4,7 +4,7 @@ import torch
 
 from memadapter.modeling.selection import (SelectedRow, covering_withdrawal, latest_version, most_specific,
                                            restore_by_attribute, restore_by_sentence, sentence_around, slot_versions, stack_selection,
-                                           valueless_echoes, without_inserted_names)
+                                           without_inserted_names)
 
 
 def test_stack_selection_pads_rows_and_value_ids():
@@ -142,12 +142,6 @@ def test_restore_by_attribute_puts_back_the_asked_attribute_but_not_a_look_alike
     # a new word alone (no word of the entity) or a question word alone ("now") is not enough
     assert restore_by_attribute("Where does Ana Roth work now?", ["Ana Roth lives in Rome.", "He works now.",
                                                                   "Ana now lives in Oslo."], [0]) == [0]
-
-
-def test_valueless_echoes_are_keys_read_without_the_value_their_sentence_states():
-    sentences = ["Mia now works at Acme.", "Mia now works at Acme.", "Forget Mia's employer.", "Mia now works at Acme."]
-    assert valueless_echoes([" Acme", None, None, None], [False, False, False, True], sentences) == [1]  # 3: a tombstone
-    assert valueless_echoes([None, None], [False, False], sentences[:2]) == []  # no entry states a value
 
 
 def test_without_inserted_names_drops_the_look_alike_but_not_a_completed_name():

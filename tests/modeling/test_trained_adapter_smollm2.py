@@ -30,7 +30,7 @@ def test_committed_adapter_loads_ingests_and_generates():
     assert not model.config.type_reads_relation and model.config.withdrawn_cover == 0.3
     assert model.config.restore_by_sentence and model.config.lexical_weight == 0.3
     assert model.config.restore_by_attribute and model.config.name_chunks == 3 and model.config.version_events == "any"
-    assert model.config.inserted_names and not model.config.valueless_withdrawals and not model.config.cross_chunk_sentences
+    assert model.config.inserted_names
     assert model.config.chunk_boundary == "sentence" and model.config.lexical_content_words
     assert sum(v.numel() for v in model.adapter_state_dict().values()) == 1_231_629
     stream = generate_stream(random.Random(0), split="test_unseen_entities")
