@@ -45,9 +45,14 @@ def content_words(text: str) -> set[str]:
         >>> sorted(content_words("Where does Louise work now?"))
         ['louise', 'work']
     """
+    return set(tokenize([text])[0]) - _function_words()
+
+
+@functools.lru_cache(maxsize=1)
+def _function_words() -> frozenset[str]:
     from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-    return set(tokenize([text])[0]) - set(STOPWORDS_EN_PLUS)
+    return frozenset(STOPWORDS_EN_PLUS)
 
 
 @functools.lru_cache(maxsize=1)
@@ -301,8 +306,7 @@ def lexical_agreement(query: str, texts: Sequence[Optional[str]], content_only: 
     docs = tokenize([t or "" for t in texts])
     words = tokenize([str(query)])[0]
     if content_only:
-        content = content_words(str(query))
-        words = [w for w in words if w in content]
+        words = [w for w in words if w not in _function_words()]  # the query's content_words, in order
     raw = bm25_reference(docs, words) if docs else []
     top = max(raw, default=0.0)
     return [r / top if top > 0 else 0.0 for r in raw]
