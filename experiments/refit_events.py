@@ -11,7 +11,7 @@ the frozen backbone's hidden states of training-split streams (read chunk by chu
 reads them). ``--type-reads-relation`` also widens a value-less candidate's pooled tokens to its
 relation region (``GroundingHead.type_spans``): the words after a retraction's key.
 
-    python -m memadapter.training.refit_events --adapter adapters/smollm2-135m-prefix \\
+    python -m experiments.refit_events --adapter adapters/smollm2-135m-prefix \\
         --out runs/refit_events --num-streams 300 --type-reads-relation
 
 Measured there (docs/RESULTS.md, seventh step): retractions 149/150, but the write controller,
@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from memadapter.heads import EVENT_TYPES, pool_spans
 
-from .labels import token_labels
-from .lifecycle_data import SPLIT_DEFAULTS, build_dataset
+from memadapter.training.labels import token_labels
+from memadapter.training.lifecycle_data import SPLIT_DEFAULTS, build_dataset
 
 
 def pooled_events(model: Any, streams: Sequence[dict], progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +119,7 @@ def add_lifecycle_layer(model: Any) -> torch.nn.Linear:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m memadapter.training.refit_events", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.refit_events", description=__doc__.split("\n\n")[0])
     p.add_argument("--adapter", required=True, help="trained adapter directory")
     p.add_argument("--out", required=True, help="directory for the refit adapter")
     p.add_argument("--base", default=None, help="base model directory (default: the cached SmolLM2)")
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import generation_eval as ge
+    from memadapter.training import generation_eval as ge
 
     args = _parser().parse_args(argv)
     if args.num_streams < 10 or args.steps < 1:

@@ -19,7 +19,7 @@ because one event is one position):
 
 Background events are ordinary facts (marker NONE) and ASIDE remarks about non-target keys.
 
-CLI: ``python -m memadapter.training.phase12 --variant lite_write --seed 0`` or ``--all``.
+CLI: ``python -m experiments.phase12 --variant lite_write --seed 0`` or ``--all``.
 
 Example:
     >>> import random
@@ -317,7 +317,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m memadapter.training.phase12", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.phase12", description=__doc__.split("\n")[0])
     parser.add_argument("--variant", choices=VARIANTS, default="lite_write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--all", action="store_true", help="2 variants x 3 seeds (0, 1, 2)")

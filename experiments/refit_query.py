@@ -16,7 +16,7 @@ The pools do not depend on the QueryHead (the chunk search reads the question's 
 state, the slots and events are fixed by ingest), so they are built once and the fit runs on
 cached question hidden states in seconds.
 
-    python -m memadapter.training.refit_query --adapter adapters/smollm2-135m-prefix \\
+    python -m experiments.refit_query --adapter adapters/smollm2-135m-prefix \\
         --out runs/refit_query --num-streams 100 --filler-tokens 8000
 """
 
@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from memadapter.bm25 import lexical_agreement
 from memadapter.heads import QueryHead
 
-from .labels import char_spans_to_token_spans
-from .lifecycle_data import SPLIT_DEFAULTS, build_dataset
+from memadapter.training.labels import char_spans_to_token_spans
+from memadapter.training.lifecycle_data import SPLIT_DEFAULTS, build_dataset
 
 
 @dataclass
@@ -200,7 +200,7 @@ def _head_device(head: QueryHead) -> torch.device:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m memadapter.training.refit_query", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.refit_query", description=__doc__.split("\n\n")[0])
     p.add_argument("--adapter", required=True, help="trained adapter directory")
     p.add_argument("--out", required=True, help="directory for the refit adapter")
     p.add_argument("--base", default=None, help="base model directory (default: the cached SmolLM2)")
@@ -220,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from . import generation_eval as ge
+    from memadapter.training import generation_eval as ge
 
     args = _parser().parse_args(argv)
     if args.num_streams < 5 or args.epochs < 1 or args.filler_tokens < 0:

@@ -1,11 +1,11 @@
 """The read sweep varies read-time settings only: every variant reads the same ingested memory."""
 import pytest
 
+from experiments import generation_read_sweep as sweep
 from memadapter.training.generation_eval import SETTABLE
 
 
-def test_variants_take_read_time_settings_and_refuse_ingest_time_ones(load_script):
-    sweep = load_script("generation_read_sweep")
+def test_variants_take_read_time_settings_and_refuse_ingest_time_ones():
     assert sweep.READ_TIME <= set(SETTABLE)
     assert sweep.variants(["base:{}", 'on:{"withdrawn_cover": 0.5}']) == {"base": {}, "on": {"withdrawn_cover": 0.5}}
     for ingest_time in ("slot_match_threshold", "retract_tombstones", "snap_spans", "pair_in_sentence", "chunk_boundary"):
@@ -13,14 +13,13 @@ def test_variants_take_read_time_settings_and_refuse_ingest_time_ones(load_scrip
             sweep.variants([f'x:{{"{ingest_time}": 1}}'])
 
 
-def test_query_heads_take_a_refit_query_head_and_refuse_other_weights(load_script, tmp_path):
+def test_query_heads_take_a_refit_query_head_and_refuse_other_weights(tmp_path):
     import torch
 
     from memadapter.modeling.configuration_memadapter import MemAdapterConfig
     from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
     from memadapter.modeling.tiny import tiny_backbone
 
-    sweep = load_script("generation_read_sweep")
     torch.manual_seed(0)
     model = MemAdapterForCausalLM(MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8),
                                   backbone=tiny_backbone("llama"))
@@ -38,14 +37,13 @@ def test_query_heads_take_a_refit_query_head_and_refuse_other_weights(load_scrip
         sweep.query_heads([f"bad:{tmp_path / 'other'}"], model)
 
 
-def test_picked_value_is_the_first_selected_entry_value_and_unknown_for_a_withdrawal(load_script):
+def test_picked_value_is_the_first_selected_entry_value_and_unknown_for_a_withdrawal():
     from types import SimpleNamespace
 
     import torch
 
     from memadapter.modeling.selection import SelectedRow, stack_selection
 
-    sweep = load_script("generation_read_sweep")
     restored = []
     memory = SimpleNamespace(restore=restored.append)
     ctx = SimpleNamespace(memory=memory, snapshot="post-ingest")

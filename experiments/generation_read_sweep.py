@@ -7,10 +7,10 @@ first variant should be the committed settings (``base:{}``): it reproduces the 
 ``generation_eval`` dev row and so checks the sweep. Only settings read at select time may differ
 between variants (an ingest-time setting would need its own ingest); the script refuses others.
 ``--query-head NAME:DIR`` adds a variant that reads with the committed settings and the QueryHead
-of the adapter in DIR (a refit: ``training/refit_query.py``); the QueryHead is read at select
+of the adapter in DIR (a refit: ``experiments/refit_query.py``); the QueryHead is read at select
 time only, and every other tensor in DIR must equal the loaded adapter's.
 
-    python scripts/generation_read_sweep.py --split validation --synthetic-names 0.0 --num-streams 16 \\
+    python -m experiments.generation_read_sweep --split validation --synthetic-names 0.0 --num-streams 16 \\
         --filler-tokens 30000 --seed 0 --variant base:{} --variant on:'{"withdrawn_cover": 0.7}' --json out.json
 """
 import argparse

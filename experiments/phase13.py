@@ -27,7 +27,7 @@ vectors), ``sparse_top16`` (cosine top-16 over full-sentence projections, best o
 similarity, re-ranked with the learned readout). Only the lite-write variant
 (write labels supervise the writer) is implemented.
 
-CLI: ``python -m memadapter.training.phase13 --families llama,qwen2 --protocol oracle --seeds 3
+CLI: ``python -m experiments.phase13 --families llama,qwen2 --protocol oracle --seeds 3
 --samples 60 --json out.json``.
 
 Example:
@@ -256,7 +256,7 @@ def _default_cache_dir() -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m memadapter.training.phase13", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.phase13", description=__doc__.split("\n")[0])
     ap.add_argument("--families", default=",".join(PAPER_FAMILIES),
                     help="comma list of tiny model types, or smollm2 for the real offline model")
     ap.add_argument("--protocol", choices=PROTOCOLS + ("both",), default="oracle")

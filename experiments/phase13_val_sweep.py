@@ -7,7 +7,7 @@ to 128 events), and answers one val draw of 60 samples over the 10 settings twic
 val's imperative form "say which ..." ("imp"). Prints hybrid correct per run and the totals; the
 rows of docs/results/phase13_val_train_samples.json came from this script.
 
-    python scripts/phase13_val_sweep.py llama,qwen2 0,1,2 '{"C3": {"steps": 2000, "train_samples": 960}}' out.json
+    python -m experiments.phase13_val_sweep llama,qwen2 0,1,2 '{"C3": {"steps": 2000, "train_samples": 960}}' out.json
 
 ``--read`` gives read settings per name (``readout_weight`` scales the fallback's readout logits);
 ``--val-samples`` a larger val draw where 60 samples saturate (SmolLM2).
@@ -19,10 +19,10 @@ from dataclasses import replace
 
 import torch
 
-from memadapter.training.phase13 import EVAL_SETTINGS, TrainConfig, _default_cache_dir, evaluate, train
-from memadapter.training.phase13_backbones import HiddenCache, default_read_layer, load_backbone
-from memadapter.training.phase13_data import _Q, _Q_VAL_EXTRA, make_samples
-from memadapter.training.phase13_read import calibrate
+from .phase13 import EVAL_SETTINGS, TrainConfig, _default_cache_dir, evaluate, train
+from .phase13_backbones import HiddenCache, default_read_layer, load_backbone
+from .phase13_data import _Q, _Q_VAL_EXTRA, make_samples
+from .phase13_read import calibrate
 
 BASE = {"protocol": "learned", "steps": 1000, "augment_templates": True, "token_writer": True}
 READ = {"lexical": 2.0, "lexical_idf": "train", "version_margin": 0.3, "version_cosine": 0.5, "readout_weight": 1.0}

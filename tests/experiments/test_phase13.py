@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from memadapter.errors import ConfigError, EmptyInputError, ShapeError
-from memadapter.training import phase13 as p13
-from memadapter.training import phase13_data as p13_data
+from experiments import phase13 as p13
+from experiments import phase13_data as p13_data
 
 torch.set_num_threads(1)
 
@@ -299,7 +299,7 @@ def test_lexical_read_finds_the_named_entity_and_the_version_rule_its_latest_wri
 
 
 def test_fallback_version_rule_reads_the_latest_written_version():
-    from memadapter.training.phase13_read import _latest_written
+    from experiments.phase13_read import _latest_written
 
     keys = torch.tensor([[1.0, 0.0], [0.9, 0.436], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # event 3: another key
     cand = torch.tensor([0, 1, 3, 4])  # the fallback's candidates (event ids)

@@ -14,9 +14,9 @@ from memadapter.modeling.configuration_memadapter import MemAdapterConfig
 from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 from memadapter.modeling.tiny import tiny_backbone
 from memadapter.training import generation_eval as ge
-from memadapter.training import refit_query
 from memadapter.training.lifecycle_data import generate_stream
 from memadapter.training.train import build_word_tokenizer
+from experiments import refit_query
 
 torch.set_num_threads(1)
 
