@@ -7,6 +7,8 @@ seconds per token staying flat across lengths shows the cost is linear. Slots us
 ``num_slots`` (bounded memory); the chunk index grows by one entry per chunk.
 
 Default backbone: a tiny random llama (no download); ``--model smollm2`` uses the real offline one.
+It lives in modeling, not in ``memadapter.bench``, because it builds a model: the core never imports
+modeling, and the CLI reaches this module by name only when ``bench ingest`` runs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from .stats import write_rows_json
+from memadapter.bench.stats import write_rows_json
+
+from .backbones import read_hidden_states
+from .modeling_memadapter import MemAdapterForCausalLM
+from .real_models import load_smollm2
+from .tiny import tiny_backbone, tiny_word_tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,18 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(name: str):
     if name == "smollm2":
-        from memadapter.modeling.real_models import load_smollm2
-
         return load_smollm2()
-    from memadapter.modeling.tiny import tiny_backbone, tiny_word_tokenizer
-
     return tiny_backbone(name), tiny_word_tokenizer()
 
 
 def _read_only(model, ids: torch.Tensor, chunk: int) -> float:
     """Seconds to read the same chunks through the backbone up to the adapter's read layer."""
-    from memadapter.modeling.backbones import read_hidden_states
-
     layer = model.config.read_layer % (model.backbone.config.num_hidden_layers + 1)
     start = time.perf_counter()
     with torch.no_grad():
@@ -52,8 +53,6 @@ def _read_only(model, ids: torch.Tensor, chunk: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memadapter.modeling import MemAdapterForCausalLM
-
     torch.set_num_threads(args.threads)
     backbone, tokenizer = _load(args.model)
     model = MemAdapterForCausalLM.from_pretrained(backbone, tokenizer=tokenizer, chunk_tokens=args.chunk)
