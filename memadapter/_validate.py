@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Optional, Sequence
 
 import torch
 
-from .errors import DTypeError, EmptyInputError, NonFiniteError, ShapeError
+from .errors import CapacityError, ConfigError, DTypeError, EmptyInputError, NonFiniteError, ShapeError
 
 
 def check_tensor(
@@ -39,10 +41,89 @@ def check_tensor(
 
 def check_positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
     """Validate a count. Raises DTypeError for non-ints, ValueError subclasses for range."""
-    from .errors import CapacityError
-
     if isinstance(value, bool) or not isinstance(value, int):
         raise DTypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value < 0 or (value == 0 and not allow_zero):
         raise CapacityError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return value
+
+
+# Largest value each size may take. Far above any real use (a 64K-slot memory, 64K-dim keys),
+# far below what would ask the allocator for terabytes: a typo such as num_slots=1e8 or
+# top_k=10**10 is refused by name instead of failing (or swapping) inside torch.
+MAX_SIZES = {
+    "num_slots": 1 << 20,
+    "key_dim": 1 << 16,
+    "value_dim": 1 << 16,
+    "aux_dim": 1 << 10,
+    "dim": 1 << 16,  # ChunkIndex summary size = the backbone's hidden size
+    "hidden_size": 1 << 16,
+    "batch_size": 1 << 16,
+    "chunk_tokens": 1 << 20,
+    "top_k": 1 << 16,
+    "capacity": 1 << 24,  # ChunkIndex chunks
+    "grounding_hidden_size": 1 << 16,
+    "grounding_context_size": 1 << 16,
+    "num_event_types": 64,
+    "prefix_tokens_per_slot": 1 << 12,
+    "value_tokens": 1 << 12,
+    "cross_attn_heads": 1 << 10,
+    "backbone_num_layers": 1 << 12,
+    "name_chunks": 1 << 16,
+    "fallback_chunks": 1 << 16,
+}
+# A new allocation may take at most this share of the memory still available.
+ALLOCATION_SHARE = 0.5
+
+
+def check_size(name: str, value: object, *, allow_zero: bool = False, limit: Optional[str] = None) -> int:
+    """A count within ``MAX_SIZES[limit or name]``. Raises DTypeError or CapacityError naming ``name``."""
+    value = check_positive_int(name, value, allow_zero=allow_zero)
+    bound = MAX_SIZES[limit or name]
+    if value > bound:
+        raise CapacityError(f"{name}: {value} exceeds the maximum {bound} (memadapter._validate.MAX_SIZES)")
+    return value
+
+
+def available_memory_bytes(device: Optional[torch.device] = None) -> Optional[int]:
+    """Bytes the allocator can still hand out on ``device`` (host RAM for the CPU); None if unknown."""
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device is not None and device.type not in ("cpu", "cuda"):
+        return None  # mps, meta, ...: no portable query
+    try:  # Linux: MemAvailable counts reclaimable caches, MemFree does not
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+        try:
+            return int(os.sysconf(pages)) * int(os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            continue
+    return None
+
+
+def check_allocation(name: str, nbytes: int, device: Optional[torch.device] = None) -> None:
+    """Refuse to allocate ``nbytes`` when that exceeds ALLOCATION_SHARE of the available memory.
+
+    ``name`` names the sizes that set ``nbytes`` (e.g. "batch_size x num_slots"); unknown
+    availability lets the allocation through (MAX_SIZES still bounds each size)."""
+    avail = available_memory_bytes(device)
+    if avail is not None and nbytes > ALLOCATION_SHARE * avail:
+        raise CapacityError(f"{name}: would allocate {nbytes / 2**30:.2f} GiB ({nbytes} bytes), more than "
+                            f"{ALLOCATION_SHARE:.0%} of the {avail / 2**30:.2f} GiB available")
+
+
+def check_real(name: str, value: object, *, low: float = -math.inf, high: float = math.inf) -> float:
+    """A finite real number (not a bool) in [low, high]: DTypeError for another type, NonFiniteError
+    for NaN / inf, ConfigError out of range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DTypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise NonFiniteError(f"{name}: must be finite, got {value}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must lie in [{low}, {high}], got {value}")
+    return float(value)

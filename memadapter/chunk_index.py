@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_positive_int, check_tensor
+from ._validate import check_positive_int, check_real, check_size, check_tensor
 from .bm25 import DEFAULT_B, DEFAULT_K1, LexicalIndex, TermIndex, bm25_reference, check_terms, tokenize
 from .errors import CapacityError, ConfigError, DTypeError, ShapeError
 
@@ -131,8 +131,24 @@ def abstain_score(scores: torch.Tensor) -> torch.Tensor:
     return 1.0 - ratio.clamp(0.0, 1.0)
 
 
+def index_bytes(dim: int, chunks: int = 0, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes the buffers of an index of ``chunks`` chunks take (an empty index allocates _MIN_ALLOC
+    rows): lets a caller check a batch of new indexes against the available memory first."""
+    return max(chunks, _MIN_ALLOC) * (dim * (torch.finfo(dtype).bits // 8) + 2 * 8)
+
+
+def _check_device(device: object) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (TypeError, RuntimeError) as err:
+        raise DTypeError(f"device: expected a torch.device or a device string, got {device!r}") from err
+
+
 def _expand(ids: Sequence[int], neighbours: int, n: int, starts: Sequence[int]) -> list[int]:
     """Selected ids plus id-n..id+n that exist, deduplicated, sorted by (span start, id)."""
+    neighbours = min(neighbours, n)  # more than n adds nothing; an absurd value must not loop for ever
     out = {j for i in ids if i >= 0 for j in range(i - neighbours, i + neighbours + 1) if 0 <= j < n}
     return sorted(out, key=lambda j: (starts[j], j))
 
@@ -158,20 +174,20 @@ class ChunkIndex:
     def __init__(self, dim: int, *, dense_weight: float = 0.5, capacity: int | None = None,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                  chunk_tokens: int = 512, k1: float = DEFAULT_K1, b: float = DEFAULT_B) -> None:
-        self.dim = check_positive_int("dim", dim)
+        self.dim = check_size("dim", dim)
         if isinstance(dense_weight, bool) or not isinstance(dense_weight, (int, float)) \
                 or not 0.0 <= float(dense_weight) <= 1.0:
             raise ConfigError(f"dense_weight: expected a number in [0, 1], got {dense_weight!r}")
         if capacity is not None:
-            check_positive_int("capacity", capacity)
+            check_size("capacity", capacity)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise DTypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
         self.dense_weight = float(dense_weight)
         self.capacity = capacity
-        self.chunk_tokens = check_positive_int("chunk_tokens", chunk_tokens)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.chunk_tokens = check_size("chunk_tokens", chunk_tokens)
+        self.device = _check_device(device)
         self.dtype = dtype
-        self._k1, self._b = k1, b
+        self._k1, self._b = check_real("k1", k1, low=0.0), check_real("b", b, low=0.0, high=1.0)
         self._reset(0, torch.empty(0, dim), torch.empty(0, 2, dtype=torch.long), [], [], 0)
 
     def _reset(self, n: int, vecs: torch.Tensor, spans: torch.Tensor, texts: list[Optional[str]],
@@ -214,7 +230,7 @@ class ChunkIndex:
         spans[: self._n] = self._spans[: self._n]
         self._vecs, self._spans = vecs, spans
 
-    def _check_spans(self, spans: object, n: int) -> torch.Tensor:
+    def _check_spans(self, spans: object, n: int, name: str = "spans") -> torch.Tensor:
         """-> [n, 2] long; default: consecutive blocks of chunk_tokens after the last chunk."""
         if spans is None:
             starts = self._next_start + self.chunk_tokens * torch.arange(n)
@@ -223,15 +239,15 @@ class ChunkIndex:
             try:
                 spans = torch.as_tensor(spans)
             except (TypeError, ValueError, RuntimeError) as err:
-                raise DTypeError(f"spans: expected an integer tensor [n, 2], got {spans!r}") from err
+                raise DTypeError(f"{name}: expected an integer tensor [n, 2], got {spans!r}") from err
         if spans.dtype.is_floating_point or spans.dtype.is_complex or spans.dtype == torch.bool:
-            raise DTypeError(f"spans: expected an integer tensor, got dtype {spans.dtype}")
+            raise DTypeError(f"{name}: expected an integer tensor, got dtype {spans.dtype}")
         spans = spans.reshape(1, -1) if spans.dim() == 1 else spans  # [2] -> [1, 2]
         if spans.dim() != 2 or tuple(spans.shape) != (n, 2):
-            raise ShapeError(f"spans: expected shape ({n}, 2), got {tuple(spans.shape)}")
+            raise ShapeError(f"{name}: expected shape ({n}, 2), got {tuple(spans.shape)}")
         spans = spans.to(torch.long).cpu()
         if bool((spans[:, 0] < 0).any()) or bool((spans[:, 1] < spans[:, 0]).any()):
-            raise CapacityError("spans: each span needs 0 <= start <= end")
+            raise CapacityError(f"{name}: each span needs 0 <= start <= end")
         return spans
 
     def _check_kind(self, text_list: list[Optional[str]], term_list: list) -> Optional[str]:
@@ -370,10 +386,12 @@ class ChunkIndex:
 
         query [dim] or [Q, dim]; query_text str | list[str | None] | None for a text index, or
         query_terms (a 1-D int array for one query, or one per query) for a terms index.
-        top_k above the index size pads with -1; an empty index returns all padding, abstain 1.
+        top_k above the index size pads with -1 (so top_k is bounded by MAX_SIZES["top_k"]: the
+        padding is allocated); neighbours above the index size act as the index size.
+        An empty index returns all padding, abstain 1.
         """
         query = self._check_query(query)
-        top_k = check_positive_int("top_k", top_k)
+        top_k = check_size("top_k", top_k)
         neighbours = check_positive_int("neighbours", neighbours, allow_zero=True)
         lex_queries = self._query_lexical(query_text, query_terms, query.shape[0])
         q, n = query.shape[0], self._n
@@ -408,44 +426,54 @@ class ChunkIndex:
 
     def restore(self, snap: dict) -> None:
         """Replace the state by a snapshot; a malformed snapshot raises and changes nothing."""
+        self._reset(*self.checked_snapshot(snap))
+
+    def restore_checked(self, state: tuple) -> None:
+        """Install what :meth:`checked_snapshot` returned: a restore of several indexes checks
+        every snapshot first and installs only then (all or nothing)."""
+        self._reset(*state)
+
+    def checked_snapshot(self, snap: Any, name: str = "snap") -> tuple:
+        """Validate a ``snapshot()`` (errors name ``name``) and return the arguments of ``_reset``;
+        changes nothing, so a caller restoring several indexes can check them all first."""
         if not isinstance(snap, dict):
-            raise DTypeError(f"snap: expected a dict from snapshot(), got {type(snap).__name__}")
+            raise DTypeError(f"{name}: expected a dict from snapshot(), got {type(snap).__name__}")
         missing = {"dim", "vectors", "spans", "texts", "next_start"} - set(snap)
         if missing:
-            raise ConfigError(f"snap: missing keys {sorted(missing)}")
+            raise ConfigError(f"{name}: missing keys {sorted(missing)}")
         if snap["dim"] != self.dim:
-            raise ShapeError(f"snap: dim {snap['dim']} does not match the index dim {self.dim}")
-        vecs = check_tensor("snap['vectors']", snap["vectors"], ndim=2, last_dim=self.dim, nonempty=False)
+            raise ShapeError(f"{name}: dim {snap['dim']!r} does not match the index dim {self.dim}")
+        vecs = check_tensor(f"{name}['vectors']", snap["vectors"], ndim=2, last_dim=self.dim, nonempty=False)
         n = vecs.shape[0]
-        spans = self._check_spans(snap["spans"], n) if n else torch.empty(0, 2, dtype=torch.long)
-        texts = _text_list("snap['texts']", snap["texts"], n)
+        if self.capacity is not None and n > self.capacity:
+            raise CapacityError(f"{name}: {n} chunks exceed capacity {self.capacity}")
+        spans = self._check_spans(snap["spans"], n, f"{name}['spans']") if n else torch.empty(0, 2, dtype=torch.long)
+        texts = _text_list(f"{name}['texts']", snap["texts"], n)
         n_text = sum(t is not None for t in texts)
         tokens = snap.get("tokens")
         if tokens is None:
             tokens = tokenize([t for t in texts if t is not None])
-        elif not isinstance(tokens, list) or len(tokens) != n_text \
-                or not all(isinstance(d, (list, tuple)) for d in tokens):
-            raise ShapeError(f"snap['tokens']: expected a list of {n_text} token lists")
-        if self.capacity is not None and n > self.capacity:
-            raise CapacityError(f"snap: {n} chunks exceed capacity {self.capacity}")
-        next_start = check_positive_int("snap['next_start']", snap["next_start"], allow_zero=True)
-        terms = self._restore_terms(snap, n, n_text)
-        self._reset(n, vecs, spans, texts, tokens, next_start, terms)
+        elif not isinstance(tokens, (list, tuple)) or len(tokens) != n_text \
+                or not all(isinstance(d, (list, tuple)) and all(isinstance(w, str) for w in d) for d in tokens):
+            raise ShapeError(f"{name}['tokens']: expected a list of {n_text} lists of str")
+        next_start = check_positive_int(f"{name}['next_start']", snap["next_start"], allow_zero=True)
+        terms = self._restore_terms(snap, n, n_text, name)
+        return n, vecs, spans, texts, list(tokens), next_start, terms
 
-    def _restore_terms(self, snap: dict, n: int, n_text: int) -> Optional[tuple[TermIndex, list[int]]]:
+    def _restore_terms(self, snap: dict, n: int, n_text: int, name: str) -> Optional[tuple[TermIndex, list[int]]]:
         """Rebuild the term index of a snapshot (None for a text or dense-only snapshot)."""
         if snap.get("terms") is None:
             return None
         if n_text:
-            raise ConfigError("snap: holds both texts and terms; one index holds one kind")
+            raise ConfigError(f"{name}: holds both texts and terms; one index holds one kind")
         if not isinstance(snap["terms"], dict):
-            raise DTypeError("snap['terms']: expected the dict of arrays from snapshot()")
+            raise DTypeError(f"{name}['terms']: expected the dict of arrays from snapshot()")
         index = TermIndex.from_state(snap["terms"], self._k1, self._b)
         ids = snap.get("term_chunks")
         if not isinstance(ids, (list, tuple)) or len(ids) != len(index) \
                 or any(isinstance(i, bool) or not isinstance(i, int) for i in ids) \
                 or list(ids) != sorted(set(ids)) or (ids and not 0 <= ids[0] <= ids[-1] < n):
-            raise ShapeError(f"snap['term_chunks']: expected {len(index)} increasing chunk ids in [0, {n})")
+            raise ShapeError(f"{name}['term_chunks']: expected {len(index)} increasing chunk ids in [0, {n})")
         return index, list(ids)
 
 

@@ -15,9 +15,10 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ._validate import check_real, check_tensor
 from .chunk_index import ChunkIndex
-from .errors import CapacityError, DTypeError, EmptyInputError, ShapeError
-from .slots import EventType, SlotMemory, WriteResult
+from .errors import CapacityError, ConfigError, DTypeError, EmptyInputError, ShapeError
+from .slots import EventType, SlotMemory, WriteResult, normalize_keys
 
 # encode(texts, kind) -> [N, key_dim] for kind "key", [N, value_dim] for kind "value".
 Encoder = Callable[[list[str], str], torch.Tensor]
@@ -51,6 +52,8 @@ class RequestMemory:
             raise DTypeError("indexes: every entry must be a ChunkIndex")
         if len({id(i) for i in indexes}) != len(indexes):
             raise ShapeError("indexes: rows must not share a ChunkIndex (requests are isolated)")
+        if encode is not None and not callable(encode):
+            raise DTypeError(f"encode: expected a callable (texts, kind) -> tensor or None, got {type(encode).__name__}")
         self.slots = slots
         self.indexes = indexes
         self.encode = encode
@@ -71,12 +74,34 @@ class RequestMemory:
                 raise DTypeError(f"row: expected ints, got {type(r).__name__}")
             if not 0 <= r < self.batch_size:
                 raise CapacityError(f"row: {r} outside [0, {self.batch_size})")
+        if not items:  # an edit of no row would silently do nothing
+            raise EmptyInputError("row: an empty list names no row; pass None for every row")
         return list(items)
 
+    def _row(self, row: object) -> int:
+        """One row index (table and pretty show one request)."""
+        if isinstance(row, bool) or not isinstance(row, int):
+            raise DTypeError(f"row: expected an int, got {type(row).__name__}")
+        return self._rows(row)[0]
+
     def _encode(self, texts: list[str], kind: str) -> torch.Tensor:
+        """[N, key_dim] or [N, value_dim]; the encoder's output is checked like any other input."""
         if self.encode is None:
             raise DTypeError("memory: no encoder attached; create it with model.new_memory() to edit in text")
-        return self.encode(texts, kind)
+        dim = self.slots.key_dim if kind == "key" else self.slots.value_dim
+        out = check_tensor(f"encode (the {kind} encoder's output)", self.encode(texts, kind), ndim=(1, 2), last_dim=dim)
+        out = out.reshape(-1, dim)  # [dim] -> [1, dim]
+        if out.shape[0] != len(texts):
+            raise ShapeError(f"encode: expected {len(texts)} {kind} vectors, got shape {tuple(out.shape)}")
+        return out
+
+    def _check_key(self, key: object) -> torch.Tensor:
+        """An explicit key [dk] or [1, dk]: finite, non-zero -> [dk]."""
+        key = check_tensor("key", key, ndim=(1, 2), last_dim=self.slots.key_dim)
+        if key.dim() == 2 and key.shape[0] != 1:
+            raise ShapeError(f"key: expected one key [{self.slots.key_dim}] (or [1, {self.slots.key_dim}]), "
+                             f"got shape {tuple(key.shape)}")
+        return normalize_keys(key.reshape(-1).float(), "key")
 
     def write(self, key_text: str, value_text: str, *, row: Rows = 0, protect: bool = False,
               importance: float = 1.0) -> WriteResult:
@@ -92,6 +117,7 @@ class RequestMemory:
                 raise EmptyInputError(f"{name}: empty text")
         if not isinstance(protect, bool):
             raise DTypeError(f"protect: expected a bool, got {type(protect).__name__}")
+        importance = check_real("importance", importance, low=0.0, high=1.0)
         rows = self._rows(row)
         B = self.batch_size
         key = self._encode([key_text], "key").reshape(1, -1).expand(B, -1)  # [B, dk]
@@ -110,8 +136,14 @@ class RequestMemory:
         with ``by_key=True`` or an explicit ``key`` [dk], whose key has cosine >= threshold with it."""
         if text is None and key is None:
             raise EmptyInputError("text: give a text or a key to select slots")
-        if text is not None and (not isinstance(text, str) or not text.strip()):
+        if text is not None and not isinstance(text, str):
+            raise DTypeError(f"text: expected a str, got {type(text).__name__}")
+        if text is not None and not text.strip():
             raise EmptyInputError(f"text: expected a non-empty str, got {text!r}")
+        if not isinstance(by_key, bool):
+            raise DTypeError(f"by_key: expected a bool, got {type(by_key).__name__}")
+        thr = self.slots.match_threshold if threshold is None else check_real("threshold", threshold, low=-1.0, high=1.0)
+        key = None if key is None else self._check_key(key)
         rows = self._rows(row)
         sel = torch.zeros_like(self.slots.occupied)
         if text is not None:
@@ -120,9 +152,8 @@ class RequestMemory:
                 for m, kt in enumerate(self.slots.key_text[b]):
                     sel[b, m] = kt is not None and needle in kt.lower()
         if key is None and by_key and text is not None:
-            key = self._encode([text], "key").reshape(-1)
+            key = self._encode([text], "key").reshape(-1)  # [dk]
         if key is not None:
-            thr = self.slots.match_threshold if threshold is None else float(threshold)
             q = torch.nn.functional.normalize(key.reshape(1, 1, -1).expand(self.batch_size, 1, -1), dim=-1)
             best = torch.einsum("bqd,bmd->bm", q.to(self.slots.keys.dtype), self.slots.keys)  # [B, M]
             in_rows = torch.zeros(self.batch_size, 1, dtype=torch.bool)
@@ -141,13 +172,17 @@ class RequestMemory:
 
     def protect(self, text: str, *, row: Rows = None, value: bool = True) -> int:
         """Protect (or unprotect) the slots whose key text contains ``text``; returns the count."""
+        if not isinstance(value, bool):
+            raise DTypeError(f"value: expected a bool, got {type(value).__name__}")
+        if text is None:
+            raise EmptyInputError("text: give the key text of the slots to protect")
         sel = self.select(text, row=row)
         self.slots.protect(sel, value)
         return int(sel.sum())
 
     def table(self, row: int = 0) -> list[dict]:
         """Occupied slots of request ``row``: key text, value text, version, confidence, source span."""
-        return [{c: r[c] for c in TABLE_COLUMNS} for r in self.slots.table(self._rows(row)[0])]
+        return [{c: r[c] for c in TABLE_COLUMNS} for r in self.slots.table(self._row(row))]
 
     def pretty(self, row: int = 0) -> str:
         """``table(row)`` as aligned text, for notebooks and the CLI."""
@@ -167,11 +202,26 @@ class RequestMemory:
                 "tokens_seen": list(self.tokens_seen)}
 
     def restore(self, snap: dict) -> None:
-        """Put back a ``snapshot()``: used to undo a failed ingest."""
+        """Put back a ``snapshot()`` (used to undo a failed ingest). All or nothing: the slots, every
+        index and the offsets are checked before any of them is installed."""
+        if not isinstance(snap, dict):
+            raise DTypeError(f"snap: expected a dict from snapshot(), got {type(snap).__name__}")
+        missing = {"slots", "indexes", "tokens_seen"} - set(snap)
+        if missing:
+            raise ConfigError(f"snap: missing keys {sorted(missing)}")
+        self.slots.check_snapshot(snap["slots"], "snap['slots']")
+        if not isinstance(snap["indexes"], (list, tuple)) or len(snap["indexes"]) != self.batch_size:
+            raise ShapeError(f"snap['indexes']: expected a list of {self.batch_size} index snapshots (one per row)")
+        states = [index.checked_snapshot(s, f"snap['indexes'][{b}]")
+                  for b, (index, s) in enumerate(zip(self.indexes, snap["indexes"]))]
+        seen = snap["tokens_seen"]
+        if not isinstance(seen, (list, tuple)) or len(seen) != self.batch_size \
+                or any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in seen):
+            raise ShapeError(f"snap['tokens_seen']: expected {self.batch_size} ints >= 0 (one per row), got {str(seen)[:80]}")
         self.slots.restore(snap["slots"])
-        for index, s in zip(self.indexes, snap["indexes"]):
-            index.restore(s)
-        self.tokens_seen = list(snap["tokens_seen"])
+        for index, state in zip(self.indexes, states):
+            index.restore_checked(state)
+        self.tokens_seen = list(seen)
 
     def __repr__(self) -> str:
         used = self.slots.occupied.sum(dim=1).tolist()

@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_positive_int, check_tensor
+from ._validate import check_allocation, check_positive_int, check_real, check_size, check_tensor
 from .bm25 import word_overlap
 from .errors import CapacityError, ConfigError, DTypeError, NonFiniteError, ShapeError
 
@@ -204,6 +204,15 @@ def _check_texts(name: str, texts: Any, batch: int, n: int, two_d: bool) -> Opti
     return [list(row) for row in rows]
 
 
+def slot_state_bytes(batch_size: int, num_slots: int, key_dim: int, value_dim: int, aux_dim: int = 4,
+                     dtype: torch.dtype = torch.float32) -> int:
+    """Bytes a SlotMemory of these sizes holds: per slot its key, value and aux vectors, four float,
+    five long and three bool fields, and two text references (checked before ``reset`` allocates)."""
+    width = torch.finfo(dtype).bits // 8
+    per_slot = (key_dim + value_dim + aux_dim + 4) * width + 5 * 8 + 3 + 2 * 8
+    return batch_size * (num_slots * per_slot + 8)
+
+
 _STATE_TENSORS = (
     "keys", "values", "confidence", "usage", "version", "time", "aux", "importance", "hits",
     "occupied", "protected", "retracted", "chunk_id", "span", "step",
@@ -248,11 +257,11 @@ class SlotMemory:
         device: Optional[torch.device | str] = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        self._num_slots = check_positive_int("num_slots", num_slots)
-        self._key_dim = check_positive_int("key_dim", key_dim)
-        self._value_dim = check_positive_int("value_dim", value_dim)
-        self._batch_size = check_positive_int("batch_size", batch_size)
-        self.aux_dim = check_positive_int("aux_dim", aux_dim, allow_zero=True)
+        self._num_slots = check_size("num_slots", num_slots)
+        self._key_dim = check_size("key_dim", key_dim)
+        self._value_dim = check_size("value_dim", value_dim)
+        self._batch_size = check_size("batch_size", batch_size)
+        self.aux_dim = check_size("aux_dim", aux_dim, allow_zero=True)
         self.match_threshold = _check_unit_interval("match_threshold", match_threshold, low=-1.0)
         self.update_match_threshold = self.match_threshold if update_match_threshold is None else \
             _check_unit_interval("update_match_threshold", update_match_threshold, low=-1.0)
@@ -278,6 +287,9 @@ class SlotMemory:
             raise DTypeError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
         self.dtype = dtype
         self.device = torch.device("cpu") if device is None else torch.device(device)
+        check_allocation("batch_size x num_slots x (key_dim + value_dim + aux_dim)",
+                         slot_state_bytes(self._batch_size, self._num_slots, self._key_dim, self._value_dim,
+                                          self.aux_dim, dtype), self.device)
         self.reset()
 
     # ----------------------------------------------------------------- sizes and state
@@ -696,7 +708,7 @@ class SlotMemory:
 
     def forget_key(self, key: torch.Tensor, threshold: Optional[float] = None) -> torch.Tensor:
         """Free every occupied slot whose key has cosine >= threshold with ``key`` [B, dk]; returns [B] count."""
-        thr = self.match_threshold if threshold is None else _check_unit_interval("threshold", threshold, low=-1.0)
+        thr = self.match_threshold if threshold is None else check_real("threshold", threshold, low=-1.0, high=1.0)
         if isinstance(key, torch.Tensor) and key.dim() != 2:
             raise ShapeError(f"key: expected shape [B, dk], got {tuple(key.shape)}")
         q = self._check_query(key, "key")[:, 0]  # [B, dk]
@@ -719,25 +731,34 @@ class SlotMemory:
         snap["value_text"] = copy.deepcopy(self.value_text)
         return snap
 
-    def restore(self, snap: dict) -> None:
-        """Replace the state by a snapshot taken from a memory of the same sizes (checked first)."""
+    def check_snapshot(self, snap: Any, name: str = "snap") -> None:
+        """Raise (DTypeError, ShapeError, NonFiniteError naming ``name``) unless ``snap`` is a
+        ``snapshot()`` of a memory of these sizes; changes nothing."""
         if not isinstance(snap, dict):
-            raise DTypeError(f"snap: expected a dict from snapshot(), got {type(snap).__name__}")
+            raise DTypeError(f"{name}: expected a dict from snapshot(), got {type(snap).__name__}")
         missing = [n for n in (*_STATE_TENSORS, "key_text", "value_text") if n not in snap]
         if missing:
-            raise ShapeError(f"snap: missing entries {missing}")
-        for name in _STATE_TENSORS:
-            mine, theirs = getattr(self, name), snap[name]
+            raise ShapeError(f"{name}: missing entries {missing}")
+        for field in _STATE_TENSORS:
+            mine, theirs = getattr(self, field), snap[field]
             if not isinstance(theirs, torch.Tensor) or theirs.dtype != mine.dtype:
-                raise DTypeError(f"snap[{name!r}]: expected a {mine.dtype} tensor")
+                raise DTypeError(f"{name}[{field!r}]: expected a {mine.dtype} tensor")
             if theirs.shape != mine.shape:
-                raise ShapeError(f"snap[{name!r}]: expected shape {tuple(mine.shape)}, got {tuple(theirs.shape)}")
-        for name in ("key_text", "value_text"):
-            _check_texts(f"snap[{name!r}]", snap[name], self._batch_size, self._num_slots, False)
-        for name in _STATE_TENSORS:
-            setattr(self, name, snap[name].clone().to(self.device))
-        self.key_text = copy.deepcopy([list(r) for r in snap["key_text"]])
-        self.value_text = copy.deepcopy([list(r) for r in snap["value_text"]])
+                raise ShapeError(f"{name}[{field!r}]: expected shape {tuple(mine.shape)}, got {tuple(theirs.shape)}")
+            if theirs.is_floating_point() and not bool(torch.isfinite(theirs).all()):
+                raise NonFiniteError(f"{name}[{field!r}]: contains NaN or infinity")
+        for field in ("key_text", "value_text"):
+            _check_texts(f"{name}[{field!r}]", snap[field], self._batch_size, self._num_slots, False)
+
+    def restore(self, snap: dict) -> None:
+        """Replace the state by a snapshot taken from a memory of the same sizes (checked first)."""
+        self.check_snapshot(snap)
+        # copy everything first: an allocation failure then leaves the old state whole
+        state = {name: snap[name].clone().to(self.device) for name in _STATE_TENSORS}
+        state["key_text"] = copy.deepcopy([list(r) for r in snap["key_text"]])
+        state["value_text"] = copy.deepcopy([list(r) for r in snap["value_text"]])
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def table(self, batch_index: int = 0) -> list[dict]:
         """One row per occupied slot of request ``batch_index``, in slot order, for inspection."""

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from transformers import PreTrainedConfig
 
+from memadapter._validate import MAX_SIZES
 from memadapter.errors import AdapterMismatchError, ConfigError, UnsupportedBackboneError
 
 from .backbones import get_family
@@ -214,11 +215,8 @@ class MemAdapterConfig(PreTrainedConfig):
         for name in ("chunk_tokens", "num_slots", "top_k", "key_dim", "value_dim", "grounding_hidden_size",
                      "num_event_types", "prefix_tokens_per_slot", "cross_attn_heads"):
             _positive_int(name, getattr(self, name))
-        if isinstance(self.grounding_context_size, bool) or not isinstance(self.grounding_context_size, int) \
-                or self.grounding_context_size < 0:
-            raise ConfigError(f"grounding_context_size: must be an int >= 0, got {self.grounding_context_size!r}")
-        if isinstance(self.value_tokens, bool) or not isinstance(self.value_tokens, int) or self.value_tokens < 0:
-            raise ConfigError(f"value_tokens: must be an int >= 0, got {self.value_tokens!r}")
+        for name in ("grounding_context_size", "value_tokens"):
+            _positive_int(name, getattr(self, name), allow_zero=True)
         for name in ("hidden_size", "backbone_num_layers"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -278,11 +276,9 @@ class MemAdapterConfig(PreTrainedConfig):
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.withdrawn_text is not None and (not isinstance(self.withdrawn_text, str) or not self.withdrawn_text.strip()):
             raise ConfigError(f"withdrawn_text: expected None or a non-empty string, got {self.withdrawn_text!r}")
-        if isinstance(self.name_chunks, bool) or not isinstance(self.name_chunks, int) or self.name_chunks < 0:
-            raise ConfigError(f"name_chunks: expected an int >= 0, got {self.name_chunks!r}")
-        if self.fallback_chunks is not None and (isinstance(self.fallback_chunks, bool)
-                                                 or not isinstance(self.fallback_chunks, int) or self.fallback_chunks < 1):
-            raise ConfigError(f"fallback_chunks: expected None or a positive int, got {self.fallback_chunks!r}")
+        _positive_int("name_chunks", self.name_chunks, allow_zero=True)
+        if self.fallback_chunks is not None:
+            _positive_int("fallback_chunks", self.fallback_chunks)
         if self.version_margin is not None:
             _finite("version_margin", self.version_margin)
             if self.version_margin < 0:
@@ -342,9 +338,14 @@ class MemAdapterConfig(PreTrainedConfig):
                 )
 
 
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}: must be an int > 0, got {value!r}")
+def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> None:
+    """An int > 0 (>= 0 with allow_zero) and at most MAX_SIZES[name]: a typo such as num_slots=1e8
+    must fail when the config loads, not when new_memory() asks the allocator for gigabytes."""
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name}: must be an int {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    if value > MAX_SIZES[name]:
+        raise ConfigError(f"{name}: {value} exceeds the maximum {MAX_SIZES[name]} (memadapter._validate.MAX_SIZES)")
 
 
 def _finite(name: str, value: object) -> None:
