@@ -46,8 +46,8 @@ from tqdm import tqdm
 
 from memadapter.bench.stats import wilson_interval, write_rows_json
 from memadapter.errors import ConfigError
-from memadapter.modeling.native_lm import (ASIDE, NONE, PROTECT, QUERY, UPDATE, WRITE, NativeLMConfig,
-                                           NativeMemoryLM)
+
+from .native_lm import ASIDE, NONE, PROTECT, QUERY, UPDATE, WRITE, NativeLMConfig, NativeMemoryLM
 
 VARIANTS = ("answer_only", "lite_write")
 WRITE_AUX_WEIGHT = 0.25  # the paper's "lite" write supervision

@@ -8,7 +8,7 @@ import torch
 
 from memadapter.bench.stats import wilson_interval
 from memadapter.errors import ConfigError
-from memadapter.modeling.native_lm import ASIDE, NONE, PROTECT, QUERY, UPDATE, WRITE, NativeLMConfig, NativeMemoryLM
+from experiments.native_lm import ASIDE, NONE, PROTECT, QUERY, UPDATE, WRITE, NativeLMConfig, NativeMemoryLM
 from experiments import phase12 as p12
 
 TINY = NativeLMConfig(d_model=32, n_heads=2, mlp_hidden=64, chunk_size=8, key_dim=16, value_dim=16,

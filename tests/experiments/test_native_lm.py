@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from memadapter.errors import ConfigError, DTypeError, ShapeError
-from memadapter.modeling.native_lm import (NONE, QUERY, WRITE, NativeLMConfig, NativeMemoryLM, delta_rule_outputs,
-                                           delta_rule_outputs_reference, sparse_fallback, sparse_fallback_reference)
 from memadapter.slots import STATE_CHANGING
+from experiments.native_lm import (NONE, QUERY, WRITE, NativeLMConfig, NativeMemoryLM, delta_rule_outputs,
+                                   delta_rule_outputs_reference, sparse_fallback, sparse_fallback_reference)
 
 TINY = NativeLMConfig(d_model=32, n_heads=2, mlp_hidden=64, chunk_size=8, key_dim=16, value_dim=16,
                       answer_hidden=32, num_slots=8)

@@ -20,7 +20,7 @@ slot memory from key match and value agreement (no explicit UPDATE events are pa
 
 Example:
     >>> import torch
-    >>> from memadapter.modeling.native_lm import NativeLMConfig, NativeMemoryLM
+    >>> from experiments.native_lm import NativeLMConfig, NativeMemoryLM
     >>> model = NativeMemoryLM(NativeLMConfig(d_model=32, n_heads=2, mlp_hidden=64, answer_hidden=32))
     >>> m, k, v = torch.zeros(2, 9, dtype=torch.long), torch.randint(0, 256, (2, 9)), torch.randint(0, 256, (2, 9))
     >>> m[:, -1] = model.config.query_marker
@@ -38,10 +38,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_positive_int
-from ..errors import ConfigError, DTypeError, ShapeError
-from ..slots import SlotMemory, WriteResult
-from ..soft_slots import SoftSlotConfig, SoftSlotState, soft_read, soft_write
+from memadapter._validate import check_positive_int
+from memadapter.errors import ConfigError, DTypeError, ShapeError
+from memadapter.slots import SlotMemory, WriteResult
+from memadapter.soft_slots import SoftSlotConfig, SoftSlotState, soft_read, soft_write
 
 MARKER_NAMES = ("NONE", "WRITE", "UPDATE", "PROTECT", "ASIDE", "QUERY")
 NONE, WRITE, UPDATE, PROTECT, ASIDE, QUERY = range(len(MARKER_NAMES))
