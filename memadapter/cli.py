@@ -38,6 +38,11 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)
+    # memadapter.eval imports the evaluation package (which loads models) only inside run().
+    evaluate = commands.add_parser("eval", help="outside benchmarks (RULER, BABILong-style) on one frozen backbone")
+    entry = importlib.import_module("memadapter.eval")
+    entry.add_arguments(evaluate)
+    evaluate.set_defaults(_run=entry.run)
     return parser
 
 
