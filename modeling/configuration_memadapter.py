@@ -10,6 +10,8 @@ Naming: the base checkpoint's revision is ``base_model_revision``, not ``revisio
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import field
 from typing import Any, Optional
@@ -316,6 +318,13 @@ class MemAdapterConfig(PreTrainedConfig):
                 f"cross_attn_heads: hidden_size {self.hidden_size} is not divisible by {self.cross_attn_heads} heads"
             )
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "MemAdapterConfig":
+        """Like transformers' ``from_dict``, but a key that is no field of this config is refused
+        (:func:`check_config_keys`) instead of being set as an attribute."""
+        check_config_keys(config_dict)
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def num_fallback_chunks(self) -> int:
         """How many chunks the fallback (and the named-event check) retrieve."""
@@ -336,6 +345,31 @@ class MemAdapterConfig(PreTrainedConfig):
                     f"{field_name}: adapter was built for {want!r}, but the backbone has {got!r} "
                     f"(backbone model_type {mt!r}, hidden_size {hs!r})"
                 )
+
+
+# Keys transformers itself writes into a config file besides the fields (to_dict / to_diff_dict),
+# and the old spelling of dtype that its from_dict still maps.
+_TRANSFORMERS_KEYS = frozenset({"transformers_version", "model_type", "_name_or_path", "output_attentions", "torch_dtype"})
+
+
+@functools.lru_cache(maxsize=1)
+def config_keys() -> frozenset[str]:
+    """Every key a saved MemAdapterConfig may hold: its fields (this class's and PreTrainedConfig's)
+    and the bookkeeping keys transformers writes."""
+    fields = {f.name for f in dataclasses.fields(MemAdapterConfig)}
+    return frozenset(fields | set(MemAdapterConfig().to_dict()) | _TRANSFORMERS_KEYS)
+
+
+def check_config_keys(config_dict: Any) -> None:
+    """Refuse a loaded config dict with keys that are no field: transformers would set each one as
+    an attribute, so a typo would pass unnoticed and a key named like a method
+    (``validate_fields``) would replace it. ConfigError names every unknown key."""
+    if not isinstance(config_dict, dict):
+        raise ConfigError(f"config_dict: expected a JSON object, got {type(config_dict).__name__}")
+    unknown = sorted(str(k) for k in config_dict if k not in config_keys())
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        raise ConfigError(f"config_dict: unknown key(s) {shown}; a MemAdapterConfig has no such field")
 
 
 def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> None:

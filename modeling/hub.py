@@ -1,9 +1,13 @@
 """Adapter file IO, Hub resolution and upload, following the peft conventions.
 
-An adapter directory holds exactly three files: ``adapter_config.json`` (plain JSON),
-``adapter_model.safetensors`` (adapter tensors only, never backbone weights) and ``README.md``
-(the model card). Loading reads JSON and safetensors only, so nothing is ever unpickled, and a
-config that asks for remote code or a custom class is refused before anything else happens.
+An adapter directory holds ``adapter_config.json`` (plain JSON), ``adapter_model.safetensors``
+(adapter tensors only, never backbone weights) and ``README.md`` (the model card). Loading reads
+JSON and safetensors only, so nothing is ever unpickled, and a config that asks for remote code or
+a custom class is refused before anything else happens.
+
+Saving is atomic per folder: the files are written into a fresh sibling folder, flushed to disk,
+and swapped in with one rename (an exchange of the two folders where Linux offers it). A save that
+fails or is killed at any point leaves the previous adapter loadable, or the new one complete.
 
     >>> import torch, tempfile
     >>> d = tempfile.mkdtemp()
@@ -14,26 +18,44 @@ config that asks for remote code or a custom class is refused before anything el
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
+import hashlib
 import json
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
+from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download
+from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled,
+                                    RepositoryNotFoundError, RevisionNotFoundError)
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from memadapter._validate import check_tensor
 from memadapter.errors import ConfigError, UnsafeLoadError
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MODEL_CARD_NAME = "README.md"
 ADAPTER_FILE_NAMES: tuple[str, ...] = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME)
+# The last line of every card save_adapter writes. A README.md without it is the user's and is
+# kept; cards written before this marker existed carry none, and are kept too.
+CARD_MARKER = "<!-- memadapter: card written by save_pretrained, replaced on each save; delete this line to keep your edits -->"
+_MARKER_PREFIX = "<!-- memadapter: card written by save_pretrained"
 
 # Keys through which transformers can be told to fetch or import code. An adapter never needs them.
 _UNSAFE_KEYS = ("trust_remote_code", "auto_map", "custom_pipelines", "_attn_implementation_autoset")
+MAX_CONFIG_BYTES = 1 << 20  # an adapter config is ~2 KB; a bigger file is not one
+MAX_CONFIG_DEPTH = 8  # the deepest real entry (id2label, task_specific_params) is 3 levels down
+# Hub errors that mean "these files cannot be fetched" (not found, offline, bad id, HTTP failure).
+_HUB_ERRORS = (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError,
+               OfflineModeIsEnabled, HFValidationError, OSError)
 
 PathLike = Union[str, os.PathLike]
 
@@ -44,34 +66,206 @@ def adapter_files(directory: PathLike) -> list[Path]:
     return [d / n for n in ADAPTER_FILE_NAMES if (d / n).is_file()]
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder, then rename, so a failure leaves the old file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _boundary(step: str) -> None:
+    """Marks the point between two steps of a save. Does nothing: the kill test replaces it with
+    ``os._exit`` to end the process at each step, and checks the folder still loads."""
 
 
 def save_adapter(
-    directory: PathLike, config: dict, state_dict: dict[str, torch.Tensor], model_card: str
+    save_directory: PathLike, config: dict, state_dict: dict[str, torch.Tensor], model_card: str
 ) -> list[Path]:
-    """Write the three adapter files. Tensors are made contiguous CPU copies (safetensors needs that)."""
+    """Write the three adapter files into ``save_directory`` at once (a fresh sibling folder swapped in).
+
+    Files in that folder that are not ours (a tokenizer, notes, subfolders) are kept. A README.md
+    without :data:`CARD_MARKER` was written by a user: it is kept and ``model_card`` is not written.
+    Files get the usual permissions (0o666 minus the umask). Tensors are saved as contiguous CPU
+    copies (safetensors needs that). Two saves into one folder at the same time are not supported.
+    """
     check_config_safe(config)
     try:
-        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    except TypeError as err:
+        text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"config: not JSON serialisable ({err})") from err
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    _atomic_write(d / ADAPTER_WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _atomic_write(d / ADAPTER_CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
-    _atomic_write(d / MODEL_CARD_NAME, lambda p: Path(p).write_text(model_card, encoding="utf-8"))
-    return adapter_files(d)
+    target = _save_target(save_directory)
+    try:
+        recover_interrupted_save(target)
+        _remove_leftovers(target)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.saving-"))
+    except OSError as err:
+        raise ConfigError(f"save_directory: cannot write in {str(target.parent)!r} ({err})") from err
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
+        _boundary("temp folder made")
+        _fill(tmp, target, text, tensors, model_card)
+        _swap_in(tmp, target)
+    except OSError as err:
+        raise ConfigError(f"save_directory: saving to {str(target)!r} failed, the folder is unchanged ({err})") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the new files (failure) or the old adapter (swapped out)
+        _boundary("old copy removed")
+    return adapter_files(target)
+
+
+def _save_target(save_directory: Any) -> Path:
+    """The real folder to save into (a symlink is followed, so the link stays); its parent is made."""
+    if not isinstance(save_directory, (str, os.PathLike)) or not os.fspath(save_directory):
+        raise ConfigError(f"save_directory: expected a folder path, got {save_directory!r}")
+    target = Path(os.path.realpath(os.fspath(save_directory)))
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"save_directory: {os.fspath(save_directory)!r} is a file, not a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"save_directory: cannot make the parent folder of {str(target)!r} ({err})") from err
+    return target
+
+
+def _fill(tmp: Path, target: Path, text: str, tensors: dict[str, torch.Tensor], card: str) -> None:
+    """Write the new adapter into ``tmp``, beside links to the user's files from ``target``."""
+    if target.is_dir():
+        _carry_user_files(target, tmp)
+    _boundary("user files carried")
+    _write_synced(tmp / ADAPTER_WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    _boundary("weights written")
+    _write_synced(tmp / ADAPTER_CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    _boundary("config written")
+    if not (tmp / MODEL_CARD_NAME).exists():  # else the user's own README was carried over
+        marked = card if _MARKER_PREFIX in card else card.rstrip("\n") + "\n\n" + CARD_MARKER + "\n"
+        _write_synced(tmp / MODEL_CARD_NAME, lambda p: Path(p).write_text(marked, encoding="utf-8"))
+    _boundary("card written")
+    _fsync(tmp)
+
+
+def _carry_user_files(target: Path, tmp: Path) -> None:
+    """Hard-link (or copy) into ``tmp`` every entry of ``target`` that the save does not write."""
+    for src in target.iterdir():
+        name = src.name
+        if name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME) or _is_old_temp_file(name):
+            continue
+        if name == MODEL_CARD_NAME and _is_our_card(src):
+            continue
+        dst = tmp / name
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        elif src.is_dir():
+            shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(src, dst)
+
+
+def _is_old_temp_file(name: str) -> bool:
+    # ".adapter_config.json.x1y2.tmp": left by the per-file saves of earlier versions
+    return name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in ADAPTER_FILE_NAMES)
+
+
+def _is_our_card(path: Path) -> bool:
+    try:
+        return _MARKER_PREFIX in path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False  # unreadable as our card: a user's file, kept
+
+
+def _link_or_copy(src: Any, dst: Any) -> None:
+    try:
+        os.link(src, dst)  # same filesystem (a sibling folder): instant, no second copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_synced(path: Path, write: Callable[[str], Any]) -> None:
+    write(str(path))
+    os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0o600; an adapter is no secret
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder's entries to disk, so a crash after the swap cannot lose them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP):  # some filesystems cannot sync folders
+            raise
+    finally:
+        os.close(fd)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Make ``tmp`` the adapter folder; afterwards ``tmp`` holds the previous adapter, if there was one."""
+    if not target.exists():
+        os.rename(tmp, target)
+        _boundary("folder renamed")
+    elif _exchange(tmp, target):
+        _boundary("folders exchanged")
+    else:  # two renames; recover_interrupted_save puts the old folder back if we die between them
+        backup = _backup_path(target)
+        os.rename(target, backup)
+        _boundary("old folder moved aside")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            os.rename(backup, target)
+            raise
+        _boundary("new folder moved in")
+        os.rename(backup, tmp)
+    _fsync(target.parent)
+
+
+def _backup_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.previous")
+
+
+def recover_interrupted_save(target: PathLike) -> None:
+    """Put the previous adapter back if a save died between moving it aside and moving the new one in."""
+    target = Path(os.path.realpath(os.fspath(target)))
+    backup = _backup_path(target)
+    if not os.path.lexists(target) and backup.is_dir():
+        os.rename(backup, target)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove the temp folders and the moved-aside copy a killed save left beside ``target``."""
+    for stale in target.parent.glob(f".{_glob_escape(target.name)}.saving-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if target.exists():
+        shutil.rmtree(_backup_path(target), ignore_errors=True)
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # old kernel, or a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.lru_cache(maxsize=None)
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_config_safe(config: dict) -> None:
@@ -86,27 +280,53 @@ def check_config_safe(config: dict) -> None:
 
 
 def load_adapter_config(directory: PathLike) -> dict:
-    """Read and vet ``adapter_config.json``."""
+    """Read and vet ``adapter_config.json``: plain JSON of bounded size and depth, no remote code."""
     path = Path(directory) / ADAPTER_CONFIG_NAME
     if not path.is_file():
         raise ConfigError(f"adapter: no {ADAPTER_CONFIG_NAME} in {str(directory)!r}")
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"adapter: {path} is {path.stat().st_size} bytes, above {MAX_CONFIG_BYTES}; not an adapter config")
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"adapter: {path} is not valid JSON ({err})") from err
+    except RecursionError:
+        raise ConfigError(f"adapter: {path} nests deeper than JSON can be read") from None
+    except OSError as err:
+        raise ConfigError(f"adapter: cannot read {path} ({err})") from err
+    if _depth(config) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"adapter: {path} nests deeper than {MAX_CONFIG_DEPTH} levels; not an adapter config")
     check_config_safe(config)
     return config
 
 
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (a scalar is 0, ``{}`` is 1)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, d + 1)
+            stack.extend((v, d + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def load_adapter_weights(directory: PathLike) -> dict[str, torch.Tensor]:
-    """Read ``adapter_model.safetensors`` (never a pickle: other weight files are ignored)."""
+    """Read ``adapter_model.safetensors`` (never a pickle: other weight files are ignored).
+
+    Every tensor must be floating point and finite: an integer tensor would be cast silently on
+    load, and a NaN would spread to every answer. DTypeError / NonFiniteError name the tensor.
+    """
     path = Path(directory) / ADAPTER_WEIGHTS_NAME
     if not path.is_file():
         raise ConfigError(f"adapter: no {ADAPTER_WEIGHTS_NAME} in {str(directory)!r}")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise UnsafeLoadError(f"adapter: {path} is not a valid safetensors file ({err})") from err
+    for name, tensor in tensors.items():
+        check_tensor(f"adapter weights: {name}", tensor, nonempty=False)
+    return tensors
 
 
 def resolve_adapter(
@@ -114,18 +334,49 @@ def resolve_adapter(
 ) -> Path:
     """A local adapter directory as is; otherwise a Hub repo id, fetched file by file.
 
-    Only the config and the safetensors file are downloaded (the card is not needed to load).
+    Only the config and the safetensors file are downloaded (the card is not needed to load). A
+    path object, or a string that looks like a path, never goes to the Hub. With HF_HUB_OFFLINE
+    set only the local cache is read, so a missing adapter fails at once instead of after retries.
     """
+    if not isinstance(adapter, (str, os.PathLike)) or not os.fspath(adapter):
+        raise ConfigError(f"adapter: expected an adapter folder or a Hub repo id, got {adapter!r}")
     local = Path(adapter)
+    recover_interrupted_save(local)
     if local.is_dir():
         return local
-    repo_id = str(adapter)
-    if repo_id.count("/") > 1 or not repo_id or repo_id.startswith((".", "/")):
+    if local.exists():
+        raise ConfigError(f"adapter: {os.fspath(adapter)!r} is a file; expected the adapter's folder")
+    repo_id = os.fspath(adapter)
+    if not isinstance(adapter, str) or _looks_like_path(repo_id):
+        raise ConfigError(f"adapter: no adapter folder at {repo_id!r}")
+    if repo_id.count("/") > 1:
         raise ConfigError(f"adapter: {repo_id!r} is neither a local directory nor a Hub repo id")
-    paths = [
-        Path(hf_hub_download(repo_id=repo_id, filename=name, revision=revision, token=token))
-        for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)
-    ]
+    return _download(repo_id, revision, token)
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or os.path.isabs(text) or (os.sep != "/" and os.sep in text)
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as set now, not only when huggingface_hub was imported."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _download(repo_id: str, revision: Optional[str], token: Optional[Union[str, bool]]) -> Path:
+    offline = hub_offline() or constants.is_offline_mode()
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; set later, it has to be passed on.
+    extra = {"local_files_only": True} if offline and not constants.is_offline_mode() else {}
+    try:
+        paths = [Path(hf_hub_download(repo_id=repo_id, filename=name, revision=revision, token=token, **extra))
+                 for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)]
+    except _HUB_ERRORS as err:
+        why = "HF_HUB_OFFLINE is set and the files are not in the local cache" if offline \
+            else "not found, not accessible, or no network; set HF_HUB_OFFLINE=1 to fail at once when offline"
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"adapter: cannot fetch {repo_id!r} (revision {revision!r}) from the Hub: {why} "
+                          f"({type(err).__name__}: {first_line})") from err
     if paths[0].parent != paths[1].parent:
         raise ConfigError(f"adapter: downloaded files of {repo_id!r} landed in different folders")
     return paths[0].parent
@@ -152,3 +403,23 @@ def push_adapter(
     return api.create_commit(
         repo_id=repo_id, operations=ops, commit_message=commit_message, revision=revision, token=token
     )
+
+
+def adapter_fingerprint(config: dict, tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 (hex) of a config dict (as sorted JSON) and named tensors (name, dtype, shape, bytes).
+
+    Two adapters share it only when both agree exactly; the same adapter saved and loaded again
+    (in the same dtype) keeps it.
+
+        >>> a = adapter_fingerprint({"key_dim": 8}, [("w", torch.zeros(2))])
+        >>> a == adapter_fingerprint({"key_dim": 8}, [("w", torch.zeros(2))]), len(a)
+        (True, 64)
+        >>> a == adapter_fingerprint({"key_dim": 8}, [("w", torch.ones(2))])
+        False
+    """
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()
