@@ -109,7 +109,8 @@ def save_adapter(
 
 def _save_target(save_directory: Any) -> Path:
     """The real folder to save into (a symlink is followed, so the link stays); its parent is made."""
-    if not isinstance(save_directory, (str, os.PathLike)) or not os.fspath(save_directory):
+    if not isinstance(save_directory, (str, os.PathLike)) or not os.fspath(save_directory) \
+            or "\0" in str(os.fspath(save_directory)):
         raise ConfigError(f"save_directory: expected a folder path, got {save_directory!r}")
     target = Path(os.path.realpath(os.fspath(save_directory)))
     if target.exists() and not target.is_dir():
@@ -181,6 +182,8 @@ def _write_synced(path: Path, write: Callable[[str], Any]) -> None:
 
 def _fsync(path: Path) -> None:
     """Flush a file or a folder's entries to disk, so a crash after the swap cannot lose them."""
+    if os.name != "posix" and path.is_dir():
+        return  # a folder cannot be opened for fsync there
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -263,6 +266,14 @@ def _renameat2() -> Any:
 
 
 def _umask() -> int:
+    """The process umask, read without setting it where Linux shows it (setting is process-wide)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -338,7 +349,7 @@ def resolve_adapter(
     path object, or a string that looks like a path, never goes to the Hub. With HF_HUB_OFFLINE
     set only the local cache is read, so a missing adapter fails at once instead of after retries.
     """
-    if not isinstance(adapter, (str, os.PathLike)) or not os.fspath(adapter):
+    if not isinstance(adapter, (str, os.PathLike)) or not os.fspath(adapter) or "\0" in str(os.fspath(adapter)):
         raise ConfigError(f"adapter: expected an adapter folder or a Hub repo id, got {adapter!r}")
     local = Path(adapter)
     recover_interrupted_save(local)

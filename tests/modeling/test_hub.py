@@ -186,8 +186,9 @@ def test_save_directory_that_is_a_file_is_a_config_error_and_the_file_is_kept(tm
     with pytest.raises(ConfigError, match="save_directory.*is a file"):
         _save(target)
     assert target.read_text() == "not a folder"
-    with pytest.raises(ConfigError, match="save_directory"):
-        _save(target / "below")
+    for bad in (target / "below", "", "a\0b", 3):
+        with pytest.raises(ConfigError, match="save_directory"):
+            _save(bad)
 
 
 def test_save_through_a_symlink_keeps_the_link(tmp_path):
@@ -263,7 +264,8 @@ def test_a_path_that_is_no_adapter_folder_never_goes_to_the_hub(tmp_path):
     (tmp_path / "file").write_text("x")
     with mock.patch.object(hub, "hf_hub_download", side_effect=AssertionError("network")):
         for bad, match in ((tmp_path / "missing", "no adapter folder"), (str(tmp_path / "missing"), "no adapter folder"),
-                           ("./missing", "no adapter folder"), (tmp_path / "file", "is a file"), (3, "expected")):
+                           ("./missing", "no adapter folder"), (tmp_path / "file", "is a file"), (3, "expected"),
+                           ("me/a\0b", "expected")):
             with pytest.raises(ConfigError, match=f"adapter: .*{match}"):
                 hub.resolve_adapter(bad)
 
