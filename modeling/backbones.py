@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Optional
 
@@ -191,6 +192,20 @@ class _StopForward(Exception):
     """Raised by the capture hook once the last needed layer has run; never escapes."""
 
 
+# The read_hidden_states call running in this thread / task, if any. Its capture hook acts only
+# when this holds its own token, so calls in other threads (whose forwards run through the same
+# shared layer and so through every hook on it) and nested calls pass through untouched.
+_CAPTURING: ContextVar[Optional[object]] = ContextVar("memadapter_capturing", default=None)
+
+
+def _innermost(layer: nn.Module) -> nn.Module:
+    # A cross-attention block (injection.py) may wrap the layer now and unwrap it before our
+    # forward; the original layer runs either way, so the hook goes there.
+    while isinstance(getattr(layer, "wrapped_layer", None), nn.Module):
+        layer = layer.wrapped_layer
+    return layer
+
+
 def read_hidden_states(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -207,6 +222,10 @@ def read_hidden_states(
     How later layers are skipped: a forward hook on the last needed module stores its output and
     raises a private exception that unwinds the decoder's loop, so no later layer, final norm or
     LM head runs, and the model is never mutated (no layer-list surgery to undo).
+
+    Thread-safe: the hook sits on a module that other threads may be running at the same time;
+    it acts only in the call that registered it (a context-variable token) and passes every other
+    forward through, so it never stores another thread's tensor nor unwinds another's forward.
     """
     parts = backbone_parts(model)
     _check_ids("input_ids", input_ids)
@@ -215,20 +234,25 @@ def read_hidden_states(
             f"attention_mask: expected shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}"
         )
     idx = _normalize_layer(layer, parts.num_layers)
-    target = parts.embed_tokens if idx == 0 else parts.layers[idx - 1]
+    target = parts.embed_tokens if idx == 0 else _innermost(parts.layers[idx - 1])
     captured: list[torch.Tensor] = []
+    me = object()
 
     def hook(_module: nn.Module, _args: object, output: object) -> None:
+        if _CAPTURING.get() is not me:
+            return  # another thread's (or an outer call's) forward through the shared layer
         # Decoder layers return a plain tensor in 5.x (Llama) or a tuple whose first item is it.
         captured.append(output[0] if isinstance(output, (tuple, list)) else output)
         raise _StopForward
 
     handle = target.register_forward_hook(hook)
+    token = _CAPTURING.set(me)
     try:
         parts.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
         pass
     finally:
+        _CAPTURING.reset(token)
         handle.remove()
     if not captured:  # pragma: no cover - would mean the decoder skipped the module
         raise RuntimeError("read_hidden_states: the capture hook never ran")

@@ -22,8 +22,10 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from contextvars import ContextVar
+from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -273,16 +275,31 @@ class GatedCrossAttention(nn.Module):
         return self._finish(hidden, self.o_proj(ctx), mask)
 
 
-class _CrossAttnLayer(nn.Module):
-    """Stands in for decoder layer ``layer``: runs it, then adds gated cross-attention to memory."""
+# The cross-attention blocks open in this thread / task: wrapper -> (module, memory [B, S, dm],
+# mask [B, S]). A context variable, so each thread (and asyncio task) sees only its own blocks.
+_BINDINGS: ContextVar[Mapping[nn.Module, tuple[nn.Module, torch.Tensor, torch.Tensor]]] = \
+    ContextVar("memadapter_cross_attention", default={})
+# Guards installing / removing wrappers and their user counts, across every model.
+_WRAP_LOCK = threading.Lock()
 
-    def __init__(self, layer: nn.Module, xattn: nn.Module, memory: torch.Tensor, memory_mask: torch.Tensor) -> None:
+
+class _CrossAttnLayer(nn.Module):
+    """Stands in for decoder layer ``layer``: runs it, then, when the current thread / task has a
+    cross-attention block open on this layer, adds its gated cross-attention to its memory.
+
+    One wrapper serves every concurrent block on the layer (``users`` counts them); a forward
+    with no block open in its context gets the layer's output unchanged.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
-        self.xattn = xattn
-        # Plain attributes, not buffers: the memory is request data, never part of a state dict.
-        self.__dict__["memory"] = memory
-        self.__dict__["memory_mask"] = memory_mask
+        self.users = 0  # open blocks, in any thread; changed under _WRAP_LOCK
+
+    @property
+    def wrapped_layer(self) -> nn.Module:
+        """The original layer (read_hidden_states hooks it, whether or not it is wrapped then)."""
+        return self.layer
 
     def __getattr__(self, name: str):
         # Decoders read per-layer attributes (attention_type, layer_type, self_attn.layer_idx ...).
@@ -291,11 +308,19 @@ class _CrossAttnLayer(nn.Module):
         except AttributeError:
             return getattr(self.__dict__["_modules"]["layer"], name)
 
+    def state_dict(self, *args, **kwargs):
+        # The original layer's keys: a save in another thread while a block is open sees no wrapper.
+        return self.layer.state_dict(*args, **kwargs)
+
     def forward(self, *args, **kwargs):
         out = self.layer(*args, **kwargs)
+        binding = _BINDINGS.get().get(self)
+        if binding is None:
+            return out  # no block open on this layer in this thread / task
+        xattn, memory, mask = binding
         hidden = out[0] if isinstance(out, tuple) else out  # Llama & co return a plain tensor in 5.x
-        memory, mask = _match_batch(self.memory, self.memory_mask, hidden.shape[0])
-        hidden = self.xattn(hidden, memory, mask)
+        memory, mask = _match_batch(memory, mask, hidden.shape[0])
+        hidden = xattn(hidden, memory, mask)
         return (hidden,) + tuple(out[1:]) if isinstance(out, tuple) else hidden
 
 
@@ -330,22 +355,48 @@ def cross_attention(
     ``_match_batch``). On exit, also after an exception, the original layers are put back.
     All checks run before anything is changed, so a rejected call leaves the model as it was.
 
+    Threads: blocks in different threads (or asyncio tasks) may be open on one model at the same
+    time; each forward reads only the memory of the block open in its own context, and a forward
+    with none runs the plain layers. The wrappers are installed by the first open block and
+    removed when the last one closes. Nesting blocks on one layer in one context is an error.
+
     Note: transformers' ``output_hidden_states`` hooks sit on the original layer, so a wrapped
     layer's own recorded hidden state is the one *before* its cross-attention term (later layers
-    see and record the injected state). While wrapped, the state dict has extra keys; save
-    outside the block.
+    see and record the injected state). The state dict keeps the backbone's own keys while wrapped.
     """
     layers = backbone_parts(model).layers
     indices = _check_cross_attention_args(layers, layer_indices, modules, memory, memory_mask)
-    mask = memory_mask.bool()
-    originals = {i: layers[i] for i in indices}
+    bound = _acquire_wrappers(layers, indices)
     try:
-        for j, i in enumerate(indices):
-            layers[i] = _CrossAttnLayer(originals[i], modules[j], memory, mask)
-        yield
+        mask = memory_mask.bool()
+        token = _BINDINGS.set({**_BINDINGS.get(), **{w: (modules[j], memory, mask) for j, w in enumerate(bound)}})
+        try:
+            yield
+        finally:
+            _BINDINGS.reset(token)
     finally:
-        for i, layer in originals.items():
-            layers[i] = layer
+        _release_wrappers(layers, indices, bound)
+
+
+def _acquire_wrappers(layers: nn.ModuleList, indices: list[int]) -> list[_CrossAttnLayer]:
+    """Wrap layers ``indices`` unless a block in another thread already did; count this block."""
+    with _WRAP_LOCK:
+        bound = []
+        for i in indices:
+            if not isinstance(layers[i], _CrossAttnLayer):
+                layers[i] = _CrossAttnLayer(layers[i])
+            layers[i].users += 1
+            bound.append(layers[i])
+        return bound
+
+
+def _release_wrappers(layers: nn.ModuleList, indices: list[int], bound: list[_CrossAttnLayer]) -> None:
+    """Uncount this block; the last block out puts the original layer back."""
+    with _WRAP_LOCK:
+        for i, wrapper in zip(indices, bound):
+            wrapper.users -= 1
+            if wrapper.users == 0 and layers[i] is wrapper:
+                layers[i] = wrapper.layer
 
 
 def _check_cross_attention_args(
@@ -363,8 +414,9 @@ def _check_cross_attention_args(
             raise ShapeError(f"layer_indices: each must be an int in 0..{len(layers) - 1}, got {i!r}")
     if len(set(indices)) != len(indices):
         raise ShapeError(f"layer_indices: indices must be unique, got {indices}")
+    open_here = _BINDINGS.get()  # blocks of other threads share the wrappers; only this context's count
     for i in indices:
-        if isinstance(layers[i], _CrossAttnLayer):
+        if layers[i] in open_here:
             raise ConfigError(f"layer_indices: layer {i} is already wrapped (nested cross_attention blocks)")
     memory = check_tensor("memory", memory, ndim=3, nonempty=False)
     _check_mask("memory_mask", memory_mask, tuple(memory.shape[:2]))

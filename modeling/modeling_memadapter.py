@@ -12,6 +12,16 @@ backbone. Data path of one request (see DESIGN.md):
 Nothing is injected through ``past_key_values``, so the KV cache, batching with left padding,
 greedy decoding and sampling all behave as in the plain backbone.
 
+Threads: one model may serve concurrent requests (threads or asyncio tasks), each with its own
+``RequestMemory``; they get exactly what they get one at a time (tests/modeling/test_concurrency.py).
+Hidden-state capture, cross-attention memory and ``disable_adapter`` are per thread / task
+(context variables), never model-wide. Not covered: one memory used by two requests at once
+(lock it), sampling (the global torch RNG is shared, so draws interleave), a peft LoRA's
+``disable_adapter`` (model-wide in peft), loading weights while requests run, and a caller that
+tokenizes with ``padding=`` / ``truncation=`` on the shared fast tokenizer in other threads
+(memadapter's own calls never pad or truncate, but a settings change can race them, 'Already
+borrowed': give such threads a copy).
+
     >>> model = MemAdapterForCausalLM.from_pretrained(base_model, tokenizer=tok)   # doctest: +SKIP
     >>> memory = model.new_memory()                                                # doctest: +SKIP
     >>> model.ingest(memory, "alice lives in paris")                               # doctest: +SKIP
@@ -24,6 +34,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -49,6 +60,8 @@ from .reader import MemoryReaderMixin
 from .selection import Selection
 
 PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
+# ids of the models whose adapter is off (disable_adapter) in this thread / asyncio task
+_ADAPTER_OFF: ContextVar[frozenset[int]] = ContextVar("memadapter_adapter_off", default=frozenset())
 
 
 @dataclass
@@ -90,7 +103,6 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
             p.requires_grad_("lora_" in name)  # frozen backbone; a peft LoRA on it is adapter
         self._build_heads(config, parts.hidden_size)
         self.tokenizer = tokenizer
-        self._adapter_enabled = True
         self.post_init()
         ref = next(backbone.parameters())
         self._adapter_modules().to(device=ref.device, dtype=ref.dtype)
@@ -146,15 +158,22 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
-        """Run the plain backbone (no memory, no LoRA) inside the block."""
+        """Run the plain backbone (no memory, no LoRA) inside the block.
+
+        The memory is off only in the calling thread / task: concurrent requests keep theirs. A
+        peft LoRA on the backbone is switched off by peft itself, which is model-wide.
+        """
         peft_off = getattr(self.backbone, "disable_adapter", None)
-        previous = self._adapter_enabled
-        self._adapter_enabled = False
+        token = _ADAPTER_OFF.set(_ADAPTER_OFF.get() | {id(self)})
         try:
             with peft_off() if callable(peft_off) else nullcontext():
                 yield
         finally:
-            self._adapter_enabled = previous
+            _ADAPTER_OFF.reset(token)
+
+    @property
+    def _adapter_enabled(self) -> bool:
+        return id(self) not in _ADAPTER_OFF.get()
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
         # Non-reentrant by default: with a frozen backbone the reentrant variant drops adapter grads.
