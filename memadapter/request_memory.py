@@ -58,6 +58,9 @@ class RequestMemory:
         self.indexes = indexes
         self.encode = encode
         self.tokens_seen = [0] * slots.batch_size  # stream offset per row: spans are absolute
+        # Fingerprint of the adapter whose new_memory() made it (None: built by hand); the model
+        # refuses a memory another adapter made.
+        self.adapter_id: Optional[str] = None
 
     @property
     def batch_size(self) -> int:

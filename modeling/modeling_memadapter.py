@@ -46,7 +46,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memadapter.chunk_index import ChunkIndex
-from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
+from memadapter.errors import AdapterMismatchError, ConfigError, DTypeError, EmptyInputError, MemAdapterError, ShapeError
 from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, sentence_ends, word_starts
 from memadapter.spans import sentence_chunks
 from memadapter.request_memory import RequestMemory
@@ -54,12 +54,16 @@ from memadapter.slots import SlotMemory
 
 from . import hub
 from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states, token_embedding_rms
-from .configuration_memadapter import MemAdapterConfig
+from .configuration_memadapter import INGEST_TIME_SETTINGS, READ_TIME_SETTINGS, MemAdapterConfig
 from .injection import GatedCrossAttention, SoftPrefixInjector, cross_attention
 from .reader import MemoryReaderMixin
 from .selection import Selection
 
 PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
+# Config fields left out of the adapter fingerprint: settings that may change on a trained adapter
+# (generation_eval switches injection on one memory) and names of the base, not what a memory holds.
+NOT_IN_FINGERPRINT = READ_TIME_SETTINGS | INGEST_TIME_SETTINGS | {"injection", "base_model_name_or_path",
+                                                                  "base_model_revision"}
 # ids of the models whose adapter is off (disable_adapter) in this thread / asyncio task
 _ADAPTER_OFF: ContextVar[frozenset[int]] = ContextVar("memadapter_adapter_off", default=frozenset())
 
@@ -263,7 +267,9 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
                            update_match_threshold=cfg.slot_update_match_threshold, tombstones=cfg.retract_tombstones,
                            update_name_weight=cfg.slot_update_name_weight)
         indexes = [ChunkIndex(cfg.hidden_size, chunk_tokens=cfg.chunk_tokens) for _ in range(batch_size)]
-        return RequestMemory(slots, indexes, self.encode_text)
+        memory = RequestMemory(slots, indexes, self.encode_text)
+        memory.adapter_id = self.adapter_fingerprint()  # _check_adapter_id refuses it to any other adapter
+        return memory
 
     def _ingest_rows(self, memory: RequestMemory, text_or_ids: Any, attention_mask: Optional[torch.Tensor]) -> list[list[int]]:
         """Normalise every accepted input form to one token list per memory row."""
@@ -298,6 +304,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         """
         if not isinstance(memory, RequestMemory):
             raise DTypeError(f"memory: expected a RequestMemory (model.new_memory()), got {type(memory).__name__}")
+        self._check_adapter_id(memory)
         rows = self._ingest_rows(memory, text_or_ids, attention_mask)
         bounds = [self._chunk_bounds(r) for r in rows]  # per row: (start, end) of each chunk
         n_chunks = max(len(b) for b in bounds)
@@ -395,7 +402,38 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
     def _memory_on(self, memory: Optional[RequestMemory]) -> bool:
         if memory is not None and not isinstance(memory, RequestMemory):
             raise DTypeError(f"memory: expected a RequestMemory, got {type(memory).__name__}")
+        if memory is not None:
+            self._check_adapter_id(memory)
         return memory is not None and self._adapter_enabled
+
+    def _check_adapter_id(self, memory: RequestMemory) -> None:
+        """Refuse a memory that another adapter (or this one before its weights changed) made: its
+        keys and values mean nothing to these heads, even when the sizes agree. A memory built by
+        hand (``adapter_id`` None) is taken as it is."""
+        made_by = getattr(memory, "adapter_id", None)
+        if made_by is None:
+            return
+        mine = self.adapter_fingerprint()
+        if made_by != mine:
+            raise AdapterMismatchError(
+                f"memory: was made by another adapter (id {str(made_by)[:12]}), not this one (id {mine[:12]}), or by this "
+                "one before its weights or config changed; make it with this model's new_memory() and ingest again")
+
+    def adapter_fingerprint(self) -> str:
+        """sha256 (hex) of this adapter: its config fields but NOT_IN_FINGERPRINT, and every adapter
+        tensor (:func:`hub.adapter_fingerprint`). Cached; recomputed when the config changed or a
+        tensor was replaced or changed in place (its version counter moved). Writes through
+        ``param.data`` bypass that counter: call it after such edits only if the cache was cleared
+        (``model._fingerprint_cache = None``)."""
+        config = {k: getattr(self.config, k) for k in type(self.config).__annotations__ if k not in NOT_IN_FINGERPRINT}
+        tensors = [(n, t) for n, t in (*self.named_parameters(), *self.named_buffers()) if self._is_adapter_key(n)]
+        key = (json.dumps(config, sort_keys=True, default=str), [(n, t.data_ptr(), _version(t)) for n, t in tensors])
+        cached = getattr(self, "_fingerprint_cache", None)
+        if cached is not None and cached[0] == key and all(v is not None for _, _, v in key[1]):
+            return cached[1]
+        digest = hub.adapter_fingerprint(config, tensors)
+        self._fingerprint_cache = (key, digest)
+        return digest
 
     def _prefix_inputs(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """(inputs_embeds [B, P+T, H], mask [B, P+T], text positions [B, T]) for the soft prefix."""
@@ -527,7 +565,13 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         return json.loads(self.config.to_json_string(use_diff=True))
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> list:
-        """Write adapter_config.json, adapter_model.safetensors and README.md. Nothing else."""
+        """Write adapter_config.json, adapter_model.safetensors and README.md, all at once.
+
+        The files go to a fresh folder beside ``save_directory`` that is then swapped in
+        (:func:`hub.save_adapter`): a save that fails or is killed leaves the previous adapter
+        loadable. Other files in the folder are kept, and so is a README.md the user wrote (one
+        without ``hub.CARD_MARKER``). ``results`` (a dict) fills the card's results table.
+        """
         from memadapter.hub_cards.model_card import render_model_card
 
         config = self._config_dict()
@@ -551,9 +595,11 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         without it a fresh, untrained adapter is built from ``config_overrides``)."""
         if adapter is not None and config_overrides:
             raise ConfigError(f"config_overrides: {sorted(config_overrides)} cannot change a saved adapter's config")
-        if adapter is not None:
+        weights = None
+        if adapter is not None:  # both files are read and checked before the base is loaded
             folder = hub.resolve_adapter(adapter, revision=revision, token=token)
-            config = MemAdapterConfig.from_dict(hub.load_adapter_config(folder))
+            config = _saved_config(folder)
+            weights = hub.load_adapter_weights(folder)
         else:
             config = MemAdapterConfig(**config_overrides)
         if base is None:
@@ -562,9 +608,17 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         if isinstance(base, str) and config.base_model_name_or_path is None:
             config.base_model_name_or_path = base
         model = cls(config, backbone=backbone, tokenizer=tokenizer)
-        if adapter is not None:
-            model.load_adapter_state_dict(hub.load_adapter_weights(folder))
+        if weights is not None:
+            model.load_adapter_state_dict(weights)
         return model.eval()
+
+
+def _version(tensor: torch.Tensor) -> Optional[int]:
+    """The in-place version counter (None for inference-mode tensors, which have none)."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -572,18 +626,41 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def _saved_config(folder: Any) -> MemAdapterConfig:
+    """The adapter's config; a ConfigError names the file it came from."""
+    try:
+        return MemAdapterConfig.from_dict(hub.load_adapter_config(folder))
+    except ConfigError as err:
+        if type(err) is not ConfigError:
+            raise
+        raise ConfigError(f"adapter: {os.path.join(os.fspath(folder), hub.ADAPTER_CONFIG_NAME)}: {err}") from err
+
+
 def _load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, token: Any):
     """A loaded model is used as is; a path or repo id loads without remote code, ever."""
     if isinstance(base, nn.Module):
         return base, tokenizer
-    if isinstance(base, os.PathLike):
+    is_path = isinstance(base, os.PathLike)
+    if is_path:
         base = os.fspath(base)
     if not isinstance(base, str) or not base:
         raise ConfigError(f"base: expected a repo id, a local directory or a loaded model, got {base!r}")
+    if os.path.isfile(base):
+        raise ConfigError(f"base: {base!r} is a file; expected a model folder or a Hub repo id")
+    if (is_path or hub._looks_like_path(base)) and not os.path.isdir(base):
+        raise ConfigError(f"base: no model folder at {base!r}")
     from transformers import AutoTokenizer
 
     kwargs = dict(revision=config.base_model_revision, trust_remote_code=False, token=token)
-    backbone = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
+    if hub.hub_offline():  # transformers reads HF_HUB_OFFLINE at import only
+        kwargs["local_files_only"] = True
+    try:
+        backbone = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:  # not found, offline, no weights, unknown model type
+        if isinstance(err, MemAdapterError):
+            raise
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"base: cannot load {base!r} ({type(err).__name__}: {first_line})") from err
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(base, **kwargs)
