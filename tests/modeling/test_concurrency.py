@@ -27,7 +27,7 @@ from memadapter.modeling.injection import GatedCrossAttention, cross_attention
 N_THREADS, PER_THREAD = 8, 50  # the 8 threads x 50 requests
 INJECTIONS = ("prefix", "cross_attn", "text")
 KINDS = ("generate", "forward", "select", "edit", "plain")
-FACT = "{} lives in {} the {} is {} now"
+FACT = "{} lives in {} the {} is {}"  # 7 words: one chunk (chunk_tokens 8)
 WAIT_S = 30  # a barrier that is never met fails the test instead of hanging it
 
 
@@ -59,7 +59,7 @@ def _requests(tokenizer, n: int, seed: int = 0) -> list[Request]:
     word = lambda: rng.choice(_WORDS)  # noqa: E731
     out = []
     for _ in range(n):
-        rows = rng.choice((1, 1, 2))
+        rows = rng.choice((1, 1, 1, 2))
         texts = tuple(FACT.format(word(), word(), word(), word()) for _ in range(rows))
         enc = tokenizer([" ".join(word() for _ in range(rng.randint(2, 5))) for _ in range(rows)],
                         return_tensors="pt", padding=True)
