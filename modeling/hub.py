@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from memadapter._validate import check_tensor
-from memadapter.errors import ConfigError, UnsafeLoadError
+from memadapter.errors import ConfigError, DTypeError, UnsafeLoadError
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -78,14 +78,19 @@ def save_adapter(
 
     Files in that folder that are not ours (a tokenizer, notes, subfolders) are kept. A README.md
     without :data:`CARD_MARKER` was written by a user: it is kept and ``model_card`` is not written.
-    Files get the usual permissions (0o666 minus the umask). Tensors are saved as contiguous CPU
-    copies (safetensors needs that). Two saves into one folder at the same time are not supported.
+    Files get the usual permissions (0o666 minus the umask). Tensors must be floating point and
+    finite (DTypeError / NonFiniteError naming one, before anything is written); they are saved as
+    contiguous CPU copies. Two saves into one folder at the same time are not supported.
     """
     check_config_safe(config)
     try:
         text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config: not JSON serialisable ({err})") from err
+    if not isinstance(state_dict, dict):
+        raise DTypeError(f"state_dict: expected a dict of tensors, got {type(state_dict).__name__}")
+    for name, tensor in state_dict.items():  # never write what load_adapter_weights refuses
+        check_tensor(f"state_dict: {name}", tensor, nonempty=False)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     target = _save_target(save_directory)
     try:

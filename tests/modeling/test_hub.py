@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 import torch
 from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+from safetensors.torch import save_file
 
 from memadapter.errors import ConfigError, DTypeError, NonFiniteError, UnsafeLoadError
 from memadapter.modeling import hub
@@ -237,14 +238,27 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
 # ---------------------------------------------------------------- loading: what is refused
 
 
-def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(tmp_path):
-    _save(tmp_path / "int", tensors={"heads.w": torch.arange(6).view(2, 3)})
-    with pytest.raises(DTypeError, match="heads.w.*int64"):
-        hub.load_adapter_weights(tmp_path / "int")
-    for bad in (float("nan"), float("inf")):
-        _save(tmp_path / "nan", tensors={"heads.w": torch.tensor([1.0, bad]), "heads.b": torch.ones(3)})
-        with pytest.raises(NonFiniteError, match="heads.w"):
-            hub.load_adapter_weights(tmp_path / "nan")
+@pytest.mark.parametrize("bad, error, match", [
+    (torch.arange(6).view(2, 3), DTypeError, "int64"),
+    (torch.tensor([1.0, float("nan")]), NonFiniteError, "NaN"),
+    (torch.tensor([float("inf")]), NonFiniteError, "infinity"),
+])
+def test_integer_or_non_finite_weights_are_refused_naming_the_tensor(tmp_path, bad, error, match):
+    _save(tmp_path)
+    before = _folder_state(tmp_path)
+    with pytest.raises(error, match=f"state_dict: heads.w: .*{match}"):  # not written
+        _save(tmp_path, tensors={"heads.w": bad, "heads.b": torch.ones(3)})
+    assert _folder_state(tmp_path) == before
+    save_file({"heads.w": bad, "heads.b": torch.ones(3)}, str(tmp_path / hub.ADAPTER_WEIGHTS_NAME))  # by hand
+    with pytest.raises(error, match=f"adapter weights: heads.w: .*{match}"):
+        hub.load_adapter_weights(tmp_path)
+
+
+def test_a_state_dict_that_is_no_dict_of_tensors_is_refused(tmp_path):
+    for bad, match in (([("w", torch.zeros(1))], "state_dict: expected a dict"), ({"w": [0.0]}, "state_dict: w")):
+        with pytest.raises(DTypeError, match=match):
+            hub.save_adapter(tmp_path / "a", {"model_type": "memadapter"}, bad, "card")
+    assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.parametrize("text, match", [
