@@ -66,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="default: cuda if available, else cpu (a launched process takes its own)")
     p.add_argument("--metrics", choices=("evaluate", "plain"), default="evaluate",
                    help="score through the local evaluate modules (default) or the plain reference functions")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process (1: on a shared CPU more threads made decoding ~30x slower)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     tasks, lengths, names = check_tasks(args.tasks), parse_lengths(args.lengths), parse_methods(args.methods)
     check_positive_int("num_samples", args.num_samples)
+    torch.set_num_threads(check_positive_int("threads", args.threads))
     model, tokenizer = _load_backbone(args.base)
     if args.write_tasks:
         from .ruler import TaskContext
