@@ -45,12 +45,14 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from memadapter.chunk_index import ChunkIndex
-from memadapter.errors import AdapterMismatchError, ConfigError, DTypeError, EmptyInputError, MemAdapterError, ShapeError
+from memadapter._validate import check_allocation, check_size
+from memadapter.chunk_index import ChunkIndex, index_bytes
+from memadapter.errors import (AdapterMismatchError, CapacityError, ConfigError, DTypeError, EmptyInputError,
+                               MemAdapterError, ShapeError)
 from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, sentence_ends, word_starts
 from memadapter.spans import sentence_chunks
 from memadapter.request_memory import RequestMemory
-from memadapter.slots import SlotMemory
+from memadapter.slots import SlotMemory, slot_state_bytes
 
 from . import hub
 from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states, token_embedding_rms
@@ -245,11 +247,19 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
     @torch.no_grad()
     def encode_text(self, texts: list[str], kind: str) -> torch.Tensor:
         """Texts -> key vectors [N, dk] (unit norm) or value vectors [N, dv], as ingest makes them."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise DTypeError(f"texts: expected a list of str, got {type(texts).__name__}")
+        if not texts:
+            raise EmptyInputError("texts: the list is empty")
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise DTypeError(f"texts[{bad}]: expected a str, got {type(texts[bad]).__name__}")
         if kind not in ("key", "value"):
             raise ConfigError(f"kind: expected 'key' or 'value', got {kind!r}")
         rows = [self._tok()(t, add_special_tokens=False)["input_ids"] for t in texts]
         if any(len(r) == 0 for r in rows):
             raise EmptyInputError("texts: a text has no tokens")
+        self._check_token_ids("texts (the tokenizer's ids)", torch.tensor(sum(rows, []), dtype=torch.long))
         ids, mask = self._right_pad(rows)
         pooled = self.grounding.norm(self._mean(self._hidden(ids, mask), mask))  # [N, H]
         if kind == "key":
@@ -259,8 +269,13 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
 
     # ------------------------------------------------------------------ memory and ingest
     def new_memory(self, batch_size: int = 1) -> RequestMemory:
-        """An empty memory for ``batch_size`` independent requests."""
+        """An empty memory for ``batch_size`` independent requests (CapacityError, before
+        allocating, if it would not fit in the available memory)."""
         cfg = self.config
+        check_size("batch_size", batch_size)
+        need = slot_state_bytes(batch_size, cfg.num_slots, cfg.key_dim, cfg.value_dim) \
+            + batch_size * index_bytes(cfg.hidden_size)
+        check_allocation("batch_size x (num_slots x (key_dim + value_dim) + hidden_size)", need)
         # Memory lives on the CPU: it is small request data, and rows are edited by index from Python.
         slots = SlotMemory(cfg.num_slots, cfg.key_dim, cfg.value_dim, batch_size=batch_size,
                            match_threshold=cfg.slot_match_threshold,
@@ -277,14 +292,18 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         if isinstance(text_or_ids, str):
             text_or_ids = [text_or_ids]
         if isinstance(text_or_ids, (list, tuple)) and all(isinstance(t, str) for t in text_or_ids):
+            if attention_mask is not None:
+                raise ConfigError("attention_mask: applies to token ids only; text is tokenized whole (pass ids to mask)")
             rows = [self._tok()(t, add_special_tokens=False)["input_ids"] for t in text_or_ids]
+            self._check_token_ids("text_or_ids (the tokenizer's ids)", torch.tensor(sum(rows, []), dtype=torch.long))
         elif isinstance(text_or_ids, torch.Tensor):
-            if text_or_ids.is_floating_point():
-                raise DTypeError(f"text_or_ids: expected integer token ids, got dtype {text_or_ids.dtype}")
-            ids = text_or_ids.reshape(1, -1) if text_or_ids.dim() == 1 else text_or_ids
+            self._check_token_ids("text_or_ids", text_or_ids)
+            ids = text_or_ids.reshape(1, -1) if text_or_ids.dim() == 1 else text_or_ids  # [T] -> [1, T]
             if ids.dim() != 2:
                 raise ShapeError(f"text_or_ids: expected [T] or [B, T] ids, got shape {tuple(text_or_ids.shape)}")
-            mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.reshape(ids.shape).bool()
+            # a row may be all padding here (nothing new for that request), as "" is for text
+            mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None \
+                else self._check_mask(attention_mask, text_or_ids, empty_rows=True).reshape(ids.shape).bool()
             rows = [ids[b][mask[b]].tolist() for b in range(ids.shape[0])]
         else:
             raise DTypeError(f"text_or_ids: expected a str, a list of str or a tensor of ids, got {type(text_or_ids).__name__}")
@@ -302,9 +321,9 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         Cost is linear in tokens: each chunk is read on its own (up to ``read_layer`` only), and
         memory stays bounded by ``num_slots``. On any error the memory is restored as it was.
         """
-        if not isinstance(memory, RequestMemory):
-            raise DTypeError(f"memory: expected a RequestMemory (model.new_memory()), got {type(memory).__name__}")
-        self._check_adapter_id(memory)
+        self._check_memory(memory)
+        if progress is not None and not isinstance(progress, bool):
+            raise DTypeError(f"progress: expected None or a bool, got {type(progress).__name__}")
         rows = self._ingest_rows(memory, text_or_ids, attention_mask)
         bounds = [self._chunk_bounds(r) for r in rows]  # per row: (start, end) of each chunk
         n_chunks = max(len(b) for b in bounds)
@@ -400,11 +419,22 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
 
     # ------------------------------------------------------------------ injection
     def _memory_on(self, memory: Optional[RequestMemory]) -> bool:
-        if memory is not None and not isinstance(memory, RequestMemory):
-            raise DTypeError(f"memory: expected a RequestMemory, got {type(memory).__name__}")
         if memory is not None:
-            self._check_adapter_id(memory)
+            self._check_memory(memory)
         return memory is not None and self._adapter_enabled
+
+    def _check_memory(self, memory: Any) -> RequestMemory:
+        """A RequestMemory whose sizes are this model's (one made by another model's new_memory()
+        would fail deep inside a matmul)."""
+        if not isinstance(memory, RequestMemory):
+            raise DTypeError(f"memory: expected a RequestMemory (model.new_memory()), got {type(memory).__name__}")
+        cfg, slots = self.config, memory.slots
+        have = (slots.key_dim, slots.value_dim, {i.dim for i in memory.indexes})
+        if have != (cfg.key_dim, cfg.value_dim, {cfg.hidden_size}):
+            raise ShapeError(f"memory: has key_dim, value_dim, index dim {have[0]}, {have[1]}, {sorted(have[2])}; this "
+                             f"model needs {cfg.key_dim}, {cfg.value_dim}, {cfg.hidden_size} (use model.new_memory())")
+        self._check_adapter_id(memory)
+        return memory
 
     def _check_adapter_id(self, memory: RequestMemory) -> None:
         """Refuse a memory that another adapter (or this one before its weights changed) made: its
@@ -479,19 +509,62 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         return cross_attention(self.backbone, self.config.cross_attn_layers, self.cross_attn, memory, mask)
 
     def _check_ids(self, input_ids: Any, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point() or input_ids.dim() != 2:
-            raise ShapeError(f"input_ids: expected integer ids [B, T], got {getattr(input_ids, 'shape', type(input_ids).__name__)}")
+        """Check ids [B, T] (integer, inside the vocabulary, non-empty) and the mask; returns the mask."""
+        if not isinstance(input_ids, torch.Tensor):
+            raise DTypeError(f"input_ids: expected a tensor of token ids [B, T], got {type(input_ids).__name__}")
+        self._check_token_ids("input_ids", input_ids)
+        if input_ids.dim() != 2:
+            raise ShapeError(f"input_ids: expected integer ids [B, T], got shape {tuple(input_ids.shape)}")
+        if input_ids.numel() == 0:
+            raise EmptyInputError(f"input_ids: no tokens (shape {tuple(input_ids.shape)})")
         if attention_mask is None:
             return torch.ones_like(input_ids)
-        if tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ShapeError(f"attention_mask: expected shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-        return attention_mask
+        return self._check_mask(attention_mask, input_ids, empty_rows=False)
+
+    def _vocab_size(self) -> int:
+        rows = getattr(self.backbone.get_input_embeddings(), "num_embeddings", None)
+        return int(rows) if rows is not None else int(_unwrap(self.backbone).config.vocab_size)
+
+    def _check_token_ids(self, name: str, ids: torch.Tensor) -> None:
+        """Integer (not bool) ids inside [0, vocab): an id past the embedding table is an IndexError
+        deep in the backbone (or reads another row's memory on some devices)."""
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise DTypeError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
+        if ids.numel():
+            low, high, vocab = int(ids.min()), int(ids.max()), self._vocab_size()
+            if low < 0 or high >= vocab:
+                raise CapacityError(f"{name}: token id {low if low < 0 else high} outside the vocabulary [0, {vocab})")
+
+    @staticmethod
+    def _check_mask(mask: Any, ids: torch.Tensor, *, empty_rows: bool) -> torch.Tensor:
+        """A 0/1 tensor of exactly ``ids``' shape (never reshaped); rows all 0 only if ``empty_rows``."""
+        if not isinstance(mask, torch.Tensor):
+            raise DTypeError(f"attention_mask: expected a tensor shaped like the ids, got {type(mask).__name__}")
+        if tuple(mask.shape) != tuple(ids.shape):
+            raise ShapeError(f"attention_mask: expected shape {tuple(ids.shape)}, got {tuple(mask.shape)}")
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise CapacityError("attention_mask: values must be 0 or 1")
+        if not empty_rows and mask.numel():
+            empty = (mask == 0).reshape(-1, mask.shape[-1]).all(dim=1)  # [B]
+            if bool(empty.any()):
+                raise EmptyInputError(f"attention_mask: row {int(empty.nonzero()[0])} masks every token (nothing to read)")
+        return mask
+
+    def _check_labels(self, labels: Any, input_ids: torch.Tensor) -> None:
+        """Labels [B, T] like input_ids: token ids, or -100 where no loss is taken."""
+        if not isinstance(labels, torch.Tensor):
+            raise DTypeError(f"labels: expected a tensor of token ids, got {type(labels).__name__}")
+        if tuple(labels.shape) != tuple(input_ids.shape):
+            raise ShapeError(f"labels: expected shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        self._check_token_ids("labels", labels.masked_fill(labels == -100, 0))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, memory: Optional[RequestMemory] = None,
                 **kwargs: Any) -> CausalLMOutputWithPast:
         """Causal LM forward with the memory injected; logits are aligned with ``input_ids``."""
         attention_mask = self._check_ids(input_ids, attention_mask)
+        if labels is not None:
+            self._check_labels(labels, input_ids)
         if not self._memory_on(memory):
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
         with torch.no_grad():

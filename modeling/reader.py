@@ -48,7 +48,8 @@ class MemoryReaderMixin:
     def select(self, memory: RequestMemory, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Selection:
         """Encode the question, route per row, and gather what each row injects."""
         cfg = self.config
-        self._check_adapter_id(memory)  # a memory another adapter made means nothing to these heads
+        self._check_memory(memory)
+        attention_mask = self._check_ids(input_ids, attention_mask)
         if memory.batch_size != input_ids.shape[0]:
             raise ShapeError(f"memory: batch size {memory.batch_size} does not match input_ids batch {input_ids.shape[0]}")
         hidden = self._hidden(input_ids, attention_mask)  # [B, T, H]
