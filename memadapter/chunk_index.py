@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_positive_int, check_real, check_size, check_tensor
+from ._validate import MAX_SIZES, check_allocation, check_positive_int, check_real, check_size, check_tensor
 from .bm25 import DEFAULT_B, DEFAULT_K1, LexicalIndex, TermIndex, bm25_reference, check_terms, tokenize
 from .errors import CapacityError, ConfigError, DTypeError, ShapeError
 
@@ -159,7 +159,7 @@ class ChunkIndex:
     Args:
         dim: size of the dense summary vectors.
         dense_weight: weight of the cosine in the hybrid score (the rest goes to BM25).
-        capacity: most chunks it may hold (None: unbounded); an add past it raises CapacityError.
+        capacity: most chunks it may hold (None: MAX_SIZES["capacity"]); an add past it raises CapacityError.
         chunk_tokens: span length used for default (consecutive) spans.
         k1, b: BM25 parameters (bm25s' defaults).
 
@@ -222,8 +222,9 @@ class ChunkIndex:
             return
         while alloc < need:
             alloc *= 2
-        if self.capacity is not None:
-            alloc = min(alloc, self.capacity)
+        alloc = min(alloc, self.capacity or MAX_SIZES["capacity"])
+        check_allocation(f"vectors: growing the index to {alloc} chunks of dim", index_bytes(self.dim, alloc, self.dtype),
+                         self.device)
         vecs = torch.zeros(alloc, self.dim, device=self.device, dtype=self.dtype)
         spans = torch.zeros(alloc, 2, dtype=torch.long)
         vecs[: self._n] = self._vecs[: self._n]
@@ -278,8 +279,9 @@ class ChunkIndex:
         term_list = _terms_list("terms", terms, n)
         kind = self._check_kind(text_list, term_list)
         span_t = self._check_spans(spans, n)
-        if self.capacity is not None and self._n + n > self.capacity:
-            raise CapacityError(f"vectors: adding {n} chunks to {self._n} exceeds capacity {self.capacity}")
+        limit = self.capacity or MAX_SIZES["capacity"]  # unbounded means up to the table's bound
+        if self._n + n > limit:
+            raise CapacityError(f"vectors: adding {n} chunks to {self._n} exceeds capacity {limit}")
         normed = F.normalize(vectors.to(self.device, self.dtype), dim=-1)  # zero vector stays 0
         tokens = tokenize([t for t in text_list if t is not None])
         self._grow(self._n + n)

@@ -2,7 +2,7 @@
 typed ``memadapter.errors`` error that names the argument and that every memory, config and file
 is unchanged (:func:`expect_rejected`, below).
 
-434 cases (``pytest tests/hostile --collect-only -q | tail -1``), parametrized and
+437 cases (``pytest tests/hostile --collect-only -q | tail -1``), parametrized and
 hypothesis-driven, over SlotMemory, ChunkIndex, RequestMemory, the model's entry points
 (new_memory, ingest, generate, forward, select, encode_text) on a tiny model, and
 MemAdapterConfig's fields. Each call runs in a fresh temporary working directory holding one

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -268,6 +270,21 @@ def test_chunk_index_rejects(call, error, arg):
 def test_chunk_index_full_rejects_the_add():
     index = _index(capacity=2)
     expect_rejected(lambda: index.add(_v(), ["one too many"]), CapacityError, "vectors", index)
+
+
+def test_chunk_index_growth_is_checked_against_the_available_memory():
+    """Past its first 64 rows the index doubles its buffers; with (pretend) 10 KB free the
+    doubling to 128 rows is refused before it allocates, and the index keeps its chunks."""
+    index = _index()
+    with mock.patch("memadapter._validate.available_memory_bytes", return_value=10_000):
+        expect_rejected(lambda: index.add(torch.ones(63, DIM)), CapacityError, "vectors", index)
+    assert len(index.add(torch.ones(62, DIM))) == 62  # fits the first buffer: no allocation, no check
+
+
+def test_slot_memory_is_checked_against_the_available_memory():
+    with mock.patch("memadapter._validate.available_memory_bytes", return_value=10_000):
+        expect_rejected(lambda: SlotMemory(1024, DIM, DIM), CapacityError, "num_slots")
+        assert SlotMemory(8, DIM, DIM).num_slots == 8  # a small one still fits
 
 
 def test_chunk_index_absurd_neighbours_act_as_the_index_size():

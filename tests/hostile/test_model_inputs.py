@@ -79,6 +79,11 @@ def test_new_memory_refuses_sizes_beyond_bounds_or_memory(model, field, value, a
     expect_rejected(call, CapacityError, arg, model)
 
 
+def test_new_memory_is_checked_against_the_available_memory(model):
+    with mock.patch("memadapter._validate.available_memory_bytes", return_value=10_000):
+        expect_rejected(lambda: model.new_memory(64), CapacityError, "batch_size", model)
+
+
 INGEST = [  # (case id, text_or_ids, extra keyword arguments, error, argument)
     ("int", 5, {}, DTypeError, "text_or_ids"),
     ("list of ints", [10, 11], {}, DTypeError, "text_or_ids"),
