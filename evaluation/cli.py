@@ -5,7 +5,7 @@
     accelerate launch --multi_gpu --num_processes 2 -m memadapter.eval --tasks niah_single ...
 
 Without ``--base`` the backbone is SmolLM2-135M-Instruct (``memadapter.modeling.real_models``);
-the memadapter methods read the committed adapter ``adapters/smollm2-135m-prefix`` unless
+the memadapter methods read the committed adapter ``modeling/adapters/smollm2-135m-prefix`` unless
 ``--adapter`` names another. Heavy imports happen in :func:`run`, so building the parser is cheap.
 """
 
@@ -20,7 +20,9 @@ from memadapter.errors import ConfigError
 
 __all__ = ["add_arguments", "run", "parse_lengths", "parse_methods", "DEFAULT_ADAPTER"]
 
-DEFAULT_ADAPTER = Path(__file__).resolve().parents[1] / "adapters" / "smollm2-135m-prefix"
+# The bundled adapter (package data of memadapter.modeling, a sibling folder both in the source tree and
+# installed), located without importing modeling (that loads transformers) just to build the parser.
+DEFAULT_ADAPTER = Path(__file__).resolve().parents[1] / "modeling" / "adapters" / "smollm2-135m-prefix"
 
 
 def parse_lengths(text: str) -> list[int]:

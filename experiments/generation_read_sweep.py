@@ -69,7 +69,7 @@ def picked_value(model, ctx, tok, question: str) -> str:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--adapter", default="adapters/smollm2-135m-prefix")
+    p.add_argument("--adapter", default="modeling/adapters/smollm2-135m-prefix")
     p.add_argument("--base", default=None)
     p.add_argument("--split", default="validation")
     p.add_argument("--synthetic-names", type=float, default=0.0)

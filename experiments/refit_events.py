@@ -11,7 +11,7 @@ the frozen backbone's hidden states of training-split streams (read chunk by chu
 reads them). ``--type-reads-relation`` also widens a value-less candidate's pooled tokens to its
 relation region (``GroundingHead.type_spans``): the words after a retraction's key.
 
-    python -m experiments.refit_events --adapter adapters/smollm2-135m-prefix \\
+    python -m experiments.refit_events --adapter modeling/adapters/smollm2-135m-prefix \\
         --out runs/refit_events --num-streams 300 --type-reads-relation
 
 Measured there (docs/RESULTS.md, seventh step): retractions 149/150, but the write controller,

@@ -16,7 +16,7 @@ The pools do not depend on the QueryHead (the chunk search reads the question's 
 state, the slots and events are fixed by ingest), so they are built once and the fit runs on
 cached question hidden states in seconds.
 
-    python -m experiments.refit_query --adapter adapters/smollm2-135m-prefix \\
+    python -m experiments.refit_query --adapter modeling/adapters/smollm2-135m-prefix \\
         --out runs/refit_query --num-streams 100 --filler-tokens 8000
 """
 

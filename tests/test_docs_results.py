@@ -18,7 +18,7 @@ TOKEN = re.compile(r"[\w.{},*/-]+\.(?:json|md)\b")
 
 def citing_texts() -> dict[str, str]:
     paths = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *(ROOT / "docs").glob("*.md"),
-             *ROOT.glob("adapters/*/README.md"), *(ROOT / "hub_cards").glob("*"), ROOT / "experiments" / "README.md",
+             *ROOT.glob("modeling/adapters/*/README.md"), *(ROOT / "hub_cards").glob("*"), ROOT / "experiments" / "README.md",
              *(ROOT / "tests").rglob("*.py"), *(ROOT / "experiments").rglob("*.py")]
     return {str(p.relative_to(ROOT)): p.read_text() for p in paths if p.is_file() and p != Path(__file__).resolve()}
 

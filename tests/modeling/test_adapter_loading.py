@@ -2,7 +2,6 @@
 keys, non-float weights, a missing base path, a base that cannot be loaded."""
 
 import json
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -13,8 +12,9 @@ from safetensors.torch import load_file, save_file
 from memadapter.errors import ConfigError, DTypeError, NonFiniteError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub
 from memadapter.modeling.configuration_memadapter import check_config_keys
+from memadapter.modeling.real_models import bundled_adapter_path
 
-COMMITTED = Path(__file__).resolve().parents[2] / "adapters" / "smollm2-135m-prefix"
+COMMITTED = bundled_adapter_path()
 NO_BASE = mock.patch("transformers.AutoModelForCausalLM.from_pretrained", side_effect=AssertionError("loaded base"))
 
 

@@ -1,15 +1,15 @@
-"""The SmolLM2 adapter trained here (adapters/smollm2-135m-prefix) loads onto the offline base,
+"""The SmolLM2 adapter trained here (modeling/adapters/smollm2-135m-prefix, shipped as package data) loads onto the offline base,
 ingests a held-out lifecycle stream and generates; slow (real model)."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from memadapter import MemAdapterForCausalLM
+from memadapter.modeling.real_models import bundled_adapter_path
 
 pytestmark = pytest.mark.slow
-ADAPTER = Path(__file__).resolve().parents[2] / "adapters" / "smollm2-135m-prefix"
+ADAPTER = bundled_adapter_path()
 
 
 def test_committed_adapter_loads_ingests_and_generates():
