@@ -85,15 +85,16 @@ def _load_backbone(base: Optional[str]) -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(base).eval(), AutoTokenizer.from_pretrained(base)
 
 
-def _adapter_model(args: argparse.Namespace, backbone: Any, tokenizer: Any) -> Any:
+def _settings(items: list[str]) -> dict:
+    """``--set FIELD=VALUE`` items -> {field: JSON value}; ConfigError naming a bad item."""
     import json
 
-    from memadapter.modeling.configuration_memadapter import INGEST_TIME_SETTINGS, READ_TIME_SETTINGS
-    from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
+    from memadapter.modeling import configuration_memadapter as cm
 
-    settable = READ_TIME_SETTINGS | INGEST_TIME_SETTINGS
+    # The settable names: one tuple (SETTABLE), or the read- and ingest-time sets of older configs.
+    settable = set(getattr(cm, "SETTABLE", ())) or set(cm.READ_TIME_SETTINGS) | set(cm.INGEST_TIME_SETTINGS)
     overrides = {}
-    for item in args.set:
+    for item in items:
         name, sep, raw = item.partition("=")
         if not sep or name not in settable:
             raise ConfigError(f"--set: expected FIELD=VALUE with FIELD one of {sorted(settable)}, got {item!r}")
@@ -101,12 +102,23 @@ def _adapter_model(args: argparse.Namespace, backbone: Any, tokenizer: Any) -> A
             overrides[name] = json.loads(raw)
         except json.JSONDecodeError:
             raise ConfigError(f"--set {name}: {raw!r} is not a JSON value (e.g. 0.2, true, null)") from None
+    return overrides
+
+
+def _adapter_model(args: argparse.Namespace, backbone: Any, tokenizer: Any) -> Any:
+    from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
+
+    overrides = _settings(args.set) if args.set else {}  # a bad item fails before the adapter loads
     if not Path(args.adapter).is_dir():
         raise ConfigError(f"--adapter: {args.adapter!r} is not a local directory")
     model = MemAdapterForCausalLM.from_pretrained(backbone, adapter=args.adapter, tokenizer=tokenizer)
     for name, value in overrides.items():  # read/ingest-time settings, not weights
-        setattr(model.config, name, value)
-    model.config.validate_fields()
+        from memadapter.modeling import configuration_memadapter as cm
+
+        section = getattr(cm, "SECTION_OF", {}).get(name)  # nested ingest/read sub-configs, where they exist
+        setattr(getattr(model.config, section) if section else model.config, name, value)
+    if overrides:
+        model.config.validate_fields()
     return model.eval()
 
 

@@ -59,7 +59,9 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
                 continue
             xs = [n for n, _ in pts]
             ys = [r["accuracy"] for _, r in pts]
-            err = [[y - r["ci_low"] for y, (_, r) in zip(ys, pts)], [r["ci_high"] - y for y, (_, r) in zip(ys, pts)]]
+            # max(0, .): the Wilson bounds can sit a rounding error inside an accuracy of 0 or 1
+            err = [[max(0.0, y - r["ci_low"]) for y, (_, r) in zip(ys, pts)],
+                   [max(0.0, r["ci_high"] - y) for y, (_, r) in zip(ys, pts)]]
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
         ax.set_xscale("log", base=2)
         ax.set_title(task, fontsize=9)
