@@ -199,7 +199,7 @@ _CAPTURING: ContextVar[Optional[object]] = ContextVar("memadapter_capturing", de
 
 
 def _innermost(layer: nn.Module) -> nn.Module:
-    # A cross-attention block (injection.py) may wrap the layer now and unwrap it before our
+    # A cross-attention block (injectors/cross_attn.py) may wrap the layer now and unwrap it before our
     # forward; the original layer runs either way, so the hook goes there.
     while isinstance(getattr(layer, "wrapped_layer", None), nn.Module):
         layer = layer.wrapped_layer

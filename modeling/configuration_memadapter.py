@@ -22,8 +22,8 @@ from memadapter._validate import MAX_SIZES
 from memadapter.errors import AdapterMismatchError, ConfigError, UnsupportedBackboneError
 
 from .backbones import get_family
+from .injectors import get_injector
 
-INJECTIONS = ("prefix", "cross_attn", "text")
 LEXICAL_TEXTS = ("key", "sentence")
 CHUNK_BOUNDARIES = ("tokens", "sentence")
 NAMED_EVENTS = ("best", "any")
@@ -257,10 +257,8 @@ class MemAdapterConfig(PreTrainedConfig):
         self.cross_attn_layers = sorted(layers)  # JSON round trip gives a list; keep one canonical order
 
     def _validate_router_and_injection(self) -> None:
-        if self.injection not in INJECTIONS:
-            raise ConfigError(f"injection: must be one of {', '.join(INJECTIONS)}, got {self.injection!r}")
-        if self.injection == "cross_attn" and not self.cross_attn_layers:
-            raise ConfigError("cross_attn_layers: injection='cross_attn' needs at least one layer index")
+        # The choices and each injector's own requirements come from the registry (modeling/injectors).
+        get_injector(self.injection).check_config(self)
         for name, kind in type(self).__annotations__.items():  # every switch this config declares
             if kind in ("bool", bool) and not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
@@ -313,10 +311,6 @@ class MemAdapterConfig(PreTrainedConfig):
         if not 0.0 <= self.router_confidence_threshold <= 1.0:
             raise ConfigError(f"router_confidence_threshold: must be in [0, 1], got {self.router_confidence_threshold}")
         _finite("cross_attn_gate_init", self.cross_attn_gate_init)
-        if self.hidden_size is not None and self.injection == "cross_attn" and self.hidden_size % self.cross_attn_heads:
-            raise ConfigError(
-                f"cross_attn_heads: hidden_size {self.hidden_size} is not divisible by {self.cross_attn_heads} heads"
-            )
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "MemAdapterConfig":

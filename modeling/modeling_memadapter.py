@@ -55,9 +55,9 @@ from memadapter.request_memory import RequestMemory
 from memadapter.slots import SlotMemory, slot_state_bytes
 
 from . import hub
-from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states, token_embedding_rms
+from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states
 from .configuration_memadapter import INGEST_TIME_SETTINGS, READ_TIME_SETTINGS, MemAdapterConfig
-from .injection import GatedCrossAttention, SoftPrefixInjector, cross_attention
+from .injectors import INJECTORS, Injector, get_injector
 from .reader import MemoryReaderMixin
 from .selection import Selection
 
@@ -120,20 +120,16 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
                                        lifecycle_typing=config.lifecycle_typing)
         self.writer = WriteController(config.key_dim, config.num_event_types)
         self.query_head = QueryHead(hidden, config.key_dim)
-        self.injector = SoftPrefixInjector(
-            config.value_dim, hidden, config.prefix_tokens_per_slot, embed_rms=token_embedding_rms(self.backbone)
-        ) if config.injection == "prefix" else None
-        self.cross_attn = nn.ModuleList(
-            GatedCrossAttention(hidden, config.value_dim, config.cross_attn_heads, config.cross_attn_gate_init)
-            for _ in config.cross_attn_layers
-        ) if config.injection == "cross_attn" else None
-        # Cross-attention reads value tokens as extra memory entries, mapped into value space.
-        self.value_token_proj = nn.Linear(hidden, config.value_dim, bias=False) \
-            if config.injection == "cross_attn" and config.value_tokens > 0 else None
+        # The injector's modules under the attribute names that are their state-dict prefixes
+        # ("injector", "cross_attn", "value_token_proj"): saved adapters keep their keys.
+        built = get_injector(config.injection).build(self, config, hidden)
+        for name, module in built.items():
+            setattr(self, name, module)
+        self._injection_modules = tuple(built)
 
     def _adapter_modules(self) -> nn.ModuleList:
-        mods = (self.grounding, self.writer, self.query_head, self.injector, self.cross_attn, self.value_token_proj)
-        return nn.ModuleList(m for m in mods if m is not None)
+        mods = (self.grounding, self.writer, self.query_head, *(getattr(self, n) for n in self._injection_modules))
+        return nn.ModuleList(mods)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Heads initialise themselves; the frozen backbone must never be re-initialised."""
@@ -465,48 +461,10 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         self._fingerprint_cache = (key, digest)
         return digest
 
-    def _prefix_inputs(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """(inputs_embeds [B, P+T, H], mask [B, P+T], text positions [B, T]) for the soft prefix."""
-        w = self.injector.proj.weight
-        value_embeds, value_mask = self._value_embeds(sel)
-        prefix, pmask = self.injector(sel.values.to(w.device, w.dtype), sel.valid.to(w.device), value_embeds, value_mask)
-        embeds = embed_tokens(self.backbone, input_ids)
-        full_embeds, full_mask = self.injector.prepend(embeds, attention_mask, prefix, pmask)
-        # Same stable sort as prepend: where did each original text position go?
-        order = torch.sort(torch.cat([pmask, attention_mask.long()], 1), dim=1, stable=True).indices  # [B, P+T]
-        where = torch.argsort(order, dim=1)[:, prefix.shape[1]:]  # [B, T]
-        return full_embeds, full_mask, where
-
-    def _text_inputs(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Prompt with the selected source text before the question, left-padded again."""
-        tok = self._tok()
-        rows = []
-        for b, row in enumerate(self._unpadded(input_ids, attention_mask)):
-            text = sel.memory_text(b)
-            mem = tok(text + " .\n", add_special_tokens=False)["input_ids"] if text else []
-            rows.append(mem + row)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self._pad_id(), dtype=torch.long, device=input_ids.device)
-        mask = torch.zeros(len(rows), width, dtype=attention_mask.dtype, device=input_ids.device)
-        where = torch.zeros_like(input_ids)
-        for b, r in enumerate(rows):
-            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[b, width - len(r):] = 1
-            n_text = int(attention_mask[b].sum())
-            # Original valid tokens keep their order and land at the end; pads point at column 0.
-            where[b, attention_mask[b].bool()] = torch.arange(width - n_text, width, device=input_ids.device)
-        return ids, mask, where
-
-    def _cross_attn_block(self, sel: Selection):
-        w = self.cross_attn[0].k_proj.weight
-        memory, mask = sel.values.to(w.device, w.dtype), sel.valid.to(w.device)  # [B, K, dv], [B, K]
-        value_embeds, value_mask = self._value_embeds(sel)
-        if value_embeds is not None:
-            b, k, n, _ = value_embeds.shape
-            tokens = self.value_token_proj(value_embeds.to(w.dtype)).view(b, k * n, -1)  # [B, K*L, dv]
-            memory = torch.cat([memory, tokens], 1)  # [B, K + K*L, dv]
-            mask = torch.cat([mask, (value_mask & mask[:, :, None]).view(b, k * n)], 1)  # [B, K + K*L]
-        return cross_attention(self.backbone, self.config.cross_attn_layers, self.cross_attn, memory, mask)
+    def _injector(self) -> Injector:
+        """The injector ``config.injection`` names, looked up per call: generation_eval switches a
+        trained adapter to ``text`` on the same memory."""
+        return get_injector(self.config.injection)
 
     def _check_ids(self, input_ids: Any, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """Check ids [B, T] (integer, inside the vocabulary, non-empty) and the mask; returns the mask."""
@@ -579,11 +537,13 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         Training's teacher-forced path: the values come from the grounding head (gold or softly
         selected events) with gradients, bypassing the router. ``value_ids`` [B, K, value_tokens]
         (-1 = none) are the entries' value tokens, required exactly when ``config.value_tokens > 0``.
-        ``prefix`` and ``cross_attn`` only; ``text`` injection has nothing differentiable to feed.
+        Injectors with ``takes_values`` only (``prefix``, ``cross_attn``): ``text`` has nothing differentiable to feed.
         """
         attention_mask = self._check_ids(input_ids, attention_mask)
-        if self.config.injection == "text":
-            raise ConfigError("injection: forward_with_values needs 'prefix' or 'cross_attn', not 'text'")
+        if not self._injector().takes_values:
+            raise ConfigError(f"injection: forward_with_values needs an injector that reads value vectors "
+                              f"({', '.join(n for n, i in INJECTORS.items() if i.takes_values)}), not "
+                              f"{self.config.injection!r}")
         if values.dim() != 3 or tuple(values.shape[:2]) != tuple(valid.shape) or values.shape[0] != input_ids.shape[0]:
             raise ShapeError(f"values: expected [B={input_ids.shape[0]}, K, dv] matching valid {tuple(valid.shape)}, "
                              f"got {tuple(values.shape)}")
@@ -596,17 +556,12 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
 
     def _forward_selected(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           labels: Optional[torch.Tensor], **kwargs: Any) -> CausalLMOutputWithPast:
-        mode = self.config.injection
-        if mode == "cross_attn":
-            with self._cross_attn_block(sel):
-                return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-        if mode == "prefix":
-            embeds, mask, where = self._prefix_inputs(sel, input_ids, attention_mask)
-            out = self.backbone(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-        else:
-            ids, mask, where = self._text_inputs(sel, input_ids, attention_mask)
-            out = self.backbone(input_ids=ids, attention_mask=mask, **kwargs)
-        logits = out.logits.gather(1, where[..., None].expand(-1, -1, out.logits.shape[-1]))  # [B, T, V]
+        prep = self._injector().prepare(self, sel, input_ids, attention_mask)
+        with prep.context:
+            if prep.where is None:  # the text kept its places: the backbone's own output and loss
+                return self.backbone(**prep.inputs, labels=labels, **kwargs)
+            out = self.backbone(**prep.inputs, **kwargs)
+        logits = out.logits.gather(1, prep.where[..., None].expand(-1, -1, out.logits.shape[-1]))  # [B, T, V]
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
@@ -621,16 +576,11 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
         generate_kwargs.setdefault("pad_token_id", self._pad_id())
         sel = self.select(memory, input_ids, attention_mask)
-        mode = self.config.injection
-        if mode == "cross_attn":
-            with self._cross_attn_block(sel):
-                return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
-        if mode == "prefix":
-            embeds, mask, _ = self._prefix_inputs(sel, input_ids, attention_mask)
-            new = self.backbone.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
-        else:
-            ids, mask, _ = self._text_inputs(sel, input_ids, attention_mask)
-            new = self.backbone.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)[:, ids.shape[1]:]
+        prep = self._injector().prepare(self, sel, input_ids, attention_mask)
+        with prep.context:
+            out = self.backbone.generate(**prep.inputs, **generate_kwargs)
+        # generate returns prompt + new tokens from input_ids, only the new ones from inputs_embeds
+        new = out[:, prep.inputs["input_ids"].shape[1]:] if "input_ids" in prep.inputs else out
         return torch.cat([input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], 0), new], dim=1)
 
     # ------------------------------------------------------------------ save, load, Hub

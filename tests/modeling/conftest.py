@@ -109,3 +109,13 @@ def get_tiny(tiny_models):
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return tiny_tokenizer()
+
+
+@pytest.fixture
+def padded_rows():
+    """Two prompts of different lengths, as a left-padded batch and as unpadded single rows."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(4, 1000, (6,), generator=g), torch.randint(4, 1000, (4,), generator=g)
+    ids = torch.stack([a, torch.cat([torch.zeros(2, dtype=torch.long), b])])
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    return ids, mask, [a[None], b[None]]

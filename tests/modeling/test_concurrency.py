@@ -22,7 +22,7 @@ import torch
 from conftest import _WORDS, build, tiny_backbone
 
 from memadapter.modeling.backbones import backbone_parts, read_hidden_states
-from memadapter.modeling.injection import GatedCrossAttention, cross_attention
+from memadapter.modeling.injectors.cross_attn import GatedCrossAttention, cross_attention
 
 N_THREADS, PER_THREAD = 8, 50  # the 8 threads x 50 requests
 INJECTIONS = ("prefix", "cross_attn", "text")

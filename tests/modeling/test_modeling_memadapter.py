@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from memadapter.errors import AdapterMismatchError, ConfigError, ShapeError, UnsafeLoadError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub
+from memadapter.modeling.injectors import INJECTORS
 
 
 @pytest.mark.parametrize("model_type", ALL_MODEL_TYPES)
@@ -76,7 +77,8 @@ def test_text_injection_puts_selected_source_text_in_the_prompt(tokenizer):
     enc = tokenizer(["where does alice lives"], return_tensors="pt")
     sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
     assert sel.texts[0], "something was selected"
-    ids, mask, where = model._text_inputs(sel, enc["input_ids"], enc["attention_mask"])
+    prep = INJECTORS["text"].prepare(model, sel, enc["input_ids"], enc["attention_mask"])
+    ids, mask = prep.inputs["input_ids"], prep.inputs["attention_mask"]
     prompt = tokenizer.decode(ids[0][mask[0].bool()])
     assert sel.texts[0][0].split()[0] in prompt and prompt.endswith("where does alice lives")
     out = model.generate(**enc, memory=mem, max_new_tokens=3, do_sample=False)
