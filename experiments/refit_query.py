@@ -85,7 +85,7 @@ def stream_pools(model: Any, stream: dict, question_ids: Any) -> list[ReadPool]:
     by_chunk: dict[int, list] = {}  # every chunk grounded once; a question takes its retrieved chunks' events
     for e in model._chunk_events(memory, 0, list(range(len(index)))):
         by_chunk.setdefault(next(c for c, (s, t) in enumerate(spans) if s <= e.position < t), []).append(e)
-    usable = (mem.occupied[0] & (mem.confidence[0] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
+    usable = (mem.occupied[0] & (mem.confidence[0] >= cfg.read.router_confidence_threshold)).nonzero().flatten().tolist()
     slot_texts = model._slot_lexical_texts(memory, 0)  # the texts the question's words meet, per slot
     no_query = torch.zeros(cfg.key_dim)
     pools = []
@@ -97,10 +97,10 @@ def stream_pools(model: Any, stream: dict, question_ids: Any) -> list[ReadPool]:
         chunks = model._retrieved_chunks(memory, 0, model._mean(hidden, mask).float().cpu()[0], question)
         events = model._score_events([e for c in chunks for e in by_chunk.get(c, [])],
                                      no_query, question)  # score = the lexical term alone
-        slot_lex = lexical_agreement(question, slot_texts) if cfg.lexical_weight > 0 else [0.0] * len(slot_texts)
+        slot_lex = lexical_agreement(question, slot_texts) if cfg.read.lexical_weight > 0 else [0.0] * len(slot_texts)
         keys = torch.cat([mem.keys[0, usable].float(), torch.stack([e.key for e in events]) if events
                           else torch.zeros(0, cfg.key_dim)])  # [N, dk]
-        lexical = [cfg.lexical_weight * slot_lex[m] for m in usable] + [e.score for e in events]
+        lexical = [cfg.read.lexical_weight * slot_lex[m] for m in usable] + [e.score for e in events]
         positions = [int(mem.span[0, m, 0]) for m in usable] + [e.position for e in events]
         asked = (q["entity"], q["attribute"])
         pools.append(ReadPool(hidden[0].float().cpu(), keys, torch.tensor(lexical, dtype=torch.float32),
@@ -227,8 +227,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--num-streams must be >= 5, --epochs >= 1 and --filler-tokens >= 0")
     base, adapter = ge._model_dirs(argparse.Namespace(adapter=args.adapter, base=args.base))
     model = ge._load_model(argparse.Namespace(set=[], dtype="float32", device=None), base, adapter)
-    if model.config.read_rule != "joint":
-        raise SystemExit(f"--adapter: read_rule is {model.config.read_rule!r}; the refit fits the joint read's pools")
+    if model.config.read.read_rule != "joint":
+        raise SystemExit(f"--adapter: read_rule is {model.config.read.read_rule!r}; the refit fits the joint read's pools")
     shape = dict(SPLIT_DEFAULTS["train"], filler_tokens=args.filler_tokens, synthetic_names=args.synthetic_names)
     streams = list(build_dataset("train", args.num_streams, args.seed, **shape))
     held_streams = len(streams) // 5

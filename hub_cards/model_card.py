@@ -30,6 +30,8 @@ NOT_EVALUATED = "This adapter has not been evaluated yet: no results were given 
 BASE_MODEL_KEYS = ("base_model", "base_model_name_or_path", "backbone_name_or_path", "backbone", "_name_or_path")
 
 Scalar = (str, int, float, bool, type(None))
+# Sub-configs of MemAdapterConfig whose fields the card lists (the settings a trained adapter may change).
+NESTED_SETTINGS = ("ingest", "read")
 
 
 def render_model_card(
@@ -150,8 +152,11 @@ def _results_section(rows: list, provenance: list) -> str:
 
 
 def _config_table(config: Mapping[str, Any]) -> str:
-    """Scalar settings only: nested configs and private keys would bury the ones that matter."""
-    items = [(k, v) for k, v in sorted(config.items(), key=lambda kv: str(kv[0]))
+    """Scalar settings only: nested configs and private keys would bury the ones that matter. The
+    adapter's own read / ingest settings (NESTED_SETTINGS) are rows of their own: ``read.lexical_weight``."""
+    flat = {f"{k}.{sub}": v for k in NESTED_SETTINGS if isinstance(config.get(k), Mapping)
+            for sub, v in config[k].items()}
+    items = [(k, v) for k, v in sorted({**config, **flat}.items(), key=lambda kv: str(kv[0]))
              if not str(k).startswith("_") and (isinstance(v, Scalar) or _is_scalar_list(v))]
     if not items:
         return "No configuration values were recorded."

@@ -56,16 +56,17 @@ from memadapter.slots import SlotMemory, slot_state_bytes
 
 from . import hub
 from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states
-from .configuration_memadapter import INGEST_TIME_SETTINGS, READ_TIME_SETTINGS, MemAdapterConfig
+from .configuration_memadapter import RETUNABLE, MemAdapterConfig
 from .injectors import INJECTORS, Injector, get_injector
 from .reader import MemoryReaderMixin
 from .selection import Selection
 
 PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
 # Config fields left out of the adapter fingerprint: settings that may change on a trained adapter
-# (generation_eval switches injection on one memory) and names of the base, not what a memory holds.
-NOT_IN_FINGERPRINT = READ_TIME_SETTINGS | INGEST_TIME_SETTINGS | {"injection", "base_model_name_or_path",
-                                                                  "base_model_revision"}
+# (the read / ingest sub-configs, RETUNABLE; generation_eval switches injection on one memory) and
+# names of the base, not what a memory holds.
+NOT_IN_FINGERPRINT = frozenset({"read", "ingest", *RETUNABLE, "injection", "base_model_name_or_path",
+                                "base_model_revision"})
 # ids of the models whose adapter is off (disable_adapter) in this thread / asyncio task
 _ADAPTER_OFF: ContextVar[frozenset[int]] = ContextVar("memadapter_adapter_off", default=frozenset())
 
@@ -205,8 +206,8 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         ``pair_in_sentence``), each None when its setting is off or there is no tokenizer."""
         if self.tokenizer is None:
             return None, None
-        return (word_starts(rows, self._decode_rows) if self.config.snap_spans else None,
-                sentence_ends(rows, self._decode_rows) if self.config.pair_in_sentence else None)
+        return (word_starts(rows, self._decode_rows) if self.config.ingest.snap_spans else None,
+                sentence_ends(rows, self._decode_rows) if self.config.ingest.pair_in_sentence else None)
 
     def _decode_rows(self, rows: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(rows, clean_up_tokenization_spaces=False)
@@ -274,9 +275,9 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         check_allocation("batch_size x (num_slots x (key_dim + value_dim) + hidden_size)", need)
         # Memory lives on the CPU: it is small request data, and rows are edited by index from Python.
         slots = SlotMemory(cfg.num_slots, cfg.key_dim, cfg.value_dim, batch_size=batch_size,
-                           match_threshold=cfg.slot_match_threshold,
-                           update_match_threshold=cfg.slot_update_match_threshold, tombstones=cfg.retract_tombstones,
-                           update_name_weight=cfg.slot_update_name_weight)
+                           match_threshold=cfg.ingest.slot_match_threshold,
+                           update_match_threshold=cfg.ingest.slot_update_match_threshold,
+                           tombstones=cfg.ingest.retract_tombstones, update_name_weight=cfg.ingest.slot_update_name_weight)
         indexes = [ChunkIndex(cfg.hidden_size, chunk_tokens=cfg.chunk_tokens) for _ in range(batch_size)]
         memory = RequestMemory(slots, indexes, self.encode_text)
         memory.adapter_id = self.adapter_fingerprint()  # _check_adapter_id refuses it to any other adapter
@@ -338,7 +339,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         """Where ``row``'s chunks start and end: every ``chunk_tokens`` tokens, or
         (``chunk_boundary="sentence"``, with a tokenizer) after a sentence end (:func:`sentence_chunks`)."""
         C = self.config.chunk_tokens
-        if self.config.chunk_boundary == "sentence" and self.tokenizer is not None:
+        if self.config.ingest.chunk_boundary == "sentence" and self.tokenizer is not None:
             return sentence_chunks(sentence_ends([row], self._decode_rows)[0], C)
         return [(s, min(s + C, len(row))) for s in range(0, len(row), C)]
 

@@ -47,7 +47,7 @@ class MemoryReaderMixin:
     @torch.no_grad()
     def select(self, memory: RequestMemory, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Selection:
         """Encode the question, route per row, and gather what each row injects."""
-        cfg = self.config
+        cfg, read = self.config, self.config.read
         self._check_memory(memory)
         attention_mask = self._check_ids(input_ids, attention_mask)
         if memory.batch_size != input_ids.shape[0]:
@@ -57,19 +57,19 @@ class MemoryReaderMixin:
         chunk_query = self._mean(hidden, attention_mask).float().cpu()  # [B, H]
         texts = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
         n_chunks = cfg.num_fallback_chunks
-        router = Router(cfg.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=n_chunks)
+        router = Router(read.router_match_threshold, top_k_slots=cfg.top_k, top_k_chunks=n_chunks)
         bias = None
-        if cfg.lexical_weight > 0:  # [B, M]: what each question's words say about each slot's key text
-            bias = cfg.lexical_weight * torch.tensor([lexical_agreement(t, self._slot_lexical_texts(memory, b),
-                                                                        cfg.lexical_content_words)
+        if read.lexical_weight > 0:  # [B, M]: what each question's words say about each slot's key text
+            bias = read.lexical_weight * torch.tensor([lexical_agreement(t, self._slot_lexical_texts(memory, b),
+                                                                        read.lexical_content_words)
                                                       for b, t in enumerate(texts)])
         route = router.route(memory.slots, memory.indexes, query, texts, chunk_query, slot_bias=bias)
         # the route rule's version check; the joint rule scores its own pool
         scores = memory.slots.scores(query, bias)[:, 0] \
-            if cfg.version_margin is not None and cfg.read_rule == "route" else None  # [B, M]
+            if read.version_margin is not None and read.read_rule == "route" else None  # [B, M]
         rows = []
         for b, branch in enumerate(route.branch):
-            if cfg.read_rule == "joint":
+            if read.read_rule == "joint":
                 joint = self._joint_row(memory, b, query[b], chunk_query[b], texts[b], None if bias is None else bias[b])
                 if joint is not None:
                     rows.append(joint)
@@ -81,7 +81,7 @@ class MemoryReaderMixin:
                 if scores is not None:
                     slots = self._newest_versions(memory, b, scores[b], slots)
                 conf = memory.slots.confidence[b]
-                idx = [m for m in slots if conf[m] >= cfg.router_confidence_threshold]
+                idx = [m for m in slots if conf[m] >= read.router_confidence_threshold]
             if idx:
                 # the key match alone (no confidence or usage terms), comparable to a grounded event's score
                 slot_score = None if scores is None else float(scores[b, idx[0]] - memory.slots.read_bias()[b, idx[0]])
@@ -92,7 +92,7 @@ class MemoryReaderMixin:
             found = route.chunks[b] or memory.indexes[b].search(chunk_query[b], texts[b], n_chunks)
             ids = [i for i in found.expanded[0] if i >= 0]
             event = self._current_event(self._ground_chunks(memory, b, ids, query[b], texts[b])) \
-                if cfg.ground_fallback else None
+                if read.ground_fallback else None
             if event is not None:
                 rows.append(self._event_row(event))
                 continue
@@ -108,7 +108,7 @@ class MemoryReaderMixin:
         value_text = [memory.slots.value_text[b][m] for m in idx]
         return SelectedRow(memory.slots.values[b, idx],
                            [f"{k}: {WITHDRAWN if v is None else v}" for k, v in zip(key_text, value_text)],
-                           [self.value_token_ids(self.config.withdrawn_text if v is None else v) for v in value_text],
+                           [self.value_token_ids(self.config.read.withdrawn_text if v is None else v) for v in value_text],
                            MEMORY, key_text)
 
     def _ground_chunks(self, memory: RequestMemory, b: int, chunk_ids: list[int],
@@ -157,10 +157,10 @@ class MemoryReaderMixin:
         (rumours, guesses) are passed over when any other candidate exists."""
         relevant = [e for e in events if e.event_type != "irrelevant"] or events
         lexical = [0.0] * len(relevant)
-        if self.config.lexical_weight > 0 and relevant:
-            lexical = lexical_agreement(question, [e.key_text if self.config.lexical_text == "key" else e.sentence
-                                                   for e in relevant], self.config.lexical_content_words)
-        return [replace(e, score=float(e.key @ query) + self.config.lexical_weight * lex)
+        if self.config.read.lexical_weight > 0 and relevant:
+            lexical = lexical_agreement(question, [e.key_text if self.config.read.lexical_text == "key" else e.sentence
+                                                   for e in relevant], self.config.read.lexical_content_words)
+        return [replace(e, score=float(e.key @ query) + self.config.read.lexical_weight * lex)
                 for e, lex in zip(relevant, lexical)]
 
     def _retrieved_events(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, query: torch.Tensor,
@@ -172,22 +172,22 @@ class MemoryReaderMixin:
         """Chunk ids of row ``b`` for a question: the ``num_fallback_chunks`` best by the hybrid
         search (``chunk_query`` [H] and the question's words), then up to ``name_chunks`` more that
         hold the question's names, best by BM25 over the names alone."""
-        index, cfg = memory.indexes[b], self.config
+        index, cfg, read = memory.indexes[b], self.config, self.config.read
         ids = [i for i in index.search(chunk_query, question, cfg.num_fallback_chunks).expanded[0] if i >= 0]
         names = question_names(question)
-        if cfg.name_chunks and names and len(index):
+        if read.name_chunks and names and len(index):
             _, _, by_name = index.hybrid_scores(chunk_query, " ".join(sorted(names)))  # [1, N] each
             order = torch.sort(by_name[0], descending=True, stable=True).indices.tolist()
-            ids += [i for i in order if float(by_name[0, i]) > 0 and i not in ids][:cfg.name_chunks]
+            ids += [i for i in order if float(by_name[0, i]) > 0 and i not in ids][:read.name_chunks]
         return ids
 
     def _current_event(self, events: list[GroundedEvent]) -> Optional[GroundedEvent]:
         """The best-scoring event, or (``version_margin``) its latest version typed as an update."""
         if not events:
             return None
-        cfg = self.config
+        read = self.config.read
         best = latest_version([e.score for e in events], [e.position for e in events],
-                              torch.stack([e.key for e in events]), cfg.version_margin, cfg.version_key_cosine,
+                              torch.stack([e.key for e in events]), read.version_margin, read.version_key_cosine,
                               [e.event_type == "update" for e in events])
         return events[best]
 
@@ -199,7 +199,7 @@ class MemoryReaderMixin:
     def _slot_lexical_texts(self, memory: RequestMemory, b: int) -> list[Optional[str]]:
         """Per slot of row ``b``, the text the question's words are matched against: the key text,
         or (``lexical_text="sentence"``) its event's sentence (:meth:`_slot_sentences`)."""
-        return memory.slots.key_text[b] if self.config.lexical_text == "key" else self._slot_sentences(memory, b)
+        return memory.slots.key_text[b] if self.config.read.lexical_text == "key" else self._slot_sentences(memory, b)
 
     def _slot_sentences(self, memory: RequestMemory, b: int) -> list[Optional[str]]:
         """Per slot of row ``b``, the sentence of the event it holds, re-read from the chunk it came
@@ -218,9 +218,9 @@ class MemoryReaderMixin:
     def _newest_versions(self, memory: RequestMemory, b: int, scores: torch.Tensor, slots: list[int]) -> list[int]:
         """``slots`` of row ``b``, with the best slot's versions (``version_margin``, over the read
         ``scores`` [M]; :func:`slot_versions`) replaced by the one written last."""
-        cfg, mem = self.config, memory.slots
+        read, mem = self.config.read, memory.slots
         versions, newest = slot_versions(scores[None], mem.time[b][None], mem.keys[b][None].float(),
-                                         cfg.version_margin, cfg.version_key_cosine)
+                                         read.version_margin, read.version_key_cosine)
         out = []
         for m in slots:
             m = int(newest[0]) if versions[0, m] else m
@@ -242,8 +242,8 @@ class MemoryReaderMixin:
         even when an event of the slot's own name scores higher. A key that covers the same words
         (an older version of the slot's own fact) never replaces the slot on that rule.
         """
-        cfg = self.config
-        if not (cfg.ground_fallback and cfg.lexical_weight > 0):
+        read = self.config.read
+        if not (read.ground_fallback and read.lexical_weight > 0):
             return row
         events = self._retrieved_events(memory, b, chunk_query, query, question)
         if not events:
@@ -253,7 +253,7 @@ class MemoryReaderMixin:
         named = [e for e, toks in zip(events, tokenize([e.key_text for e in events]))
                  if all(words & set(toks) > s for s in slot_words)]
         best = self._current_event(events)
-        if named and (cfg.named_events == "any" or any(e is best for e in named)):
+        if named and (read.named_events == "any" or any(e is best for e in named)):
             return self._event_row(self._current_event(named))
         newer = self._missed_update(memory, b, slot, slot_score, events) if slot_score is not None else None
         return row if newer is None else self._event_row(newer)
@@ -263,12 +263,12 @@ class MemoryReaderMixin:
         """The latest grounded update that is a version of ``slot``'s fact (within ``version_margin``
         of ``slot_score``, its key match; key cosine >= ``version_key_cosine``) and comes after the
         slot's own event in the stream: an update the write path did not bring to the slot."""
-        cfg, mem = self.config, memory.slots
+        read, mem = self.config.read, memory.slots
         if int(mem.chunk_id[b, slot]) < 0:  # written by hand, not from the stream: no position to compare
             return None
         key, end = mem.keys[b, slot].float(), int(mem.span[b, slot, 1])
         later = [e for e in events if e.event_type == "update" and e.position >= end
-                 and e.score >= slot_score - cfg.version_margin and float(e.key @ key) >= cfg.version_key_cosine]
+                 and e.score >= slot_score - read.version_margin and float(e.key @ key) >= read.version_key_cosine]
         return max(later, key=lambda e: (e.position, e.score), default=None)
 
     def _joint_row(self, memory: RequestMemory, b: int, query: torch.Tensor, chunk_query: torch.Tensor,
@@ -287,9 +287,9 @@ class MemoryReaderMixin:
         wrong branch cannot be undone by the lifecycle rules that act within it: an old event the
         fallback grounds never meets the slot that holds its newer version. One pool lets them.
         """
-        cfg, mem = self.config, memory.slots
+        cfg, read, mem = self.config, self.config.read, memory.slots
         match = mem.keys[b].float() @ query + (0.0 if slot_bias is None else slot_bias)  # [M]
-        usable = (mem.occupied[b] & (mem.confidence[b] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
+        usable = (mem.occupied[b] & (mem.confidence[b] >= read.router_confidence_threshold)).nonzero().flatten().tolist()
         events = self._retrieved_events(memory, b, chunk_query, query, question)
         if not usable and not events:
             return None
@@ -300,37 +300,37 @@ class MemoryReaderMixin:
         order = [int(mem.span[b, m, 0]) + 0.5 for m in usable] + [float(e.position) for e in events]
         keys = torch.cat([mem.keys[b, usable].float(), torch.stack([e.key for e in events]) if events
                           else torch.zeros(0, mem.key_dim)])
-        eligible = [True] * len(usable) + [e.event_type == "update" or (cfg.version_events == "any"
+        eligible = [True] * len(usable) + [e.event_type == "update" or (read.version_events == "any"
                                                                         and e.event_type != "irrelevant") for e in events]
-        keep = most_specific(question, key_texts, fragments=cfg.name_fragments, foreign_names=cfg.foreign_names)
+        keep = most_specific(question, key_texts, fragments=read.name_fragments, foreign_names=read.foreign_names)
         sentences = self._pool_sentences(memory, b, usable, events) \
-            if cfg.restore_by_sentence or cfg.restore_by_attribute or cfg.withdrawn_cover is not None else None
-        if cfg.restore_by_sentence:
+            if read.restore_by_sentence or read.restore_by_attribute or read.withdrawn_cover is not None else None
+        if read.restore_by_sentence:
             keep = restore_by_sentence(question, sentences, keep)
-        if cfg.restore_by_attribute:
-            foreign = foreign_keys(question, key_texts, cfg.name_fragments) if cfg.foreign_names else []
+        if read.restore_by_attribute:
+            foreign = foreign_keys(question, key_texts, read.name_fragments) if read.foreign_names else []
             keep = restore_by_attribute(question, sentences, keep, [i for i, f in enumerate(foreign) if f])
-        if cfg.inserted_names:  # last: the restore rules would put a look-alike back by its sentence
-            keep = without_inserted_names(question, key_texts, keep, cfg.name_fragments)
+        if read.inserted_names:  # last: the restore rules would put a look-alike back by its sentence
+            keep = without_inserted_names(question, key_texts, keep, read.name_fragments)
         pick = keep[latest_version([scores[i] for i in keep], [order[i] for i in keep], keys[keep],
-                                   cfg.version_margin, cfg.version_key_cosine, [eligible[i] for i in keep])]
-        if cfg.answer_type_margin is not None:
+                                   read.version_margin, read.version_key_cosine, [eligible[i] for i in keep])]
+        if read.answer_type_margin is not None:
             values = [mem.value_text[b][m] for m in usable] + [e.value_text for e in events]
-            rivals = answer_type_rivals(scores, keys, [i for i in keep if values[i]], pick, cfg.answer_type_margin,
-                                        cfg.version_key_cosine)
+            rivals = answer_type_rivals(scores, keys, [i for i in keep if values[i]], pick, read.answer_type_margin,
+                                        read.version_key_cosine)
             if rivals and values[pick]:
                 pmi = self._answer_pmi(question, [values[i] for i in [pick, *rivals]])
                 pick = [pick, *rivals][max(range(len(pmi)), key=lambda j: (pmi[j], -j))]  # a tie keeps the pick
-        if cfg.withdrawn_margin is not None:
+        if read.withdrawn_margin is not None:
             # a later withdrawal of the picked fact: a retraction sentence matches a question weakly
             withdrawn = [i for i in keep if i < len(usable) and bool(mem.retracted[b, usable[i]])
-                         and order[i] > order[pick] and scores[i] >= scores[pick] - cfg.withdrawn_margin
-                         and float(keys[i] @ keys[pick]) >= cfg.version_key_cosine]
+                         and order[i] > order[pick] and scores[i] >= scores[pick] - read.withdrawn_margin
+                         and float(keys[i] @ keys[pick]) >= read.version_key_cosine]
             pick = max(withdrawn, key=lambda i: order[i], default=pick)
-        if cfg.withdrawn_cover is not None:
+        if read.withdrawn_cover is not None:
             withdrawn = [i for i, m in enumerate(usable) if bool(mem.retracted[b, m])]  # any slot, not only keep:
             # a retraction's key is often the bare name, which names fewer question words than the fact's
-            pick = covering_withdrawal(question, sentences, pick, withdrawn, order, keys, cfg.withdrawn_cover)
+            pick = covering_withdrawal(question, sentences, pick, withdrawn, order, keys, read.withdrawn_cover)
         if pick >= len(usable):
             return self._event_row(events[pick - len(usable)])
         rest = sorted((m for m in usable if m != usable[pick]), key=lambda m: -float(match[m]))

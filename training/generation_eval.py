@@ -38,7 +38,9 @@ from tqdm.auto import tqdm
 from memadapter._validate import check_positive_int
 from memadapter.bench.stats import wilson_interval, write_rows_json
 from memadapter.errors import ConfigError, EmptyInputError
-from memadapter.modeling.configuration_memadapter import INGEST_TIME_SETTINGS, READ_TIME_SETTINGS
+# --set FIELD=VALUE: the read / ingest settings by their flat names (config.read.lexical_weight is
+# "lexical_weight") and top_k / value_tokens; safe to change on a trained adapter.
+from memadapter.modeling.configuration_memadapter import SETTABLE
 
 from .lifecycle_data import QUESTION_KINDS
 
@@ -46,8 +48,6 @@ __all__ = ["METHODS", "normalize_answer", "exact_match", "contains_answer", "que
            "evaluate_generation", "markdown_table", "main"]
 
 METHODS: tuple[str, ...] = ("memory", "text", "full_context", "tail", "no_context")
-# Config fields read only when memory is built, written or read: safe to change on a trained adapter.
-SETTABLE = tuple(sorted(READ_TIME_SETTINGS | INGEST_TIME_SETTINGS))  # --set FIELD=VALUE
 _MEMORY_METHODS = ("memory", "text")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -363,7 +363,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true",
                    help="chat template + short-answer instruction for the text and bare-backbone rows")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help=f"override a selection setting of the adapter's config (JSON value), one of {', '.join(SETTABLE)}")
+                   help="override a read / ingest setting of the adapter by its flat name, the value as JSON "
+                        f"(--set lexical_weight=0.3 sets config.read.lexical_weight); one of {', '.join(SETTABLE)}")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -403,9 +404,7 @@ def _load_model(args: argparse.Namespace, base: str, adapter: str) -> Any:
     model = MemAdapterForCausalLM.from_pretrained(base, adapter=adapter, dtype=getattr(torch, args.dtype))
     if "value_tokens" in overrides and (overrides["value_tokens"] == 0) != (model.config.value_tokens == 0):
         raise ConfigError("--set value_tokens: can change the number of copied tokens, not switch copying on or off")
-    for name, value in overrides.items():  # settings read at ingest / select time, not weights
-        setattr(model.config, name, value)
-    model.config.validate_fields()
+    model.config.apply_settings(overrides)  # settings read at ingest / select time, not weights
     if model.tokenizer is None:
         raise ConfigError(f"--base: no tokenizer could be loaded from {base!r}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -253,14 +253,14 @@ class TeacherForcedObjective(nn.Module):
         if m.config.injection != "text":
             value_ids = None
             if m.config.value_tokens > 0:
-                withdrawn = m.value_token_ids(m.config.withdrawn_text)
+                withdrawn = m.value_token_ids(m.config.read.withdrawn_text)
                 value_ids = gold_value_ids(batch, m.config.value_tokens, withdrawn)
             out = m.forward_with_values(batch["qa_input_ids"], batch["qa_attention_mask"], mem, valid,
                                         value_ids=value_ids)
             answer = L.answer_loss(out.logits, batch["qa_labels"])
             answer_ok = L.answer_token_correct(out.logits.detach(), batch["qa_labels"])
         scores = torch.einsum("qd,qnd->qn", query.detach(), keys.detach()).masked_fill(~emask, -2.0)  # [Q, N]
-        active = (scores >= m.config.router_match_threshold).sum(1).clamp(max=m.config.top_k).float()
+        active = (scores >= m.config.read.router_match_threshold).sum(1).clamp(max=m.config.top_k).float()
         match_ok = torch.where(has, L.matching_accuracy(query.detach(), keys.detach(), emask, gold.clamp(min=0)),
                                torch.zeros_like(answer_ok))
         return ({"contrastive": contrastive, "answer": answer},

@@ -32,8 +32,8 @@ def _model(streams: list[dict]) -> MemAdapterForCausalLM:
     tok = build_word_tokenizer([s["text"] for s in streams], vocab_size=1000)
     torch.manual_seed(0)
     cfg = MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8, chunk_tokens=48, grounding_context_size=8,
-                           read_rule="joint", ground_fallback=True, lexical_weight=0.3, lexical_text="sentence",
-                           fallback_chunks=2, router_confidence_threshold=0.0)
+                           read=dict(read_rule="joint", ground_fallback=True, lexical_weight=0.3, lexical_text="sentence",
+                                     fallback_chunks=2, router_confidence_threshold=0.0))
     return MemAdapterForCausalLM(cfg, backbone=tiny_backbone("llama"), tokenizer=tok).eval()
 
 
@@ -46,7 +46,7 @@ def test_pools_score_as_the_joint_read_scores_its_entries(streams):
         memory = model.new_memory()
         model.ingest(memory, stream["text"], progress=False)
         mem = memory.slots
-        usable = (mem.occupied[0] & (mem.confidence[0] >= cfg.router_confidence_threshold)).nonzero().flatten().tolist()
+        usable = (mem.occupied[0] & (mem.confidence[0] >= cfg.read.router_confidence_threshold)).nonzero().flatten().tolist()
         assert len(pools) == len(stream["questions"])
         for pool, q in zip(pools, stream["questions"]):  # the reader's own path, question by question
             ids = torch.tensor([ge.question_ids(model.tokenizer, q["question"])])
@@ -55,7 +55,7 @@ def test_pools_score_as_the_joint_read_scores_its_entries(streams):
             query = model.query_head(hidden, mask)[0].float()
             text = model._decode(ids[0].tolist())
             events = model._retrieved_events(memory, 0, model._mean(hidden, mask)[0].float(), query, text)
-            bias = cfg.lexical_weight * torch.tensor(lexical_agreement(text, model._slot_lexical_texts(memory, 0)))
+            bias = cfg.read.lexical_weight * torch.tensor(lexical_agreement(text, model._slot_lexical_texts(memory, 0)))
             want = [float(mem.keys[0, m].float() @ query + bias[m]) for m in usable] + [e.score for e in events]
             torch.testing.assert_close(pool.keys @ query + pool.lexical, torch.tensor(want), atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(pool.hidden, hidden[0])

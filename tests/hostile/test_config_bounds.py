@@ -3,6 +3,8 @@ in range, every choice one of its values; the error names the field and nothing 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hostile_helpers import expect_rejected
 from hypothesis import given, settings
@@ -11,12 +13,23 @@ from hypothesis import strategies as st
 from memadapter._validate import MAX_SIZES
 from memadapter.errors import ConfigError
 from memadapter.modeling import MemAdapterConfig
+from memadapter.modeling.configuration_settings import SECTION_OF, SECTIONS, nest_flat_settings
 
 NAN, INF = float("nan"), float("inf")
 SIZE_FIELDS = ("chunk_tokens", "num_slots", "top_k", "key_dim", "value_dim", "grounding_hidden_size",
                "num_event_types", "prefix_tokens_per_slot", "cross_attn_heads", "grounding_context_size",
                "value_tokens", "hidden_size", "backbone_num_layers", "name_chunks", "fallback_chunks")
 ZERO_ALLOWED = {"grounding_context_size", "value_tokens", "name_chunks"}
+
+
+def _config(**kwargs) -> MemAdapterConfig:
+    """A config from flat names: read / ingest settings go into their sub-config."""
+    return MemAdapterConfig(**nest_flat_settings(kwargs))
+
+
+def _named(field: str) -> str:
+    """How an error names ``field``: ``read.lexical_weight`` inside a sub-config."""
+    return f"{SECTION_OF[field]}.{field}" if field in SECTION_OF else field
 
 CASES = [  # (field overrides, the field the error must name)
     (dict(num_slots=0), "num_slots"),
@@ -107,20 +120,22 @@ def reference():
 
 @pytest.mark.parametrize("kwargs,field", CASES, ids=[f"{k}={str(v)[:14]}" for kw, _ in CASES for k, v in [next(iter(kw.items()))]])
 def test_config_rejects(reference, kwargs, field):
-    expect_rejected(lambda: MemAdapterConfig(**kwargs), ConfigError, field, reference)
+    expect_rejected(lambda: _config(**kwargs), ConfigError, _named(field), reference)
 
 
 @pytest.mark.parametrize("field", SIZE_FIELDS)
 def test_an_edited_config_is_checked_again(reference, field):
     """validate_fields() re-checks a config edited after construction (and leaves other configs be)."""
     config = MemAdapterConfig()
-    setattr(config, field, MAX_SIZES[field] + 1)
-    expect_rejected(config.validate_fields, ConfigError, field, reference)
+    setattr(getattr(config, SECTION_OF[field]) if field in SECTION_OF else config, field, MAX_SIZES[field] + 1)
+    expect_rejected(config.validate_fields, ConfigError, _named(field), reference)
 
 
 def test_every_integer_field_has_a_bound():
     # the config's own annotations, as written (strings: the module postpones evaluation)
-    ints = {name for name, kind in MemAdapterConfig.__annotations__.items()
+    annotations = {**MemAdapterConfig.__annotations__, **{f.name: f.type for cls in SECTIONS.values()
+                                                          for f in dataclasses.fields(cls)}}
+    ints = {name for name, kind in annotations.items()
             if kind in ("int", "Optional[int]") and name != "read_layer"}  # read_layer is an index, checked
     assert ints == set(SIZE_FIELDS) and ints <= set(MAX_SIZES)
 
@@ -131,7 +146,7 @@ def test_config_sizes_out_of_bounds_are_rejected(reference, field, data):
     low = 0 if field in ZERO_ALLOWED else 1
     value = data.draw(st.one_of(st.integers(MAX_SIZES[field] + 1, 2**70), st.integers(-(2**70), low - 1),
                                 st.floats(allow_nan=True), st.booleans(), st.text(max_size=3)))
-    expect_rejected(lambda: MemAdapterConfig(**{field: value}), ConfigError, field, reference)
+    expect_rejected(lambda: _config(**{field: value}), ConfigError, _named(field), reference)
 
 
 @settings(max_examples=40, deadline=None)
@@ -140,4 +155,4 @@ def test_config_sizes_out_of_bounds_are_rejected(reference, field, data):
        value=st.one_of(st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not -1 <= x <= 1),
                        st.sampled_from([NAN, INF, -INF, "0.5", [0.5]])))
 def test_config_thresholds_out_of_range_are_rejected(reference, field, value):
-    expect_rejected(lambda: MemAdapterConfig(**{field: value}), ConfigError, field, reference)
+    expect_rejected(lambda: _config(**{field: value}), ConfigError, _named(field), reference)

@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from memadapter.modeling import MemAdapterForCausalLM
+from memadapter.modeling.configuration_settings import nest_flat_settings
 from memadapter.modeling.tiny import TINY_CONFIG, tiny_backbone as _tiny_backbone
 
 # The test machine's few cores are shared; one thread is faster for these tiny matmuls anyway.
@@ -38,11 +39,13 @@ QUESTIONS = ["where does alice live", "what city is bob in now"]
 
 
 def build(backbone, tok, injection="prefix", seed=0, **kw):
-    """A SMALL adapter (config overrides in ``kw``) over ``backbone``, seeded."""
+    """A SMALL adapter (config overrides in ``kw``) over ``backbone``, seeded. Read and ingest
+    settings may be given by their flat names (``lexical_weight=0.3``): they go to ``read`` / ``ingest``."""
     if injection == "cross_attn":
         kw = {"cross_attn_layers": [1], "cross_attn_gate_init": 0.5, **kw}
     torch.manual_seed(seed)
-    model = MemAdapterForCausalLM.from_pretrained(backbone, tokenizer=tok, injection=injection, **{**SMALL, **kw})
+    kw = nest_flat_settings({**SMALL, **kw})
+    model = MemAdapterForCausalLM.from_pretrained(backbone, tokenizer=tok, injection=injection, **kw)
     with torch.no_grad():  # an untrained tagger may say "O" everywhere: make it propose NEW facts
         model.grounding.tagger.bias[0] = -5.0
         model.grounding.event.bias[0] = 5.0

@@ -1,22 +1,24 @@
-"""MemAdapterConfig: defaults, JSON round trip, one ConfigError per bad field, backbone checks."""
+"""MemAdapterConfig: defaults, JSON round trip, one ConfigError per bad field, backbone checks; the
+nested read / ingest sub-configs, legacy flat configs, and the flat names --set takes."""
 
+import dataclasses
 import json
 
 import pytest
 
 from memadapter.errors import AdapterMismatchError, ConfigError
 from memadapter.modeling.backbones import supported_model_types
-from memadapter.modeling.configuration_memadapter import INGEST_TIME_SETTINGS, READ_TIME_SETTINGS, MemAdapterConfig
-
-
+from memadapter.modeling.configuration_memadapter import RETUNABLE, SETTABLE, MemAdapterConfig, check_config_keys
+from memadapter.modeling.configuration_settings import SECTION_OF, IngestConfig, ReadConfig, nest_flat_settings
 
 
 def _full(**kw):
+    """A full config; read / ingest settings may be given by their flat names."""
     base = dict(
         base_model_name_or_path="org/base", base_model_revision="abc123", backbone_model_type="qwen2",
         hidden_size=64, backbone_num_layers=2, read_layer=1, injection="cross_attn", cross_attn_layers=[1, 0],
     )
-    return MemAdapterConfig(**{**base, **kw})
+    return MemAdapterConfig(**nest_flat_settings({**base, **kw}))
 
 
 def test_defaults_are_valid_and_model_type_is_memadapter():
@@ -33,7 +35,8 @@ def test_round_trip_through_save_pretrained(tmp_path):
     assert on_disk["cross_attn_layers"] == [0, 1]  # canonical sorted order
     loaded = MemAdapterConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == cfg.to_dict()
-    assert (loaded.value_dim, loaded.base_model_revision, loaded.router_match_threshold) == (48, "abc123", 0.25)
+    assert (loaded.value_dim, loaded.base_model_revision, loaded.read.router_match_threshold) == (48, "abc123", 0.25)
+    assert on_disk["read"]["router_match_threshold"] == 0.25 and "router_match_threshold" not in on_disk
 
 
 @pytest.mark.parametrize(
@@ -51,7 +54,8 @@ def test_round_trip_through_save_pretrained(tmp_path):
     ],
 )
 def test_bad_field_raises_config_error_naming_it(field, value):
-    with pytest.raises(ConfigError, match=field):
+    named = f"{SECTION_OF[field]}.{field}" if field in SECTION_OF else field  # read.router_match_threshold
+    with pytest.raises(ConfigError, match=f"^{named}:"):
         _full(**{field: value})
 
 
@@ -89,7 +93,106 @@ def test_validate_fields_rechecks_after_edit():
         cfg.validate_fields()
 
 
-def test_settable_fields_are_config_fields_read_at_one_time_only():
-    fields = MemAdapterConfig().to_dict()
-    assert not READ_TIME_SETTINGS & INGEST_TIME_SETTINGS
-    assert (READ_TIME_SETTINGS | INGEST_TIME_SETTINGS) <= set(fields)
+def test_settable_names_are_the_sub_configs_fields_and_the_retunable_top_level_ones():
+    read, ingest = set(ReadConfig.names()), set(IngestConfig.names())
+    assert not read & ingest and set(SETTABLE) == read | ingest | set(RETUNABLE)
+    assert set(RETUNABLE) <= set(MemAdapterConfig.__annotations__) and not read & set(MemAdapterConfig.__annotations__)
+
+
+def test_the_top_level_is_structural_and_small():
+    own = set(MemAdapterConfig.__annotations__)  # this class's fields, not PreTrainedConfig's
+    assert len(own) <= 25 and {"ingest", "read", "hidden_size", "injection", "top_k"} <= own
+
+
+@pytest.mark.parametrize("cls", [IngestConfig, ReadConfig])
+def test_every_setting_says_why_it_exists(cls):
+    for f in dataclasses.fields(cls):
+        assert len(f.metadata.get("help", "").split()) >= 5, f"{cls.section}.{f.name} has no help text"
+
+
+def test_sub_configs_are_given_as_dicts_or_instances_and_copied():
+    read = ReadConfig(lexical_weight=0.3, ground_fallback=True, read_rule="joint")
+    a, b = MemAdapterConfig(read=read), MemAdapterConfig(read={"lexical_weight": 0.3, "ground_fallback": True,
+                                                              "read_rule": "joint"}, ingest=IngestConfig(snap_spans=True))
+    assert a.read == b.read == read and a.read is not read and b.ingest.snap_spans
+    a.read.lexical_weight = 0.5
+    assert read.lexical_weight == 0.3  # two configs never share one sub-config
+    assert MemAdapterConfig(read=None).read == ReadConfig()
+    with pytest.raises(ConfigError, match="^read: expected a dict or a ReadConfig, got list"):
+        MemAdapterConfig(read=[])
+    with pytest.raises(ConfigError, match="^ingest: expected a dict or a IngestConfig, got ReadConfig"):
+        MemAdapterConfig(ingest=read)
+
+
+def test_nested_json_round_trips():
+    cfg = _full(read={"lexical_weight": 0.3, "withdrawn_text": "unknown"}, ingest={"chunk_boundary": "sentence"})
+    for written in (cfg.to_dict(), json.loads(cfg.to_json_string()), json.loads(cfg.to_json_string(use_diff=False))):
+        assert written["read"]["lexical_weight"] == 0.3 and written["ingest"]["chunk_boundary"] == "sentence"
+        assert MemAdapterConfig.from_dict(written).to_dict() == cfg.to_dict()
+
+
+def test_a_flat_setting_says_where_it_lives():
+    with pytest.raises(ConfigError, match=r"^lexical_weight: is a read setting: use read=\{'lexical_weight': 0.3\}"):
+        MemAdapterConfig(lexical_weight=0.3)
+    with pytest.raises(ConfigError, match="^snap_spans: is an ingest setting"):
+        MemAdapterConfig(snap_spans=True)
+    cfg = MemAdapterConfig()
+    with pytest.raises(ConfigError, match=r"set config\.read\.lexical_weight"):
+        cfg.lexical_weight = 0.3  # would be an attribute nothing reads
+    with pytest.raises(AttributeError, match=r"read config\.read\.lexical_weight"):
+        cfg.lexical_weight
+    assert not hasattr(cfg, "no_such_field")
+
+
+def test_an_unknown_key_inside_a_sub_config_is_refused_naming_it():
+    with pytest.raises(ConfigError, match="^read.lexical_wieght: unknown setting"):
+        MemAdapterConfig(read={"lexical_wieght": 0.3})
+    saved = MemAdapterConfig().to_dict()
+    saved["ingest"]["snap_span"] = True
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) 'ingest.snap_span'"):
+        MemAdapterConfig.from_dict(saved)
+    with pytest.raises(ConfigError, match="'ingest.snap_span'"):
+        check_config_keys(saved)
+
+
+def test_nest_flat_settings_moves_only_the_settings():
+    flat = {"num_slots": 8, "lexical_weight": 0.3, "chunk_boundary": "sentence", "read": {"read_rule": "route"}}
+    assert nest_flat_settings(flat) == {"num_slots": 8, "read": {"read_rule": "route", "lexical_weight": 0.3},
+                                        "ingest": {"chunk_boundary": "sentence"}}
+    assert flat["lexical_weight"] == 0.3  # the input is left as it was
+    assert nest_flat_settings({"num_slots": 8}) == {"num_slots": 8}
+    with pytest.raises(ConfigError, match="^read.lexical_weight: given both"):
+        nest_flat_settings({"lexical_weight": 0.3, "read": {"lexical_weight": 0.2}})
+
+
+def test_a_legacy_flat_config_file_loads_into_the_sub_configs(tmp_path):
+    legacy = {"model_type": "memadapter", "num_slots": 8, "top_k": 2, "lexical_weight": 0.3, "read_rule": "joint",
+              "ground_fallback": True, "retract_tombstones": True, "snap_spans": True, "transformers_version": "5.24.0"}
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    for cfg in (MemAdapterConfig.from_dict(dict(legacy)), MemAdapterConfig.from_pretrained(tmp_path)):
+        assert (cfg.num_slots, cfg.read.lexical_weight, cfg.read.read_rule) == (8, 0.3, "joint")
+        assert cfg.ingest.retract_tombstones and cfg.ingest.snap_spans and "lexical_weight" not in cfg.to_dict()
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) 'lexical_wieght'"):
+        MemAdapterConfig.from_dict({**legacy, "lexical_wieght": 0.3})
+
+
+def test_apply_settings_routes_flat_names_all_or_nothing():
+    cfg = MemAdapterConfig(num_slots=8, top_k=2)
+    cfg.apply_settings({"lexical_weight": 0.3, "snap_spans": True, "top_k": 1})
+    assert (cfg.read.lexical_weight, cfg.ingest.snap_spans, cfg.top_k) == (0.3, True, 1)
+    before = cfg.to_dict()
+    for bad, named in (({"lexical_weight": 0.5, "top_k": 9}, "^top_k"), ({"top_k": 2, "lexical_weight": -1}, "^read.lexical_weight"),
+                       ({"snap_spans": False, "num_slots": 4}, "^num_slots: not a setting")):
+        with pytest.raises(ConfigError, match=named):
+            cfg.apply_settings(bad)
+        assert cfg.to_dict() == before
+
+
+def test_from_pretrained_takes_nested_settings(build_tiny):
+    from memadapter.modeling import MemAdapterForCausalLM
+
+    model = MemAdapterForCausalLM.from_pretrained(build_tiny("llama"), key_dim=8, value_dim=8, num_slots=4, top_k=2,
+                                                  read={"lexical_weight": 0.3}, ingest={"snap_spans": True})
+    assert model.config.read.lexical_weight == 0.3 and model.config.ingest.snap_spans
+    with pytest.raises(ConfigError, match="use read="):
+        MemAdapterForCausalLM.from_pretrained(build_tiny("llama"), lexical_weight=0.3)

@@ -367,8 +367,8 @@ def test_snap_spans_writes_whole_words_only():
         paired._propose(paired._hidden(t, torch.ones_like(t)), torch.ones_like(t), [ids])
         assert seen == [want]  # the sentence ends the head pairs within
     with pytest.raises(ConfigError, match="pair_in_sentence"):
-        MemAdapterConfig(pair_in_sentence="no")
+        MemAdapterConfig(ingest={"pair_in_sentence": "no"})
     with pytest.raises(ConfigError, match="snap_spans"):
-        MemAdapterConfig(snap_spans=1)
+        MemAdapterConfig(ingest={"snap_spans": 1})
     with pytest.raises(ConfigError, match="foreign_names"):
-        MemAdapterConfig(foreign_names="yes")
+        MemAdapterConfig(read={"foreign_names": "yes"})

@@ -60,7 +60,7 @@ def test_lexical_weight_lets_the_words_of_the_question_pick_the_slot(tokenizer):
         enc = tokenizer([question], return_tensors="pt")
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want]
     with pytest.raises(ConfigError, match="lexical_weight"):
-        MemAdapterForCausalLM.from_pretrained(tiny_backbone("llama"), tokenizer=tokenizer, lexical_weight=-1.0)
+        MemAdapterForCausalLM.from_pretrained(tiny_backbone("llama"), tokenizer=tokenizer, read={"lexical_weight": -1.0})
 
 
 def test_fallback_chunks_widens_the_fallback_search_not_the_slot_count(tokenizer):
@@ -75,7 +75,7 @@ def test_fallback_chunks_widens_the_fallback_search_not_the_slot_count(tokenizer
         assert sel.branch == ["fallback"] and len(sel.texts[0]) == want
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ConfigError, match="fallback_chunks"):
-            MemAdapterConfig(fallback_chunks=bad)
+            MemAdapterConfig(read={"fallback_chunks": bad})
 
 
 def test_lexical_text_sentence_tells_apart_two_facts_of_one_entity(tokenizer):
@@ -95,10 +95,10 @@ def test_lexical_text_sentence_tells_apart_two_facts_of_one_entity(tokenizer):
     for question, want in (("the color of bob", "bob: red"), ("bob lives where", "bob: rome")):
         enc = tokenizer([question], return_tensors="pt")
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], question
-    model.config.lexical_text = "key"
+    model.config.read.lexical_text = "key"
     assert model._slot_lexical_texts(mem, 0)[:2] == ["bob", "bob"]
     with pytest.raises(ConfigError, match="lexical_text"):
-        MemAdapterConfig(lexical_text="chunk")
+        MemAdapterConfig(read={"lexical_text": "chunk"})
 
 
 def test_lexical_content_words_leaves_now_out_of_the_lexical_agreement(tokenizer):
@@ -116,7 +116,7 @@ def test_lexical_content_words_leaves_now_out_of_the_lexical_agreement(tokenizer
     enc = tokenizer(["what city is bob in now"], return_tensors="pt")
     picks = []
     for on in (False, True):
-        model.config.lexical_content_words = on
+        model.config.read.lexical_content_words = on
         picks.append(model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0])
     assert picks == [["bob: red"], ["bob: rome"]]
 
@@ -156,10 +156,10 @@ def test_named_events_any_lets_a_lower_scored_event_that_names_the_question_repl
     monkeypatch.setattr(model, "_ground_chunks", lambda *args: events)
     enc = tokenizer(["where does old bob live"], return_tensors="pt")
     for mode, want in (("best", "bob city: rome"), ("any", "old bob: berlin")):
-        model.config.named_events = mode
+        model.config.read.named_events = mode
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], mode
     with pytest.raises(ConfigError, match="named_events"):
-        MemAdapterConfig(named_events="all")
+        MemAdapterConfig(read={"named_events": "all"})
 
 
 def test_version_margin_reads_the_newest_of_two_versions_of_a_fact(tokenizer):
@@ -179,17 +179,17 @@ def test_version_margin_reads_the_newest_of_two_versions_of_a_fact(tokenizer):
         mem.slots.write(key[None, None], torch.randn(1, 1, 16), key_text=[["alice"]], value_text=[[value]])
     select = lambda: model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0]
     assert select() == ["alice: paris"]
-    model.config.version_margin = 0.1
+    model.config.read.version_margin = 0.1
     assert select() == ["alice: berlin"]
-    model.config.version_margin = 0.001  # the newer version is not a near tie at this margin
+    model.config.read.version_margin = 0.001  # the newer version is not a near tie at this margin
     assert select() == ["alice: paris"]
-    model.config.version_margin, model.config.version_key_cosine = 0.1, 0.99  # nor a version at this cosine
+    model.config.read.version_margin, model.config.read.version_key_cosine = 0.1, 0.99  # nor a version at this cosine
     assert select() == ["alice: paris"]
     for bad in (-0.1, float("nan"), "0.1", True):
         with pytest.raises(ConfigError, match="version_margin"):
-            MemAdapterConfig(version_margin=bad)
+            MemAdapterConfig(read={"version_margin": bad})
     with pytest.raises(ConfigError, match="version_key_cosine"):
-        MemAdapterConfig(version_key_cosine=1.5)
+        MemAdapterConfig(read={"version_key_cosine": 1.5})
 
 
 def test_a_later_grounded_update_of_the_slots_fact_replaces_the_slot(tokenizer, monkeypatch):
@@ -216,7 +216,7 @@ def test_a_later_grounded_update_of_the_slots_fact_replaces_the_slot(tokenizer, 
              (0.1, events(40, 5.0, "new"), "alice: paris"),  # not said to replace anything
              (0.1, events(40, 5.0, event_key=other), "alice: paris"))  # another fact's key
     for margin, grounded, want in cases:
-        model.config.version_margin = margin
+        model.config.read.version_margin = margin
         monkeypatch.setattr(model, "_ground_chunks", grounded)
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (margin, want)
 
@@ -236,14 +236,14 @@ def test_a_withdrawn_slot_is_selected_as_no_longer_known(tokenizer):
     assert sel.branch == ["memory"] and sel.texts[0] == ["Alice city: no longer known"]
     assert bool((sel.value_ids == -1).all())
     # withdrawn_text: the withdrawn slot copies that text's tokens instead of nothing.
-    model.config.withdrawn_text = "unknown"
+    model.config.read.withdrawn_text = "unknown"
     sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
     want = model.value_token_ids("unknown")
     assert want and sel.value_ids[0, 0, : len(want)].tolist() == want
     assert sel.texts[0] == ["Alice city: no longer known"]
     for bad in ("", "  ", 3):
         with pytest.raises(ConfigError, match="withdrawn_text"):
-            MemAdapterConfig(withdrawn_text=bad)
+            MemAdapterConfig(read={"withdrawn_text": bad})
 
 
 def _query_key(model, enc) -> torch.Tensor:
@@ -282,15 +282,15 @@ def test_read_rule_joint_lets_slots_and_grounded_events_compete_and_reads_the_la
         sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
         assert sel.texts[0] == [want] and sel.branch[0] == ("memory" if want == "alice: paris" else "fallback")
     # the route rule never brings the slot in: the router sends the row to the fallback
-    model.config.read_rule = "route"
+    model.config.read.read_rule = "route"
     monkeypatch.setattr(model, "_ground_chunks", grounded("alice", 1.1, 10))
     assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == ["alice: berlin"]
     with pytest.raises(ConfigError, match="read_rule"):
-        MemAdapterConfig(read_rule="both")
+        MemAdapterConfig(read={"read_rule": "both"})
     with pytest.raises(ConfigError, match="ground_fallback"):
-        MemAdapterConfig(read_rule="joint")
+        MemAdapterConfig(read={"read_rule": "joint"})
     with pytest.raises(ConfigError, match="name_fragments"):
-        MemAdapterConfig(name_fragments=1)
+        MemAdapterConfig(read={"name_fragments": 1})
 
 
 def test_read_rule_joint_without_slots_or_events_injects_chunk_summaries(tokenizer, monkeypatch):
@@ -308,7 +308,7 @@ def test_slot_update_name_weight_reaches_the_slot_memory(tokenizer):
     assert model.new_memory().slots.update_name_weight == 0.2
     for bad in (-0.1, float("inf")):
         with pytest.raises(ConfigError, match="slot_update_name_weight"):
-            MemAdapterConfig(slot_update_name_weight=bad)
+            MemAdapterConfig(ingest={"slot_update_name_weight": bad})
 
 
 def test_withdrawn_margin_lets_a_later_withdrawal_replace_a_better_scored_fact(tokenizer, monkeypatch):
@@ -327,13 +327,13 @@ def test_withdrawn_margin_lets_a_later_withdrawal_replace_a_better_scored_fact(t
     assert mem.table()[0]["retracted"]
     for position, margin, want in ((10, None, "alice: berlin"), (10, 1.0, "alice: no longer known"),
                                    (10, 0.5, "alice: berlin"), (90, 1.0, "alice: berlin")):  # 90: after the withdrawal
-        model.config.withdrawn_margin = margin
+        model.config.read.withdrawn_margin = margin
         monkeypatch.setattr(model, "_ground_chunks", lambda *args: [
             GroundedEvent("alice", "berlin", torch.zeros(16), fact, "new", 1.5, position)])
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], (position, margin)
     for bad in (-0.1, float("nan")):
         with pytest.raises(ConfigError, match="withdrawn_margin"):
-            MemAdapterConfig(withdrawn_margin=bad)
+            MemAdapterConfig(read={"withdrawn_margin": bad})
 
 
 def test_withdrawn_cover_reads_a_later_withdrawal_whose_sentence_names_the_asked_fact(tokenizer, monkeypatch):
@@ -360,12 +360,12 @@ def test_withdrawn_cover_reads_a_later_withdrawal_whose_sentence_names_the_asked
         mem.slots.write(key[None, None], torch.randn(1, 1, 16), event=torch.tensor([[2]]), chunk_id=torch.tensor([[0]]),
                         span=torch.tensor([[[80, 84]]]), key_text=[["alice"]])
         monkeypatch.setattr(model, "_slot_sentences", lambda memory, b, s=sentence: [s] + [None] * (memory.slots.num_slots - 1))
-        model.config.withdrawn_cover = cover
+        model.config.read.withdrawn_cover = cover
         got = model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0]
         assert got == [f"alice: {want}"], (sentence, cover)
     for bad in (1.5, float("nan")):
         with pytest.raises(ConfigError, match="withdrawn_cover"):
-            MemAdapterConfig(withdrawn_cover=bad)
+            MemAdapterConfig(read={"withdrawn_cover": bad})
 
 
 @pytest.mark.parametrize("setting, question, rival, cases", [
@@ -392,7 +392,7 @@ def test_a_restore_rule_lets_an_event_with_a_cut_key_compete(tokenizer, monkeypa
         monkeypatch.setattr(model, "_ground_chunks", lambda *args, s=sentence: [
             GroundedEvent("alice", "berlin", torch.zeros(16), torch.zeros(16), "new", 1.0, 10, s),
             GroundedEvent(rival[0], rival[1], torch.zeros(16), torch.zeros(16), "new", 0.5, 20, rival[2])])
-        setattr(model.config, setting, restore)
+        setattr(model.config.read, setting, restore)
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0][0].endswith(want), (sentence, restore)
     with pytest.raises(ConfigError, match=setting):
         MemAdapterConfig(**{setting: 1})
@@ -412,11 +412,11 @@ def test_version_events_any_lets_a_correction_typed_new_be_the_latest_version(to
         monkeypatch.setattr(model, "_ground_chunks", lambda *args, t=later_type: [
             GroundedEvent("alice", "paris", torch.zeros(16), key, "new", 1.0, 10, "alice lives in paris"),
             GroundedEvent("alice", "berlin", torch.zeros(16), key, t, 0.95, 30, "alice moved to berlin")])
-        model.config.version_events = setting
+        model.config.read.version_events = setting
         got = model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0][0]
         assert got.endswith(want), (later_type, setting, got)
     with pytest.raises(ConfigError, match="version_events"):
-        MemAdapterConfig(version_events="all")
+        MemAdapterConfig(read={"version_events": "all"})
 
 
 def test_name_chunks_adds_the_chunks_that_hold_the_question_names(tokenizer):
@@ -431,14 +431,14 @@ def test_name_chunks_adds_the_chunks_that_hold_the_question_names(tokenizer):
     query = torch.zeros(hidden)  # the dense half says nothing: the words decide
     question = "Which company does Nina work for?"
     assert model._retrieved_chunks(mem, 0, query, question) == [0, 1]
-    model.config.name_chunks = 1
+    model.config.read.name_chunks = 1
     assert model._retrieved_chunks(mem, 0, query, question) == [0, 1, 4]
     assert model._retrieved_chunks(mem, 0, query, "which company does nina work for") == [0, 1]  # no name: no more
-    model.config.name_chunks = 9
+    model.config.read.name_chunks = 9
     assert model._retrieved_chunks(mem, 0, query, question) == [0, 1, 4, 2]  # only chunks that hold a name
     for bad in (-1, 1.5, True):
         with pytest.raises(ConfigError, match="name_chunks"):
-            MemAdapterConfig(name_chunks=bad)
+            MemAdapterConfig(read={"name_chunks": bad})
 
 
 def test_answer_type_margin_reads_the_rival_fact_whose_value_the_backbone_finds_the_likelier_answer(tokenizer, monkeypatch):
@@ -461,11 +461,11 @@ def test_answer_type_margin_reads_the_rival_fact_whose_value_the_backbone_finds_
             GroundedEvent("alice", "berlin", torch.zeros(16), city, "new", 1.5, 10, "alice lives in berlin"),
             GroundedEvent("alice", "555-0101", torch.zeros(16), k, "new", 1.45, 5, "call alice on 555-0101")])
         monkeypatch.setattr(model, "_answer_pmi", lambda question, values, p=pmi: p[: len(values)])
-        model.config.answer_type_margin = margin
+        model.config.read.answer_type_margin = margin
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [f"alice: {want}"], (margin, pmi)
     for bad in (-0.1, float("nan")):
         with pytest.raises(ConfigError, match="answer_type_margin"):
-            MemAdapterConfig(answer_type_margin=bad)
+            MemAdapterConfig(read={"answer_type_margin": bad})
 
 
 @torch.no_grad()
@@ -499,7 +499,7 @@ def test_inserted_names_drops_the_look_alike_whose_key_puts_a_name_inside_the_as
         GroundedEvent("alice Mini bob", "paris", torch.zeros(16), torch.zeros(16), "new", 1.0, 10, "alice Mini bob city paris"),
         GroundedEvent("alice bob", "rome", torch.zeros(16), torch.zeros(16), "new", 0.5, 20, "alice bob city rome")])
     for setting, want in ((False, "alice Mini bob: paris"), (True, "alice bob: rome")):
-        model.config.inserted_names = setting
+        model.config.read.inserted_names = setting
         assert model.select(mem, enc["input_ids"], enc["attention_mask"]).texts[0] == [want], setting
     with pytest.raises(ConfigError, match="inserted_names"):
-        MemAdapterConfig(inserted_names="on")
+        MemAdapterConfig(read={"inserted_names": "on"})

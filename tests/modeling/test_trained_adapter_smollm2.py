@@ -24,14 +24,14 @@ def test_committed_adapter_loads_ingests_and_generates():
     torch.set_num_threads(1)
     real_models.load_smollm2()  # fills the cache on first use
     model = MemAdapterForCausalLM.from_pretrained(str(real_models.default_cache_dir()), adapter=str(ADAPTER)).eval()
-    assert model.config.injection == "prefix" and model.config.read_layer == 8 and model.config.value_tokens == 16 and model.config.retract_tombstones
-    assert model.config.withdrawn_text == "unknown" and model.config.read_rule == "joint" and model.config.foreign_names
-    assert model.config.snap_spans and model.config.pair_in_sentence and not model.config.name_fragments
-    assert not model.config.type_reads_relation and model.config.withdrawn_cover == 0.3
-    assert model.config.restore_by_sentence and model.config.lexical_weight == 0.3
-    assert model.config.restore_by_attribute and model.config.name_chunks == 3 and model.config.version_events == "any"
-    assert model.config.inserted_names
-    assert model.config.chunk_boundary == "sentence" and model.config.lexical_content_words
+    cfg, read, ingest = model.config, model.config.read, model.config.ingest
+    assert cfg.injection == "prefix" and cfg.read_layer == 8 and cfg.value_tokens == 16 and not cfg.type_reads_relation
+    assert ingest.retract_tombstones and ingest.snap_spans and ingest.pair_in_sentence
+    assert ingest.chunk_boundary == "sentence"
+    assert read.withdrawn_text == "unknown" and read.read_rule == "joint" and read.foreign_names
+    assert not read.name_fragments and read.withdrawn_cover == 0.3 and read.inserted_names
+    assert read.restore_by_sentence and read.lexical_weight == 0.3 and read.lexical_content_words
+    assert read.restore_by_attribute and read.name_chunks == 3 and read.version_events == "any"
     assert sum(v.numel() for v in model.adapter_state_dict().values()) == 1_231_629
     stream = generate_stream(random.Random(0), split="test_unseen_entities")
     memory = model.new_memory()
