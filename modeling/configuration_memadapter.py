@@ -135,8 +135,8 @@ class MemAdapterConfig(PreTrainedConfig):
                 check_count(name, getattr(self, name))
         if self.top_k > self.num_slots:
             raise ConfigError(f"top_k: must be <= num_slots ({self.num_slots}), got {self.top_k}")
-        for name in ("type_reads_relation", "lifecycle_typing"):
-            if not isinstance(getattr(self, name), bool):
+        for name, kind in type(self).__annotations__.items():  # every switch this config declares
+            if kind in ("bool", bool) and not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         for section, cls in SECTIONS.items():  # edited in place (config.read.x = ...): re-check
             if not isinstance(getattr(self, section), cls):
