@@ -26,7 +26,7 @@ def test_set_items_name_what_is_wrong():
 
 
 def test_memadapter_eval_is_a_subcommand():
-    args = build_parser().parse_args(["eval", "--tasks", "vt", "--lengths", "4K", "--num-samples", "2"])
+    args = build_parser("eval").parse_args(["eval", "--tasks", "vt", "--lengths", "4K", "--num-samples", "2"])
     assert (args.tasks, args.lengths, args.num_samples, args.threads) == ("vt", "4K", 2, 1)
 
 
