@@ -73,7 +73,14 @@ class LM:
 
 
 class Method:
-    """One way of fitting a long context to the backbone: ``answer(sample) -> Answer``."""
+    """One way of fitting a long context to the backbone: ``answer(sample) -> Answer``.
+
+    Example:
+        >>> from memadapter.evaluation.methods import LM, BM25Retrieval
+        >>> method = BM25Retrieval(LM(model, tokenizer), top_k=4)      # doctest: +SKIP
+        >>> method.answer(sample).text, method.answer(sample).active    # doctest: +SKIP
+        ('2856496.', [9, 10, 11, 12])
+    """
 
     name = ""
 

@@ -28,6 +28,12 @@ class Sample:
     ``query`` is the question alone (what retrieval and memory read); ``question`` is the line the
     prompt prints after the context; ``stale_values`` are answers that were true once (an
     overwritten value) or belong to a look-alike key: a prediction holding one counts as stale.
+
+    Example:
+        >>> s = Sample("t/64/0", "t", 64, "The sky is blue.", "Read this.", "Question: what color is the sky?",
+        ...            "what color is the sky", " Answer:", ["blue"], "string_match_part")
+        >>> user_text(s, s.context)
+        'Read this.\nThe sky is blue.\nQuestion: what color is the sky?'
     """
 
     id: str
