@@ -33,7 +33,7 @@ class Sample:
         >>> s = Sample("t/64/0", "t", 64, "The sky is blue.", "Read this.", "Question: what color is the sky?",
         ...            "what color is the sky", " Answer:", ["blue"], "string_match_part")
         >>> user_text(s, s.context)
-        'Read this.\nThe sky is blue.\nQuestion: what color is the sky?'
+        'Read this.\\nThe sky is blue.\\nQuestion: what color is the sky?'
     """
 
     id: str
