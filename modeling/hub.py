@@ -1,7 +1,10 @@
 """Adapter file IO, Hub resolution and upload, following the peft conventions.
 
 An adapter directory holds ``adapter_config.json`` (plain JSON), ``adapter_model.safetensors``
-(adapter tensors only, never backbone weights) and ``README.md`` (the model card). Loading reads
+(adapter tensors only, never backbone weights), ``README.md`` (the model card) and a two-line
+``config.json`` (``{"model_type": "memadapter"}``) through which transformers' Auto classes reach
+``MemAdapterForCausalLM`` with no remote code: ``AutoModelForCausalLM.from_pretrained(folder)``
+loads the base named in the adapter config plus the adapter, as peft's do. Loading reads
 JSON and safetensors only, so nothing is ever unpickled, and a config that asks for remote code or
 a custom class is refused before anything else happens.
 
@@ -13,7 +16,7 @@ fails or is killed at any point leaves the previous adapter loadable, or the new
     >>> d = tempfile.mkdtemp()
     >>> _ = save_adapter(d, {"model_type": "memadapter"}, {"w": torch.zeros(2)}, "# card")
     >>> sorted(p.name for p in adapter_files(d))
-    ['README.md', 'adapter_config.json', 'adapter_model.safetensors']
+    ['README.md', 'adapter_config.json', 'adapter_model.safetensors', 'config.json']
 """
 
 from __future__ import annotations
@@ -43,7 +46,11 @@ from memadapter.errors import ConfigError, DTypeError, UnsafeLoadError
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 MODEL_CARD_NAME = "README.md"
-ADAPTER_FILE_NAMES: tuple[str, ...] = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME)
+# What AutoConfig reads to pick the class: only the model type. adapter_config.json stays the one
+# source of the adapter's settings (from_pretrained ignores the config AutoConfig built from this).
+AUTO_CONFIG_NAME = "config.json"
+AUTO_CONFIG = {"model_type": "memadapter"}
+ADAPTER_FILE_NAMES: tuple[str, ...] = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, MODEL_CARD_NAME, AUTO_CONFIG_NAME)
 # The last line of every card save_adapter writes. A README.md without it is the user's and is
 # kept; cards written before this marker existed carry none, and are kept too.
 CARD_MARKER = "<!-- memadapter: card written by save_pretrained, replaced on each save; delete this line to keep your edits -->"
@@ -140,6 +147,10 @@ def _fill(tmp: Path, target: Path, text: str, tensors: dict[str, torch.Tensor], 
         marked = card if _MARKER_PREFIX in card else card.rstrip("\n") + "\n\n" + CARD_MARKER + "\n"
         _write_synced(tmp / MODEL_CARD_NAME, lambda p: Path(p).write_text(marked, encoding="utf-8"))
     _boundary("card written")
+    if not (tmp / AUTO_CONFIG_NAME).exists():  # else another model's config.json was carried over
+        auto = json.dumps(AUTO_CONFIG, indent=2) + "\n"
+        _write_synced(tmp / AUTO_CONFIG_NAME, lambda p: Path(p).write_text(auto, encoding="utf-8"))
+    _boundary("auto config written")
     _fsync(tmp)
 
 
@@ -150,6 +161,8 @@ def _carry_user_files(target: Path, tmp: Path) -> None:
         if name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME) or _is_old_temp_file(name):
             continue
         if name == MODEL_CARD_NAME and _is_our_card(src):
+            continue
+        if name == AUTO_CONFIG_NAME and _is_our_auto_config(src):
             continue
         dst = tmp / name
         if src.is_symlink():
@@ -170,6 +183,15 @@ def _is_our_card(path: Path) -> bool:
         return _MARKER_PREFIX in path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return False  # unreadable as our card: a user's file, kept
+
+
+def _is_our_auto_config(path: Path) -> bool:
+    """A config.json naming model_type "memadapter" is ours; another (a base model saved in the same
+    folder) is kept, as a user's README is."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type") == "memadapter"
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
 
 
 def _link_or_copy(src: Any, dst: Any) -> None:
@@ -410,7 +432,8 @@ def push_adapter(
 ) -> Any:
     """Upload exactly the adapter files of ``folder`` in one commit; returns the commit info."""
     files = adapter_files(folder)
-    missing = set(ADAPTER_FILE_NAMES) - {p.name for p in files}
+    # config.json is optional: folders saved before it existed still upload (and load with adapter=)
+    missing = set(ADAPTER_FILE_NAMES) - {p.name for p in files} - {AUTO_CONFIG_NAME}
     if missing:
         raise ConfigError(f"folder: missing adapter files {sorted(missing)} in {str(folder)!r}")
     api = api or HfApi(token=token)

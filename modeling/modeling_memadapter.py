@@ -616,7 +616,21 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
                         tokenizer: Any = None, token: Optional[Union[str, bool]] = None, dtype: Any = None,
                         **config_overrides: Any) -> "MemAdapterForCausalLM":
         """``base``: repo id / local dir / loaded model; ``adapter``: adapter dir or Hub repo id (optional:
-        without it a fresh, untrained adapter is built from ``config_overrides``)."""
+        without it a fresh, untrained adapter is built from ``config_overrides``).
+
+        ``from_pretrained(adapter_folder)`` alone, and ``AutoModelForCausalLM.from_pretrained(adapter_folder)``
+        (which lands here through the ``config.json`` saved beside the adapter), load the base named
+        in the adapter config plus the adapter, as peft's auto classes do; the config the Auto class
+        built is not used (adapter_config.json is the adapter's config). A Hub adapter loads with
+        ``from_pretrained(adapter=repo_id)``, or through the Auto class from its downloaded snapshot
+        folder: given a bare repo id, transformers' peft integration takes over first.
+        """
+        if config_overrides.pop("_from_auto", False):
+            dtype = _auto_kwargs(config_overrides, dtype)
+            if adapter is None:
+                base, adapter = None, base
+        elif adapter is None and _is_adapter_folder(base):
+            base, adapter = None, base
         if adapter is not None and config_overrides:
             raise ConfigError(f"config_overrides: {sorted(config_overrides)} cannot change a saved adapter's config")
         weights = None
@@ -635,6 +649,33 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
         if weights is not None:
             model.load_adapter_state_dict(weights)
         return model.eval()
+
+
+# What transformers' Auto classes pass on to from_pretrained besides the path (auto_factory, 5.x).
+# Loading an adapter has no use for them: the adapter comes through hub.resolve_adapter (the default
+# Hub cache; HF_HUB_OFFLINE honoured) and remote code is never run, whatever trust_remote_code says.
+_AUTO_KWARGS = ("config", "cache_dir", "force_download", "local_files_only", "proxies", "trust_remote_code",
+                "adapter_kwargs")
+
+
+def _auto_kwargs(kwargs: dict, dtype: Any) -> Any:
+    """Drop the Auto class's keyword arguments from ``kwargs``; returns the dtype asked for."""
+    if kwargs.pop("subfolder", "") not in ("", None):
+        raise ConfigError("subfolder: an adapter is loaded from its folder or repo root; subfolders are not supported")
+    for name in _AUTO_KWARGS:
+        kwargs.pop(name, None)
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    return dtype if dtype is not None else torch_dtype
+
+
+def _is_adapter_folder(path: Any) -> bool:
+    """A local folder holding an adapter_config.json: from_pretrained(folder) then loads it as the adapter."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    try:
+        return os.path.isfile(os.path.join(os.fspath(path), hub.ADAPTER_CONFIG_NAME))
+    except (TypeError, ValueError):  # a bytes path, a NUL in it: not a folder we load; resolve_adapter says why
+        return False
 
 
 def _version(tensor: torch.Tensor) -> Optional[int]:

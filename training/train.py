@@ -182,14 +182,29 @@ def build_trainer(cfg: dict, output_dir: Optional[str] = None, max_steps: Option
                              processing_class=tokenizer)
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(prog="memadapter.training.train", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of this entry point, shared with ``memadapter train``."""
     parser.add_argument("--config", required=True, help="JSON or YAML file with model/data/training sections")
     parser.add_argument("--output_dir", default=None, help="overrides training.output_dir")
     parser.add_argument("--max_steps", type=int, default=None, help="overrides training.max_steps")
     parser.add_argument("--resume_from_checkpoint", default=None,
                         help="a checkpoint directory, or 'true' for the latest one in output_dir")
-    ns = parser.parse_args(argv)
+
+
+def run(ns: argparse.Namespace) -> int:
+    """``memadapter train``: train as ``main`` does, print the summary (one JSON line)."""
+    print(json.dumps(train(ns)))
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(prog="memadapter.training.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return train(parser.parse_args(argv))
+
+
+def train(ns: argparse.Namespace) -> dict:
+    """Train from parsed flags; returns this rank's summary (also written as rank{N}.json)."""
     cfg = load_config(ns.config)
     torch.set_num_threads(int(os.environ.get("MEMADAPTER_TRAIN_THREADS", "1")))
     trainer = build_trainer(cfg, ns.output_dir, ns.max_steps)

@@ -1,0 +1,131 @@
+"""Three ways to answer a question about a long stream on one frozen backbone, as the demo compares them.
+
+    memory   the trained adapter: the stream is ingested once; the bare question is asked and the
+             selected slot (or, when no slot matches, a chunk grounded again) is injected as a prefix,
+             exactly as ``generation_eval``'s memory row asks it
+    tail     the last ``tail_tokens`` tokens of the stream in the chat prompt
+    bm25     plain chunk retrieval: the ``top_k`` chunks BM25 ranks highest, in stream order, in the
+             chat prompt (``memadapter eval``'s bm25 method)
+
+The tail and bm25 prompts are ``generation_eval.chat_ids``: the chat template around the context,
+the question and a short-answer instruction, the fair way to ask an instruct model.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from memadapter.errors import EmptyInputError
+from memadapter.evaluation.methods import BM25Retrieval, LM, chunk_text
+from memadapter.training.generation_eval import chat_ids, contains_answer, question_ids
+
+MAX_NEW_TOKENS = 16  # room for a chat model's full sentence; the memory answer stops at EOS long before
+TAIL_TOKENS = 2048
+TOP_K_CHUNKS = 4
+CHUNK_TOKENS = 256
+METHODS = ("memory", "tail", "bm25")
+
+
+@dataclass
+class Answer:
+    """One method's answer; ``source`` says where it read from ("slot", "chunk", "tail", "bm25")."""
+
+    method: str
+    text: str
+    source: str
+
+
+class Answerer:
+    """Answers questions about one ingested stream with each of :data:`METHODS`.
+
+    Example:
+        >>> answerer = Answerer(model, tokenizer, memory, stream_text)   # doctest: +SKIP
+        >>> answerer.answer("memory", "Where does Nadia Petrova live now?").text   # doctest: +SKIP
+        'Vienna'
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, memory: Any, text: str, *, tail_tokens: int = TAIL_TOKENS,
+                 top_k: int = TOP_K_CHUNKS, chunk_tokens: int = CHUNK_TOKENS):
+        self.model, self.tok, self.memory = model, tokenizer, memory
+        self.snapshot = memory.snapshot()  # every question reads the post-ingest memory
+        self.stream_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        self.tail_tokens = tail_tokens
+        self.bm25 = BM25Retrieval(LM(model.backbone, tokenizer), top_k=top_k, chunk_tokens=chunk_tokens)
+        self.chunks = chunk_text(tokenizer, text, chunk_tokens)
+
+    def answer(self, method: str, question: str) -> Answer:
+        if not question.strip():
+            raise EmptyInputError("question: is empty")
+        if method == "memory":
+            return self._memory(question)
+        if method == "tail":
+            context = self.tok.decode(self.stream_ids[-self.tail_tokens:])
+            return Answer("tail", self._bare(chat_ids(self.tok, question, context)), "tail")
+        picked = sorted(self.bm25.rank(self.chunks, question)[: self.bm25.top_k])
+        context = " ".join(self.chunks[i] for i in picked)
+        return Answer("bm25", self._bare(chat_ids(self.tok, question, context)), "bm25")
+
+    def _memory(self, question: str) -> Answer:
+        self.memory.restore(self.snapshot)  # a read credits slot usage; start each question afresh
+        ids = self._tensor(question_ids(self.tok, question))
+        with _seen_selections(self.model) as seen:
+            out = self.model.generate(ids, torch.ones_like(ids), memory=self.memory, max_new_tokens=MAX_NEW_TOKENS,
+                                      do_sample=False, pad_token_id=self._pad())
+        source = "slot" if seen and seen[-1].branch[0] == "memory" else "chunk"
+        return Answer("memory", self._decode(out[0, ids.shape[1]:].tolist()), source)
+
+    @torch.no_grad()
+    def _bare(self, ids: list[int]) -> str:
+        """The backbone alone (adapter off) answers the prompt ``ids``."""
+        t = self._tensor(ids)
+        with self.model.disable_adapter():
+            out = self.model.generate(t, torch.ones_like(t), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                      pad_token_id=self._pad())
+        return self._decode(out[0, t.shape[1]:].tolist())
+
+    def _tensor(self, ids: list[int]) -> torch.Tensor:
+        device = next(self.model.backbone.parameters()).device
+        return torch.tensor([ids], dtype=torch.long, device=device)  # [1, T]
+
+    def _pad(self) -> int:
+        return self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+
+    def _decode(self, new: list[int]) -> str:
+        """New tokens -> answer: cut at EOS, then at the first line break (as generation_eval does)."""
+        eos = self.tok.eos_token_id
+        cut = new.index(eos) if eos in new else len(new)
+        return self.tok.decode(new[:cut], skip_special_tokens=True).strip().split("\n", 1)[0].strip()
+
+
+@contextmanager
+def _seen_selections(model: Any) -> Iterator[list]:
+    """Record the selections ``model.generate`` reads inside the block, to show whether a slot or the
+    chunk fallback answered. A second ``select`` would cost as much again (it grounds retrieved
+    chunks through the backbone), so the instance's ``select`` is wrapped for the block and then
+    removed (the class method shows through again). Single-threaded use only, as in the demo."""
+    seen: list = []
+    original = model.select
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        selection = original(*args, **kwargs)
+        seen.append(selection)
+        return selection
+
+    model.select = recording
+    try:
+        yield seen
+    finally:
+        del model.select
+
+
+def is_right(prediction: str, answer: str, stale: Sequence[str] = ()) -> bool:
+    """``answer`` occurs in the prediction (whole words, SQuAD-normalised) and no stale value does."""
+    return contains_answer(prediction, answer) and not any(contains_answer(prediction, s) for s in stale)
+
+
+def mark(right: Optional[bool]) -> str:
+    return "" if right is None else ("RIGHT" if right else "WRONG")
