@@ -13,6 +13,7 @@ the question and a short-answer instruction, the fair way to ask an instruct mod
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -56,6 +57,7 @@ class Answerer:
         self.tail_tokens = tail_tokens
         self.bm25 = BM25Retrieval(LM(model.backbone, tokenizer), top_k=top_k, chunk_tokens=chunk_tokens)
         self.chunks = chunk_text(tokenizer, text, chunk_tokens)
+        self._tail_prefix: Optional[tuple] = None  # (shared tail-prompt ids, generate's keyword, their KV cache)
 
     def answer(self, method: str, question: str) -> Answer:
         if not question.strip():
@@ -64,7 +66,8 @@ class Answerer:
             return self._memory(question)
         if method == "tail":
             context = self.tok.decode(self.stream_ids[-self.tail_tokens:])
-            return Answer("tail", self._bare(chat_ids(self.tok, question, context)), "tail")
+            ids = chat_ids(self.tok, question, context)
+            return Answer("tail", self._bare(ids, self._tail_cache(ids, context)), "tail")
         picked = sorted(self.bm25.rank(self.chunks, question)[: self.bm25.top_k])
         context = " ".join(self.chunks[i] for i in picked)
         return Answer("bm25", self._bare(chat_ids(self.tok, question, context)), "bm25")
@@ -79,13 +82,33 @@ class Answerer:
         return Answer("memory", self._decode(out[0, ids.shape[1]:].tolist()), source)
 
     @torch.no_grad()
-    def _bare(self, ids: list[int]) -> str:
-        """The backbone alone (adapter off) answers the prompt ``ids``."""
+    def _bare(self, ids: list[int], cache: Any = None) -> str:
+        """The backbone alone (adapter off) answers the prompt ``ids``; ``cache`` ((generate's keyword, KV
+        cache)) holds a prefix of it."""
         t = self._tensor(ids)
+        extra = {} if cache is None else {cache[0]: cache[1]}
         with self.model.disable_adapter():
             out = self.model.generate(t, torch.ones_like(t), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                      pad_token_id=self._pad())
+                                      pad_token_id=self._pad(), **extra)
         return self._decode(out[0, t.shape[1]:].tolist())
+
+    @torch.no_grad()
+    def _tail_cache(self, ids: list[int], context: str) -> Any:
+        """A copy of the backbone's KV cache for the part of the tail prompt every question shares (the
+        chat header and the 2K-token tail), read once: without it each question reads the tail again,
+        the slowest step of the demo. None when ``ids`` does not start with that part."""
+        if self._tail_prefix is None:
+            other = chat_ids(self.tok, "?", context)  # a second question shows where the prompts part
+            shared = next((i for i, (a, b) in enumerate(zip(ids, other)) if a != b), min(len(ids), len(other)))
+            prefix = ids[:min(shared, len(ids) - 1)]  # at least one token left for generate to read
+            t = self._tensor(prefix)
+            with self.model.disable_adapter():
+                out = self.model.backbone(input_ids=t, attention_mask=torch.ones_like(t), use_cache=True)
+            # transformers 5.x renamed past_key_values to cache (output field and generate keyword)
+            name = "cache" if getattr(out, "cache", None) is not None else "past_key_values"
+            self._tail_prefix = (prefix, name, getattr(out, name))
+        prefix, name, cache = self._tail_prefix
+        return (name, copy.deepcopy(cache)) if ids[:len(prefix)] == prefix and len(prefix) < len(ids) else None
 
     def _tensor(self, ids: list[int]) -> torch.Tensor:
         device = next(self.model.backbone.parameters()).device

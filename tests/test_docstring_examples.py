@@ -7,11 +7,13 @@ import pkgutil
 import pytest
 
 import memadapter
+import memadapter.demo
 import memadapter.hub_cards
 import memadapter.modeling
 import memadapter.training
 
-MODULES = sorted({m.name for pkg in (memadapter, memadapter.modeling, memadapter.training, memadapter.hub_cards)
+MODULES = sorted({m.name for pkg in (memadapter, memadapter.modeling, memadapter.training, memadapter.hub_cards,
+                              memadapter.demo)
                  for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
                  if not m.name.endswith("__main__")})  # a CLI entry point runs on import
 
