@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
@@ -53,11 +54,19 @@ class Answerer:
                  top_k: int = TOP_K_CHUNKS, chunk_tokens: int = CHUNK_TOKENS):
         self.model, self.tok, self.memory = model, tokenizer, memory
         self.snapshot = memory.snapshot()  # every question reads the post-ingest memory
-        self.stream_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        self.tail_tokens = tail_tokens
+        self.text, self.tail_tokens = text, tail_tokens
         self.bm25 = BM25Retrieval(LM(model.backbone, tokenizer), top_k=top_k, chunk_tokens=chunk_tokens)
-        self.chunks = chunk_text(tokenizer, text, chunk_tokens)
         self._tail_prefix: Optional[tuple] = None  # (shared tail-prompt ids, generate's keyword, their KV cache)
+
+    @cached_property
+    def stream_ids(self) -> list[int]:
+        """The stream's tokens (for the tail window; ``memadapter ask`` never needs them)."""
+        return list(self.tok(self.text, add_special_tokens=False)["input_ids"])
+
+    @cached_property
+    def chunks(self) -> list[str]:
+        """The stream in sentence-aligned chunks, for BM25."""
+        return chunk_text(self.tok, self.text, self.bm25.chunk_tokens)
 
     def answer(self, method: str, question: str) -> Answer:
         if not question.strip():

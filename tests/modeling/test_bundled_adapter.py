@@ -1,0 +1,19 @@
+"""The trained SmolLM2 adapter ships inside the package (pyproject package-data) and is found there."""
+
+import pytest
+
+from memadapter.errors import MissingDependencyError
+from memadapter.modeling import hub, real_models
+
+
+def test_the_bundled_adapter_is_package_data_with_both_files():
+    path = real_models.bundled_adapter_path()
+    assert path.parent.parent.name == "modeling" and path.name == real_models.BUNDLED_ADAPTER
+    assert hub.load_adapter_config(path)["injection"] == "prefix"
+    assert sum(t.numel() for t in hub.load_adapter_weights(path).values()) == 1_231_629
+
+
+def test_a_missing_bundled_adapter_names_the_reinstall(monkeypatch):
+    monkeypatch.setattr(real_models, "BUNDLED_ADAPTER", "no-such-adapter")
+    with pytest.raises(MissingDependencyError, match="reinstall"):
+        real_models.bundled_adapter_path()
