@@ -57,7 +57,8 @@ def _wire(parser: argparse.ArgumentParser, module_name: str) -> None:
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """``only``: the one command (or bench) whose module to import; None: all of them, "": none
     (the top-level ``--help`` lists the commands without importing any)."""
-    parser = argparse.ArgumentParser(prog="memadapter", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="memadapter", description="memadapter: an editable, request-local "
+                                     "slot memory for frozen Hugging Face causal LMs",
                                      epilog="examples:\n  " + "\n  ".join(e.split("\n")[0] for _, _, e in _COMMANDS.values()),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
