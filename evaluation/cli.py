@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from memadapter._validate import check_choices
 from memadapter.errors import ConfigError
 
 __all__ = ["add_arguments", "run", "parse_lengths", "parse_methods", "DEFAULT_ADAPTER"]
@@ -41,11 +42,7 @@ def parse_lengths(text: str) -> list[int]:
 def parse_methods(text: str) -> list[str]:
     from .methods import METHOD_NAMES
 
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
-    bad = [m for m in names if m not in METHOD_NAMES]
-    if not names or bad or len(set(names)) != len(names):
-        raise ConfigError(f"methods: expected distinct names from {METHOD_NAMES}, got {text!r}")
-    return names
+    return check_choices("methods", text, METHOD_NAMES)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,28 +83,11 @@ def _load_backbone(base: Optional[str]) -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(base).eval(), AutoTokenizer.from_pretrained(base)
 
 
-def _settings(items: list[str]) -> dict:
-    """``--set FIELD=VALUE`` items -> {field: JSON value}; ConfigError naming a bad item."""
-    import json
-
-    from memadapter.modeling.configuration_memadapter import SETTABLE as settable
-
-    overrides = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or name not in settable:
-            raise ConfigError(f"--set: expected FIELD=VALUE with FIELD one of {sorted(settable)}, got {item!r}")
-        try:
-            overrides[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ConfigError(f"--set {name}: {raw!r} is not a JSON value (e.g. 0.2, true, null)") from None
-    return overrides
-
-
 def _adapter_model(args: argparse.Namespace, backbone: Any, tokenizer: Any) -> Any:
+    from memadapter.modeling.configuration_memadapter import parse_settings
     from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 
-    overrides = _settings(args.set) if args.set else {}  # a bad item fails before the adapter loads
+    overrides = parse_settings(args.set) if args.set else {}  # a bad item fails before the adapter loads
     if not Path(args.adapter).is_dir():
         raise ConfigError(f"--adapter: {args.adapter!r} is not a local directory")
     model = MemAdapterForCausalLM.from_pretrained(backbone, adapter=args.adapter, tokenizer=tokenizer)

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
-from memadapter._validate import check_positive_int
+from memadapter._validate import check_choices, check_positive_int
 from memadapter.errors import ConfigError
 
 from .babi import babi
@@ -36,15 +36,7 @@ TASKS: dict[str, Generator] = {
 
 def check_tasks(tasks: Union[str, Sequence[str]]) -> list[str]:
     """A comma list or sequence of task names -> list; ConfigError naming unknown or repeated ones."""
-    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if str(t).strip()]
-    if not names:
-        raise ConfigError(f"tasks: expected at least one of {sorted(TASKS)}, got none")
-    bad = [t for t in names if t not in TASKS]
-    if bad:
-        raise ConfigError(f"tasks: unknown task(s) {bad}; expected names from {sorted(TASKS)}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"tasks: {names} names a task twice")
-    return names
+    return check_choices("tasks", tasks, sorted(TASKS))
 
 
 def generate_samples(task: str, length: int, num_samples: int, ctx: TaskContext, seed: int = 0,

@@ -127,3 +127,24 @@ def check_real(name: str, value: object, *, low: float = -math.inf, high: float 
     if not low <= value <= high:
         raise ConfigError(f"{name}: must lie in [{low}, {high}], got {value}")
     return float(value)
+
+
+def check_choices(name: str, value: object, choices: Sequence[str]) -> list[str]:
+    """A comma-separated str or a sequence of names -> list of distinct names from ``choices``;
+    ConfigError naming ``name`` when it is empty, names an unknown choice or repeats one.
+
+        >>> check_choices("methods", "bm25, dense", ("bm25", "dense", "tail"))
+        ['bm25', 'dense']
+    """
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise DTypeError(f"{name}: expected a comma list or a sequence of names, got {type(value).__name__}")
+    names = [str(v).strip() for v in items if str(v).strip()]
+    if not names:
+        raise ConfigError(f"{name}: expected at least one of {list(choices)}, got none")
+    bad = [n for n in names if n not in choices]
+    if bad:
+        raise ConfigError(f"{name}: unknown name(s) {bad}; expected names from {list(choices)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{name}: {names} names one twice")
+    return names

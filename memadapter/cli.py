@@ -35,7 +35,7 @@ _COMMANDS = {
               "  accelerate launch --multi_gpu --num_processes 2 -m memadapter.training.train --config FILE"),
     "eval": ("memadapter.eval", "outside benchmarks (RULER, BABILong-style) on one frozen backbone",
              "memadapter eval --tasks niah_single,vt --lengths 4K,8K --methods tail,bm25,memadapter_prefix"),
-    "card": ("memadapter.hub_cards.card_command", "render the model card (README.md) of an adapter folder",
+    "card": ("memadapter.modeling.card_command", "render the model card (README.md) of an adapter folder",
              "memadapter card modeling/adapters/smollm2-135m-prefix --results results.json --out README.md"),
 }
 # bench name -> (module, one-line help)

@@ -14,10 +14,11 @@ Naming: the base checkpoint's revision is ``base_model_revision``, not ``revisio
 from __future__ import annotations
 
 import dataclasses
+import json
 import functools
 import math
 from dataclasses import field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from transformers import PreTrainedConfig
 
@@ -244,6 +245,25 @@ class MemAdapterConfig(PreTrainedConfig):
 # Keys transformers itself writes into a config file besides the fields (to_dict / to_diff_dict),
 # and the old spelling of dtype that its from_dict still maps.
 _TRANSFORMERS_KEYS = frozenset({"transformers_version", "model_type", "_name_or_path", "output_attentions", "torch_dtype"})
+
+
+def parse_settings(items: Sequence[str], flag: str = "--set") -> dict[str, Any]:
+    """``FIELD=VALUE`` items (a command line's ``--set``) -> {field: JSON value}, for
+    :meth:`MemAdapterConfig.apply_settings`. ConfigError naming ``flag`` and the bad item.
+
+        >>> parse_settings(["lexical_weight=0.3", 'read_rule="joint"'])
+        {'lexical_weight': 0.3, 'read_rule': 'joint'}
+    """
+    out = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in SETTABLE:
+            raise ConfigError(f"{flag}: expected FIELD=VALUE with FIELD one of {', '.join(SETTABLE)}, got {item!r}")
+        try:
+            out[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{flag} {name}: {raw!r} is not a JSON value (e.g. 0.2, true, null)") from None
+    return out
 
 
 @functools.lru_cache(maxsize=1)

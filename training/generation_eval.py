@@ -35,12 +35,12 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from memadapter._validate import check_positive_int
+from memadapter._validate import check_choices, check_positive_int
 from memadapter.bench.stats import wilson_interval, write_rows_json
 from memadapter.errors import ConfigError, EmptyInputError
 # --set FIELD=VALUE: the read / ingest settings by their flat names (config.read.lexical_weight is
 # "lexical_weight") and top_k / value_tokens; safe to change on a trained adapter.
-from memadapter.modeling.configuration_memadapter import SETTABLE
+from memadapter.modeling.configuration_memadapter import SETTABLE, parse_settings
 
 from .lifecycle_data import QUESTION_KINDS
 
@@ -197,17 +197,7 @@ def _chat_text_answer(model: Any, tok: Any, ctx: _StreamContext, question: str, 
 # ----------------------------------------------------------------------------- evaluation
 
 def _check_methods(methods: Any) -> tuple[str, ...]:
-    if isinstance(methods, str):
-        methods = [m for m in methods.split(",") if m.strip()]
-    methods = tuple(str(m).strip() for m in methods)
-    if not methods:
-        raise ConfigError(f"methods: expected at least one of {METHODS}, got none")
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise ConfigError(f"methods: unknown method(s) {bad}; expected names from {METHODS}")
-    if len(set(methods)) != len(methods):
-        raise ConfigError(f"methods: {list(methods)} names a method twice")
-    return methods
+    return tuple(check_choices("methods", methods, METHODS))
 
 
 def _check_kinds(kinds: Optional[Iterable[str]]) -> Optional[frozenset[str]]:
@@ -383,24 +373,11 @@ def _model_dirs(args: argparse.Namespace) -> tuple[str, str]:
     return _local_dir("--base", args.base if args.base is not None else default_cache_dir()), adapter
 
 
-def _overrides(items: Sequence[str]) -> dict:
-    """``--set FIELD=VALUE`` items -> {field: JSON value}; ConfigError naming a bad item."""
-    out = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or name not in SETTABLE:
-            raise ConfigError(f"--set: expected FIELD=VALUE with FIELD one of {SETTABLE}, got {item!r}")
-        try:
-            out[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ConfigError(f"--set {name}: {raw!r} is not a JSON value (e.g. 0.2, true, null)") from None
-    return out
-
 
 def _load_model(args: argparse.Namespace, base: str, adapter: str) -> Any:
     from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 
-    overrides = _overrides(args.set)  # a bad item fails before the model loads
+    overrides = parse_settings(args.set)  # a bad item fails before the model loads
     model = MemAdapterForCausalLM.from_pretrained(base, adapter=adapter, dtype=getattr(torch, args.dtype))
     if "value_tokens" in overrides and (overrides["value_tokens"] == 0) != (model.config.value_tokens == 0):
         raise ConfigError("--set value_tokens: can change the number of copied tokens, not switch copying on or off")

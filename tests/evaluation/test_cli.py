@@ -2,7 +2,7 @@ import pytest
 
 from memadapter.cli import build_parser
 from memadapter.errors import ConfigError
-from memadapter.evaluation.cli import _settings, markdown_table, parse_lengths, parse_methods
+from memadapter.evaluation.cli import markdown_table, parse_lengths, parse_methods
 
 
 def test_lengths_take_k_suffixes_and_refuse_bad_items():
@@ -16,13 +16,6 @@ def test_methods_are_checked_by_name():
     assert parse_methods("bm25, dense") == ["bm25", "dense"]
     with pytest.raises(ConfigError, match="methods"):
         parse_methods("bm25,kvpress")
-
-
-def test_set_items_name_what_is_wrong():
-    with pytest.raises(ConfigError, match="--set: expected FIELD=VALUE"):
-        _settings(["no_such_setting=1"])
-    with pytest.raises(ConfigError, match="--set top_k"):
-        _settings(["top_k=[1"])
 
 
 def test_memadapter_eval_is_a_subcommand():

@@ -85,7 +85,7 @@ def test_task_files_round_trip(tmp_path, ctx):
 
 
 def test_bad_task_names_and_lengths_are_named(ctx):
-    with pytest.raises(ConfigError, match="unknown task"):
+    with pytest.raises(ConfigError, match="tasks: unknown name"):
         check_tasks("niah_single,nope")
     with pytest.raises(ConfigError, match="twice"):
         check_tasks(["vt", "vt"])

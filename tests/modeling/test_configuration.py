@@ -196,3 +196,16 @@ def test_from_pretrained_takes_nested_settings(build_tiny):
     assert model.config.read.lexical_weight == 0.3 and model.config.ingest.snap_spans
     with pytest.raises(ConfigError, match="use read="):
         MemAdapterForCausalLM.from_pretrained(build_tiny("llama"), lexical_weight=0.3)
+
+
+def test_parse_settings_reads_json_values_and_names_a_bad_item():
+    from memadapter.modeling.configuration_memadapter import parse_settings
+
+    assert parse_settings(["lexical_weight=0.3", "version_margin=null", "top_k=2"]) == \
+        {"lexical_weight": 0.3, "version_margin": None, "top_k": 2}
+    with pytest.raises(ConfigError, match="--set: expected FIELD=VALUE"):
+        parse_settings(["no_such_setting=1"])
+    with pytest.raises(ConfigError, match="--set: expected FIELD=VALUE"):
+        parse_settings(["lexical_weight"])
+    with pytest.raises(ConfigError, match="--set top_k"):
+        parse_settings(["top_k=[1"])
