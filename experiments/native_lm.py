@@ -9,7 +9,7 @@ the question ``(QUERY, key, NO_VALUE)``. The model (about 2.74M parameters) has
   DeltaNet mixing layers (chunkwise, per-token outputs) with MLPs;
 * a write head producing ``p_write`` per event, a memory key from the event's key field and a
   memory value from the backbone state;
-* a differentiable soft memory (``memadapter.soft_slots``) used in training, and a 32-slot hard
+* a differentiable soft memory (``experiments.soft_slots``) used in training, and a 32-slot hard
   :class:`~memadapter.slots.SlotMemory` used at evaluation, where the number of state-changing
   actions per stream is counted;
 * a top-16 sparse fallback over the summaries of all past events, a router (memory branch when a
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from memadapter._validate import check_positive_int
 from memadapter.errors import ConfigError, DTypeError, ShapeError
 from memadapter.slots import SlotMemory, WriteResult
-from memadapter.soft_slots import SoftSlotConfig, SoftSlotState, soft_read, soft_write
+from experiments.soft_slots import SoftSlotConfig, SoftSlotState, soft_read, soft_write
 
 MARKER_NAMES = ("NONE", "WRITE", "UPDATE", "PROTECT", "ASIDE", "QUERY")
 NONE, WRITE, UPDATE, PROTECT, ASIDE, QUERY = range(len(MARKER_NAMES))

@@ -17,7 +17,7 @@ provenance are hard-path only (training does not need them).
 
 Example:
     >>> import torch
-    >>> from memadapter.soft_slots import SoftSlotConfig, SoftSlotState, soft_read, soft_write
+    >>> from experiments.soft_slots import SoftSlotConfig, SoftSlotState, soft_read, soft_write
     >>> cfg = SoftSlotConfig()
     >>> state = SoftSlotState.empty(batch_size=1, num_slots=4, key_dim=8, value_dim=8)
     >>> key, value = torch.eye(8)[:1], torch.eye(8)[1:2].requires_grad_()
@@ -35,9 +35,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_tensor
-from .errors import CapacityError, ConfigError, ShapeError
-from .slots import SlotMemory
+from memadapter._validate import check_tensor
+from memadapter.errors import CapacityError, ConfigError, ShapeError
+from memadapter.slots import SlotMemory
 
 _FREE_PENALTY = 4.0  # pushes free slots below any cosine (>= -1) in the soft match
 _READ_PENALTY = 1e4  # pushes free slots out of the soft top-K

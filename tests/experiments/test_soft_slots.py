@@ -7,7 +7,7 @@ import torch
 
 from memadapter.errors import CapacityError, ConfigError, ShapeError
 from memadapter.slots import EventType, SlotMemory, WriteAction
-from memadapter.soft_slots import SoftSlotConfig, SoftSlotState, soft_read, soft_write
+from experiments.soft_slots import SoftSlotConfig, SoftSlotState, soft_read, soft_write
 
 D = 8
 E = torch.eye(D, dtype=torch.float64)
