@@ -47,8 +47,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memadapter._validate import check_allocation, check_size
 from memadapter.chunk_index import ChunkIndex, index_bytes
-from memadapter.errors import (AdapterMismatchError, CapacityError, ConfigError, DTypeError, EmptyInputError,
-                               MemAdapterError, ShapeError)
+from memadapter.errors import ConfigError, DTypeError, EmptyInputError, MemAdapterError, ShapeError
 from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, sentence_ends, word_starts
 from memadapter.spans import sentence_chunks
 from memadapter.request_memory import RequestMemory
@@ -56,17 +55,13 @@ from memadapter.slots import SlotMemory, slot_state_bytes
 
 from . import hub
 from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states
-from .configuration_memadapter import RETUNABLE, MemAdapterConfig
+from .configuration_memadapter import MemAdapterConfig
 from .injectors import INJECTORS, Injector, get_injector
+from .input_checks import InputChecksMixin
 from .reader import MemoryReaderMixin
 from .selection import Selection
 
 PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
-# Config fields left out of the adapter fingerprint: settings that may change on a trained adapter
-# (the read / ingest sub-configs, RETUNABLE; generation_eval switches injection on one memory) and
-# names of the base, not what a memory holds.
-NOT_IN_FINGERPRINT = frozenset({"read", "ingest", *RETUNABLE, "injection", "base_model_name_or_path",
-                                "base_model_revision"})
 # ids of the models whose adapter is off (disable_adapter) in this thread / asyncio task
 _ADAPTER_OFF: ContextVar[frozenset[int]] = ContextVar("memadapter_adapter_off", default=frozenset())
 
@@ -80,7 +75,7 @@ class IngestReport:
     writes: list[int]
 
 
-class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
+class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel):
     """A frozen causal LM with a request-local slot memory and sparse chunk fallback.
 
     Example:
@@ -420,102 +415,10 @@ class MemAdapterForCausalLM(MemoryReaderMixin, PreTrainedModel):
             self._check_memory(memory)
         return memory is not None and self._adapter_enabled
 
-    def _check_memory(self, memory: Any) -> RequestMemory:
-        """A RequestMemory whose sizes are this model's (one made by another model's new_memory()
-        would fail deep inside a matmul)."""
-        if not isinstance(memory, RequestMemory):
-            raise DTypeError(f"memory: expected a RequestMemory (model.new_memory()), got {type(memory).__name__}")
-        cfg, slots = self.config, memory.slots
-        have = (slots.key_dim, slots.value_dim, {i.dim for i in memory.indexes})
-        if have != (cfg.key_dim, cfg.value_dim, {cfg.hidden_size}):
-            raise ShapeError(f"memory: has key_dim, value_dim, index dim {have[0]}, {have[1]}, {sorted(have[2])}; this "
-                             f"model needs {cfg.key_dim}, {cfg.value_dim}, {cfg.hidden_size} (use model.new_memory())")
-        self._check_adapter_id(memory)
-        return memory
-
-    def _check_adapter_id(self, memory: RequestMemory) -> None:
-        """Refuse a memory that another adapter (or this one before its weights changed) made: its
-        keys and values mean nothing to these heads, even when the sizes agree. A memory built by
-        hand (``adapter_id`` None) is taken as it is."""
-        made_by = getattr(memory, "adapter_id", None)
-        if made_by is None:
-            return
-        mine = self.adapter_fingerprint()
-        if made_by != mine:
-            raise AdapterMismatchError(
-                f"memory: was made by another adapter (id {str(made_by)[:12]}), not this one (id {mine[:12]}), or by this "
-                "one before its weights or config changed; make it with this model's new_memory() and ingest again")
-
-    def adapter_fingerprint(self) -> str:
-        """sha256 (hex) of this adapter: its config fields but NOT_IN_FINGERPRINT, and every adapter
-        tensor (:func:`hub.adapter_fingerprint`). Cached; recomputed when the config changed or a
-        tensor was replaced or changed in place (its version counter moved). Writes through
-        ``param.data`` bypass that counter: call it after such edits only if the cache was cleared
-        (``model._fingerprint_cache = None``)."""
-        config = {k: getattr(self.config, k) for k in type(self.config).__annotations__ if k not in NOT_IN_FINGERPRINT}
-        tensors = [(n, t) for n, t in (*self.named_parameters(), *self.named_buffers()) if self._is_adapter_key(n)]
-        key = (json.dumps(config, sort_keys=True, default=str), [(n, t.data_ptr(), _version(t)) for n, t in tensors])
-        cached = getattr(self, "_fingerprint_cache", None)
-        if cached is not None and cached[0] == key and all(v is not None for _, _, v in key[1]):
-            return cached[1]
-        digest = hub.adapter_fingerprint(config, tensors)
-        self._fingerprint_cache = (key, digest)
-        return digest
-
     def _injector(self) -> Injector:
         """The injector ``config.injection`` names, looked up per call: generation_eval switches a
         trained adapter to ``text`` on the same memory."""
         return get_injector(self.config.injection)
-
-    def _check_ids(self, input_ids: Any, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """Check ids [B, T] (integer, inside the vocabulary, non-empty) and the mask; returns the mask."""
-        if not isinstance(input_ids, torch.Tensor):
-            raise DTypeError(f"input_ids: expected a tensor of token ids [B, T], got {type(input_ids).__name__}")
-        self._check_token_ids("input_ids", input_ids)
-        if input_ids.dim() != 2:
-            raise ShapeError(f"input_ids: expected integer ids [B, T], got shape {tuple(input_ids.shape)}")
-        if input_ids.numel() == 0:
-            raise EmptyInputError(f"input_ids: no tokens (shape {tuple(input_ids.shape)})")
-        if attention_mask is None:
-            return torch.ones_like(input_ids)
-        return self._check_mask(attention_mask, input_ids, empty_rows=False)
-
-    def _vocab_size(self) -> int:
-        rows = getattr(self.backbone.get_input_embeddings(), "num_embeddings", None)
-        return int(rows) if rows is not None else int(_unwrap(self.backbone).config.vocab_size)
-
-    def _check_token_ids(self, name: str, ids: torch.Tensor) -> None:
-        """Integer (not bool) ids inside [0, vocab): an id past the embedding table is an IndexError
-        deep in the backbone (or reads another row's memory on some devices)."""
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise DTypeError(f"{name}: expected integer token ids, got dtype {ids.dtype}")
-        if ids.numel():
-            low, high, vocab = int(ids.min()), int(ids.max()), self._vocab_size()
-            if low < 0 or high >= vocab:
-                raise CapacityError(f"{name}: token id {low if low < 0 else high} outside the vocabulary [0, {vocab})")
-
-    @staticmethod
-    def _check_mask(mask: Any, ids: torch.Tensor, *, empty_rows: bool) -> torch.Tensor:
-        """A 0/1 tensor of exactly ``ids``' shape (never reshaped); rows all 0 only if ``empty_rows``."""
-        if not isinstance(mask, torch.Tensor):
-            raise DTypeError(f"attention_mask: expected a tensor shaped like the ids, got {type(mask).__name__}")
-        if tuple(mask.shape) != tuple(ids.shape):
-            raise ShapeError(f"attention_mask: expected shape {tuple(ids.shape)}, got {tuple(mask.shape)}")
-        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-            raise CapacityError("attention_mask: values must be 0 or 1")
-        if not empty_rows and mask.numel():
-            empty = (mask == 0).reshape(-1, mask.shape[-1]).all(dim=1)  # [B]
-            if bool(empty.any()):
-                raise EmptyInputError(f"attention_mask: row {int(empty.nonzero()[0])} masks every token (nothing to read)")
-        return mask
-
-    def _check_labels(self, labels: Any, input_ids: torch.Tensor) -> None:
-        """Labels [B, T] like input_ids: token ids, or -100 where no loss is taken."""
-        if not isinstance(labels, torch.Tensor):
-            raise DTypeError(f"labels: expected a tensor of token ids, got {type(labels).__name__}")
-        if tuple(labels.shape) != tuple(input_ids.shape):
-            raise ShapeError(f"labels: expected shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-        self._check_token_ids("labels", labels.masked_fill(labels == -100, 0))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, memory: Optional[RequestMemory] = None,
@@ -676,14 +579,6 @@ def _is_adapter_folder(path: Any) -> bool:
         return os.path.isfile(os.path.join(os.fspath(path), hub.ADAPTER_CONFIG_NAME))
     except (TypeError, ValueError):  # a bytes path, a NUL in it: not a folder we load; resolve_adapter says why
         return False
-
-
-def _version(tensor: torch.Tensor) -> Optional[int]:
-    """The in-place version counter (None for inference-mode tensors, which have none)."""
-    try:
-        return tensor._version
-    except RuntimeError:
-        return None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -23,7 +23,6 @@ CLI (held-out streams, a trained adapter on a local base, e.g. the SmolLM2 cache
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import string
 import sys
