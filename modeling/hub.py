@@ -21,17 +21,11 @@ fails or is killed at any point leaves the previous adapter loadable, or the new
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import functools
-import hashlib
 import json
 import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download
@@ -42,6 +36,9 @@ from safetensors.torch import load_file, save_file
 
 from memadapter._validate import check_tensor
 from memadapter.errors import ConfigError, DTypeError, UnsafeLoadError
+
+from . import atomic_folder
+from .atomic_folder import link_or_copy, recover_interrupted_save, replace_folder, write_synced
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -73,11 +70,6 @@ def adapter_files(directory: PathLike) -> list[Path]:
     return [d / n for n in ADAPTER_FILE_NAMES if (d / n).is_file()]
 
 
-def _boundary(step: str) -> None:
-    """Marks the point between two steps of a save. Does nothing: the kill test replaces it with
-    ``os._exit`` to end the process at each step, and checks the folder still loads."""
-
-
 def save_adapter(
     save_directory: PathLike, config: dict, state_dict: dict[str, torch.Tensor], model_card: str
 ) -> list[Path]:
@@ -101,21 +93,9 @@ def save_adapter(
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     target = _save_target(save_directory)
     try:
-        recover_interrupted_save(target)
-        _remove_leftovers(target)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.saving-"))
-    except OSError as err:
-        raise ConfigError(f"save_directory: cannot write in {str(target.parent)!r} ({err})") from err
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
-        _boundary("temp folder made")
-        _fill(tmp, target, text, tensors, model_card)
-        _swap_in(tmp, target)
+        replace_folder(target, lambda tmp: _fill(tmp, target, text, tensors, model_card))
     except OSError as err:
         raise ConfigError(f"save_directory: saving to {str(target)!r} failed, the folder is unchanged ({err})") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # the new files (failure) or the old adapter (swapped out)
-        _boundary("old copy removed")
     return adapter_files(target)
 
 
@@ -138,20 +118,19 @@ def _fill(tmp: Path, target: Path, text: str, tensors: dict[str, torch.Tensor], 
     """Write the new adapter into ``tmp``, beside links to the user's files from ``target``."""
     if target.is_dir():
         _carry_user_files(target, tmp)
-    _boundary("user files carried")
-    _write_synced(tmp / ADAPTER_WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    _boundary("weights written")
-    _write_synced(tmp / ADAPTER_CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
-    _boundary("config written")
+    atomic_folder.boundary("user files carried")
+    write_synced(tmp / ADAPTER_WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_folder.boundary("weights written")
+    write_synced(tmp / ADAPTER_CONFIG_NAME, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_folder.boundary("config written")
     if not (tmp / MODEL_CARD_NAME).exists():  # else the user's own README was carried over
         marked = card if _MARKER_PREFIX in card else card.rstrip("\n") + "\n\n" + CARD_MARKER + "\n"
-        _write_synced(tmp / MODEL_CARD_NAME, lambda p: Path(p).write_text(marked, encoding="utf-8"))
-    _boundary("card written")
+        write_synced(tmp / MODEL_CARD_NAME, lambda p: Path(p).write_text(marked, encoding="utf-8"))
+    atomic_folder.boundary("card written")
     if not (tmp / AUTO_CONFIG_NAME).exists():  # else another model's config.json was carried over
         auto = json.dumps(AUTO_CONFIG, indent=2) + "\n"
-        _write_synced(tmp / AUTO_CONFIG_NAME, lambda p: Path(p).write_text(auto, encoding="utf-8"))
-    _boundary("auto config written")
-    _fsync(tmp)
+        write_synced(tmp / AUTO_CONFIG_NAME, lambda p: Path(p).write_text(auto, encoding="utf-8"))
+    atomic_folder.boundary("auto config written")
 
 
 def _carry_user_files(target: Path, tmp: Path) -> None:
@@ -168,9 +147,9 @@ def _carry_user_files(target: Path, tmp: Path) -> None:
         if src.is_symlink():
             os.symlink(os.readlink(src), dst)
         elif src.is_dir():
-            shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+            shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
         else:
-            _link_or_copy(src, dst)
+            link_or_copy(src, dst)
 
 
 def _is_old_temp_file(name: str) -> bool:
@@ -192,118 +171,6 @@ def _is_our_auto_config(path: Path) -> bool:
         return json.loads(path.read_text(encoding="utf-8")).get("model_type") == "memadapter"
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return False
-
-
-def _link_or_copy(src: Any, dst: Any) -> None:
-    try:
-        os.link(src, dst)  # same filesystem (a sibling folder): instant, no second copy
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _write_synced(path: Path, write: Callable[[str], Any]) -> None:
-    write(str(path))
-    os.chmod(path, 0o666 & ~_umask())  # safetensors writes 0o600; an adapter is no secret
-    _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or a folder's entries to disk, so a crash after the swap cannot lose them."""
-    if os.name != "posix" and path.is_dir():
-        return  # a folder cannot be opened for fsync there
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as err:
-        if err.errno not in (errno.EINVAL, errno.ENOTSUP):  # some filesystems cannot sync folders
-            raise
-    finally:
-        os.close(fd)
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Make ``tmp`` the adapter folder; afterwards ``tmp`` holds the previous adapter, if there was one."""
-    if not target.exists():
-        os.rename(tmp, target)
-        _boundary("folder renamed")
-    elif _exchange(tmp, target):
-        _boundary("folders exchanged")
-    else:  # two renames; recover_interrupted_save puts the old folder back if we die between them
-        backup = _backup_path(target)
-        os.rename(target, backup)
-        _boundary("old folder moved aside")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            os.rename(backup, target)
-            raise
-        _boundary("new folder moved in")
-        os.rename(backup, tmp)
-    _fsync(target.parent)
-
-
-def _backup_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.previous")
-
-
-def recover_interrupted_save(target: PathLike) -> None:
-    """Put the previous adapter back if a save died between moving it aside and moving the new one in."""
-    target = Path(os.path.realpath(os.fspath(target)))
-    backup = _backup_path(target)
-    if not os.path.lexists(target) and backup.is_dir():
-        os.rename(backup, target)
-
-
-def _remove_leftovers(target: Path) -> None:
-    """Remove the temp folders and the moved-aside copy a killed save left beside ``target``."""
-    for stale in target.parent.glob(f".{_glob_escape(target.name)}.saving-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    if target.exists():
-        shutil.rmtree(_backup_path(target), ignore_errors=True)
-
-
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where that is unavailable."""
-    fn = _renameat2()
-    if fn is None:
-        return False
-    if fn(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # old kernel, or a filesystem without it
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-@functools.lru_cache(maxsize=None)
-def _renameat2() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _umask() -> int:
-    """The process umask, read without setting it where Linux shows it (setting is process-wide)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def check_config_safe(config: dict) -> None:
@@ -442,23 +309,3 @@ def push_adapter(
     return api.create_commit(
         repo_id=repo_id, operations=ops, commit_message=commit_message, revision=revision, token=token
     )
-
-
-def adapter_fingerprint(config: dict, tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """sha256 (hex) of a config dict (as sorted JSON) and named tensors (name, dtype, shape, bytes).
-
-    Two adapters share it only when both agree exactly; the same adapter saved and loaded again
-    (in the same dtype) keeps it.
-
-        >>> a = adapter_fingerprint({"key_dim": 8}, [("w", torch.zeros(2))])
-        >>> a == adapter_fingerprint({"key_dim": 8}, [("w", torch.zeros(2))]), len(a)
-        (True, 64)
-        >>> a == adapter_fingerprint({"key_dim": 8}, [("w", torch.ones(2))])
-        False
-    """
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(tensors, key=lambda item: item[0]):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(flat.view(torch.uint8).numpy().data)
-    return digest.hexdigest()

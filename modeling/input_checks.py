@@ -7,8 +7,9 @@ values written by other heads mean nothing to these, even when the sizes agree.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -16,7 +17,6 @@ from torch import nn
 from memadapter.errors import AdapterMismatchError, CapacityError, DTypeError, EmptyInputError, ShapeError
 from memadapter.request_memory import RequestMemory
 
-from . import hub
 from .configuration_memadapter import RETUNABLE
 
 # Config fields left out of the adapter fingerprint: settings that may change on a trained adapter
@@ -58,7 +58,7 @@ class InputChecksMixin:
 
     def adapter_fingerprint(self) -> str:
         """sha256 (hex) of this adapter: its config fields but NOT_IN_FINGERPRINT, and every adapter
-        tensor (:func:`hub.adapter_fingerprint`). Cached; recomputed when the config changed or a
+        tensor (:func:`adapter_fingerprint`). Cached; recomputed when the config changed or a
         tensor was replaced or changed in place (its version counter moved). Writes through
         ``param.data`` bypass that counter: call it after such edits only if the cache was cleared
         (``model._fingerprint_cache = None``)."""
@@ -68,7 +68,7 @@ class InputChecksMixin:
         cached = getattr(self, "_fingerprint_cache", None)
         if cached is not None and cached[0] == key and all(v is not None for _, _, v in key[1]):
             return cached[1]
-        digest = hub.adapter_fingerprint(config, tensors)
+        digest = adapter_fingerprint(config, tensors)
         self._fingerprint_cache = (key, digest)
         return digest
 
@@ -134,3 +134,23 @@ def _version(tensor: torch.Tensor) -> Optional[int]:
 def _unwrap(model: nn.Module) -> nn.Module:
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+def adapter_fingerprint(config: dict, tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 (hex) of a config dict (as sorted JSON) and named tensors (name, dtype, shape, bytes).
+
+    Two adapters share it only when both agree exactly; the same adapter saved and loaded again
+    (in the same dtype) keeps it.
+
+        >>> a = adapter_fingerprint({"key_dim": 8}, [("w", torch.zeros(2))])
+        >>> a == adapter_fingerprint({"key_dim": 8}, [("w", torch.zeros(2))]), len(a)
+        (True, 64)
+        >>> a == adapter_fingerprint({"key_dim": 8}, [("w", torch.ones(2))])
+        False
+    """
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()

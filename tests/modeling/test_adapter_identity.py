@@ -8,7 +8,7 @@ import torch
 from conftest import QUESTIONS, STREAM, build, ingest, tiny_backbone
 
 from memadapter.errors import AdapterMismatchError
-from memadapter.modeling import MemAdapterForCausalLM, hub
+from memadapter.modeling import MemAdapterForCausalLM, input_checks
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_settings_that_may_change_keep_the_fingerprint_but_a_training_step_chang
 
 def test_the_fingerprint_is_hashed_again_only_when_a_tensor_changed(tokenizer):
     model = build(tiny_backbone("llama"), tokenizer)
-    with mock.patch.object(hub, "adapter_fingerprint", wraps=hub.adapter_fingerprint) as hashed:
+    with mock.patch.object(input_checks, "adapter_fingerprint", wraps=input_checks.adapter_fingerprint) as hashed:
         first = model.adapter_fingerprint()
         assert model.adapter_fingerprint() == first and hashed.call_count == 1
         with torch.no_grad():

@@ -14,7 +14,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundEr
 from safetensors.torch import save_file
 
 from memadapter.errors import ConfigError, DTypeError, NonFiniteError, UnsafeLoadError
-from memadapter.modeling import hub
+from memadapter.modeling import atomic_folder, hub
 
 
 def _save(d, config=None, tensors=None):
@@ -215,7 +215,7 @@ def test_a_save_that_fails_midway_leaves_the_folder_and_no_temp_files(tmp_path):
 def test_two_rename_fallback_and_recovery_of_a_folder_moved_aside(tmp_path):
     target = tmp_path / "a"
     _save(target)
-    with mock.patch.object(hub, "_exchange", return_value=False):  # a filesystem without renameat2
+    with mock.patch.object(atomic_folder, "_exchange", return_value=False):  # a filesystem without renameat2
         _save(target, tensors={"heads.w": torch.ones(1)})
     assert torch.equal(hub.load_adapter_weights(target)["heads.w"], torch.ones(1))
     # a save killed between its two renames: the old adapter sits moved aside, the folder is gone

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import STREAM, build, tiny_backbone
 
-from memadapter.modeling import MemAdapterForCausalLM, hub
+from memadapter.modeling import MemAdapterForCausalLM, atomic_folder, hub
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="kills forked child processes (POSIX)")
 
@@ -32,8 +32,8 @@ def _save_b(b, folder, scenario, kill_at=None):
             os._exit(KILLED)
         steps.append(step)
 
-    exchange = (lambda x, y: False) if scenario == "two_renames" else hub._exchange
-    with mock.patch.object(hub, "_boundary", boundary), mock.patch.object(hub, "_exchange", exchange):
+    exchange = (lambda x, y: False) if scenario == "two_renames" else atomic_folder._exchange
+    with mock.patch.object(atomic_folder, "boundary", boundary), mock.patch.object(atomic_folder, "_exchange", exchange):
         b.save_pretrained(folder)
     return steps
 
@@ -92,7 +92,7 @@ def test_every_step_was_killed_on_every_path(killed_saves):
         assert {"weights written", "config written", "card written", "old copy removed"} <= set(names), scenario
     assert "old folder moved aside" in steps["two_renames"] and "new folder moved in" in steps["two_renames"]
     assert "folder renamed" in steps["fresh"]
-    if hub._renameat2() is not None:
+    if atomic_folder._renameat2() is not None:
         assert "folders exchanged" in steps["exchange"]
 
 
