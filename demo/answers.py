@@ -14,10 +14,9 @@ the question and a short-answer instruction, the fair way to ask an instruct mod
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -82,12 +81,14 @@ class Answerer:
         return Answer("bm25", self._bare(chat_ids(self.tok, question, context)), "bm25")
 
     def _memory(self, question: str) -> Answer:
-        self.memory.restore(self.snapshot)  # a read credits slot usage; start each question afresh
         ids = self._tensor(question_ids(self.tok, question))
-        with _seen_selections(self.model) as seen:
-            out = self.model.generate(ids, torch.ones_like(ids), memory=self.memory, max_new_tokens=MAX_NEW_TOKENS,
-                                      do_sample=False, pad_token_id=self._pad())
-        source = "slot" if seen and seen[-1].branch[0] == "memory" else "chunk"
+        # Which branch answers (a slot, or the chunk fallback) is read from a selection of its own;
+        # generate selects again. A read credits slot usage, so each read starts from the snapshot.
+        self.memory.restore(self.snapshot)
+        source = "slot" if self.model.select(self.memory, ids, torch.ones_like(ids)).branch[0] == "memory" else "chunk"
+        self.memory.restore(self.snapshot)
+        out = self.model.generate(ids, torch.ones_like(ids), memory=self.memory, max_new_tokens=MAX_NEW_TOKENS,
+                                  do_sample=False, pad_token_id=self._pad())
         return Answer("memory", self._decode(out[0, ids.shape[1]:].tolist()), source)
 
     @torch.no_grad()
@@ -131,27 +132,6 @@ class Answerer:
         eos = self.tok.eos_token_id
         cut = new.index(eos) if eos in new else len(new)
         return self.tok.decode(new[:cut], skip_special_tokens=True).strip().split("\n", 1)[0].strip()
-
-
-@contextmanager
-def _seen_selections(model: Any) -> Iterator[list]:
-    """Record the selections ``model.generate`` reads inside the block, to show whether a slot or the
-    chunk fallback answered. A second ``select`` would cost as much again (it grounds retrieved
-    chunks through the backbone), so the instance's ``select`` is wrapped for the block and then
-    removed (the class method shows through again). Single-threaded use only, as in the demo."""
-    seen: list = []
-    original = model.select
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        selection = original(*args, **kwargs)
-        seen.append(selection)
-        return selection
-
-    model.select = recording
-    try:
-        yield seen
-    finally:
-        del model.select
 
 
 def is_right(prediction: str, answer: str, stale: Sequence[str] = ()) -> bool:

@@ -3,7 +3,7 @@
 import pytest
 
 from memadapter.demo import stream
-from memadapter.demo.answers import _seen_selections, is_right
+from memadapter.demo.answers import is_right
 from memadapter.errors import ConfigError
 
 
@@ -53,20 +53,3 @@ def test_the_stream_is_long_enough_and_the_changes_are_far_from_its_end():
 def test_right_needs_the_answer_and_no_stale_value():
     assert is_right("Vienna", "Vienna", ("Porto",)) and is_right("She lives in Vienna.", "Vienna")
     assert not is_right("Porto, then Vienna", "Vienna", ("Porto",)) and not is_right("Viennese", "Vienna")
-
-
-def test_seen_selections_records_the_reads_and_unwraps_select():
-    class Model:
-        def select(self, *args):
-            return ("selection", args)
-
-        def generate(self):
-            return self.select(1)
-
-    model = Model()
-    with _seen_selections(model) as seen:
-        model.generate()
-    assert seen == [("selection", (1,))] and "select" not in vars(model)
-    with pytest.raises(RuntimeError), _seen_selections(model):
-        raise RuntimeError
-    assert "select" not in vars(model)
