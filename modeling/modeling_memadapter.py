@@ -6,7 +6,8 @@ backbone. Data path of one request (see DESIGN.md):
 
     ingest:   chunk of <= chunk_tokens tokens -> backbone layers [0, read_layer) -> hidden
               -> ChunkIndex.add (summary + text)  and  GroundingHead -> WriteController -> SlotMemory
-    generate: question -> QueryHead -> Router (slots, else chunks) -> prefix | cross_attn | text
+    generate: question -> QueryHead -> pool (slots + events grounded in retrieved chunks) -> ReadScorer
+              -> prefix | cross_attn | text
               -> backbone.generate
 
 Nothing is injected through ``past_key_values``, so the KV cache, batching with left padding,
@@ -58,6 +59,7 @@ from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidde
 from .configuration_memadapter import MemAdapterConfig
 from .injectors import INJECTORS, Injector, get_injector
 from .input_checks import InputChecksMixin
+from .read_scorer import ReadScorer
 from .reader import MemoryReaderMixin
 from .selection import Selection
 
@@ -116,6 +118,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
                                        lifecycle_typing=config.lifecycle_typing)
         self.writer = WriteController(config.key_dim, config.num_event_types)
         self.query_head = QueryHead(hidden, config.key_dim)
+        self.read_scorer = ReadScorer()  # fitted after the heads (memadapter.training.fit_reader)
         # The injector's modules under the attribute names that are their state-dict prefixes
         # ("injector", "cross_attn", "value_token_proj"): saved adapters keep their keys.
         built = get_injector(config.injection).build(self, config, hidden)
@@ -124,7 +127,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
         self._injection_modules = tuple(built)
 
     def _adapter_modules(self) -> nn.ModuleList:
-        mods = (self.grounding, self.writer, self.query_head, *(getattr(self, n) for n in self._injection_modules))
+        mods = (self.grounding, self.writer, self.query_head, self.read_scorer, *(getattr(self, n) for n in self._injection_modules))
         return nn.ModuleList(mods)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -144,8 +147,13 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
         return ((n, p) for n, p in self.named_parameters() if self._is_adapter_key(n))
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Strict load of adapter tensors; a missing or unexpected key is a ConfigError naming it."""
+        """Strict load of adapter tensors; a missing or unexpected key is a ConfigError naming it.
+        An adapter saved before the learned reader has no ``read_scorer.*`` tensors: it reads with
+        the scorer's prior (the plain joint score)."""
         own = self.adapter_state_dict()
+        if not any(k.startswith("read_scorer.") for k in state):
+            self.read_scorer.reset_prior()
+            own = {k: v for k, v in own.items() if not k.startswith("read_scorer.")}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise ConfigError(f"adapter weights: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")

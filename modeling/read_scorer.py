@@ -1,0 +1,167 @@
+"""The learned reader: one score per entry of a question's candidate pool.
+
+A question's pool holds the usable slots of its memory row and the events the GroundingHead
+proposes again in the chunks retrieved for it. Each entry is described by a few numbers that say
+how it relates to the question and to the rest of the pool (:data:`FEATURES`): the learned key
+match, the question's words found in its key text and in its sentence, whether it names the asked
+entity most exactly or carries a name of its own, its event type, where it stands in the stream
+and whether a later entry looks like a newer version of it. :class:`ReadScorer` turns them into a
+score; the reader injects the best entry.
+
+The scorer replaces a chain of hand rules whose order was fixed by a comment. It is fitted
+listwise (:func:`listwise_loss`) on the pools of training streams by ``memadapter.training.fit_reader``;
+untrained it scores ``key_match + 0.3 * lexical_sentence``, the plain joint score.
+
+Example:
+    >>> pool = ReadPool(key_texts=["Alice", "Bob"], sentences=["Alice lives in Paris.", "Bob lives in Rome."],
+    ...                 value_texts=["Paris", "Rome"], keys=torch.eye(2), match=torch.tensor([0.2, 0.3]),
+    ...                 order=torch.tensor([1.0, 2.0]), is_slot=torch.tensor([True, False]),
+    ...                 withdrawn=torch.tensor([False, False]), event_types=["new", "new"],
+    ...                 confidence=torch.tensor([0.9, 1.0]))
+    >>> f = pool_features("Where does Alice live?", pool)
+    >>> f.shape, int(ReadScorer()(f).argmax())
+    (torch.Size([2, 20]), 0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from memadapter.bm25 import content_words, lexical_agreement, tokenize
+from memadapter.heads import EVENT_TYPES
+
+from .selection import foreign_keys, inserted_names, most_specific
+
+FEATURES: tuple[str, ...] = (
+    "key_match",  # learned key . query
+    "key_match_gap",  # key_match - the pool's best key_match
+    "lexical_key",  # BM25 agreement of the question's content words with the key text, in [0, 1]
+    "lexical_sentence",  # ... with the entry's sentence
+    "named_key",  # share of the question's content words the key text names
+    "named_sentence",  # ... the sentence names
+    "most_specific",  # no other key text names a strict superset of the question's words it names
+    "foreign_name",  # the key leaves out a name of the question and carries one of its own
+    "inserted_name",  # the key puts a name of its own inside the asked name ("Mini")
+    "slot",  # a written slot (else an event grounded at read time)
+    "withdrawn",  # a retraction: a tombstone slot or an event typed retract
+    *(f"type_{t}" for t in EVENT_TYPES),  # the grounding head's event type (slots: none)
+    "position",  # rank in stream order, 0 (first) .. 1 (last)
+    "later_version",  # max key cosine with an entry later in the stream
+    "earlier_version",  # max key cosine with an entry earlier in the stream
+    "has_value",  # it has a value text to copy
+    "confidence",  # slot confidence (events 1)
+)
+NUM_FEATURES = len(FEATURES)
+PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score
+
+
+@dataclass
+class ReadPool:
+    """One question's candidates, slots first then grounded events: their key, sentence and value
+    texts (value None: withdrawn or none), unit keys [N, dk], key match with the question [N],
+    stream order [N], and per entry whether it is a slot, a withdrawal, its event type name ("" for
+    a slot) and its confidence."""
+
+    key_texts: list[str]
+    sentences: list[str]
+    value_texts: list[Optional[str]]
+    keys: torch.Tensor
+    match: torch.Tensor
+    order: torch.Tensor
+    is_slot: torch.Tensor
+    withdrawn: torch.Tensor
+    event_types: list[str]
+    confidence: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.key_texts)
+
+
+def _named_share(words: set[str], texts: Sequence[str]) -> list[float]:
+    """Per text, the share of ``words`` among its tokens."""
+    return [len(words & set(toks)) / max(1, len(words)) for toks in tokenize(list(texts))]
+
+
+def _version_features(keys: torch.Tensor, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max key cosine of each entry with any later / any earlier entry, 0 when there is none. [N] x2."""
+    cos = keys @ keys.T  # [N, N]
+    later = order[None, :] > order[:, None]  # [N, N]: column j comes after row i
+    earlier = order[None, :] < order[:, None]
+    lo = torch.full_like(cos, -1.0)
+    return (torch.where(later, cos, lo).amax(-1).clamp_min(0.0) if len(order) else order,
+            torch.where(earlier, cos, lo).amax(-1).clamp_min(0.0) if len(order) else order)
+
+
+def pool_features(question: str, pool: ReadPool) -> torch.Tensor:
+    """[N, NUM_FEATURES] in the order of :data:`FEATURES` (float32)."""
+    n = len(pool)
+    if n == 0:
+        return torch.zeros(0, NUM_FEATURES)
+    words = content_words(question) or set(tokenize([question])[0])
+    match = pool.match.float()
+    specific = set(most_specific(question, pool.key_texts))
+    later, earlier = _version_features(pool.keys.float(), pool.order.float())
+    rank = pool.order.float().argsort().argsort().float() / max(1, n - 1)  # [N] in [0, 1]
+    types = torch.tensor([[float(t == name) for name in EVENT_TYPES] for t in pool.event_types])  # [N, E]
+    columns = [
+        match, match - match.max(),
+        torch.tensor(lexical_agreement(question, pool.key_texts, True)),
+        torch.tensor(lexical_agreement(question, pool.sentences, True)),
+        torch.tensor(_named_share(words, pool.key_texts)), torch.tensor(_named_share(words, pool.sentences)),
+        torch.tensor([float(i in specific) for i in range(n)]),
+        torch.tensor(foreign_keys(question, pool.key_texts), dtype=torch.float),
+        torch.tensor(inserted_names(question, pool.key_texts), dtype=torch.float),
+        pool.is_slot.float(), pool.withdrawn.float(),
+    ]
+    tail = [rank, later, earlier, torch.tensor([float(bool(v and v.strip())) for v in pool.value_texts]),
+            pool.confidence.float()]
+    return torch.cat([torch.stack(columns, -1), types, torch.stack(tail, -1)], -1).float()  # [N, F]
+
+
+class ReadScorer(nn.Module):
+    """Pool features [..., N, F] -> scores [..., N]: a linear score (initialised to :data:`PRIOR`)
+    plus a small MLP whose output layer starts at zero, so an unfitted scorer reads like the plain
+    joint score and fitting can only add what the pools teach."""
+
+    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 32):
+        super().__init__()
+        self.linear = nn.Linear(num_features, 1)
+        self.mlp = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.reset_prior()
+
+    @torch.no_grad()
+    def reset_prior(self) -> None:
+        """Back to the untrained score: ``key_match + 0.3 * lexical_sentence``."""
+        self.linear.weight.zero_()
+        self.linear.bias.zero_()
+        for name, w in PRIOR.items():
+            self.linear.weight[0, FEATURES.index(name)] = w
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        w = self.linear.weight
+        x = features.to(w.device, w.dtype)
+        return (self.linear(x) + self.mlp(x)).squeeze(-1)
+
+
+def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Mean over pools of -log (softmax mass on the positive entries). scores, valid, positive:
+    [P, N]; a pool without a positive entry adds nothing.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 0.0, 0.0]]); v = torch.ones(1, 3, dtype=torch.bool)
+        >>> round(float(listwise_loss(s, v, torch.tensor([[True, False, False]]))), 3)
+        0.239
+    """
+    scores = scores.masked_fill(~valid, -1e9)
+    has = (positive & valid).any(-1)  # [P]
+    if not bool(has.any()):
+        return scores.sum() * 0.0
+    total = torch.logsumexp(scores, -1)
+    pos = torch.logsumexp(scores.masked_fill(~(positive & valid), -1e9), -1)
+    return (total - pos)[has].mean()
