@@ -34,6 +34,8 @@ def _cosine(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tenso
 class ReferenceSlotMemory(SlotMemory):
     """Same semantics as ``SlotMemory``, written as loops (see module docstring)."""
 
+    batched_writes = False  # candidates one at a time, through the loops below
+
     # ------------------------------------------------------------- scalar helpers
     def _recency(self, b: int, m: int) -> float:
         return 1.0 / (1.0 + max(int(self.step[b]) - int(self.time[b, m]), 0))
