@@ -90,11 +90,12 @@ def answer_type(answer: str, question: str = "", before: str = "") -> str:
 
 def key_span(sentence: str, a0: int, a1: int, question: str) -> Optional[tuple[int, int]]:
     """The key's char span in ``sentence`` (see the module docstring), or None when it has no words."""
-    qwords = {w.lower() for w in _WORD.findall(question)} - _STOP
+    norm = lambda w: re.sub(r"'s?$", "", w.lower())  # noqa: E731  "bank's" matches "bank"
+    qwords = {norm(w) for w in _WORD.findall(question)} - _STOP
     words = [(m.start(), m.end()) for m in _WORD.finditer(sentence)]
     before = [w for w in words if w[1] <= a0]
     after = [w for w in words if w[0] >= a1]
-    hits = [[w for w in side if sentence[w[0]:w[1]].lower() in qwords] for side in (before, after)]
+    hits = [[w for w in side if norm(sentence[w[0]:w[1]]) in qwords] for side in (before, after)]
     best = max(hits, key=len)  # the side sharing most words with the question; before on a tie
     if best:
         return best[0][0], best[-1][1]
