@@ -26,13 +26,13 @@ from memadapter.errors import AdapterMismatchError, ConfigError, UnsupportedBack
 
 from .backbones import get_family
 from .configuration_settings import (SECTION_OF, SECTIONS, IngestConfig, ReadConfig, check_count,
-                                     nest_flat_settings)
+                                     drop_retired_settings, nest_flat_settings)
 from .injectors import get_injector
 
 # Top-level fields that a trained adapter's weights do not fix: how many slots a question reads and
 # how many value tokens each copies. generation_eval --set may change them beside the sub-configs.
 RETUNABLE = ("top_k", "value_tokens")
-# Every name generation_eval --set accepts, flat ("lexical_weight", not "read.lexical_weight"): the
+# Every name generation_eval --set accepts, flat ("name_chunks", not "read.name_chunks"): the
 # sub-configs' own field names (unique across both) and RETUNABLE.
 SETTABLE = tuple(sorted((*SECTION_OF, *RETUNABLE)))
 
@@ -48,17 +48,17 @@ class MemAdapterConfig(PreTrainedConfig):
     Example:
         >>> cfg = MemAdapterConfig(backbone_model_type="llama", hidden_size=64, backbone_num_layers=2,
         ...                        read_layer=1, injection="cross_attn", cross_attn_layers=[1],
-        ...                        read={"lexical_weight": 0.3})
-        >>> cfg.model_type, cfg.top_k <= cfg.num_slots, cfg.read.lexical_weight
-        ('memadapter', True, 0.3)
+        ...                        read={"name_chunks": 3})
+        >>> cfg.model_type, cfg.top_k <= cfg.num_slots, cfg.read.name_chunks
+        ('memadapter', True, 3)
         >>> MemAdapterConfig(num_slots=0)
         Traceback (most recent call last):
         ...
         memadapter.errors.ConfigError: num_slots: must be an int > 0, got 0
-        >>> MemAdapterConfig(lexical_weight=0.3)
+        >>> MemAdapterConfig(name_chunks=3)
         Traceback (most recent call last):
         ...
-        memadapter.errors.ConfigError: lexical_weight: is a read setting: use read={'lexical_weight': 0.3}
+        memadapter.errors.ConfigError: name_chunks: is a read setting: use read={'name_chunks': 3}
     """
 
     model_type = "memadapter"
@@ -186,10 +186,11 @@ class MemAdapterConfig(PreTrainedConfig):
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> "MemAdapterConfig":
         """Like transformers' ``from_dict``, but a key that is no field of this config is refused
         (:func:`check_config_keys`) instead of being set as an attribute, and a config saved with
-        the settings at the top level (before ``read`` / ``ingest``) is nested first."""
+        the settings at the top level (before ``read`` / ``ingest``) is nested first; the read rules
+        that the learned reader replaced are dropped with a warning (:func:`drop_retired_settings`)."""
         if not isinstance(config_dict, dict):
             raise ConfigError(f"config_dict: expected a JSON object, got {type(config_dict).__name__}")
-        config_dict = nest_flat_settings(config_dict)
+        config_dict = drop_retired_settings(nest_flat_settings(drop_retired_settings(config_dict)))
         check_config_keys(config_dict)
         return super().from_dict(config_dict, **kwargs)
 
@@ -202,7 +203,7 @@ class MemAdapterConfig(PreTrainedConfig):
 
     def apply_settings(self, settings: dict[str, Any]) -> None:
         """Change settings of this config by their flat names (:data:`SETTABLE`), e.g.
-        ``{"lexical_weight": 0.3, "snap_spans": True, "top_k": 2}``: each goes to its sub-config.
+        ``{"name_chunks": 3, "snap_spans": True, "top_k": 2}``: each goes to its sub-config.
         All or nothing: a ConfigError names the first bad one and leaves the config as it was."""
         unknown = sorted(set(settings) - set(SETTABLE))
         if unknown:
@@ -251,8 +252,8 @@ def parse_settings(items: Sequence[str], flag: str = "--set") -> dict[str, Any]:
     """``FIELD=VALUE`` items (a command line's ``--set``) -> {field: JSON value}, for
     :meth:`MemAdapterConfig.apply_settings`. ConfigError naming ``flag`` and the bad item.
 
-        >>> parse_settings(["lexical_weight=0.3", 'read_rule="joint"'])
-        {'lexical_weight': 0.3, 'read_rule': 'joint'}
+        >>> parse_settings(["name_chunks=3", 'withdrawn_text="unknown"'])
+        {'name_chunks': 3, 'withdrawn_text': 'unknown'}
     """
     out = {}
     for item in items:

@@ -7,17 +7,18 @@ Every field carries its reason in ``metadata["help"]`` (as peft's ``LoraConfig``
 class validates itself on construction; errors name the field as ``read.<field>`` / ``ingest.<field>``.
 
 Example:
-    >>> ReadConfig.coerce({"lexical_weight": 0.3}) == ReadConfig(lexical_weight=0.3)
+    >>> ReadConfig.coerce({"name_chunks": 3}) == ReadConfig(name_chunks=3)
     True
-    >>> ReadConfig.coerce({"lexical_wieght": 0.3})
+    >>> ReadConfig.coerce({"name_chunk": 3})
     Traceback (most recent call last):
     ...
-    memadapter.errors.ConfigError: read.lexical_wieght: unknown setting; a ReadConfig has no such field
+    memadapter.errors.ConfigError: read.name_chunk: unknown setting; a ReadConfig has no such field
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
@@ -25,11 +26,9 @@ from typing import Any, ClassVar, Optional
 from memadapter._validate import MAX_SIZES
 from memadapter.errors import ConfigError
 
-LEXICAL_TEXTS = ("key", "sentence")
+logger = logging.getLogger(__name__)
+
 CHUNK_BOUNDARIES = ("tokens", "sentence")
-NAMED_EVENTS = ("best", "any")
-READ_RULES = ("route", "joint")
-VERSION_EVENTS = ("update", "any")
 
 
 def _help(default: Any, text: str) -> Any:
@@ -138,121 +137,38 @@ class IngestConfig(_Settings):
 
 @dataclass
 class ReadConfig(_Settings):
-    """How a question selects what memory answers it; read only at select time, so one ingested
-    memory can be read under several ReadConfigs (``experiments/generation_read_sweep.py``).
+    """What a question's candidate pool holds; read only at select time, so one ingested memory
+    can be read under several ReadConfigs. Which entry of the pool is read is not a setting: the
+    adapter's learned ReadScorer decides (``memadapter.modeling.read_scorer``).
 
     Example:
-        >>> ReadConfig(ground_fallback=True, read_rule="joint").named_events
-        'best'
-        >>> ReadConfig(read_rule="joint")
+        >>> ReadConfig(name_chunks=3).fallback_chunks is None
+        True
+        >>> ReadConfig.coerce({"read_rule": "joint"})
         Traceback (most recent call last):
         ...
-        memadapter.errors.ConfigError: read.read_rule: 'joint' grounds the retrieved chunks; it needs read.ground_fallback=True
+        memadapter.errors.ConfigError: read.read_rule: unknown setting; a ReadConfig has no such field
     """
 
     section: ClassVar[str] = "read"
 
-    # --- router ---
-    router_match_threshold: float = _help(0.5, "Slot score above which the memory branch answers.")
-    router_confidence_threshold: float = _help(0.5, "Slot confidence below which a slot is ignored.")
-    # --- lexical evidence ---
-    lexical_weight: float = _help(0.0, """Weight of the question's lexical agreement with each key text (BM25
-        over the candidates, scaled to [0, 1]) added to the learned key cosine when choosing a slot or a fallback
-        event: exact evidence for names the learned keys never saw. 0 = learned keys alone.""")
-    lexical_text: str = _help("key", """What the question's words are matched against: "key" (the key span:
-        names) or "sentence" (the event's whole sentence, re-read from the chunk: relation words such as
-        "deadline" or "phone" then tell apart two facts about one entity).""")
-    lexical_content_words: bool = _help(False, """Only the question's content words count for lexical agreement,
-        not "now", "where" or "does": a "now" in another attribute's update ("Louise now lives in Utrecht")
-        otherwise outscores the asked fact for "Where does Louise work now?".""")
-    # --- chunk fallback ---
-    ground_fallback: bool = _help(False, """Fallback: re-read the retrieved chunks at query time and inject the
-        proposed event whose key best matches the question (an unwritten fact becomes a slot-like entry); else
-        chunk summaries. On for trained adapters; an untrained head would guess.""")
-    fallback_chunks: Optional[int] = _help(None, """Chunks the fallback retrieves (None: top_k). With
-        ground_fallback the one best event among them is injected, so more chunks widen the search without
-        lengthening the prompt.""")
-    name_chunks: int = _help(0, """Chunks read beside the fallback_chunks (joint read, named events): up to this
-        many more that the question's names (capitalised words, numbers) alone rank first by BM25. A fact stated
-        in other words than the question's ("is employed by" for "work for") loses the hybrid search to filler
-        that shares the common words; its entity's name is rare in the filler.""")
-    named_events: str = _help("best", """A grounded event whose key text names more of the question's words than
-        the selected slot's (a look-alike the question asks about, "the Lumen Mini printer", beside the slot of
-        "the Lumen printer") replaces the slot: "best" when it is the best-scoring event, "any" when it is the
-        best of the events that name more.""")
-    # --- versions ---
-    version_margin: Optional[float] = _help(None, """Versions of one fact match a question about equally well;
-        the stream says which is current. With a margin, the best slot (or grounded event) gives way to its
-        latest version: a slot written later (an event later in the stream and typed as an update) that scores
-        within the margin of it and whose key has cosine >= version_key_cosine with its key; a grounded update
-        later than the selected slot's own event replaces the slot on the same terms (an update the write path
-        missed). None = the best score alone.""")
-    version_key_cosine: float = _help(0.7, "Key cosine from which two entries are versions of one fact.")
-    # --- the joint read ---
-    read_rule: str = _help("route", """How a question's entry is chosen. "route": the router picks the slots or
-        the fallback, then the rules above act within that branch. "joint" (needs ground_fallback): the usable
-        slots and the events grounded in the retrieved chunks compete on one score, entries that name fewer of
-        the question's words than another drop out, and the best gives way to its latest version.""")
-    name_fragments: bool = _help(False, """"joint": a key word of 4+ letters that begins or ends a question word
-        names it (a key span cut inside a name, "Toumuch" for "Toumuchol", does not then drop out as naming
-        less).""")
-    foreign_names: bool = _help(False, """"joint": an entry whose key carries a name the question does not
-        ("Paul Brandt" for Martin Brandt) drops out when another names as many of the question's words without
-        one.""")
-    withdrawn_margin: Optional[float] = _help(None, """"joint": a withdrawn slot (a tombstone) later than the
-        picked entry, whose key has cosine >= version_key_cosine with the pick's, replaces it when it scores
-        within this margin of it (None: only within version_margin, like any version). A retraction's sentence
-        ("Please forget X's price") matches a question about the fact more weakly than the fact's own
-        sentences do.""")
-    withdrawn_cover: Optional[float] = _help(None, """"joint": a withdrawn slot later than the picked entry
-        replaces it when its sentence names every question word that the pick's sentence names and either names
-        more of them or has key cosine >= this with the pick's key (None: off). The words tell the withdrawal of
-        the asked fact from that of another attribute of the entity; sentences, not key texts, since a
-        retraction's key span is often the bare name ("Atlas").""")
-    restore_by_sentence: bool = _help(False, """"joint": an entry whose key text names fewer of the question's
-        words than another's (and so drops out) is put back when its sentence names every question word that
-        each remaining entry's sentence names: a key span cut short ("Pripis" for "Gustao Pripis") is no
-        look-alike.""")
-    restore_by_attribute: bool = _help(False, """"joint": an entry that drops out by its key text is put back
-        when its sentence names a word of the asked entity that a remaining entry's sentence names and a content
-        word of the question that none of theirs names (the attribute): "Trudegreisa's phone number is ..."
-        beside sentences about Trudegreisa Katum's city and employer. An entry with a foreign name (see
-        foreign_names, when on) stays out.""")
-    version_events: str = _help("update", """"joint": which grounded events may be read as a newer version of the
-        best entry: "update" (typed so by the GroundingHead) or "any" (every event but a rumour, typed
-        "irrelevant"). A correction ("Correction: X's phone number changed to ...") is often typed "new".""")
-    inserted_names: bool = _help(False, """"joint": an entry whose key puts a name of its own inside the
-        question's name ("the Mifaim Mini printer" for the Mifaim printer) drops out when another names as many
-        of the question's words without one; applied after the restore rules.""")
-    answer_type_margin: Optional[float] = _help(None, """"joint": an entry of another fact (key cosine <
-        version_key_cosine with the pick's, a value of its own) that scores within this margin of the pick
-        replaces it when the frozen backbone finds its value the likelier answer: the higher pointwise mutual
-        information, log p(value | question) - log p(value | "What is it?") (None: off). Two attributes of one
-        entity (a bicycle's price and colour) can score alike; the answer's type ("45 dollars", not "coral") is
-        what the backbone knows.""")
-    # --- injection of what was read ---
-    withdrawn_text: Optional[str] = _help(None, """What a selected slot without value text (a withdrawn fact, or
+    router_confidence_threshold: float = _help(0.5, "Slot confidence below which a slot stays out of the pool.")
+    fallback_chunks: Optional[int] = _help(None, """Chunks retrieved per question (None: top_k) by the hybrid
+        search; the events the GroundingHead proposes in them join the pool, so more chunks widen the search
+        without lengthening the prompt.""")
+    name_chunks: int = _help(0, """Chunks retrieved beside the fallback_chunks: up to this many more that the
+        question's names (capitalised words, numbers) alone rank first by BM25. A fact stated in other words than
+        the question's ("is employed by" for "work for") loses the hybrid search to filler that shares the common
+        words; its entity's name is rare in the filler.""")
+    withdrawn_text: Optional[str] = _help(None, """What a selected entry without value text (a withdrawn fact, or
         a fact read without a value span) copies as its value tokens, e.g. "unknown"; None = none, its pooled
         vector alone. Training copies the same tokens for such gold events, so set it before training.""")
 
     def validate(self) -> None:
         super().validate()
-        self._number("router_match_threshold")
         self._number("router_confidence_threshold", 0.0, 1.0)
-        self._number("lexical_weight", 0.0)
-        self._choice("lexical_text", LEXICAL_TEXTS)
         self._count("fallback_chunks", optional=True)
         self._count("name_chunks", allow_zero=True)
-        self._choice("named_events", NAMED_EVENTS)
-        self._number("version_margin", 0.0, optional=True)
-        self._number("version_key_cosine", -1.0, 1.0)
-        self._choice("read_rule", READ_RULES)
-        if self.read_rule == "joint" and not self.ground_fallback:
-            raise ConfigError("read.read_rule: 'joint' grounds the retrieved chunks; it needs read.ground_fallback=True")
-        self._number("withdrawn_margin", 0.0, optional=True)
-        self._number("withdrawn_cover", -1.0, 1.0, optional=True)
-        self._choice("version_events", VERSION_EVENTS)
-        self._number("answer_type_margin", 0.0, optional=True)
         if self.withdrawn_text is not None and (not isinstance(self.withdrawn_text, str) or not self.withdrawn_text.strip()):
             raise ConfigError(f"read.withdrawn_text: expected None or a non-empty string, got {self.withdrawn_text!r}")
 
@@ -262,13 +178,41 @@ SECTIONS: dict[str, type] = {"ingest": IngestConfig, "read": ReadConfig}
 SECTION_OF: dict[str, str] = {name: section for section, cls in SECTIONS.items() for name in cls.names()}
 
 
+# The read rules the learned ReadScorer replaced (2026-12-04, issue 24). A config saved before
+# then still loads: these keys are dropped (with a warning), flat or inside "read".
+RETIRED_READ_SETTINGS = (
+    "router_match_threshold", "lexical_weight", "lexical_text", "lexical_content_words", "ground_fallback",
+    "named_events", "version_margin", "version_key_cosine", "read_rule", "name_fragments", "foreign_names",
+    "withdrawn_margin", "withdrawn_cover", "restore_by_sentence", "restore_by_attribute", "version_events",
+    "inserted_names", "answer_type_margin")
+
+
+def drop_retired_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """``config_dict`` without :data:`RETIRED_READ_SETTINGS` (at the top or in ``"read"``), with one
+    warning naming those that were set.
+
+    >>> drop_retired_settings({"num_slots": 8, "read": {"read_rule": "joint", "name_chunks": 3}})
+    {'num_slots': 8, 'read': {'name_chunks': 3}}
+    """
+    read = config_dict.get("read")
+    found = [k for k in config_dict if k in RETIRED_READ_SETTINGS]
+    found += [k for k in read if k in RETIRED_READ_SETTINGS] if isinstance(read, dict) else []
+    if not found:
+        return config_dict
+    logger.warning("config: dropped read settings the learned reader replaced: %s", ", ".join(sorted(found)))
+    out = {k: v for k, v in config_dict.items() if k not in RETIRED_READ_SETTINGS}
+    if isinstance(read, dict):
+        out["read"] = {k: v for k, v in read.items() if k not in RETIRED_READ_SETTINGS}
+    return out
+
+
 def nest_flat_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
     """A config dict saved before the settings were nested (``"lexical_weight": 0.3`` at the top)
     -> the nested form (``"read": {"lexical_weight": 0.3}``); other keys and a dict already nested
     pass unchanged. A setting given both flat and nested is a ConfigError naming it.
 
-    >>> nest_flat_settings({"num_slots": 8, "lexical_weight": 0.3, "snap_spans": True})
-    {'num_slots': 8, 'ingest': {'snap_spans': True}, 'read': {'lexical_weight': 0.3}}
+    >>> nest_flat_settings({"num_slots": 8, "name_chunks": 3, "snap_spans": True})
+    {'num_slots': 8, 'ingest': {'snap_spans': True}, 'read': {'name_chunks': 3}}
     """
     out = {k: v for k, v in config_dict.items() if k not in SECTION_OF}
     for section in SECTIONS:

@@ -58,12 +58,14 @@ class InputChecksMixin:
 
     def adapter_fingerprint(self) -> str:
         """sha256 (hex) of this adapter: its config fields but NOT_IN_FINGERPRINT, and every adapter
-        tensor (:func:`adapter_fingerprint`). Cached; recomputed when the config changed or a
+        tensor but the ReadScorer's (:func:`adapter_fingerprint`); the scorer only ranks what a
+        memory holds, so a memory stays valid when the reader is refitted. Cached; recomputed when the config changed or a
         tensor was replaced or changed in place (its version counter moved). Writes through
         ``param.data`` bypass that counter: call it after such edits only if the cache was cleared
         (``model._fingerprint_cache = None``)."""
         config = {k: getattr(self.config, k) for k in type(self.config).__annotations__ if k not in NOT_IN_FINGERPRINT}
-        tensors = [(n, t) for n, t in (*self.named_parameters(), *self.named_buffers()) if self._is_adapter_key(n)]
+        tensors = [(n, t) for n, t in (*self.named_parameters(), *self.named_buffers())
+                   if self._is_adapter_key(n) and not n.startswith("read_scorer.")]
         key = (json.dumps(config, sort_keys=True, default=str), [(n, t.data_ptr(), _version(t)) for n, t in tensors])
         cached = getattr(self, "_fingerprint_cache", None)
         if cached is not None and cached[0] == key and all(v is not None for _, _, v in key[1]):

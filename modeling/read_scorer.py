@@ -156,7 +156,7 @@ def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Ten
     Example:
         >>> s = torch.tensor([[2.0, 0.0, 0.0]]); v = torch.ones(1, 3, dtype=torch.bool)
         >>> round(float(listwise_loss(s, v, torch.tensor([[True, False, False]]))), 3)
-        0.239
+        0.24
     """
     scores = scores.masked_fill(~valid, -1e9)
     has = (positive & valid).any(-1)  # [P]

@@ -1,7 +1,9 @@
-"""What the router hands the injector for a batch of questions: one ``Selection``.
+"""What the reader hands the injector for a batch of questions (one ``Selection``), and the plain
+text functions its pool features are made of (which key texts name the asked entity most exactly,
+which carry a name of their own).
 
-Each row holds up to K entries (slots on the memory branch, one grounded event or chunk
-summaries on the fallback); ``stack_selection`` pads the rows to one batch.
+Each row holds up to K entries (slots, one grounded event, or chunk summaries when the pool is
+empty); ``stack_selection`` pads the rows to one batch.
 
 Example:
     >>> sel = stack_selection([SelectedRow(torch.ones(1, 4), ["alice city: paris"], [[7, 8]], "memory")], 4, 3)
@@ -18,7 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from memadapter.bm25 import content_words, tokenize
+from memadapter.bm25 import tokenize
 
 _SENTENCE_END = re.compile(r"[.!?\n]")
 
@@ -170,118 +172,6 @@ def inserted_names(question: str, key_texts: Sequence[str], fragments: bool = Fa
     return out
 
 
-def without_inserted_names(question: str, key_texts: Sequence[str], keep: Sequence[int],
-                           fragments: bool = False) -> list[int]:
-    """``keep`` without the entries whose key inserts a name (:func:`inserted_names`) when another
-    kept entry names as many of the question's words without one: they are about a look-alike.
-
-    Example:
-        >>> q = "What is Project Kiker called now?"
-        >>> without_inserted_names(q, ["Project Kiker", "The Kiker II project", "The Kiker project"], [0, 1, 2])
-        [0, 2]
-    """
-    inserted = inserted_names(question, key_texts, fragments)
-    named = _named_words(question, key_texts, fragments)
-    return [i for i in keep if not (inserted[i] and any(not inserted[j] and len(named[j]) >= len(named[i]) for j in keep))]
-
-
-def restore_by_sentence(question: str, sentences: Sequence[str], keep: Sequence[int]) -> list[int]:
-    """``keep`` (the entries :func:`most_specific` left by their key texts), with every other entry
-    put back whose sentence names some of the question's words and every one that the sentence of
-    each kept entry names. Sorted indices.
-
-    A key span cut short ("Pripis" for Gustao Pripis) names fewer of the question's words than a
-    whole-name key of another attribute ("Gustao Pripis's phone number is no longer known") and
-    drops out, though its sentence ("Gustao Pripis is based in Porto") names the entity as fully.
-    A look-alike's sentence names fewer of the words ("the Lumen printer" against a question about
-    the Lumen Mini printer) and stays out.
-
-    Example:
-        >>> q = "What is Gustao Pripis's home city?"
-        >>> sentences = ["Gustao Pripis is based in Porto.", "Gustao Pripis's phone number is no longer known.",
-        ...              "Pripis Mendes lives in Lyon."]
-        >>> restore_by_sentence(q, sentences, [1])
-        [0, 1]
-    """
-    words = set(tokenize([question])[0])
-    named = [words & set(toks) for toks in tokenize(list(sentences))]
-    back = [i for i in range(len(sentences)) if i not in keep and named[i] and all(named[i] >= named[k] for k in keep)]
-    return sorted([*keep, *back])
-
-
-def restore_by_attribute(question: str, sentences: Sequence[str], keep: Sequence[int],
-                         excluded: Sequence[int] = ()) -> list[int]:
-    """``keep``, with every other entry (but the ``excluded``) put back whose sentence names a
-    question word that some kept entry's sentence names too (the entity) and a content word of the
-    question (not a question word such as "what" or "now") that no kept entry's sentence names
-    (the asked attribute). Sorted indices.
-
-    A key span that names the entity by part of its name ("Trudegreisa" for Trudegreisa Katum)
-    drops out by its key text, and :func:`restore_by_sentence` cannot put it back when the kept
-    entries are other attributes whose sentences name the whole name: "Trudegreisa's phone number
-    is ..." names neither "Katum" nor do they name "phone". A look-alike's sentence names no
-    attribute word that the asked entity's own fact does not name too.
-
-    Example:
-        >>> q = "What is Trudegreisa Katum's phone number?"
-        >>> sentences = ["Trudegreisa Katum lives in Krakow.", "Trudegreisa's phone number is 555-0132.",
-        ...              "Call Gamu on 555-0110.", "The phone of Rosa is 555-0199."]
-        >>> restore_by_attribute(q, sentences, [0])
-        [0, 1]
-    """
-    words = set(tokenize([question])[0])
-    content = content_words(question)
-    named = [words & set(toks) for toks in tokenize(list(sentences))]
-    kept = set().union(*(named[k] for k in keep))
-    back = [i for i in range(len(sentences)) if i not in keep and i not in excluded
-            and named[i] & kept and (named[i] & content) - kept]
-    return sorted([*keep, *back])
-
-
-def covering_withdrawal(question: str, sentences: Sequence[str], pick: int, withdrawn: Sequence[int],
-                        order: Sequence[float], keys: torch.Tensor, min_cosine: float) -> int:
-    """``pick``, or the latest of the ``withdrawn`` entries (tombstones) after it in the stream
-    (``order``) whose sentence names every word of the question that the pick's sentence names,
-    and either names more of them or has a unit key (``keys`` [N, dk]) with cosine >= ``min_cosine``
-    to the pick's.
-
-    A retraction sentence matches a question about its fact more weakly than the fact's own
-    sentences do, so a score margin cannot tell it from the withdrawal of another attribute of
-    the same entity; the words its sentence shares with the question can. One that names a word
-    the pick's sentence lacks ("deadline", beside the entity's access code) is about the asked
-    fact; one that names the same words is a version only if its key agrees.
-
-    Example:
-        >>> keys = torch.eye(2)[[0, 1, 1]]
-        >>> sentences = ["The colour of the Terra printer is teal.", "Please forget the Terra printer's colour.",
-        ...              "Please forget the Terra printer's price."]
-        >>> q = "What colour is the Terra printer?"
-        >>> [covering_withdrawal(q, sentences, 0, [1, 2], [0, 5, 9], keys, cos) for cos in (0.7, -1.0)]
-        [0, 1]
-        >>> covering_withdrawal("Which colour is the Terra printer now?", sentences[1:], 1, [0], [5, 0], keys[1:], 0.7)
-        0
-    """
-    words = set(tokenize([question])[0])
-    named = [words & set(toks) for toks in tokenize(list(sentences))]
-    later = [i for i in withdrawn if order[i] > order[pick] and named[i] >= named[pick]
-             and (named[i] > named[pick] or float(keys[i] @ keys[pick]) >= min_cosine)]
-    return max(later, key=lambda i: order[i], default=pick)
-
-
-def answer_type_rivals(scores: Sequence[float], keys: torch.Tensor, candidates: Sequence[int], pick: int,
-                       margin: float, min_cosine: float) -> list[int]:
-    """The ``candidates`` (other than ``pick``) that score within ``margin`` of it and are another
-    fact, not a version of the pick's: unit key (``keys`` [N, dk]) cosine < ``min_cosine``.
-
-    Example:
-        >>> keys = torch.tensor([[1.0, 0.0], [0.9, 0.44], [0.0, 1.0], [0.0, 1.0]])
-        >>> answer_type_rivals([0.9, 0.88, 0.85, 0.5], keys, [0, 1, 2, 3], 0, 0.1, 0.7)  # 1: a version; 3: too low
-        [2]
-    """
-    return [i for i in candidates if i != pick and scores[i] >= scores[pick] - margin
-            and float(keys[i] @ keys[pick]) < min_cosine]
-
-
 def question_names(question: str) -> set[str]:
     """The lower-cased names of ``question``: its words written with a capital or a digit first,
     but its first word (capitalised anyway).
@@ -325,12 +215,12 @@ def slot_versions(scores: torch.Tensor, time: torch.Tensor, keys: torch.Tensor, 
 @dataclass(eq=False)  # compared by identity: its tensors have no single truth value
 class GroundedEvent:
     """An event the GroundingHead proposed in a retrieved chunk, scored against a question: its key
-    and value texts, value [dv] and key [dk] vectors, event type name, score (key match plus
-    lexical agreement), position (token offset of its key in the stream) and the text of its
-    sentence (:func:`sentence_around`; None: the key text stands for it)."""
+    and value texts (value None: a retraction), value [dv] and key [dk] vectors, event type name,
+    score (its key's match with the question), position (token offset of its key in the stream)
+    and the text of its sentence (:func:`sentence_around`; None: the key text stands for it)."""
 
     key_text: str
-    value_text: str
+    value_text: Optional[str]
     value: torch.Tensor
     key: torch.Tensor
     event_type: str

@@ -2,9 +2,8 @@ import random
 
 import torch
 
-from memadapter.modeling.selection import (SelectedRow, covering_withdrawal, latest_version, most_specific,
-                                           restore_by_attribute, restore_by_sentence, sentence_around, slot_versions, stack_selection,
-                                           without_inserted_names)
+from memadapter.modeling.selection import (SelectedRow, latest_version, most_specific, sentence_around, slot_versions,
+                                           stack_selection)
 
 
 def test_stack_selection_pads_rows_and_value_ids():
@@ -64,7 +63,6 @@ def test_slot_versions_agrees_with_the_plain_latest_version():
     assert not versions.any() and newest.tolist() == [-1]
 
 
-
 def test_most_specific_drops_entries_that_name_fewer_of_the_questions_words():
     q = "What does the Lumen Mini printer cost?"
     assert most_specific(q, ["the Lumen printer", "The Lumen Mini printer", "the Lumen Mini printer", ""]) == [1, 2]
@@ -100,56 +98,3 @@ def test_most_specific_foreign_names_drops_look_alikes():
     assert most_specific(q, ["Daniela", "Daniel Berger"], fragments=True, foreign_names=True) == [1]
 
 
-def test_covering_withdrawal_reads_the_withdrawal_of_the_asked_fact_only():
-    q = "What is the deadline for the Ember project?"
-    sentences = ["The access code for Project Ember is W1-4485.",  # the pick: another attribute
-                 "Please forget Project Ember's deadline.",  # names "deadline" besides: the asked fact
-                 "Please forget Project Ember's access code.",  # names the same words as the pick
-                 "Please forget Project Ember Mini's deadline."]  # names as many: look-alikes need their key
-    keys = torch.eye(3)[[0, 1, 0, 2]]  # [4, dk]: only the third agrees with the pick's key
-    order = [10, 50, 40, 60]
-    assert covering_withdrawal(q, sentences, 0, [1, 2], order, keys, 0.7) == 1  # names more: the key is not asked
-    assert covering_withdrawal(q, sentences, 0, [2], order, keys, 0.7) == 2  # same words, key agrees
-    assert covering_withdrawal(q, sentences, 0, [2], [10, 50, 5, 60], keys, 0.7) == 0  # earlier than the pick
-    assert covering_withdrawal(q, sentences, 1, [0], [50, 10, 40, 60], keys, -1.0) == 1  # names fewer: never
-    assert covering_withdrawal(q, sentences, 1, [3], order, keys, 0.7) == 1  # same words, key disagrees
-    assert covering_withdrawal(q, sentences, 1, [3], order, keys, -1.0) == 3  # without a key bar, the latest
-    assert covering_withdrawal(q, sentences, 0, [], order, keys, -1.0) == 0
-
-
-def test_restore_by_sentence_puts_back_a_cut_key_but_not_a_look_alike():
-    q = "What does the Lumen Mini printer cost?"
-    keys = ["Mini printer", "the Lumen Mini printer", "the Lumen printer"]
-    sentences = ["The Lumen Mini printer costs 80 dollars.", "The colour of the Lumen Mini printer is teal.",
-                 "The Lumen printer costs 50 dollars."]
-    keep = most_specific(q, keys)
-    assert keep == [1]
-    assert restore_by_sentence(q, sentences, keep) == [0, 1]  # the cut key's sentence names the printer fully
-    assert restore_by_sentence(q, ["", *sentences[1:]], keep) == [1]  # a sentence that names nothing stays out
-    assert restore_by_sentence(q, sentences, [0, 1, 2]) == [0, 1, 2]
-
-
-def test_restore_by_attribute_puts_back_the_asked_attribute_but_not_a_look_alike():
-    q = "What is the price of the Lumen Mini printer?"
-    keys = ["Lumen", "the Lumen Mini printer", "the Lumen printer", "Lumen Max"]
-    sentences = ["The price of the Lumen is 80 dollars.", "The colour of the Lumen Mini printer is teal.",
-                 "The Lumen printer is sold in Oslo.", "The price of Lumen Max is 90 dollars."]
-    keep = most_specific(q, keys)
-    assert keep == [1]
-    assert restore_by_attribute(q, sentences, keep) == [0, 1, 3]  # both name "price", which the colour does not
-    assert restore_by_attribute(q, sentences, keep, excluded=[3]) == [0, 1]  # a foreign name stays out
-    assert restore_by_attribute(q, sentences, [0, 1]) == [0, 1]  # "price" is named already: nothing comes back
-    # a new word alone (no word of the entity) or a question word alone ("now") is not enough
-    assert restore_by_attribute("Where does Ana Roth work now?", ["Ana Roth lives in Rome.", "He works now.",
-                                                                  "Ana now lives in Oslo."], [0]) == [0]
-
-
-def test_without_inserted_names_drops_the_look_alike_but_not_a_completed_name():
-    q = "What does the Mifaim printer sell for now?"
-    keys = ["The Mifaim printer", "The Mifaim Mini printer", "the Mifaim printer's colour"]
-    assert without_inserted_names(q, keys, [0, 1, 2]) == [0, 2]
-    assert without_inserted_names(q, keys[1:2], [0]) == [0]  # no other entry: the look-alike is all there is
-    assert without_inserted_names("Who employs Puvus?", ["Puvus Grairom", "Puvus"], [0, 1]) == [0, 1]  # a surname after
-    assert without_inserted_names("What is Project Kiker called?", ["The Kiker II project", "Kiker 2 project", "Project Kiker"],
-                                  [0, 1, 2]) == [2]  # a number is a name too
-    assert without_inserted_names("What does the Mifaim Mini printer cost?", keys, [1]) == [1]  # the asked look-alike

@@ -1,0 +1,231 @@
+"""Fit the learned reader (``ReadScorer``) of a trained adapter on its own candidate pools.
+
+The heads are trained first (``memadapter.training.train``); their pools then exist. Each training
+stream is ingested once, and each of its questions gets the pool ``select`` would score
+(``MemAdapterForCausalLM.read_pools``). An entry is positive when it sits in the sentence of the
+question's answer event (the generator's character spans: a training target, never seen at
+inference). The scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen
+on the pools of a validation split, and the adapter is saved with the fitted scorer.
+
+    python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
+        --builder open --num-streams 150 --val-split validation --val-streams 40 --filler-tokens 1500
+
+Example (plain tensors):
+    >>> feats = torch.zeros(2, 3, NUM_FEATURES); feats[:, 0, 0] = 1.0  # key_match: entry 0 looks best
+    >>> positive = torch.tensor([[False, True, False], [False, True, False]])  # ... but entry 1 is right
+    >>> pools = PoolSet(feats, torch.ones(2, 3, dtype=torch.bool), positive)
+    >>> feats[:, 1, FEATURES.index("position")] = 1.0
+    >>> scorer, log = fit_scorer(pools, pools, epochs=200)
+    >>> pick_accuracy(scorer, pools)
+    1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from memadapter.errors import ConfigError
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, listwise_loss, pool_features
+
+from .generation_eval import question_ids
+
+
+@dataclass
+class PoolSet:
+    """Padded pools: features [P, N, F], valid [P, N], positive [P, N]."""
+
+    features: torch.Tensor
+    valid: torch.Tensor
+    positive: torch.Tensor
+
+    @classmethod
+    def stack(cls, pools: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> "PoolSet":
+        """(features [n, F], positive [n]) per pool -> one padded PoolSet."""
+        n = max([1] + [f.shape[0] for f, _ in pools])
+        out = cls(torch.zeros(len(pools), n, NUM_FEATURES), torch.zeros(len(pools), n, dtype=torch.bool),
+                  torch.zeros(len(pools), n, dtype=torch.bool))
+        for i, (f, pos) in enumerate(pools):
+            out.features[i, :f.shape[0]], out.valid[i, :f.shape[0]], out.positive[i, :f.shape[0]] = f, True, pos
+        return out
+
+    def save(self, path: str) -> None:
+        save_file({"features": self.features, "valid": self.valid, "positive": self.positive}, path)
+
+    @classmethod
+    def load(cls, path: str) -> "PoolSet":
+        t = load_file(path)
+        if t["features"].shape[-1] != NUM_FEATURES:
+            raise ConfigError(f"pools: {path} has {t['features'].shape[-1]} features, this reader reads {NUM_FEATURES}")
+        return cls(t["features"], t["valid"], t["positive"])
+
+    def coverage(self) -> float:
+        """Share of pools holding a positive entry (what any reader can get right at most)."""
+        return float((self.positive & self.valid).any(-1).float().mean()) if len(self.valid) else 0.0
+
+
+def _char_starts(tokenizer: Any, text: str) -> list[int]:
+    """Character offset of each token of ``text`` as ingest tokenises it (no special tokens)."""
+    return [s for s, _ in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+
+
+def label_pool(order: torch.Tensor, char_starts: list[int], event: dict) -> torch.Tensor:
+    """[N] bool: entries whose stream position (a token index, ``order``) falls in the answer
+    event's sentence (``event["start"]`` .. ``event["end"]``, characters).
+
+    Example:
+        >>> label_pool(torch.tensor([0.0, 2.5, 3.0]), [0, 5, 10, 15], {"start": 9, "end": 20}).tolist()
+        [False, True, True]
+    """
+    last = len(char_starts) - 1
+    chars = [char_starts[min(max(int(p), 0), last)] if last >= 0 else -1 for p in order.tolist()]
+    return torch.tensor([event["start"] <= c < event["end"] for c in chars], dtype=torch.bool)
+
+
+@contextmanager
+def grounded_once(model: Any, memory: Any, group: int = 8) -> Iterator[None]:
+    """Inside the block, ``model._chunk_events`` reads each chunk of ``memory`` (row 0) once: what
+    the GroundingHead proposes in a chunk does not depend on the question, and grounding the
+    retrieved chunks again for every question dominates the cost of collecting pools."""
+    index, by_chunk = memory.indexes[0], {}
+    for start in range(0, len(index), group):
+        ids = list(range(start, min(start + group, len(index))))
+        for e in model._chunk_events(memory, 0, ids):
+            chunk = next(i for i in ids if index.span(i)[0] <= e.position < index.span(i)[1])
+            by_chunk.setdefault(chunk, []).append(e)
+    model._chunk_events = lambda memory, b, chunk_ids: [e for i in chunk_ids for e in by_chunk.get(i, [])]
+    try:
+        yield
+    finally:
+        del model._chunk_events  # the instance attribute; the method shows through again
+
+
+@torch.no_grad()
+def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) -> PoolSet:
+    """Ingest each stream once and build the labelled pool of each of its questions."""
+    tok, out = model.tokenizer, []
+    device = next(model.backbone.parameters()).device
+    streams = list(streams)
+    for stream in tqdm(streams, desc="pools", unit="stream", disable=not progress):
+        memory = model.new_memory()
+        model.ingest(memory, stream["text"], progress=False)
+        snapshot, starts = memory.snapshot(), _char_starts(tok, stream["text"])
+        with grounded_once(model, memory):
+            for q in stream["questions"]:
+                memory.restore(snapshot)
+                ids = torch.tensor([question_ids(tok, q["question"])], device=device)  # [1, T]
+                qp = model.read_pools(memory, ids, torch.ones_like(ids))[0]
+                out.append((pool_features(qp.question, qp.pool),
+                            label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])))
+    return PoolSet.stack(out)
+
+
+def pick_accuracy(scorer: ReadScorer, pools: PoolSet) -> float:
+    """Share of pools whose best-scored entry is positive (pools without a positive count as misses)."""
+    with torch.no_grad():
+        scores = scorer(pools.features).masked_fill(~pools.valid, float("-inf"))
+    pick = scores.argmax(-1)
+    return float(pools.positive.gather(1, pick[:, None]).float().mean()) if len(pick) else 0.0
+
+
+def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4,
+               seed: int = 0) -> tuple[ReadScorer, list[dict]]:
+    """Full-batch Adam on :func:`listwise_loss` from the prior; keeps the epoch with the best
+    validation pick accuracy (ties: the earlier one). Returns the scorer and a log per 10 epochs."""
+    torch.manual_seed(seed)
+    scorer = ReadScorer()
+    opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_acc = copy.deepcopy(scorer.state_dict()), pick_accuracy(scorer, val)
+    log = [{"epoch": 0, "loss": None, "val_pick": best_acc}]
+    for epoch in range(1, epochs + 1):
+        opt.zero_grad()
+        loss = listwise_loss(scorer(train.features), train.valid, train.positive)
+        loss.backward()
+        opt.step()
+        acc = pick_accuracy(scorer, val)
+        if acc > best_acc:
+            best, best_acc = copy.deepcopy(scorer.state_dict()), acc
+        if epoch % 10 == 0:
+            log.append({"epoch": epoch, "loss": float(loss.detach()), "val_pick": acc})
+    scorer.load_state_dict(best)
+    return scorer, log
+
+
+def _streams(builder: str, split: str, num_streams: int, seed: int, filler_tokens: Optional[int]) -> Any:
+    from . import train as train_mod
+
+    kwargs = {} if filler_tokens is None else {"filler_tokens": filler_tokens}
+    return train_mod.build_datasets({"builder": builder, "split": split, "num_streams": num_streams, "seed": seed,
+                                     "builder_kwargs": kwargs})
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m memadapter.training.fit_reader", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapter", required=True, help="trained adapter directory (save_pretrained output)")
+    p.add_argument("--base", default=None, help="local base model directory (default: the SmolLM2 cache dir)")
+    p.add_argument("--out", required=True, help="where the adapter with the fitted reader is saved")
+    p.add_argument("--builder", default="lifecycle", help="stream generator: lifecycle | open | counterfactual | mix")
+    p.add_argument("--split", default="train")
+    p.add_argument("--num-streams", type=int, default=100)
+    p.add_argument("--val-split", default="validation")
+    p.add_argument("--val-streams", type=int, default=30)
+    p.add_argument("--filler-tokens", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--pools", default=None, help="cache the train pools here (safetensors); reused when present")
+    p.add_argument("--val-pools", default=None, help="the same for the validation pools")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _pools(model: Any, path: Optional[str], builder: str, split: str, n: int, seed: int, filler: Optional[int],
+           progress: bool) -> PoolSet:
+    import os
+
+    if path and os.path.exists(path):
+        return PoolSet.load(path)
+    pools = collect_pools(model, _streams(builder, split, n, seed, filler), progress)
+    if path:
+        pools.save(path)
+    return pools
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .generation_eval import _load_model, _model_dirs
+
+    args = _parser().parse_args(argv)
+    args.set = []
+    base, adapter = _model_dirs(args)
+    model = _load_model(args, base, adapter)
+    progress = not args.no_progress
+    train = _pools(model, args.pools, args.builder, args.split, args.num_streams, args.seed, args.filler_tokens, progress)
+    val = _pools(model, args.val_pools, args.builder, args.val_split, args.val_streams, args.seed + 1,
+                 args.filler_tokens, progress)
+    prior = ReadScorer()
+    scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed)
+    report = {"train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
+              "val_coverage": val.coverage(), "prior_val_pick": pick_accuracy(prior, val),
+              "fitted_val_pick": pick_accuracy(scorer, val), "fitted_train_pick": pick_accuracy(scorer, train),
+              "features": list(FEATURES), "log": log}
+    model.read_scorer.load_state_dict(scorer.state_dict())
+    model.save_pretrained(args.out)
+    with open(f"{args.out}/fit_reader.json", "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("log", "features")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
