@@ -332,6 +332,8 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Exact-match accuracy of generated answers on held-out lifecycle streams.")
     p.add_argument("--adapter", required=True, help="local adapter directory (save_pretrained output)")
     p.add_argument("--base", default=None, help="local base model directory (default: the SmolLM2 cache dir)")
+    p.add_argument("--builder", default="lifecycle", choices=("lifecycle", "open", "counterfactual"),
+                   help="stream generator for --split (open: open_data.SPLITS; counterfactual: counterfactual.SPLITS)")
     p.add_argument("--split", default="test_unseen_entities")
     p.add_argument("--num-streams", type=int, default=20)
     p.add_argument("--filler-tokens", type=int, default=None, help="override the split's filler (e.g. 30000)")
@@ -388,6 +390,18 @@ def _load_model(args: argparse.Namespace, base: str, adapter: str) -> Any:
 
 
 def _streams(args: argparse.Namespace) -> Any:
+    builder = getattr(args, "builder", "lifecycle")
+    if builder == "open":
+        from .open_data import SPLIT_DEFAULTS as OPEN_DEFAULTS, build_open_dataset, open_split_style
+
+        open_split_style(args.split)
+        shape = dict(OPEN_DEFAULTS, **({} if args.filler_tokens is None else {"filler_tokens": args.filler_tokens}))
+        return build_open_dataset(args.split, args.num_streams, args.seed, **shape)
+    if builder == "counterfactual":
+        from .counterfactual import build_counterfactual_dataset
+
+        shape = {} if args.filler_tokens is None else {"filler_tokens": args.filler_tokens}
+        return build_counterfactual_dataset(args.split, args.num_streams, args.seed, **shape)
     from .lifecycle_data import SPLIT_DEFAULTS, build_dataset, split_style
 
     split_style(args.split)  # ConfigError naming the split before anything is loaded

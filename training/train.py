@@ -117,16 +117,41 @@ def build_backbone(model_cfg: dict, seed: int) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
 
 
-def build_datasets(data_cfg: dict) -> Any:
-    """The training streams, from the lifecycle builder."""
-    builder = data_cfg.get("builder", "lifecycle")
-    if builder != "lifecycle":
-        raise ConfigError(f"data.builder: only 'lifecycle' is available, got {builder!r}")
-    from . import lifecycle_data
+BUILDERS = ("lifecycle", "open", "counterfactual", "mix")
 
+
+def _builder_fn(name: str) -> Any:
+    from . import counterfactual, lifecycle_data, open_data
+
+    return {"lifecycle": lifecycle_data.build_dataset, "open": open_data.build_open_dataset,
+            "counterfactual": counterfactual.build_counterfactual_dataset}[name]
+
+
+def build_datasets(data_cfg: dict) -> Any:
+    """The training streams of ``data.builder``: lifecycle | open | counterfactual | mix.
+
+    ``mix`` takes stream counts ``builder_kwargs.mix = {"lifecycle": n1, "open": n2, "counterfactual": n3}``
+    and each builder's own kwargs under ``builder_kwargs.<name>``; the parts (split ``train``) are
+    concatenated and shuffled with ``data.seed``.
+    """
+    builder = data_cfg.get("builder", "lifecycle")
+    if builder not in BUILDERS:
+        raise ConfigError(f"data.builder: expected one of {BUILDERS}, got {builder!r}")
     kwargs = dict(data_cfg.get("builder_kwargs") or {})
-    return lifecycle_data.build_dataset(data_cfg.get("split", "train"), int(data_cfg.get("num_streams", 64)),
-                                        int(data_cfg.get("seed", 0)), **kwargs)
+    seed = int(data_cfg.get("seed", 0))
+    if builder != "mix":
+        return _builder_fn(builder)(data_cfg.get("split", "train"), int(data_cfg.get("num_streams", 64)), seed,
+                                    **kwargs)
+    import datasets
+
+    counts = kwargs.pop("mix", None)
+    if not isinstance(counts, dict) or not counts or set(counts) - set(BUILDERS[:3]):
+        raise ConfigError(f"data.builder_kwargs.mix: expected stream counts for {BUILDERS[:3]}, got {counts!r}")
+    parts = [_builder_fn(name)("train", int(n), seed, **dict(kwargs.get(name) or {}))
+             for name, n in sorted(counts.items()) if int(n) > 0]
+    if not parts:
+        raise ConfigError(f"data.builder_kwargs.mix: every count is 0 in {counts!r}")
+    return datasets.concatenate_datasets(parts).shuffle(seed=seed).flatten_indices()
 
 
 def _dataset_texts(ds: Any) -> Iterable[str]:

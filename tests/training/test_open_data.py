@@ -160,3 +160,34 @@ def test_bad_arguments_raise_typed_errors():
         generate_open_stream(random.Random(0), p_chat=2)
     with pytest.raises(ConfigError, match="seed"):
         build_open_dataset("train", 1, seed="0")
+
+
+def test_train_mix_builder_concatenates_and_shuffles_deterministically():
+    from memadapter.training.train import build_datasets
+
+    cfg = {"builder": "mix", "seed": 1, "builder_kwargs": {
+        "mix": {"lifecycle": 2, "open": 2, "counterfactual": 1},
+        "lifecycle": {"filler_tokens": 10, "filler_source": "embedded"}, "open": {"filler_tokens": 10},
+        "counterfactual": {"filler_tokens": 10}}}
+    ds = build_datasets(cfg)
+    ids = [r["id"] for r in ds]
+    assert len(ids) == 5 and ids == [r["id"] for r in build_datasets(cfg)]
+    assert sum(i.startswith("open-") for i in ids) == 2 and sum(i.startswith("cf-") for i in ids) == 1
+    assert len(build_datasets({"builder": "open", "num_streams": 2, "builder_kwargs": {"filler_tokens": 10}})) == 2
+    with pytest.raises(ConfigError, match="data.builder"):
+        build_datasets({"builder": "web"})
+    with pytest.raises(ConfigError, match="mix"):
+        build_datasets({"builder": "mix", "builder_kwargs": {"mix": {"essays": 3}}})
+
+
+def test_generation_eval_builder_flag_picks_the_generator():
+    from memadapter.training.generation_eval import _parser, _streams
+
+    args = _parser().parse_args(["--adapter", "x", "--builder", "open", "--split", "val_unseen_corpus",
+                                 "--num-streams", "1", "--filler-tokens", "20"])
+    assert _streams(args)[0]["split"] == "val_unseen_corpus"
+    args = _parser().parse_args(["--adapter", "x", "--builder", "counterfactual", "--split", "val_squad",
+                                 "--num-streams", "1", "--filler-tokens", "20"])
+    assert _streams(args)[0]["id"].startswith("cf-val_squad")
+    with pytest.raises(ConfigError, match="split"):
+        _streams(_parser().parse_args(["--adapter", "x", "--builder", "open"]))  # default split is lifecycle's
