@@ -24,8 +24,9 @@ Training targets (for the training issue; nothing here trains):
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,21 @@ class GroundingHead(nn.Module):
         self.confidence = nn.Linear(features, 1)
         self.key_proj = nn.Linear(2 * hidden_size, key_dim)  # [entity ; relation] -> key
         self.value_proj = nn.Linear(hidden_size, value_dim)
+        self._tag_bias: Optional[torch.Tensor] = None  # see tag_bias()
+
+    @contextmanager
+    def tag_bias(self, bias: Sequence[float]) -> Iterator[None]:
+        """Add ``bias`` (one number per tag in TAGS order) to the tag logits inside the block.
+
+        A benchmark hook: raising KEY_B and VAL_B makes the tagger propose more spans, so ingest
+        can be timed at several times a trained tagger's proposal rate. The model is shared, so
+        this is model-wide while the block runs; never use it while serving requests."""
+        check_tensor("bias", torch.as_tensor(bias, dtype=torch.float32), ndim=1, last_dim=len(TAGS))
+        old, self._tag_bias = self._tag_bias, torch.as_tensor(bias, dtype=torch.float32)
+        try:
+            yield
+        finally:
+            self._tag_bias = old
 
     def key(self, entity: torch.Tensor, relation: torch.Tensor) -> torch.Tensor:
         """Unit key from the pooled entity span and relation region: [..., H] x2 -> [..., dk]."""
@@ -136,19 +152,22 @@ class GroundingHead(nn.Module):
             h = torch.cat([h, F.gelu(self.context(x)).transpose(1, 2)], -1)  # [B, T, H + C]
         return h
 
-    def type_spans(self, key_spans: torch.Tensor, value_spans: torch.Tensor, length: int) -> torch.Tensor:
+    def type_spans(self, key_spans: torch.Tensor, value_spans: torch.Tensor, length) -> torch.Tensor:
         """The tokens a candidate's event type is read over: key start .. value end, and with
-        ``type_reads_relation`` at least to the end of its relation region. [N, 2] x2 -> [N, 2]."""
-        end = torch.maximum(key_spans[:, 1], value_spans[:, 1])
+        ``type_reads_relation`` at least to the end of its relation region. [..., 2] x2 -> [..., 2]
+        (``length`` an int, or per row [B, 1] for [B, N, 2] spans)."""
+        end = torch.maximum(key_spans[..., 1], value_spans[..., 1])
         if self.type_reads_relation:
-            end = torch.maximum(end, relation_spans(key_spans, value_spans, length)[:, 1])
-        return torch.stack([key_spans[:, 0], end], -1)
+            end = torch.maximum(end, relation_spans(key_spans, value_spans, length)[..., 1])
+        return torch.stack([key_spans[..., 0], end], -1)
 
     def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> GroundingOutput:
         """Per-token logits; padded positions get tag O so they never open a span."""
         mask = self._check(hidden, mask)
         h = self.features(hidden, mask)
         tag_logits = self.tagger(h)  # [B, T, 5]
+        if self._tag_bias is not None:
+            tag_logits = tag_logits + self._tag_bias.to(tag_logits)
         pad_o = torch.full_like(tag_logits, torch.finfo(tag_logits.dtype).min)
         pad_o[..., TAG_O] = 0.0
         tag_logits = torch.where(mask[..., None], tag_logits, pad_o)
@@ -176,6 +195,41 @@ class GroundingHead(nn.Module):
                 pairs = snap_to_words(pairs, word_start[b][:n])
             result.append(self._row_candidates(h[b], out, b, pairs, n))
         return result
+
+    @torch.no_grad()
+    def propose_batched(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                        word_start: Optional[list[list[bool]]] = None,
+                        sentence_end: Optional[list[list[bool]]] = None) -> "Proposals":
+        """What :meth:`propose` (the plain-loop reference) decodes, as padded [B, N] tensors: spans
+        decoded, paired and snapped by tensor ops, and pooled by prefix sums, with no Python loop
+        per candidate or token (ingest's path)."""
+        mask = self._check(hidden, mask)
+        out = self.forward(hidden, mask)
+        lengths = mask.sum(-1)  # [B]
+        T = hidden.shape[1]
+        ws = None if word_start is None else _marks(word_start, lengths, T, True, hidden.device)
+        se = None if sentence_end is None else _marks(sentence_end, lengths, T, False, hidden.device)
+        key_spans, val_spans, has_value, cmask = decode_pairs_batched(out.tag_logits.argmax(-1), lengths, se, ws)
+        return self._pool_proposals(self.norm(hidden), out, key_spans, val_spans, has_value, cmask, lengths[:, None])
+
+    def _pool_proposals(self, h: torch.Tensor, out: GroundingOutput, key_spans: torch.Tensor, val_spans: torch.Tensor,
+                        has_value: torch.Tensor, cmask: torch.Tensor, length: torch.Tensor) -> "Proposals":
+        """``_row_candidates`` for a whole batch: [B, N, 2] spans -> pooled vectors and scores."""
+        N = key_spans.shape[1]
+        whole = torch.stack([key_spans[..., 0], torch.maximum(key_spans[..., 1], val_spans[..., 1])], -1)  # [B, N, 2]
+        rel = relation_spans(key_spans, val_spans, length)  # [B, N, 2]
+        pooled = pool_spans_batched(h, torch.cat([key_spans, rel, val_spans], 1))  # [B, 3N, H]: one prefix sum
+        keys = self.key(pooled[:, :N], pooled[:, N:2 * N])  # [B, N, dk]
+        values = self.value_proj(pooled[:, 2 * N:])  # [B, N, dv]
+        typed = self.type_spans(key_spans, val_spans, length)  # [B, N, 2]
+        if out.lifecycle_logits is None:
+            ev = pool_spans_batched(out.event_logits, typed).softmax(-1)  # [B, N, E]
+            kind = ev.argmax(-1)
+        else:
+            ev = pool_spans_batched(out.event_logits, whole).softmax(-1)
+            kind = pool_spans_batched(out.lifecycle_logits, typed).argmax(-1)  # [B, N]
+        conf = torch.sigmoid(pool_spans_batched(out.confidence_logits[..., None], whole)[..., 0])  # [B, N]
+        return Proposals(key_spans, val_spans, has_value, kind, ev, conf, keys, values, cmask)
 
     def _row_candidates(self, h: torch.Tensor, out: GroundingOutput, b: int,
                         pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]], length: int) -> list[Candidate]:
@@ -225,6 +279,115 @@ class GroundingHead(nn.Module):
             if bool(keep.any()):
                 loss = loss + F.binary_cross_entropy_with_logits(out.confidence_logits[keep], confidence_targets[keep])
         return loss
+
+
+@dataclass
+class Proposals:
+    """Candidates of a whole batch as padded tensors (``GroundingHead.propose_batched``).
+
+    ``mask`` [B, N] marks real candidates; spans are row-relative ``(start, end)``, end exclusive.
+    A candidate without a value has ``has_value`` False and its ``value_spans`` equal to its key span.
+    """
+
+    key_spans: torch.Tensor  # [B, N, 2] long
+    value_spans: torch.Tensor  # [B, N, 2] long
+    has_value: torch.Tensor  # [B, N] bool
+    event_type: torch.Tensor  # [B, N] long
+    event_probs: torch.Tensor  # [B, N, E]
+    confidence: torch.Tensor  # [B, N]
+    keys: torch.Tensor  # [B, N, dk], unit norm
+    values: torch.Tensor  # [B, N, dv]
+    mask: torch.Tensor  # [B, N] bool
+
+    @property
+    def counts(self) -> list[int]:
+        return self.mask.sum(1).tolist()
+
+
+def pool_spans_batched(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` [B, T, H] over ``spans`` [B, N, 2] (end exclusive) -> [B, N, H]; empty: 0.
+
+    Prefix sums (float32) make the cost O(T H + N H): it does not grow as N x T the way a mask
+    product would. Equal to :func:`pool_spans` per row up to float rounding."""
+    B, T, H = hidden.shape
+    cs = F.pad(hidden.float().cumsum(1), (0, 0, 1, 0))  # [B, T + 1, H]
+    s, e = spans[..., 0].clamp(0, T), spans[..., 1].clamp(0, T)  # [B, N]
+    total = cs.gather(1, e[..., None].expand(-1, -1, H)) - cs.gather(1, s[..., None].expand(-1, -1, H))  # [B, N, H]
+    count = (e - s).clamp(min=0)[..., None].to(total.dtype)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total)).to(hidden.dtype)
+
+
+def decode_pairs_batched(tags: torch.Tensor, lengths: torch.Tensor, sentence_end: Optional[torch.Tensor] = None,
+                         word_start: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
+    """:func:`decode_spans` + :func:`pair_spans` + :func:`snap_to_words` as tensor ops.
+
+    tags [B, T] long (padding tagged O), lengths [B], sentence_end / word_start [B, T] bool (None:
+    off). Returns key_spans [B, N, 2], value_spans [B, N, 2] (the key span when there is no value),
+    has_value [B, N], mask [B, N]; candidates in row order."""
+    B, T = tags.shape
+    dev = tags.device
+    pos = torch.arange(T, device=dev)
+    tags = torch.where(pos[None] < lengths[:, None], tags, torch.full_like(tags, TAG_O))
+    kind = torch.where((tags == TAG_KEY_B) | (tags == TAG_KEY_I), 1, torch.where(tags >= TAG_VAL_B, 2, 0))  # [B, T]
+    prev = F.pad(kind, (1, 0))[:, :-1]
+    start = (kind > 0) & ((prev != kind) | (tags == TAG_KEY_B) | (tags == TAG_VAL_B))  # [B, T]
+    S = max(int(start.sum(1).max()), 1) if T else 1
+    sid = start.long().cumsum(1) - 1  # [B, T]: the span a token belongs to (when kind > 0)
+    inside = (kind > 0) & (sid >= 0)
+    idx = torch.where(inside, sid, torch.full_like(sid, S))  # spare column S takes the rest
+    sp_start = torch.full((B, S + 1), T, device=dev).scatter_reduce(1, idx, pos.expand(B, T), "amin")[:, :S]
+    sp_end = torch.zeros(B, S + 1, dtype=torch.long, device=dev).scatter_reduce(1, idx, pos.expand(B, T) + 1, "amax")[:, :S]
+    sp_kind = torch.zeros(B, S + 1, dtype=torch.long, device=dev).scatter_reduce(1, idx, kind, "amax")[:, :S]
+    valid = sp_kind > 0  # [B, S]
+    # a key pairs with the very next span when that is a value (and, with sentence marks, no end between)
+    nxt_kind, nxt_s, nxt_e = (F.pad(x, (0, 1))[:, 1:] for x in (sp_kind, sp_start, sp_end))
+    has_value = valid & (sp_kind == 1) & (nxt_kind == 2)
+    if sentence_end is not None:
+        ends = F.pad(sentence_end.long().cumsum(1), (1, 0))  # [B, T + 1]
+        has_value &= ends.gather(1, nxt_s.clamp(max=T)) == ends.gather(1, sp_end.clamp(max=T))
+    keep = valid & (sp_kind == 1)  # [B, S]
+    k0, k1 = sp_start, sp_end
+    v0, v1 = torch.where(has_value, nxt_s, k0), torch.where(has_value, nxt_e, k1)
+    if word_start is not None:
+        k0, k1, v0, v1, has_value = _snap_batched(word_start, lengths, k0, k1, v0, v1, has_value)
+    return _compact(keep, torch.stack([k0, k1], -1), torch.stack([v0, v1], -1), has_value)
+
+
+def _snap_batched(word_start: torch.Tensor, lengths: torch.Tensor, k0, k1, v0, v1, has_value):
+    """:func:`snap_to_words` on [B, S] span tensors: a start back to its word's first token (not
+    below ``floor``), an end forward to the next word start (or the row's length)."""
+    B, T = word_start.shape
+    pos = torch.arange(T + 1, device=word_start.device)
+    ws = torch.cat([word_start.bool(), torch.ones(B, 1, dtype=torch.bool, device=word_start.device)], 1)
+    ws = ws | (pos[None] >= lengths[:, None])  # past the row's end counts as a word start
+    back = torch.where(ws, pos, torch.full_like(pos, -1)).cummax(1).values  # [B, T + 1]: last start <= t
+    fwd = torch.where(ws, pos, torch.full_like(pos, T)).flip(1).cummin(1).values.flip(1)  # first start >= t
+    k0n = back.gather(1, k0).clamp(min=0)
+    k1n = fwd.gather(1, k1)
+    a = torch.maximum(v0, k1n)
+    has_value = has_value & (a < lengths[:, None])
+    a = a.clamp(max=T)
+    v0n = torch.maximum(back.gather(1, a), k1n)
+    v1n = fwd.gather(1, torch.maximum(v1, a + 1).clamp(max=T))
+    return k0n, k1n, torch.where(has_value, v0n, k0n), torch.where(has_value, v1n, k1n), has_value
+
+
+def _compact(keep: torch.Tensor, key_spans: torch.Tensor, value_spans: torch.Tensor, has_value: torch.Tensor):
+    """Move the kept [B, S] entries to the front of each row, in order: -> [B, N] tensors."""
+    B = keep.shape[0]
+    N = int(keep.sum(1).max()) if keep.numel() else 0
+    order = torch.sort((~keep).long(), dim=1, stable=True).indices[:, :N]  # kept first, in order
+    mask = keep.gather(1, order)
+    take = lambda x: x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])) if x.dim() == 3 else x.gather(1, order)  # noqa: E731
+    return take(key_spans), take(value_spans), take(has_value) & mask, mask
+
+
+def _marks(rows: list[list[bool]], lengths: torch.Tensor, T: int, pad: bool, device: torch.device) -> torch.Tensor:
+    """Per-token marks [B][<= T] (each row cut at its length) -> bool [B, T], ``pad`` past the end."""
+    out = torch.full((len(rows), T), pad, dtype=torch.bool)
+    for b, (row, n) in enumerate(zip(rows, lengths.tolist())):
+        out[b, :n] = torch.tensor(row[:n], dtype=torch.bool)
+    return out.to(device)
 
 
 WRITE_FEATURES: tuple[str, ...] = ("confidence", "match", "conflict", "fill")

@@ -49,7 +49,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from memadapter._validate import check_allocation, check_size
 from memadapter.chunk_index import ChunkIndex, index_bytes
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, MemAdapterError, ShapeError
-from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, sentence_ends, word_starts
+from memadapter.heads import (GroundingHead, Proposals, QueryHead, WriteController, masked_attention_pool, sentence_ends,
+                              word_starts)
 from memadapter.spans import sentence_chunks
 from memadapter.request_memory import RequestMemory
 from memadapter.slots import SlotMemory, slot_state_bytes
@@ -66,6 +67,20 @@ from .selection import Selection
 PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
 # ids of the models whose adapter is off (disable_adapter) in this thread / asyncio task
 _ADAPTER_OFF: ContextVar[frozenset[int]] = ContextVar("memadapter_adapter_off", default=frozenset())
+# True inside reference_ingest(): ingest proposes and writes through the plain loops
+_REFERENCE_INGEST: ContextVar[bool] = ContextVar("memadapter_reference_ingest", default=False)
+
+
+@contextmanager
+def reference_ingest() -> Iterator[None]:
+    """Inside the block (this thread / task only), ``ingest`` takes the plain-loop reference path:
+    ``GroundingHead.propose`` Candidates, one write per candidate. Tests and benches compare the
+    batched path against it."""
+    token = _REFERENCE_INGEST.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE_INGEST.reset(token)
 
 
 @dataclass
@@ -357,13 +372,63 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
             span = torch.tensor([[start, start + len(chunk[b])]])
             chunk_ids[b] = int(memory.indexes[b].add(summary[b : b + 1], [self._decode(chunk[b])], span)[0])
             report.chunks[b] += 1
-        cands = self._propose(hidden, mask, chunk)
-        self._write_candidates(memory, chunk, cands, chunk_ids, report)
+        if _REFERENCE_INGEST.get():
+            self._write_candidates_reference(memory, chunk, self._propose(hidden, mask, chunk), chunk_ids, report)
+        else:
+            props = self.grounding.propose_batched(hidden, mask, *self._token_marks(chunk))
+            self._write_candidates(memory, chunk, props, chunk_ids, report)
         for b in live:
             memory.tokens_seen[b] += len(chunk[b])
 
-    def _write_candidates(self, memory: RequestMemory, chunk: list[list[int]], cands: list, chunk_ids: torch.Tensor,
-                          report: IngestReport) -> None:
+    def _write_candidates(self, memory: RequestMemory, chunk: list[list[int]], props: Proposals,
+                          chunk_ids: torch.Tensor, report: IngestReport) -> None:
+        """The chunk's proposals [B, N] -> p_write -> one ``SlotMemory.write`` (ingest's path; the
+        plain loop over Candidate objects is ``_write_candidates_reference``)."""
+        B, N = props.mask.shape
+        if N == 0:
+            return
+        cfg, slots, cmask = self.config, memory.slots, props.mask.cpu()
+        keys = props.keys.float().cpu().masked_fill(~cmask[..., None], 0.0)  # [B, N, dk]
+        keys[..., 0] += (~cmask).float()  # padding candidates need a non-zero key (they are masked out)
+        values = props.values.float().cpu().masked_fill(~cmask[..., None], 0.0)  # [B, N, dv]
+        ev_probs = props.event_probs.float().cpu().masked_fill(~cmask[..., None], 0.0)  # [B, N, E]
+        conf = props.confidence.float().cpu().masked_fill(~cmask, 0.0)  # [B, N]
+        kinds = props.event_type.cpu().masked_fill(~cmask, 0)
+        ks, vs, has_value = props.key_spans.cpu(), props.value_spans.cpu(), props.has_value.cpu()
+        end = torch.maximum(torch.where(has_value, vs[..., 1], ks[..., 1]), ks[..., 1])  # [B, N]
+        off = torch.tensor(memory.tokens_seen, dtype=torch.long)[:, None]  # [B, 1]
+        spans = (torch.stack([ks[..., 0], end], -1) + off[..., None]).masked_fill(~cmask[..., None], 0)  # [B, N, 2]
+        key_text, value_text = self._span_texts(chunk, ks, vs, has_value, cmask)
+        p_write = self._p_write(slots, keys, values, ev_probs, conf)
+        result = slots.write(keys, values, p_write, event=kinds, importance=conf.clamp(0, 1),
+                             chunk_id=chunk_ids[:, None].expand(B, N), span=spans,
+                             key_text=key_text, value_text=value_text, mask=cmask)
+        counts, writes = cmask.sum(1).tolist(), result.num_writes.tolist()
+        for b in range(B):
+            report.candidates[b] += int(counts[b])
+            report.writes[b] += int(writes[b])
+
+    def _span_texts(self, chunk: list[list[int]], ks: torch.Tensor, vs: torch.Tensor, has_value: torch.Tensor,
+                    cmask: torch.Tensor) -> tuple[list, list]:
+        """Key and value strings [B][N] (None: no value / padding) from one batch decode per chunk."""
+        B, N = cmask.shape
+        where = cmask.nonzero().tolist()  # [(b, n)] of the real candidates
+        kl, vl = ks.tolist(), vs.tolist()
+        pieces = [chunk[b][kl[b][n][0]:kl[b][n][1]] for b, n in where] + [chunk[b][vl[b][n][0]:vl[b][n][1]] for b, n in where]
+        if self.tokenizer is not None and pieces:  # decode's own options, one call per chunk
+            texts = self.tokenizer.batch_decode(pieces, skip_special_tokens=True)
+        else:
+            texts = [self._decode(p) for p in pieces]
+        key_text, value_text = [[None] * N for _ in range(B)], [[None] * N for _ in range(B)]
+        hv = has_value.tolist()
+        for i, (b, n) in enumerate(where):
+            key_text[b][n] = texts[i]
+            value_text[b][n] = texts[len(where) + i] if hv[b][n] else None
+        return key_text, value_text
+
+    def _write_candidates_reference(self, memory: RequestMemory, chunk: list[list[int]], cands: list,
+                                    chunk_ids: torch.Tensor, report: IngestReport) -> None:
+        """Plain-loop reference of ``_write_candidates`` over ``GroundingHead.propose``'s Candidates."""
         B, N = len(chunk), max(len(c) for c in cands)
         if N == 0:
             return
@@ -385,9 +450,14 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
                 value_text[b][n] = self._decode(chunk[b][c.value_span[0]:c.value_span[1]]) if c.value_span else None
                 cmask[b, n] = True
         p_write = self._p_write(slots, keys, values, ev_probs, conf)
-        result = slots.write(keys, values, p_write, event=kinds, importance=conf.clamp(0, 1),
-                             chunk_id=chunk_ids[:, None].expand(B, N), span=spans,
-                             key_text=key_text, value_text=value_text, mask=cmask)
+        batched = slots.batched_writes
+        slots.batched_writes = False  # the rules' own order: one candidate at a time
+        try:
+            result = slots.write(keys, values, p_write, event=kinds, importance=conf.clamp(0, 1),
+                                 chunk_id=chunk_ids[:, None].expand(B, N), span=spans,
+                                 key_text=key_text, value_text=value_text, mask=cmask)
+        finally:
+            slots.batched_writes = batched
         for b in range(B):
             report.candidates[b] += int(cmask[b].sum())
             report.writes[b] += int(result.num_writes[b])

@@ -171,7 +171,7 @@ def test_ingest_bad_input_leaves_memory_unchanged(tokenizer):
     before = (mem.table(0), mem.table(1), [len(i) for i in mem.indexes], list(mem.tokens_seen))
     with pytest.raises(ShapeError, match="text_or_ids"):
         model.ingest(mem, ["only one row"])
-    with mock.patch.object(model.grounding, "propose", side_effect=RuntimeError("boom")):
+    with mock.patch.object(model.grounding, "propose_batched", side_effect=RuntimeError("boom")):
         with pytest.raises(RuntimeError):
             model.ingest(mem, ["alice lives in rome", "carol"])
     assert (mem.table(0), mem.table(1), [len(i) for i in mem.indexes], list(mem.tokens_seen)) == before
