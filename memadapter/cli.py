@@ -44,6 +44,7 @@ _BENCHES = {
     "stress": ("memadapter.bench.stress", "the 2M-token sparse-hybrid stress test (paper Table 2)"),
     "vla": ("memadapter.bench.vla", "VLA vs linear attention: state norm and associative-recall capacity"),
     "ingest": ("memadapter.modeling.ingest_bench", "streaming-ingest cost vs the bare backbone read, per length"),
+    "perf": ("memadapter.modeling.perf_bench", "issue 26's ratios: ingest vs the bare read, select, decode, state, peak"),
 }
 USER_ERROR = 2  # the exit status of a bad argument, as argparse uses it
 
