@@ -1,0 +1,67 @@
+"""Fitting the learned reader (training/fit_reader.py): labels from the generator's spans, the
+listwise fit, pools collected from a tiny model's own ingest, and the CLI's output."""
+
+import random
+
+import torch
+
+from memadapter.modeling.configuration_memadapter import MemAdapterConfig
+from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES
+from memadapter.modeling.tiny import tiny_backbone
+from memadapter.training.fit_reader import PoolSet, collect_pools, fit_scorer, grounded_once, label_pool, pick_accuracy
+from memadapter.training.lifecycle_data import generate_stream
+from memadapter.training.train import build_word_tokenizer
+
+
+def test_label_pool_marks_the_entries_in_the_answer_sentence():
+    starts = [0, 4, 9, 15, 20]  # characters where tokens 0..4 start
+    event = {"start": 9, "end": 20}
+    assert label_pool(torch.tensor([0.0, 2.0, 3.5, 4.0, 99.0]), starts, event).tolist() == [False, True, True, False, False]
+
+
+def test_fit_scorer_learns_what_the_prior_gets_wrong():
+    """The prior reads the best key match; in these pools the right entry is the later of two
+    (a version): fitting moves the pick to it, chosen on separate validation pools."""
+    def pools(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        f = torch.zeros(n, 3, NUM_FEATURES)
+        f[..., FEATURES.index("key_match")] = torch.rand(n, 3, generator=g)
+        right = torch.randint(0, 3, (n,), generator=g)
+        f[torch.arange(n), right, FEATURES.index("later_version")] = 0.0
+        wrong = torch.ones(n, 3, dtype=torch.bool)
+        wrong[torch.arange(n), right] = False
+        f[..., FEATURES.index("later_version")] += wrong.float() * 0.9
+        return PoolSet(f, torch.ones(n, 3, dtype=torch.bool), ~wrong)
+    train, val = pools(64, 0), pools(64, 1)
+    from memadapter.modeling.read_scorer import ReadScorer
+    assert pick_accuracy(ReadScorer(), val) < 0.6
+    scorer, log = fit_scorer(train, val, epochs=150)
+    assert pick_accuracy(scorer, val) > 0.95 and log[0]["epoch"] == 0
+
+
+def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
+    rng = random.Random(0)
+    streams = [generate_stream(rng, split="train", num_entities=2, num_updates=1, num_distractors=1, num_uniform=1)
+               for _ in range(2)]
+    texts = [s["text"] for s in streams] + [q["question"] for s in streams for q in s["questions"]]
+    tok = build_word_tokenizer(texts, vocab_size=1000)
+    torch.manual_seed(0)
+    cfg = MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8, top_k=1, chunk_tokens=16)
+    model = MemAdapterForCausalLM(cfg, backbone=tiny_backbone("llama"), tokenizer=tok).eval()
+    with torch.no_grad():  # an untrained tagger may say "O" everywhere: make it propose
+        model.grounding.tagger.bias[0] = -5.0
+    pools = collect_pools(model, streams, progress=False)
+    assert pools.features.shape[0] == sum(len(s["questions"]) for s in streams)
+    assert pools.features.shape[-1] == NUM_FEATURES and bool(pools.valid.any())
+    assert 0.0 < pools.coverage() <= 1.0  # the tagger proposes everywhere: some answer sentences are in the pools
+    assert "_chunk_events" not in vars(model)  # grounded_once took its shortcut back
+    pools.save(str(tmp_path / "p.safetensors"))
+    again = PoolSet.load(str(tmp_path / "p.safetensors"))
+    assert torch.equal(again.features, pools.features) and torch.equal(again.positive, pools.positive)
+    memory = model.new_memory()
+    model.ingest(memory, streams[0]["text"], progress=False)
+    every = list(range(len(memory.indexes[0])))
+    plain = [(e.key_text, e.position) for e in model._chunk_events(memory, 0, every)]
+    with grounded_once(model, memory):
+        assert [(e.key_text, e.position) for e in model._chunk_events(memory, 0, every)] == plain
