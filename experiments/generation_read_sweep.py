@@ -7,12 +7,14 @@ ingest per stream. The
 first variant should be the committed settings (``base:{}``): it reproduces the adapter's
 ``generation_eval`` dev row and so checks the sweep. Only settings read at select time may differ
 between variants (an ingest-time setting would need its own ingest); the script refuses others.
-``--query-head NAME:DIR`` adds a variant that reads with the committed settings and the QueryHead
-of the adapter in DIR (a refit: ``experiments/refit_query.py``); the QueryHead is read at select
-time only, and every other tensor in DIR must equal the loaded adapter's.
+``--reader NAME:DIR`` adds a variant that reads with the committed settings and the read-time
+weights (:data:`READ_MODULES`: the QueryHead and the learned ReadScorer) of the adapter in DIR, e.g.
+``memadapter.training.fit_reader``'s output; they are read at select time only, and every other
+tensor in DIR must equal the loaded adapter's. (``--query-head`` is its old name.)
 
     python -m experiments.generation_read_sweep --split validation --synthetic-names 0.0 --num-streams 16 \\
-        --filler-tokens 30000 --seed 0 --variant base:{} --variant on:'{"withdrawn_cover": 0.7}' --json out.json
+        --filler-tokens 30000 --seed 0 --variant base:{} --variant wide:'{"name_chunks": 3}' \\
+        --reader fitted:runs/smollm2_open_reader --json out.json
 """
 import argparse
 import json
@@ -25,6 +27,7 @@ from memadapter.modeling.configuration_settings import ReadConfig
 from memadapter.training import generation_eval as ge
 
 READ_TIME = frozenset(ReadConfig.names())  # read by select, never by ingest: variants may differ in these only
+READ_MODULES = ("query_head.", "read_scorer.")  # adapter weights read by select only, never by ingest
 
 
 def variants(items):
@@ -39,21 +42,29 @@ def variants(items):
     return out
 
 
-def query_heads(items, model):
-    """``NAME:DIR`` items -> {name: the QueryHead state of the adapter in DIR}; exits when DIR holds
-    another tensor that differs from ``model``'s (a weight the ingest reads)."""
+def read_weights(items, model):
+    """``NAME:DIR`` items -> {name: the READ_MODULES tensors of the adapter in DIR, by adapter key};
+    exits when DIR holds another tensor that differs from ``model``'s (a weight the ingest reads).
+    A module DIR lacks (an adapter saved before the ReadScorer) is left out: it reads as ``model``'s."""
     from safetensors.torch import load_file
 
     own, out = model.adapter_state_dict(), {}
     for item in items:
         name, _, path = item.partition(":")
         tensors = load_file(f"{path}/adapter_model.safetensors")
-        differ = [k for k in sorted(set(own) | set(tensors)) if not k.startswith("query_head.")
+        differ = [k for k in sorted(set(own) | set(tensors)) if not k.startswith(READ_MODULES)
                   and not (k in own and k in tensors and torch.equal(own[k].cpu(), tensors[k]))]
         if differ:
-            sys.exit(f"--query-head {name}: {path} differs from the adapter in more than the QueryHead: {differ[:3]}")
-        out[name] = {k[len("query_head."):]: v for k, v in tensors.items() if k.startswith("query_head.")}
+            sys.exit(f"--reader {name}: {path} differs from the adapter in more than {', '.join(READ_MODULES)}: {differ[:3]}")
+        out[name] = {k: v for k, v in tensors.items() if k.startswith(READ_MODULES)}
     return out
+
+
+def load_read_weights(model, state) -> None:
+    """Load ``state`` (adapter keys under READ_MODULES, each module complete) into ``model``."""
+    for prefix in READ_MODULES:
+        module = getattr(model, prefix.rstrip("."))
+        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
 
 def picked_value(model, ctx, tok, question: str) -> str:
@@ -79,8 +90,8 @@ def main():
     p.add_argument("--filler-source", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", action="append", required=True, metavar="NAME:JSON")
-    p.add_argument("--query-head", action="append", default=[], metavar="NAME:DIR",
-                   help="a variant with the committed settings and the QueryHead of the adapter in DIR")
+    p.add_argument("--reader", "--query-head", dest="reader", action="append", default=[], metavar="NAME:DIR",
+                   help="a variant with the committed settings and the QueryHead and ReadScorer of the adapter in DIR")
     p.add_argument("--json", default=None, help="rows and every prediction, per variant")
     p.add_argument("--select-only", action="store_true",
                    help="no generation: a question's prediction is the value of the entry it selects first")
@@ -89,10 +100,10 @@ def main():
     args.set, args.dtype, args.device = [], "float32", None
     model = ge._load_model(args, *ge._model_dirs(args))
     tok, base = model.tokenizer, model.config.read.to_dict()
-    heads = query_heads(args.query_head, model)
-    own_head = {k: v.clone() for k, v in model.query_head.state_dict().items()}
+    heads = read_weights(args.reader, model)
+    own = {k: v.clone() for k, v in model.adapter_state_dict().items() if k.startswith(READ_MODULES)}
     if set(heads) & set(todo):
-        sys.exit(f"--query-head: {sorted(set(heads) & set(todo))} already name a --variant")
+        sys.exit(f"--reader: {sorted(set(heads) & set(todo))} already name a --variant")
     todo.update({name: {} for name in heads})
     settings = ge._Settings(max_new_tokens=12, full_context_tokens=8192, tail_tokens=1024, chat=True)
     preds = []
@@ -101,7 +112,7 @@ def main():
         ctx = ge._stream_context(model, tok, text, ["memory"])
         for name, overrides in todo.items():
             model.config.apply_settings({**base, **overrides})
-            model.query_head.load_state_dict(heads.get(name, own_head))
+            load_read_weights(model, {**own, **heads.get(name, {})})
             for q in questions:
                 pred = picked_value(model, ctx, tok, q["question"]) if args.select_only else \
                     ge._answer(model, tok, "memory", ctx, q["question"], ge.question_ids(tok, q["question"]), settings)

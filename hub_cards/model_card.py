@@ -153,7 +153,7 @@ def _results_section(rows: list, provenance: list) -> str:
 
 def _config_table(config: Mapping[str, Any]) -> str:
     """Scalar settings only: nested configs and private keys would bury the ones that matter. The
-    adapter's own read / ingest settings (NESTED_SETTINGS) are rows of their own: ``read.lexical_weight``."""
+    adapter's own read / ingest settings (NESTED_SETTINGS) are rows of their own: ``read.name_chunks``."""
     flat = {f"{k}.{sub}": v for k in NESTED_SETTINGS if isinstance(config.get(k), Mapping)
             for sub, v in config[k].items()}
     items = [(k, v) for k, v in sorted({**config, **flat}.items(), key=lambda kv: str(kv[0]))

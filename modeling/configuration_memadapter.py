@@ -25,8 +25,8 @@ from transformers import PreTrainedConfig
 from memadapter.errors import AdapterMismatchError, ConfigError, UnsupportedBackboneError
 
 from .backbones import get_family
-from .configuration_settings import (SECTION_OF, SECTIONS, IngestConfig, ReadConfig, check_count,
-                                     drop_retired_settings, nest_flat_settings)
+from .configuration_settings import (RETIRED_READ_SETTINGS, SECTION_OF, SECTIONS, IngestConfig, ReadConfig,
+                                     check_count, drop_retired_settings, nest_flat_settings)
 from .injectors import get_injector
 
 # Top-level fields that a trained adapter's weights do not fix: how many slots a question reads and
@@ -107,13 +107,15 @@ class MemAdapterConfig(PreTrainedConfig):
         for name, value in kwargs.items():  # a flat setting would be set as a stray attribute, unread
             if name in SECTION_OF:
                 raise ConfigError(f"{name}: {_is_a(name)} setting: use {SECTION_OF[name]}={{{name!r}: {value!r}}}")
+            if name in RETIRED_READ_SETTINGS:  # only a saved config may still hold one (dropped in from_dict)
+                raise ConfigError(f"{name}: a retired read rule; the adapter's learned ReadScorer picks the entry now")
         self.ingest = IngestConfig.coerce(self.ingest)  # a dict (or a JSON load) -> the dataclass, validated
         self.read = ReadConfig.coerce(self.read)
         super().__post_init__(**kwargs)
         self.validate_fields()
 
     def __setattr__(self, key: str, value: Any) -> None:
-        # ``config.lexical_weight = 0.3`` would set an attribute nothing reads: say where it lives.
+        # ``config.name_chunks = 3`` would set an attribute nothing reads: say where it lives.
         if key in SECTION_OF:
             raise ConfigError(f"{key}: {_is_a(key)} setting: set config.{SECTION_OF[key]}.{key}")
         super().__setattr__(key, value)

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from memadapter._validate import check_choices, check_positive_int
 from memadapter.bench.stats import wilson_interval, write_rows_json
 from memadapter.errors import ConfigError, EmptyInputError
-# --set FIELD=VALUE: the read / ingest settings by their flat names (config.read.lexical_weight is
-# "lexical_weight") and top_k / value_tokens; safe to change on a trained adapter.
+# --set FIELD=VALUE: the read / ingest settings by their flat names (config.read.name_chunks is
+# "name_chunks") and top_k / value_tokens; safe to change on a trained adapter.
 from memadapter.modeling.configuration_memadapter import SETTABLE, parse_settings
 
 from .lifecycle_data import QUESTION_KINDS
@@ -355,7 +355,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="chat template + short-answer instruction for the text and bare-backbone rows")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a read / ingest setting of the adapter by its flat name, the value as JSON "
-                        f"(--set lexical_weight=0.3 sets config.read.lexical_weight); one of {', '.join(SETTABLE)}")
+                        f"(--set name_chunks=3 sets config.read.name_chunks); one of {', '.join(SETTABLE)}")
     p.add_argument("--no-progress", action="store_true")
     return p
 

@@ -45,6 +45,10 @@ from . import losses as L
 from .collator import DEFAULT_QUESTION_KINDS
 
 ANSWER_MEMORY = ("gold", "soft")
+# Key match from which a slot counts toward the logged ``active_set_size``: only a statistic of
+# training (the old default of the retired read.router_match_threshold); the read path no longer
+# thresholds key matches, the learned ReadScorer ranks them.
+ACTIVE_SET_MATCH = 0.5
 
 
 @dataclass
@@ -260,7 +264,7 @@ class TeacherForcedObjective(nn.Module):
             answer = L.answer_loss(out.logits, batch["qa_labels"])
             answer_ok = L.answer_token_correct(out.logits.detach(), batch["qa_labels"])
         scores = torch.einsum("qd,qnd->qn", query.detach(), keys.detach()).masked_fill(~emask, -2.0)  # [Q, N]
-        active = (scores >= m.config.read.router_match_threshold).sum(1).clamp(max=m.config.top_k).float()
+        active = (scores >= ACTIVE_SET_MATCH).sum(1).clamp(max=m.config.top_k).float()
         match_ok = torch.where(has, L.matching_accuracy(query.detach(), keys.detach(), emask, gold.clamp(min=0)),
                                torch.zeros_like(answer_ok))
         return ({"contrastive": contrastive, "answer": answer},

@@ -7,13 +7,14 @@ from memadapter.training.generation_eval import SETTABLE
 
 def test_variants_take_read_time_settings_and_refuse_ingest_time_ones():
     assert sweep.READ_TIME <= set(SETTABLE)
-    assert sweep.variants(["base:{}", 'on:{"withdrawn_cover": 0.5}']) == {"base": {}, "on": {"withdrawn_cover": 0.5}}
-    for ingest_time in ("slot_match_threshold", "retract_tombstones", "snap_spans", "pair_in_sentence", "chunk_boundary"):
+    assert sweep.variants(["base:{}", 'on:{"name_chunks": 3}']) == {"base": {}, "on": {"name_chunks": 3}}
+    for ingest_time in ("slot_match_threshold", "retract_tombstones", "snap_spans", "pair_in_sentence", "chunk_boundary",
+                        "lexical_weight"):  # and a retired read rule: no setting at all
         with pytest.raises(SystemExit, match=ingest_time):
             sweep.variants([f'x:{{"{ingest_time}": 1}}'])
 
 
-def test_query_heads_take_a_refit_query_head_and_refuse_other_weights(tmp_path):
+def test_read_weights_take_a_refit_reader_and_refuse_other_weights(tmp_path):
     import torch
 
     from memadapter.modeling.configuration_memadapter import MemAdapterConfig
@@ -24,17 +25,24 @@ def test_query_heads_take_a_refit_query_head_and_refuse_other_weights(tmp_path):
     model = MemAdapterForCausalLM(MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8),
                                   backbone=tiny_backbone("llama"))
     grounding = next(model.grounding.parameters())
+    own = {k: v.clone() for k, v in model.adapter_state_dict().items() if k.startswith(sweep.READ_MODULES)}
     with torch.no_grad():
         model.query_head.proj.weight.add_(1.0)
-        model.save_pretrained(str(tmp_path / "refit"))  # differs in the QueryHead only
+        model.read_scorer.linear.bias.add_(2.0)
+        model.save_pretrained(str(tmp_path / "refit"))  # differs in the read-time weights only
         grounding.add_(1.0)
         model.save_pretrained(str(tmp_path / "other"))  # and in a weight the ingest reads
         grounding.sub_(1.0)
         model.query_head.proj.weight.sub_(1.0)
-    heads = sweep.query_heads([f"qh:{tmp_path / 'refit'}"], model)
-    torch.testing.assert_close(heads["qh"]["proj.weight"], model.query_head.proj.weight + 1.0)
+        model.read_scorer.linear.bias.sub_(2.0)
+    heads = sweep.read_weights([f"fit:{tmp_path / 'refit'}"], model)
+    torch.testing.assert_close(heads["fit"]["query_head.proj.weight"], model.query_head.proj.weight + 1.0)
+    sweep.load_read_weights(model, {**own, **heads["fit"]})  # the variant reads with them ...
+    assert float(model.read_scorer.linear.bias) == 2.0
+    sweep.load_read_weights(model, own)  # ... and the next one with the adapter's own
+    assert float(model.read_scorer.linear.bias) == 0.0 and torch.equal(model.query_head.proj.weight, own["query_head.proj.weight"])
     with pytest.raises(SystemExit, match="grounding"):
-        sweep.query_heads([f"bad:{tmp_path / 'other'}"], model)
+        sweep.read_weights([f"bad:{tmp_path / 'other'}"], model)
 
 
 def test_picked_value_is_the_first_selected_entry_value_and_unknown_for_a_withdrawal():

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from memadapter._validate import MAX_SIZES
 from memadapter.errors import ConfigError
 from memadapter.modeling import MemAdapterConfig
-from memadapter.modeling.configuration_settings import SECTION_OF, SECTIONS, nest_flat_settings
+from memadapter.modeling.configuration_settings import RETIRED_READ_SETTINGS, SECTION_OF, SECTIONS, nest_flat_settings
 
 NAN, INF = float("nan"), float("inf")
 SIZE_FIELDS = ("chunk_tokens", "num_slots", "top_k", "key_dim", "value_dim", "grounding_hidden_size",
@@ -28,7 +28,7 @@ def _config(**kwargs) -> MemAdapterConfig:
 
 
 def _named(field: str) -> str:
-    """How an error names ``field``: ``read.lexical_weight`` inside a sub-config."""
+    """How an error names ``field``: ``read.name_chunks`` inside a sub-config."""
     return f"{SECTION_OF[field]}.{field}" if field in SECTION_OF else field
 
 CASES = [  # (field overrides, the field the error must name)
@@ -77,16 +77,11 @@ CASES = [  # (field overrides, the field the error must name)
     (dict(slot_match_threshold=2.0), "slot_match_threshold"),
     (dict(slot_match_threshold="high"), "slot_match_threshold"),
     (dict(slot_update_match_threshold=-3.0), "slot_update_match_threshold"),
-    (dict(router_match_threshold=INF), "router_match_threshold"),
+    (dict(router_confidence_threshold=INF), "router_confidence_threshold"),
     (dict(router_confidence_threshold=1.5), "router_confidence_threshold"),
-    (dict(lexical_weight=-1.0), "lexical_weight"),
+    (dict(router_confidence_threshold=-0.1), "router_confidence_threshold"),
     (dict(slot_update_name_weight=NAN), "slot_update_name_weight"),
-    (dict(version_margin=-0.1), "version_margin"),
-    (dict(version_margin=NAN), "version_margin"),
-    (dict(version_key_cosine=1.5), "version_key_cosine"),
-    (dict(withdrawn_cover=2.0), "withdrawn_cover"),
-    (dict(withdrawn_margin=-1.0), "withdrawn_margin"),
-    (dict(answer_type_margin=-1.0), "answer_type_margin"),
+    (dict(slot_update_name_weight=-1.0), "slot_update_name_weight"),
     (dict(cross_attn_gate_init=NAN), "cross_attn_gate_init"),
     (dict(injection="soup"), "injection"),
     (dict(injection="cross_attn"), "cross_attn_layers"),
@@ -95,16 +90,12 @@ CASES = [  # (field overrides, the field the error must name)
     (dict(cross_attn_layers=[-1]), "cross_attn_layers"),
     (dict(cross_attn_layers=[3], backbone_num_layers=2), "cross_attn_layers"),
     (dict(injection="cross_attn", cross_attn_layers=[0], hidden_size=64, cross_attn_heads=5), "cross_attn_heads"),
-    (dict(lexical_text="word"), "lexical_text"),
     (dict(chunk_boundary="paragraph"), "chunk_boundary"),
-    (dict(read_rule="vote"), "read_rule"),
-    (dict(read_rule="joint"), "read_rule"),  # joint needs ground_fallback
-    (dict(named_events="all"), "named_events"),
-    (dict(version_events="none"), "version_events"),
     (dict(snap_spans=1), "snap_spans"),
     (dict(retract_tombstones="yes"), "retract_tombstones"),
-    (dict(ground_fallback=None), "ground_fallback"),
+    (dict(pair_in_sentence=None), "pair_in_sentence"),
     (dict(withdrawn_text=""), "withdrawn_text"),
+    (dict(withdrawn_text="  "), "withdrawn_text"),
     (dict(withdrawn_text=5), "withdrawn_text"),
     (dict(backbone_model_type="gpt99"), "backbone_model_type"),
     (dict(base_model_name_or_path=""), "base_model_name_or_path"),
@@ -150,9 +141,16 @@ def test_config_sizes_out_of_bounds_are_rejected(reference, field, data):
 
 
 @settings(max_examples=40, deadline=None)
-@given(field=st.sampled_from(["slot_match_threshold", "slot_update_match_threshold", "version_key_cosine",
-                              "router_confidence_threshold", "withdrawn_cover"]),
+@given(field=st.sampled_from(["slot_match_threshold", "slot_update_match_threshold", "router_confidence_threshold"]),
        value=st.one_of(st.floats(allow_nan=True, allow_infinity=True).filter(lambda x: not -1 <= x <= 1),
                        st.sampled_from([NAN, INF, -INF, "0.5", [0.5]])))
 def test_config_thresholds_out_of_range_are_rejected(reference, field, value):
     expect_rejected(lambda: _config(**{field: value}), ConfigError, _named(field), reference)
+
+
+@pytest.mark.parametrize("field", RETIRED_READ_SETTINGS)
+def test_a_retired_read_rule_is_refused_in_new_code(reference, field):
+    """The 18 read rules the learned ReadScorer replaced: a saved config drops them (with a warning);
+    new code that sets one, flat or inside ``read``, is told so instead of setting an attribute nothing reads."""
+    expect_rejected(lambda: _config(**{field: 0.5}), ConfigError, field, reference)
+    expect_rejected(lambda: MemAdapterConfig(read={field: 0.5}), ConfigError, f"read.{field}", reference)

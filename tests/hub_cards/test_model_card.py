@@ -86,9 +86,9 @@ def test_config_table_lists_scalars_and_skips_nested():
 
 
 def test_config_table_lists_the_read_and_ingest_settings_by_dotted_name():
-    config = {**CONFIG, "read": {"lexical_weight": 0.3, "withdrawn_text": None}, "ingest": {"snap_spans": True}}
+    config = {**CONFIG, "read": {"name_chunks": 3, "withdrawn_text": None}, "ingest": {"snap_spans": True}}
     rows = dict(table_rows(split_card(render_model_card(config))[1], "| Setting | Value |"))
-    assert rows["read.lexical_weight"] == "0.3" and rows["ingest.snap_spans"] == "true"
+    assert rows["read.name_chunks"] == "3" and rows["ingest.snap_spans"] == "true"
     assert "read.withdrawn_text" in rows and "read" not in rows and "backbone_config.hidden_size" not in rows
 
 

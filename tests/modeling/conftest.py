@@ -40,7 +40,7 @@ QUESTIONS = ["where does alice live", "what city is bob in now"]
 
 def build(backbone, tok, injection="prefix", seed=0, **kw):
     """A SMALL adapter (config overrides in ``kw``) over ``backbone``, seeded. Read and ingest
-    settings may be given by their flat names (``lexical_weight=0.3``): they go to ``read`` / ``ingest``."""
+    settings may be given by their flat names (``name_chunks=3``): they go to ``read`` / ``ingest``."""
     if injection == "cross_attn":
         kw = {"cross_attn_layers": [1], "cross_attn_gate_init": 0.5, **kw}
     torch.manual_seed(seed)

@@ -74,7 +74,7 @@ def test_settings_that_may_change_keep_the_fingerprint_but_a_training_step_chang
     model = build(tiny_backbone("llama"), tokenizer)
     memory = ingest(model, [STREAM])
     before = model.adapter_fingerprint()
-    model.config.top_k, model.config.read.lexical_weight, model.config.ingest.slot_match_threshold = 1, 0.5, 0.95
+    model.config.top_k, model.config.read.name_chunks, model.config.ingest.slot_match_threshold = 1, 3, 0.95
     model.config.injection = "text"  # generation_eval switches the injection on one memory
     assert model.adapter_fingerprint() == before
     model.config.injection = "prefix"

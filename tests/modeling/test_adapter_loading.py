@@ -2,6 +2,7 @@
 keys, non-float weights, a missing base path, a base that cannot be loaded."""
 
 import json
+import logging
 from unittest import mock
 
 import pytest
@@ -12,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from memadapter.errors import ConfigError, DTypeError, NonFiniteError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub
 from memadapter.modeling.configuration_memadapter import check_config_keys
+from memadapter.modeling.configuration_settings import RETIRED_READ_SETTINGS, ReadConfig, drop_retired_settings
 from memadapter.modeling.real_models import bundled_adapter_path
 
 COMMITTED = bundled_adapter_path()
@@ -36,13 +38,17 @@ def test_a_key_that_is_no_config_field_is_refused_naming_it_and_the_file(saved, 
         MemAdapterForCausalLM.from_pretrained("some/base", adapter=saved)
 
 
-def test_the_keys_transformers_writes_and_the_committed_adapter_still_load():
+def test_the_keys_transformers_writes_and_the_committed_adapter_still_load(caplog):
     cfg = MemAdapterConfig(key_dim=8, value_dim=8, top_k=2, num_slots=4)
     for written in (cfg.to_dict(), json.loads(cfg.to_json_string()), json.loads(cfg.to_json_string(use_diff=True))):
         assert MemAdapterConfig.from_dict(written).to_dict() == cfg.to_dict()
     committed = hub.load_adapter_config(COMMITTED)
-    check_config_keys(committed)
-    assert MemAdapterConfig.from_dict(committed).value_tokens == 16
+    check_config_keys(drop_retired_settings(committed))  # saved before the learned reader: its read rules are retired
+    with caplog.at_level(logging.WARNING):
+        loaded = MemAdapterConfig.from_dict(committed)
+    assert loaded.value_tokens == 16 and "read_rule" in caplog.text
+    assert loaded.read == ReadConfig(router_confidence_threshold=0.5, fallback_chunks=5, name_chunks=3, withdrawn_text="unknown")
+    assert not set(loaded.to_dict()["read"]) & set(RETIRED_READ_SETTINGS)
     assert all(t.is_floating_point() for t in hub.load_adapter_weights(COMMITTED).values())
 
 

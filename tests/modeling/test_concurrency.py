@@ -38,7 +38,7 @@ def models(tokenizer) -> dict:
     return {
         "prefix": build(backbone, tokenizer, "prefix", value_tokens=2),
         "cross_attn": build(backbone, tokenizer, "cross_attn", value_tokens=2),
-        "text": build(backbone, tokenizer, "text", ground_fallback=True, lexical_weight=0.5, read_rule="joint"),
+        "text": build(backbone, tokenizer, "text", name_chunks=2, withdrawn_text="unknown"),
     }
 
 

@@ -184,7 +184,7 @@ def test_cli_end_to_end_and_errors(model, tok, tmp_path, capsys):
         main(["--adapter", str(tmp_path / "missing"), "--base", str(base), "--num-streams", "1"])
     # --set changes selection settings of the loaded adapter, never the saved files
     saved = (adapter / "adapter_config.json").read_text()
-    assert main(argv + ["--set", "lexical_weight=0.2", "--set", "retract_tombstones=true"]) == 0
+    assert main(argv + ["--set", "name_chunks=2", "--set", "retract_tombstones=true"]) == 0
     assert (adapter / "adapter_config.json").read_text() == saved
     # an unseen-name dev set from a training-name split; refused on the held-out-name split
     assert main(argv + ["--split", "validation", "--synthetic-names", "1.0"]) == 0
@@ -196,8 +196,9 @@ def test_cli_end_to_end_and_errors(model, tok, tmp_path, capsys):
     assert asked and asked.isdisjoint(pooled)  # every entity asked about has a made-up name
     with pytest.raises(ConfigError, match="synthetic_names"):
         main(argv + ["--synthetic-names", "1.0", "--split", "test_unseen_entities"])
-    for bad, word in (("num_slots=4", "FIELD"), ("lexical_weight", "FIELD"), ("lexical_weight=abc", "JSON"),
-                      ("lexical_weight=-1", "lexical_weight"), ("value_tokens=4", "value_tokens")):
+    for bad, word in (("num_slots=4", "FIELD"), ("name_chunks", "FIELD"), ("name_chunks=abc", "JSON"),
+                      ("lexical_weight=0.3", "FIELD"),  # a retired read rule
+                      ("name_chunks=-1", "read.name_chunks"), ("value_tokens=4", "value_tokens")):
         with pytest.raises(ConfigError, match=word):
             main(argv + ["--set", bad])
 

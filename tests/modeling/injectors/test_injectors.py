@@ -55,7 +55,7 @@ def test_a_fourth_injector_in_one_entry_runs_end_to_end(monkeypatch, tokenizer, 
     toy = MeanBiasInjector()
     monkeypatch.setitem(INJECTORS, "toy", toy)
     bb = tiny_backbone("llama")
-    model = build(bb, tokenizer, "toy", router_match_threshold=-1.0)
+    model = build(bb, tokenizer, "toy", router_confidence_threshold=0.0)
     assert {k for k in model.adapter_state_dict() if k.startswith("mean_bias")} == {"mean_bias.weight", "mean_bias.bias"}
     enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
     mem = ingest(model, [STREAM, "bob lives in london"])
