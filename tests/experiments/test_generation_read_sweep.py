@@ -38,9 +38,9 @@ def test_read_weights_take_a_refit_reader_and_refuse_other_weights(tmp_path):
     heads = sweep.read_weights([f"fit:{tmp_path / 'refit'}"], model)
     torch.testing.assert_close(heads["fit"]["query_head.proj.weight"], model.query_head.proj.weight + 1.0)
     sweep.load_read_weights(model, {**own, **heads["fit"]})  # the variant reads with them ...
-    assert float(model.read_scorer.linear.bias) == 2.0
+    assert float(model.read_scorer.linear.bias.detach()) == 2.0
     sweep.load_read_weights(model, own)  # ... and the next one with the adapter's own
-    assert float(model.read_scorer.linear.bias) == 0.0 and torch.equal(model.query_head.proj.weight, own["query_head.proj.weight"])
+    assert float(model.read_scorer.linear.bias.detach()) == 0.0 and torch.equal(model.query_head.proj.weight, own["query_head.proj.weight"])
     with pytest.raises(SystemExit, match="grounding"):
         sweep.read_weights([f"bad:{tmp_path / 'other'}"], model)
 
