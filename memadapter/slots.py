@@ -85,6 +85,7 @@ NO_EVENT = -1  # internal code for "infer the event from key match and value agr
 # A batched run leaves to the one-at-a-time path any score this close to a threshold or runner-up,
 # where a different float summation order could flip the decision.
 _RUN_MARGIN = 1e-5
+_RUN_WINDOW = 64  # candidates a run looks ahead at: its pairwise checks cost R x R
 
 
 @dataclass
@@ -530,24 +531,26 @@ class SlotMemory:
         no key written in the run comes near a later key, new facts fit in free slots, no
         retraction frees a slot, no revision reads name overlaps, and no score sits within
         ``_RUN_MARGIN`` of a threshold or of the runner-up (float rounding could flip it)."""
-        d = self._decide_many(cand, n0)
-        R = d["gate"].shape[1]
+        n1 = min(cand.keys.shape[1], n0 + _RUN_WINDOW)
+        d = self._decide_many(cand, n0, n1)
+        R = n1 - n0
         earlier = torch.ones(R, R, dtype=torch.bool, device=self.device).tril(-1)  # [n, j]: j < n
         touch = d["gate"] & d["matched"]  # [B, R]
         same = (d["matched_slot"][:, :, None] == d["matched_slot"][:, None, :]) & touch[:, None, :] & earlier
         bad = d["unsure"] | (touch & same.any(-1))
         written = d["allocate"] | d["reinforce"]  # these put a key in a slot
         bar = torch.where(d["matched"], d["best"], d["thr"])  # a later key must stay below this
-        cross = torch.einsum("bnd,bjd->bnj", cand.keys[:, n0:], d["new_key"])  # [B, R, R]
+        cross = torch.einsum("bnd,bjd->bnj", cand.keys[:, n0:n1], d["new_key"])  # [B, R, R]
         bad |= d["gate"] & ((cross >= bar[..., None] - _RUN_MARGIN) & written[:, None, :] & earlier).any(-1)
         first = torch.where(bad.any(1), bad.long().argmax(1), torch.full_like(bad[:, 0], R, dtype=torch.long))
         run = int(first.min())
         return run, {k: v[:, :run] for k, v in d.items()}
 
-    def _decide_many(self, cand: _Candidates, n0: int) -> dict[str, torch.Tensor]:
-        """``_decide`` for every candidate from ``n0`` on against the current state ([B, R] each),
-        plus ``unsure``: the candidates a run must not take (see ``_run_length``)."""
-        k, v, ev = cand.keys[:, n0:], cand.values[:, n0:], cand.event[:, n0:]  # [B, R, dk], [B, R, dv], [B, R]
+    def _decide_many(self, cand: _Candidates, n0: int, n1: int) -> dict[str, torch.Tensor]:
+        """``_decide`` for candidates n0 .. n1-1 against the current state ([B, R] each), plus
+        ``unsure``: the candidates a run must not take (see ``_run_length``)."""
+        sl = slice(n0, n1)
+        k, v, ev = cand.keys[:, sl], cand.values[:, sl], cand.event[:, sl]  # [B, R, dk], [B, R, dv], [B, R]
         B, R = ev.shape
         retract, update = ev == EventType.RETRACT, ev == EventType.UPDATE
         sims = torch.einsum("bmd,brd->brm", self.keys, k).masked_fill(~self.occupied[:, None, :], -math.inf)
@@ -559,7 +562,7 @@ class SlotMemory:
         vcos = F.cosine_similarity(m_v, v, dim=-1, eps=1e-12)
         agree = (vcos >= self.value_threshold) & ~self.retracted.gather(1, best_m)
         prot = self.protected.gather(1, best_m)
-        gate = cand.mask[:, n0:] & (cand.p_write[:, n0:] >= self.write_threshold) & (ev != EventType.IRRELEVANT)
+        gate = cand.mask[:, sl] & (cand.p_write[:, sl] >= self.write_threshold) & (ev != EventType.IRRELEVANT)
         inferred = gate & matched & ~retract & ~update
         want_new = gate & ~matched & (~retract | self.tombstones)
         free = ~self.occupied
