@@ -256,6 +256,8 @@ class _Rows:
                           "baseline": baseline, "ratio": ratio, "method": metric,
                           "task": f"{self.fixed['backbone']}@{tokens}", **extra})
         self.bar.update(1)
+        if self.args.json:  # after every row: a run stopped by a time limit keeps what it measured
+            write_rows_json(self.args.json, self.rows)
         shown = "" if ratio is None else f"  ratio {ratio:.3f}"
         tqdm.write(f"{metric:>24} {tokens:>7} b{batch}  {value:.4g} vs {baseline if baseline is None else f'{baseline:.4g}'}{shown}")
 
@@ -337,7 +339,5 @@ def run(args: argparse.Namespace) -> int:
             measure_decode(model, memory, real, out, "prefix")
         twin = cross_attn_twin(model)
         measure_decode(twin, _ingest(twin, ids[:, :2048], None), real, out, "cross_attn")
-    if args.json:
-        write_rows_json(args.json, out.rows)
     print(json.dumps(out.rows[-1]))
     return 0
