@@ -4,7 +4,8 @@ Pure torch, no Hugging Face import: these are memory-core modules. The model wra
 ``memadapter.modeling`` feeds them hidden states taken at the backbone's read layer.
 
 - ``GroundingHead`` tags tokens (BIO over key and value spans), classifies the event type and
-  scores confidence, then decodes candidate events with a plain loop (no oracle metadata).
+  scores confidence, then decodes candidate events: ``propose`` with plain loops (the reference),
+  ``propose_batched`` (ingest's path) with tensor ops per batch, no loop per candidate or token.
 - ``WriteController`` turns a candidate plus its match/conflict features against the memory
   into ``p_write``.
 - ``QueryHead`` pools a question into a key-space query vector.
@@ -374,7 +375,6 @@ def _snap_batched(word_start: torch.Tensor, lengths: torch.Tensor, k0, k1, v0, v
 
 def _compact(keep: torch.Tensor, key_spans: torch.Tensor, value_spans: torch.Tensor, has_value: torch.Tensor):
     """Move the kept [B, S] entries to the front of each row, in order: -> [B, N] tensors."""
-    B = keep.shape[0]
     N = int(keep.sum(1).max()) if keep.numel() else 0
     order = torch.sort((~keep).long(), dim=1, stable=True).indices[:, :N]  # kept first, in order
     mask = keep.gather(1, order)

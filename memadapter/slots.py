@@ -583,7 +583,8 @@ class SlotMemory:
         return {"gate": gate, "matched": matched, "best": best, "thr": thr.expand(B, R), "matched_slot": best_m,
                 "vcos": vcos, "retract": gate & matched & retract,
                 "overwrite": (gate & matched & update) | (inferred & ~agree & ~prot), "reinforce": reinforce,
-                "blocked": inferred & prot & ~agree, "allocate": want_new, "new_slot": order.gather(1, nth.clamp(max=self._num_slots - 1)),
+                "blocked": inferred & prot & ~agree, "allocate": want_new,
+                "new_slot": order.gather(1, nth.clamp(max=self._num_slots - 1)),
                 "new_key": new_key, "unsure": unsure}
 
     def _apply_run(self, cand: _Candidates, n0: int, d: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

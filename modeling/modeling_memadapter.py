@@ -387,7 +387,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
         B, N = props.mask.shape
         if N == 0:
             return
-        cfg, slots, cmask = self.config, memory.slots, props.mask.cpu()
+        slots, cmask = memory.slots, props.mask.cpu()
         keys = props.keys.float().cpu().masked_fill(~cmask[..., None], 0.0)  # [B, N, dk]
         keys[..., 0] += (~cmask).float()  # padding candidates need a non-zero key (they are masked out)
         values = props.values.float().cpu().masked_fill(~cmask[..., None], 0.0)  # [B, N, dv]

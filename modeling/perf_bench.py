@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 
 from memadapter.bench.stats import write_rows_json
 from memadapter.chunk_index import index_bytes
-from memadapter.slots import slot_state_bytes
 
 from .backbones import read_hidden_states
 from .modeling_memadapter import MemAdapterForCausalLM, reference_ingest
