@@ -74,6 +74,7 @@ class MemoryReaderMixin:
             rows.append(self._slot_row(memory, b, idx))
         return stack_selection(rows, self.config.value_dim, self.config.value_tokens)
 
+    @torch.no_grad()
     def read_pools(self, memory: RequestMemory, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[QuestionPool]:
         """Encode the questions once and build one :class:`QuestionPool` per row."""
         self._check_memory(memory)
@@ -86,6 +87,7 @@ class MemoryReaderMixin:
         texts = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
         return [self._question_pool(memory, b, query[b], chunk_query[b], texts[b]) for b in range(len(texts))]
 
+    @torch.no_grad()
     def score_pools(self, pools: list[QuestionPool]) -> tuple[torch.Tensor, torch.Tensor]:
         """Every entry of every pool scored in one call: (scores [B, N], valid [B, N])."""
         feats = [pool_features(qp.question, qp.pool) for qp in pools]
@@ -104,7 +106,9 @@ class MemoryReaderMixin:
         slots = (mem.occupied[b] & (mem.confidence[b] >= self.config.read.router_confidence_threshold)
                  ).nonzero().flatten().tolist()
         chunks = self._retrieved_chunks(memory, b, chunk_query, question)
-        events = [replace(e, score=float(e.key @ query)) for e in self._chunk_events(memory, b, chunks)]
+        written = {int(mem.span[b, m, 0]) for m in slots}  # an event a slot holds is that slot, resolved
+        events = [replace(e, score=float(e.key @ query)) for e in self._chunk_events(memory, b, chunks)
+                  if e.position not in written]
         slot_sentences = self._slot_sentences(memory, b)
         keys = torch.cat([mem.keys[b, slots].float().cpu(),
                           torch.stack([e.key for e in events]) if events else torch.zeros(0, mem.key_dim)])
@@ -113,7 +117,6 @@ class MemoryReaderMixin:
             sentences=[slot_sentences[m] or "" for m in slots] + [e.sentence or e.key_text for e in events],
             value_texts=[mem.value_text[b][m] for m in slots] + [e.value_text for e in events],
             keys=keys, match=keys @ query,
-            # a slot goes after an event at its own position (the slot is that event, resolved)
             order=torch.tensor([float(mem.span[b, m, 0]) + 0.5 for m in slots] + [float(e.position) for e in events]),
             is_slot=torch.tensor([True] * len(slots) + [False] * len(events)),
             withdrawn=torch.tensor([bool(mem.retracted[b, m]) for m in slots] + [e.event_type == "retract" for e in events]),

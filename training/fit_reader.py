@@ -8,7 +8,8 @@ inference). The scorer is fitted listwise on those pools (:func:`fit_scorer`); t
 on the pools of a validation split, and the adapter is saved with the fitted scorer.
 
     python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
-        --builder open --num-streams 150 --val-split validation --val-streams 40 --filler-tokens 1500
+        --data open:train:80 --data lifecycle:train:40 --data counterfactual:train:40 \\
+        --val-data open:val_unseen_templates:10 --val-data counterfactual:val_squad:10 --filler-tokens 1500
 
 Example (plain tensors):
     >>> feats = torch.zeros(2, 3, NUM_FEATURES); feats[:, 0, 0] = 1.0  # key_match: entry 0 looks best
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,12 +162,28 @@ def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01
     return scorer, log
 
 
-def _streams(builder: str, split: str, num_streams: int, seed: int, filler_tokens: Optional[int]) -> Any:
-    from . import train as train_mod
+def parse_data(specs: Sequence[str], flag: str) -> list[tuple[str, str, int]]:
+    """``BUILDER:SPLIT:STREAMS`` items -> (builder, split, streams); ConfigError naming ``flag``.
+
+    >>> parse_data(["open:train:60", "counterfactual:val_squad:10"], "--data")
+    [('open', 'train', 60), ('counterfactual', 'val_squad', 10)]
+    """
+    out = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
+            raise ConfigError(f"{flag}: expected BUILDER:SPLIT:STREAMS (e.g. open:train:60), got {spec!r}")
+        out.append((parts[0], parts[1], int(parts[2])))
+    return out
+
+
+def build_streams(specs: Sequence[tuple[str, str, int]], seed: int, filler_tokens: Optional[int]) -> list[dict]:
+    """The streams of every (builder, split, streams) spec, each built with ``seed``."""
+    from .train import build_datasets
 
     kwargs = {} if filler_tokens is None else {"filler_tokens": filler_tokens}
-    return train_mod.build_datasets({"builder": builder, "split": split, "num_streams": num_streams, "seed": seed,
-                                     "builder_kwargs": kwargs})
+    return [row for builder, split, n in specs for row in build_datasets(
+        {"builder": builder, "split": split, "num_streams": n, "seed": seed, "builder_kwargs": kwargs})]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,13 +192,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="trained adapter directory (save_pretrained output)")
     p.add_argument("--base", default=None, help="local base model directory (default: the SmolLM2 cache dir)")
     p.add_argument("--out", required=True, help="where the adapter with the fitted reader is saved")
-    p.add_argument("--builder", default="lifecycle", help="stream generator: lifecycle | open | counterfactual | mix")
-    p.add_argument("--split", default="train")
-    p.add_argument("--num-streams", type=int, default=100)
-    p.add_argument("--val-split", default="validation")
-    p.add_argument("--val-streams", type=int, default=30)
-    p.add_argument("--filler-tokens", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", action="append", required=True, metavar="BUILDER:SPLIT:STREAMS",
+                   help="training streams, e.g. open:train:60 (repeat the flag to mix builders)")
+    p.add_argument("--val-data", action="append", required=True, metavar="BUILDER:SPLIT:STREAMS",
+                   help="validation streams that choose the epoch, e.g. open:val_unseen_templates:10")
+    p.add_argument("--filler-tokens", type=int, default=None, help="override every builder's filler length")
+    p.add_argument("--seed", type=int, default=0, help="stream seed (validation streams use seed + 1)")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--pools", default=None, help="cache the train pools here (safetensors); reused when present")
     p.add_argument("--val-pools", default=None, help="the same for the validation pools")
@@ -190,13 +207,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pools(model: Any, path: Optional[str], builder: str, split: str, n: int, seed: int, filler: Optional[int],
-           progress: bool) -> PoolSet:
-    import os
-
+def _pools(model: Any, path: Optional[str], specs: list, seed: int, filler: Optional[int], progress: bool) -> PoolSet:
     if path and os.path.exists(path):
         return PoolSet.load(path)
-    pools = collect_pools(model, _streams(builder, split, n, seed, filler), progress)
+    pools = collect_pools(model, build_streams(specs, seed, filler), progress)
     if path:
         pools.save(path)
     return pools
@@ -207,15 +221,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = _parser().parse_args(argv)
     args.set = []
+    train_specs, val_specs = parse_data(args.data, "--data"), parse_data(args.val_data, "--val-data")
     base, adapter = _model_dirs(args)
     model = _load_model(args, base, adapter)
     progress = not args.no_progress
-    train = _pools(model, args.pools, args.builder, args.split, args.num_streams, args.seed, args.filler_tokens, progress)
-    val = _pools(model, args.val_pools, args.builder, args.val_split, args.val_streams, args.seed + 1,
-                 args.filler_tokens, progress)
+    train = _pools(model, args.pools, train_specs, args.seed, args.filler_tokens, progress)
+    val = _pools(model, args.val_pools, val_specs, args.seed + 1, args.filler_tokens, progress)
     prior = ReadScorer()
     scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed)
-    report = {"train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
+    report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
+              "train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
               "val_coverage": val.coverage(), "prior_val_pick": pick_accuracy(prior, val),
               "fitted_val_pick": pick_accuracy(scorer, val), "fitted_train_pick": pick_accuracy(scorer, train),
               "features": list(FEATURES), "log": log}
