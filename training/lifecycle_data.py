@@ -376,6 +376,20 @@ def _assemble(rng: random.Random, order: list[_Plan], style: SplitStyle,
     return " ".join(pieces), events, index_of
 
 
+def question_kind(chain: list, has_distractor: bool) -> str:
+    """The kind of the question about a fact's ``chain`` of events (plans with ``role`` and
+    ``event_type``); ``has_distractor``: a look-alike or rumour of it is in the stream. Shared by
+    the open-text generator, whose plans carry the same two fields."""
+    last, updates = chain[-1], sum(p.event_type == "update" for p in chain)
+    if chain[0].role == "uniform":
+        return "uniform"
+    if last.event_type == "retract":
+        return "retraction"
+    if has_distractor and updates == 0:
+        return "distractor"
+    return "version" if updates >= 2 else "overwrite" if updates == 1 else "recall"
+
+
 def _questions(rng: random.Random, chains: list[list[_Plan]], extras: list[tuple[int, _Plan]],
                style: SplitStyle, index_of: dict[int, int]) -> list[dict]:
     """One question per tracked fact; the answer is its latest version ("unknown" after a retraction)."""
@@ -390,16 +404,7 @@ def _questions(rng: random.Random, chains: list[list[_Plan]], extras: list[tuple
                     "template": template})
 
     for c, chain in enumerate(chains):
-        last, updates = chain[-1], sum(p.event_type == "update" for p in chain)
-        if chain[0].role == "uniform":
-            kind = "uniform"
-        elif last.event_type == "retract":
-            kind = "retraction"
-        elif c in targets and updates == 0:
-            kind = "distractor"
-        else:
-            kind = "version" if updates >= 2 else "overwrite" if updates == 1 else "recall"
-        ask(last, kind)
+        ask(chain[-1], question_kind(chain, c in targets))
     for _, plan in extras:
         if plan.role == "lookalike" and rng.random() < 0.5:
             ask(plan, "distractor")  # the look-alike has its own value; asking for it checks both directions

@@ -46,7 +46,7 @@ from memadapter.errors import CapacityError, ConfigError, EmptyInputError
 
 from . import open_vocab as V
 from .filler import approx_tokens, normalize, read_essays, sentence_pool, split_sentences
-from .lifecycle_data import QUESTION_KINDS, UNKNOWN, _order, _render, stream_features
+from .lifecycle_data import QUESTION_KINDS, UNKNOWN, _order, _render, question_kind, stream_features
 
 __all__ = ["SPLITS", "SPLIT_DEFAULTS", "OpenSplitStyle", "open_split_style", "generate_open_stream",
            "build_open_dataset", "corpus_documents", "stable_half", "QUESTION_KINDS", "UNKNOWN"]
@@ -393,16 +393,7 @@ def _questions(rng: random.Random, chains: list, extras: list, style: OpenSplitS
                     "answer_event": index_of[id(last)], "key_text": key, "template": template})
 
     for c, chain in enumerate(chains):
-        last, updates = chain[-1], sum(p.event_type == "update" for p in chain)
-        if chain[0].role == "uniform":
-            kind = "uniform"
-        elif last.event_type == "retract":
-            kind = "retraction"
-        elif c in targets and updates == 0:
-            kind = "distractor"
-        else:
-            kind = "version" if updates >= 2 else "overwrite" if updates == 1 else "recall"
-        ask(last, kind)
+        ask(chain[-1], question_kind(chain, c in targets))
     for _, plan in extras:
         if plan.role == "lookalike" and rng.random() < 0.5:
             ask(plan, "distractor")
