@@ -703,13 +703,8 @@ class SlotMemory:
 
     def _set_texts(self, sel: torch.Tensor, cand: _Candidates, n: int, *, key: bool, value: bool) -> None:
         """Copy candidate n's strings into the selected slots; False keeps an existing string."""
-        for b, m in sel.nonzero().tolist():
-            kt = None if cand.key_text is None else cand.key_text[b][n]
-            vt = None if cand.value_text is None else cand.value_text[b][n]
-            if kt is not None and (key or self.key_text[b][m] is None):
-                self.key_text[b][m] = kt
-            if vt is not None and (value or self.value_text[b][m] is None):
-                self.value_text[b][m] = vt
+        b, m = sel.nonzero().unbind(-1)
+        self._texts_at(cand, b, torch.full_like(b, n), m, key=key, value=value)
 
     def _fill(self, sel: torch.Tensor, cand: _Candidates, n: int) -> None:
         """Write candidate n into the (empty) slots selected by ``sel`` [B, M]: version 1."""
