@@ -165,3 +165,16 @@ def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Ten
     total = torch.logsumexp(scores, -1)
     pos = torch.logsumexp(scores.masked_fill(~(positive & valid), -1e9), -1)
     return (total - pos)[has].mean()
+
+
+@torch.no_grad()
+def score_pools(scorer: ReadScorer, pools: Sequence[tuple[str, ReadPool]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(question, pool) pairs -> (scores [B, N], valid [B, N]): every entry of every pool in one
+    scorer call, pools padded to the longest."""
+    feats = [pool_features(q, pool) for q, pool in pools]
+    n = max([1] + [f.shape[0] for f in feats])
+    x = torch.zeros(len(feats), n, NUM_FEATURES)  # [B, N, F]
+    valid = torch.zeros(len(feats), n, dtype=torch.bool)
+    for b, f in enumerate(feats):
+        x[b, :f.shape[0]], valid[b, :f.shape[0]] = f, True
+    return scorer(x).float().cpu(), valid
