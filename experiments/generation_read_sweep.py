@@ -116,16 +116,16 @@ def main():
             for q in questions:
                 pred = picked_value(model, ctx, tok, q["question"]) if args.select_only else \
                     ge._answer(model, tok, "memory", ctx, q["question"], ge.question_ids(tok, q["question"]), settings)
-                preds.append({"stream": str(stream.get("id", i)), "method": name, "task": q["kind"],
-                              "question": q["question"], "gold": q["answer"], "prediction": pred, "skipped": False,
-                              "correct": ge.exact_match(pred, q["answer"]), "contains": ge.contains_answer(pred, q["answer"])})
-    rows = ge.summarize(preds, list(todo))
+                preds.append({"split": args.split, "stream": str(stream.get("id", i)), "method": name,
+                              "kind": q["kind"], "question": q["question"], "gold": q["answer"], "prediction": pred,
+                              "skipped": False, **ge.score_prediction(pred, q)})
+    rows = ge.summarize(preds, list(todo), args.split)
     print(ge.markdown_table(rows))
     first = {(p["stream"], p["question"]): p["prediction"] for p in preds if p["method"] == list(todo)[0]}
     for p in preds:  # what each variant changed against the first
         old = first[(p["stream"], p["question"])]
         if p["prediction"] != old:
-            print(f"{p['method']}: {p['task']} | {p['question']} | gold {p['gold']} | {old} -> {p['prediction']}")
+            print(f"{p['method']}: {p['kind']} | {p['question']} | gold {p['gold']} | {old} -> {p['prediction']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "variants": todo, "rows": rows, "predictions": preds}, f, indent=1)

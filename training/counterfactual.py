@@ -5,8 +5,8 @@ and later a correction: the same sentence with the answer replaced by another re
 same type (number, year, date, person, place, other proper name, other) behind an update signal ("Correction:",
 "As of 2025,", ...; event ``update``, version 2). The question is asked as written and its gold
 answer is the NEW value, so the backbone's own knowledge of the world cannot answer it; the
-original is stale. Sometimes a look-alike copy (one word of the key edited, yet another answer;
-role ``lookalike``) is a distractor. Other paragraphs of the same corpus fill the gaps.
+original is stale (the question's ``stale`` list). Sometimes a look-alike copy (one word of the
+key edited, yet another answer; role ``lookalike``) is a distractor. Other paragraphs of the same corpus fill the gaps.
 
 Key span heuristic: the question's content words (lowercased, minus stop words) are matched
 against the sentence's words outside the answer; the key is the contiguous stretch from the first
@@ -38,7 +38,7 @@ from memadapter._validate import check_positive_int
 from memadapter.errors import ConfigError, EmptyInputError
 
 from .filler import approx_tokens, split_sentences
-from .lifecycle_data import _order, stream_features
+from .lifecycle_data import _order, stale_values, stream_features
 from .open_data import data_dir, stable_half
 
 __all__ = ["SPLITS", "Fact", "answer_type", "key_span", "split_facts", "generate_counterfactual_stream",
@@ -336,7 +336,7 @@ def generate_counterfactual_stream(rng: random.Random, *, split: str = "train", 
                   "kind": "distractor" if any(c == i for c, _ in extras) else "overwrite",
                   "entity": events[index_of[id(ch[1])]]["entity"], "attribute": ch[0].fact.question,
                   "answer_event": index_of[id(ch[1])], "key_text": events[index_of[id(ch[1])]]["key_text"],
-                  "template": "counterfactual"} for i, ch in enumerate(chains)]
+                  "template": "counterfactual", "stale": stale_values(ch, ch[1].value)} for i, ch in enumerate(chains)]
     rng.shuffle(questions)
     names = {e["entity"] for e in events}
     return {"id": f"cf-{split}-{rng.getrandbits(48):012x}", "split": split, "text": text, "events": events,

@@ -3,7 +3,10 @@
 Every method reads only a stream's ``text`` and each question's ``question`` text; the gold
 ``answer`` is looked at only afterwards, to score the prediction (events and other labels are
 never read). The prediction is the greedy continuation cut at EOS and at the first newline,
-compared with the gold answer after SQuAD-style normalisation.
+compared with the gold answer after SQuAD-style normalisation. Two kinds of wrong answer are
+counted apart: *stale* (the prediction names a value the fact held before its final state, from
+the question's ``stale`` list) and *unknown* (it says the fact is unknown although it never was
+withdrawn).
 
 Methods (one row each, per question kind and pooled as ``all``):
 
@@ -18,6 +21,9 @@ CLI (held-out streams, a trained adapter on a local base, e.g. the SmolLM2 cache
     python -m memadapter.training.generation_eval --adapter DIR --base DIR \\
         --split test_unseen_entities --num-streams 50 --filler-tokens 30000 --seed 0 \\
         --methods memory,text,tail,full_context,no_context --json out.json
+
+Rows (``--json``): ``{split, method, kind, correct, total, accuracy, stale, unknown, skipped,
+ci_low, ci_high, contains}``, one per (method, question kind) and a pooled ``kind="all"`` row.
 """
 
 from __future__ import annotations
@@ -40,11 +46,13 @@ from memadapter.errors import ConfigError, EmptyInputError
 # --set FIELD=VALUE: the read / ingest settings by their flat names (config.read.name_chunks is
 # "name_chunks") and top_k / value_tokens; safe to change on a trained adapter.
 from memadapter.modeling.configuration_memadapter import SETTABLE, parse_settings
+from memadapter.modeling.reader import WITHDRAWN
 
-from .lifecycle_data import QUESTION_KINDS
+from .lifecycle_data import QUESTION_KINDS, UNKNOWN
 
-__all__ = ["METHODS", "normalize_answer", "exact_match", "contains_answer", "question_ids", "chat_ids", "injection_mode",
-           "evaluate_generation", "markdown_table", "main"]
+__all__ = ["METHODS", "normalize_answer", "exact_match", "contains_answer", "stale_answer", "unknown_answer",
+           "score_prediction", "question_ids", "chat_ids", "injection_mode", "evaluate_generation", "summarize",
+           "markdown_table", "main"]
 
 METHODS: tuple[str, ...] = ("memory", "text", "full_context", "tail", "no_context")
 _MEMORY_METHODS = ("memory", "text")
@@ -77,6 +85,47 @@ def contains_answer(pred: str, gold: str) -> bool:
     """
     p, g = normalize_answer(pred), normalize_answer(gold)
     return bool(g) and f" {g} " in f" {p} "
+
+
+# What an answer that calls the fact unknown starts with: the generators' gold after a retraction,
+# and the text a withdrawn memory entry injects (a model that copies it says "no longer known").
+_UNKNOWN_TEXTS = tuple(normalize_answer(t) for t in (UNKNOWN, WITHDRAWN))
+
+
+def stale_answer(pred: str, gold: str, stale: Sequence[str]) -> bool:
+    """Whether ``pred`` contains (as whole words, :func:`contains_answer`) a superseded value of
+    ``stale`` that the gold does not itself contain. A value inside the gold ("Lyon" when the
+    fact is now "Lyon North") is no evidence of a stale read, so it never counts.
+
+    >>> stale_answer("Alice lives in Lyon.", "Porto", ["Lyon"])
+    True
+    >>> stale_answer("Lyon North", "Lyon North", ["Lyon"])
+    False
+    """
+    return any(contains_answer(pred, old) and not contains_answer(gold, old) for old in stale)
+
+
+def unknown_answer(pred: str, gold: str) -> bool:
+    """Whether ``pred`` calls the fact unknown ("unknown", "no longer known", as its first words)
+    although the gold is a value: the fact was never withdrawn.
+
+    >>> unknown_answer("Unknown.", "Porto"), unknown_answer("unknown", "unknown")
+    (True, False)
+    """
+    p = normalize_answer(pred)
+    said = any(p == u or p.startswith(u + " ") for u in _UNKNOWN_TEXTS)
+    return said and normalize_answer(gold) not in _UNKNOWN_TEXTS
+
+
+def score_prediction(pred: Optional[str], question: dict) -> dict:
+    """``correct``, ``contains``, ``stale`` and ``unknown`` of one prediction (all False when it was
+    skipped, ``pred`` None). A question without a ``stale`` list (a user-made stream) is never stale."""
+    if pred is None:
+        return {"correct": False, "contains": False, "stale": False, "unknown": False}
+    gold = str(question["answer"])
+    return {"correct": exact_match(pred, gold), "contains": contains_answer(pred, gold),
+            "stale": stale_answer(pred, gold, [str(v) for v in question.get("stale") or []]),
+            "unknown": unknown_answer(pred, gold)}
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -230,7 +279,7 @@ def _stream_context(model: Any, tok: Any, text: str, methods: Sequence[str]) -> 
 
 
 def _predict_stream(model: Any, tok: Any, stream: Any, i: int, methods: Sequence[str],
-                    kinds: Optional[frozenset[str]], settings: _Settings) -> list[dict]:
+                    kinds: Optional[frozenset[str]], settings: _Settings, split: str) -> list[dict]:
     text, questions = _inputs(stream, i, kinds)
     if not questions:
         return []
@@ -242,49 +291,58 @@ def _predict_stream(model: Any, tok: Any, stream: Any, i: int, methods: Sequence
             raise EmptyInputError(f"streams[{i}]: question {q['question']!r} has no tokens")
         for method in methods:
             pred = _answer(model, tok, method, ctx, str(q["question"]), q_ids, settings)
-            gold = str(q["answer"])  # read only now, after generation, to score
-            preds.append({"stream": str(stream.get("id", i)), "stream_tokens": len(ctx.ids), "method": method,
-                          "task": str(q.get("kind", "other")), "question": str(q["question"]), "gold": gold,
-                          "prediction": pred, "skipped": pred is None,
-                          "correct": pred is not None and exact_match(pred, gold),
-                          "contains": pred is not None and contains_answer(pred, gold)})
+            # the gold answer and the stale values are read only now, after generation, to score
+            preds.append({"split": split, "stream": str(stream.get("id", i)), "stream_tokens": len(ctx.ids),
+                          "method": method, "kind": str(q.get("kind", "other")), "question": str(q["question"]),
+                          "gold": str(q["answer"]), "prediction": pred, "skipped": pred is None,
+                          **score_prediction(pred, q)})
     return preds
 
 
-def _row(method: str, task: str, preds: list[dict]) -> dict:
+def _row(split: str, method: str, kind: str, preds: list[dict]) -> dict:
     done = [p for p in preds if not p["skipped"]]
     correct, total = sum(p["correct"] for p in done), len(done)
     lo, hi = wilson_interval(correct, total) if total else (None, None)
-    return {"method": method, "task": task, "correct": correct, "total": total,
-            "accuracy": correct / total if total else None, "skipped": len(preds) - total,
+    return {"split": split, "method": method, "kind": kind, "correct": correct, "total": total,
+            "accuracy": correct / total if total else None, "stale": sum(p["stale"] for p in done),
+            "unknown": sum(p["unknown"] for p in done), "skipped": len(preds) - total,
             "ci_low": lo, "ci_high": hi, "contains": sum(p["contains"] for p in done)}
 
 
-def summarize(predictions: Sequence[dict], methods: Sequence[str]) -> list[dict]:
-    """Rows per (method, question kind) in ``QUESTION_KINDS`` order, then a pooled ``all`` row."""
+def summarize(predictions: Sequence[dict], methods: Sequence[str], split: Optional[str] = None) -> list[dict]:
+    """Rows per (method, question kind) in ``QUESTION_KINDS`` order, then a pooled ``all`` row;
+    each row names ``split`` ("custom" when None). A prediction needs ``method``, ``kind``,
+    ``skipped`` and the four scores of :func:`score_prediction`."""
+    split = "custom" if split is None else str(split)
     order = {k: n for n, k in enumerate(QUESTION_KINDS)}
     rows = []
     for method in methods:
         mine = [p for p in predictions if p["method"] == method]
-        for task in sorted({p["task"] for p in mine}, key=lambda k: (order.get(k, len(order)), k)):
-            rows.append(_row(method, task, [p for p in mine if p["task"] == task]))
-        rows.append(_row(method, "all", mine))
+        for kind in sorted({p["kind"] for p in mine}, key=lambda k: (order.get(k, len(order)), k)):
+            rows.append(_row(split, method, kind, [p for p in mine if p["kind"] == kind]))
+        rows.append(_row(split, method, "all", mine))
     return rows
 
 
 def evaluate_generation(model: Any, streams: Iterable[dict], methods: Sequence[str] = METHODS,
                         kinds: Optional[Iterable[str]] = None, max_new_tokens: int = 12,
                         full_context_tokens: int = 8192, tail_tokens: int = 1024, progress: bool = True,
-                        predictions: Optional[list] = None, chat: bool = False) -> list[dict]:
+                        predictions: Optional[list] = None, chat: bool = False,
+                        split: Optional[str] = None) -> list[dict]:
     """Generate an answer to every question of every stream with each method; score by exact match.
 
-    Returns rows ``{method, task, correct, total, accuracy, skipped, ci_low, ci_high, contains}``,
-    one per (method, question kind) and a pooled ``task="all"`` row per method; ``ci_*`` is the
-    Wilson 95% interval, ``contains`` counts predictions that contain the gold answer. A
+    Returns rows ``{split, method, kind, correct, total, accuracy, stale, unknown, skipped, ci_low,
+    ci_high, contains}``, one per (method, question kind) and a pooled ``kind="all"`` row per
+    method; ``split`` names the streams' split (the ``split`` argument, "custom" when None),
+    ``ci_*`` is the Wilson 95% interval, ``contains`` counts predictions that contain the gold
+    answer, ``stale`` those that name a superseded value (:func:`stale_answer`; questions without
+    a ``stale`` list never count) and ``unknown`` those that call a never-withdrawn fact unknown
+    (:func:`unknown_answer`). A
     ``full_context`` question whose prompt plus ``max_new_tokens`` exceeds ``full_context_tokens``
     is *skipped*: counted in ``skipped``, neither right nor wrong, and left out of ``total``
     (accuracy and CI are None when every question was skipped). Pass a list as ``predictions``
-    to collect one dict per (question, method) for inspecting failures. The model needs its
+    to collect one dict per (question, method) for inspecting failures (with the four scores of
+    :func:`score_prediction` and ``split``). The model needs its
     tokenizer (``model.tokenizer``). ``chat=True`` prompts every row except the trained
     ``memory`` row through the tokenizer's chat template with a short-answer instruction
     (:func:`chat_ids`), the fair way to ask an instruct model.
@@ -292,7 +350,8 @@ def evaluate_generation(model: Any, streams: Iterable[dict], methods: Sequence[s
     Example:
         >>> preds = []                                                             # doctest: +SKIP
         >>> rows = evaluate_generation(model, build_dataset("test_unseen_entities", 20, 0),
-        ...                            methods=["memory", "tail"], predictions=preds)  # doctest: +SKIP
+        ...                            methods=["memory", "tail"], predictions=preds,
+        ...                            split="test_unseen_entities")                  # doctest: +SKIP
         >>> print(markdown_table(rows))                                            # doctest: +SKIP
     """
     methods, wanted = _check_methods(methods), _check_kinds(kinds)
@@ -305,23 +364,24 @@ def evaluate_generation(model: Any, streams: Iterable[dict], methods: Sequence[s
     streams = list(streams)
     if not streams:
         raise EmptyInputError("streams: nothing to evaluate")
+    split = "custom" if split is None else str(split)  # rows and predictions name the same split
     preds: list[dict] = []
     for i, stream in enumerate(tqdm(streams, desc="generation eval", unit="stream", disable=not progress)):
-        preds += _predict_stream(model, tok, stream, i, methods, wanted, settings)
+        preds += _predict_stream(model, tok, stream, i, methods, wanted, settings, split)
     if predictions is not None:
         predictions.extend(preds)
-    return summarize(preds, methods)
+    return summarize(preds, methods, split)
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """Rows -> a markdown table (accuracy in %, Wilson 95% CI, skipped questions)."""
-    lines = ["| method | task | correct / total | accuracy | Wilson 95% CI | contains | skipped |",
-             "|---|---|---|---|---|---|---|"]
+    """Rows -> a markdown table (accuracy in %, Wilson 95% CI, stale and unknown answers, skipped questions)."""
+    lines = ["| method | kind | correct / total | accuracy | Wilson 95% CI | contains | stale | unknown | skipped |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
         ci = "-" if r["ci_low"] is None else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        lines.append(f"| {r['method']} | {r['task']} | {r['correct']} / {r['total']} | {acc} | {ci} | "
-                     f"{r['contains']} | {r['skipped']} |")
+        lines.append(f"| {r['method']} | {r['kind']} | {r['correct']} / {r['total']} | {acc} | {ci} | "
+                     f"{r['contains']} | {r['stale']} | {r['unknown']} | {r['skipped']} |")
     return "\n".join(lines)
 
 
@@ -424,15 +484,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = _load_model(args, base, adapter)
     preds: list[dict] = []
     rows = evaluate_generation(model, streams, methods, kinds, args.max_new_tokens, args.full_context_tokens,
-                               args.tail_tokens, progress=not args.no_progress, predictions=preds, chat=args.chat)
+                               args.tail_tokens, progress=not args.no_progress, predictions=preds, chat=args.chat,
+                               split=args.split)
     n_tok = sorted({p["stream"]: p["stream_tokens"] for p in preds}.values())
     print(f"split {args.split}, {len(streams)} streams, stream tokens {n_tok[0] if n_tok else 0}.."
           f"{n_tok[-1] if n_tok else 0}, injection {model.config.injection}")
     print(markdown_table(rows))
     if args.json:
-        write_rows_json(args.json, rows)
+        write_rows_json(args.json, rows, required=("split", "method", "kind"))
     if args.predictions:
-        write_rows_json(args.predictions, preds)
+        write_rows_json(args.predictions, preds, required=("split", "method", "kind"))
     return 0
 
 

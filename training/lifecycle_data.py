@@ -40,7 +40,7 @@ from .lifecycle_vocab import (ATTRIBUTES, FIRST_NAME_PAIRS, LAST_NAMES, NOISE_TE
 
 __all__ = [
     "ATTRIBUTES", "AttributeSpec", "SPLITS", "SPLIT_DEFAULTS", "DEFAULT_SIZES", "UNKNOWN",
-    "generate_stream", "build_dataset", "build_splits", "stream_features", "split_style",
+    "generate_stream", "build_dataset", "build_splits", "stream_features", "split_style", "stale_values",
 ]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test_unseen_entities", "test_unseen_templates",
@@ -390,24 +390,43 @@ def question_kind(chain: list, has_distractor: bool) -> str:
     return "version" if updates >= 2 else "overwrite" if updates == 1 else "recall"
 
 
+def stale_values(chain: list, answer: str) -> list[str]:
+    """The values a fact held before its final state, oldest first: the earlier versions in its
+    ``chain`` (plans of one entity + attribute, with ``value``), without the gold ``answer`` (a
+    chat revert returns to an old value) and without repeats. A look-alike's or a rumour's value is
+    never in a chain, so it is never stale. Shared by the open-text and counterfactual generators.
+
+    >>> from types import SimpleNamespace as P
+    >>> stale_values([P(value="Lyon"), P(value="Porto"), P(value=None)], "unknown")
+    ['Lyon', 'Porto']
+    """
+    out: list[str] = []
+    for plan in chain[:-1]:
+        if plan.value is not None and plan.value != answer and plan.value not in out:
+            out.append(plan.value)
+    return out
+
+
 def _questions(rng: random.Random, chains: list[list[_Plan]], extras: list[tuple[int, _Plan]],
                style: SplitStyle, index_of: dict[int, int]) -> list[dict]:
-    """One question per tracked fact; the answer is its latest version ("unknown" after a retraction)."""
+    """One question per tracked fact; the answer is its latest version ("unknown" after a retraction),
+    ``stale`` lists the fact's earlier values (:func:`stale_values`)."""
     targets = {c for c, p in extras}
     out = []
 
-    def ask(last: _Plan, kind: str) -> None:
+    def ask(chain: list[_Plan], kind: str) -> None:
+        last = chain[-1]
         text, key, template = _question(rng, last, style)
         answer = UNKNOWN if last.event_type == "retract" else last.value
         out.append({"question": text, "answer": answer, "kind": kind, "entity": last.entity.name,
                     "attribute": last.attribute, "answer_event": index_of[id(last)], "key_text": key,
-                    "template": template})
+                    "template": template, "stale": stale_values(chain, answer)})
 
     for c, chain in enumerate(chains):
-        ask(chain[-1], question_kind(chain, c in targets))
+        ask(chain, question_kind(chain, c in targets))
     for _, plan in extras:
         if plan.role == "lookalike" and rng.random() < 0.5:
-            ask(plan, "distractor")  # the look-alike has its own value; asking for it checks both directions
+            ask([plan], "distractor")  # the look-alike has its own value; asking for it checks both directions
     rng.shuffle(out)
     return out
 
@@ -462,7 +481,8 @@ def stream_features() -> datasets.Features:
              "attribute": v("string"), "value": v("string"), "version": v("int32"), "signal": v("bool"),
              "key_text": v("string"), "template": v("string"), "role": v("string")}
     question = {"question": v("string"), "answer": v("string"), "kind": v("string"), "entity": v("string"),
-                "attribute": v("string"), "answer_event": v("int32"), "key_text": v("string"), "template": v("string")}
+                "attribute": v("string"), "answer_event": v("int32"), "key_text": v("string"), "template": v("string"),
+                "stale": datasets.List(v("string"))}
     entity = {"name": v("string"), "kind": v("string"), "aliases": datasets.List(v("string"))}
     return datasets.Features({
         "id": v("string"), "split": v("string"), "text": v("string"), "events": datasets.List(event),

@@ -46,7 +46,7 @@ from memadapter.errors import CapacityError, ConfigError, EmptyInputError
 
 from . import open_vocab as V
 from .filler import approx_tokens, normalize, read_essays, sentence_pool, split_sentences
-from .lifecycle_data import QUESTION_KINDS, UNKNOWN, _order, _render, question_kind, stream_features
+from .lifecycle_data import QUESTION_KINDS, UNKNOWN, _order, _render, question_kind, stale_values, stream_features
 
 __all__ = ["SPLITS", "SPLIT_DEFAULTS", "OpenSplitStyle", "open_split_style", "generate_open_stream",
            "build_open_dataset", "corpus_documents", "stable_half", "QUESTION_KINDS", "UNKNOWN"]
@@ -383,20 +383,23 @@ def _assemble(rng: random.Random, order: list[_Plan], style: OpenSplitStyle,
 
 
 def _questions(rng: random.Random, chains: list, extras: list, style: OpenSplitStyle, index_of: dict) -> list[dict]:
-    """One question per tracked fact, answered by its latest version ("unknown" after a retraction)."""
+    """One question per tracked fact, answered by its latest version ("unknown" after a retraction);
+    ``stale`` lists the fact's earlier values, never a look-alike's or a rumour's."""
     targets, out = {c for c, _ in extras}, []
 
-    def ask(last: _Plan, kind: str) -> None:
+    def ask(chain: list, kind: str) -> None:
+        last = chain[-1]
         text, key, template = _question(rng, last, style)
-        out.append({"question": text, "answer": UNKNOWN if last.event_type == "retract" else last.value,
-                    "kind": kind, "entity": last.entity.name, "attribute": last.attr.name,
-                    "answer_event": index_of[id(last)], "key_text": key, "template": template})
+        answer = UNKNOWN if last.event_type == "retract" else last.value
+        out.append({"question": text, "answer": answer, "kind": kind, "entity": last.entity.name,
+                    "attribute": last.attr.name, "answer_event": index_of[id(last)], "key_text": key,
+                    "template": template, "stale": stale_values(chain, answer)})
 
     for c, chain in enumerate(chains):
-        ask(chain[-1], question_kind(chain, c in targets))
+        ask(chain, question_kind(chain, c in targets))
     for _, plan in extras:
         if plan.role == "lookalike" and rng.random() < 0.5:
-            ask(plan, "distractor")
+            ask([plan], "distractor")
     rng.shuffle(out)
     return out
 

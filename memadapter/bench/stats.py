@@ -33,11 +33,13 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def write_rows_json(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write bench rows as a JSON list; atomic (temp file + rename) so a failure leaves no half file."""
+def write_rows_json(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
+                    required: Iterable[str] = ("method", "task")) -> None:
+    """Write bench rows as a JSON list; atomic (temp file + rename) so a failure leaves no half file.
+    Every row must hold the ``required`` keys (generation_eval's rows name a question ``kind``)."""
     rows = [dict(row) for row in rows]
     for i, row in enumerate(rows):
-        missing = {"method", "task"} - set(row)
+        missing = set(required) - set(row)
         if missing:
             raise ConfigError(f"rows[{i}]: missing keys {sorted(missing)}")
     text = json.dumps(rows, indent=2, allow_nan=False)  # raises before anything is written

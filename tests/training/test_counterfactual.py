@@ -44,6 +44,7 @@ def test_gold_is_the_new_value_after_the_stale_original(streams):
                         and e["version"] == 1]
                 assert len(orig) == 1
                 assert orig[0]["value"].lower() != q["answer"].lower()
+                assert q["stale"] == [orig[0]["value"]]  # the real answer, never the look-alike's value
                 assert orig[0]["start"] < gold["start"] and q["answer"] in s["text"][orig[0]["end"]:]
                 lookalikes = [e for e in s["events"] if e["attribute"] == q["question"] and e["role"] == "lookalike"]
                 assert (q["kind"] == "distractor") == bool(lookalikes)

@@ -16,15 +16,16 @@ from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 from memadapter.modeling.tiny import tiny_backbone
 from memadapter.training.collator import MemAdapterCollator
 from memadapter.training.generation_eval import (
-    METHODS, contains_answer, evaluate_generation, exact_match, injection_mode, main, normalize_answer,
-    question_ids,
+    METHODS, contains_answer, evaluate_generation, exact_match, injection_mode, main, markdown_table, normalize_answer,
+    question_ids, score_prediction, stale_answer, summarize, unknown_answer,
 )
 from memadapter.training.lifecycle_data import generate_stream
 from memadapter.training.train import build_word_tokenizer
 
 torch.set_num_threads(1)
 
-ROW_KEYS = {"method", "task", "correct", "total", "accuracy", "skipped", "ci_low", "ci_high", "contains"}
+ROW_KEYS = {"split", "method", "kind", "correct", "total", "accuracy", "stale", "unknown", "skipped", "ci_low",
+            "ci_high", "contains"}
 
 
 def _streams(n: int = 2) -> list[dict]:
@@ -75,6 +76,54 @@ def test_normalize_and_contains():
     assert not contains_answer("anything", "the")  # an empty normalised gold never matches
 
 
+@pytest.mark.parametrize("pred,gold,stale,want", [
+    ("Lyon", "Porto", ["Lyon"], dict(correct=False, stale=True, unknown=False)),  # the superseded value
+    ("She lives in lyon.", "Porto", ["Graz", "Lyon"], dict(correct=False, stale=True, contains=False)),
+    ("Lyon North", "Lyon North", ["Lyon"], dict(correct=True, stale=False)),  # the old value inside the gold
+    ("Lyon", "Lyon North", ["Lyon"], dict(correct=False, stale=False)),  # no evidence of a stale read
+    ("Portobello", "Graz", ["Porto"], dict(stale=False)),  # whole words only
+    ("Porto", "Porto", [], dict(correct=True, stale=False)),
+    ("unknown", "unknown", ["Lyon"], dict(correct=True, stale=False, unknown=False)),  # a withdrawn fact
+    ("No longer known.", "unknown", ["Lyon"], dict(correct=False, unknown=False)),
+    ("Unknown.", "Porto", ["Lyon"], dict(correct=False, stale=False, unknown=True)),  # never withdrawn
+    ("no longer known", "Porto", [], dict(unknown=True)),
+    ("unknown since 2020", "Porto", [], dict(unknown=True)),
+    ("unknowns", "Porto", [], dict(unknown=False)), ("Lyon is unknown", "Porto", [], dict(unknown=False)),
+])
+def test_stale_and_unknown_scores(pred, gold, stale, want):
+    got = score_prediction(pred, {"answer": gold, "stale": stale})
+    assert {k: got[k] for k in want} == want
+    assert got["stale"] == stale_answer(pred, gold, stale) and got["unknown"] == unknown_answer(pred, gold)
+
+
+def test_without_a_stale_list_or_a_prediction_nothing_is_stale():
+    assert not score_prediction("Lyon", {"answer": "Porto"})["stale"]  # a user-made stream
+    assert not score_prediction("Lyon", {"answer": "Porto", "stale": None})["stale"]
+    assert score_prediction(None, {"answer": "Porto", "stale": ["Lyon"]}) == dict(
+        correct=False, contains=False, stale=False, unknown=False)  # skipped
+
+
+def test_summarize_counts_stale_and_unknown_per_kind_and_skips_skipped():
+    def pred(kind, prediction, gold, stale):
+        return {"method": "tail", "kind": kind, "skipped": prediction is None,
+                **score_prediction(prediction, {"answer": gold, "stale": stale})}
+
+    preds = [pred("overwrite", "Lyon", "Porto", ["Lyon"]), pred("overwrite", "Porto", "Porto", ["Lyon"]),
+             pred("retraction", "unknown", "unknown", ["Graz"]), pred("recall", "unknown", "Oslo", []),
+             pred("recall", None, "Oslo", [])]
+    rows = summarize(preds, ["tail"], "validation")
+    by = {r["kind"]: r for r in rows}
+    assert [r["kind"] for r in rows] == ["overwrite", "retraction", "recall", "all"]
+    assert (by["overwrite"]["correct"], by["overwrite"]["stale"], by["overwrite"]["unknown"]) == (1, 1, 0)
+    assert (by["retraction"]["correct"], by["retraction"]["stale"], by["retraction"]["unknown"]) == (1, 0, 0)
+    assert (by["recall"]["total"], by["recall"]["skipped"], by["recall"]["unknown"]) == (1, 1, 1)
+    assert (by["all"]["correct"], by["all"]["total"], by["all"]["stale"], by["all"]["unknown"]) == (2, 4, 1, 1)
+    assert all(set(r) == ROW_KEYS and r["split"] == "validation" for r in rows)
+    table = markdown_table(rows)
+    assert "| method | kind |" in table and "| stale | unknown | skipped |" in table
+    assert "| tail | all | 2 / 4 | 50.0% |" in table
+
+
 def test_question_ids_match_the_collator_prompt(tok, streams):
     collate = MemAdapterCollator(tok)
     for q in streams[0]["questions"]:
@@ -87,20 +136,22 @@ def test_all_methods_give_well_formed_rows(model, streams):
     rows = evaluate_generation(model, streams, max_new_tokens=3, progress=False, predictions=preds)
     n = _n_questions(streams)
     assert len(preds) == n * len(METHODS)
-    assert [r["method"] for r in rows if r["task"] == "all"] == list(METHODS)
+    assert [r["method"] for r in rows if r["kind"] == "all"] == list(METHODS)
     for r in rows:
         assert set(r) == ROW_KEYS
         assert 0 <= r["correct"] <= r["total"] and r["contains"] <= r["total"]
         if r["total"]:
             assert r["accuracy"] == r["correct"] / r["total"] and 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1
     for method in METHODS:
-        pooled = next(r for r in rows if r["method"] == method and r["task"] == "all")
+        pooled = next(r for r in rows if r["method"] == method and r["kind"] == "all")
         assert pooled["total"] + pooled["skipped"] == n
         assert pooled["skipped"] == 0  # short streams fit 8K
-        kinds = [r for r in rows if r["method"] == method and r["task"] != "all"]
+        kinds = [r for r in rows if r["method"] == method and r["kind"] != "all"]
         assert sum(r["total"] for r in kinds) == n
     p = preds[0]
-    assert {"stream", "method", "task", "question", "gold", "prediction", "correct", "skipped"} <= set(p)
+    assert {"split", "stream", "method", "kind", "question", "gold", "prediction", "correct", "skipped", "stale",
+            "unknown"} <= set(p)
+    assert all(r["split"] == "custom" and p["split"] == "custom" for r in rows for p in preds)  # no split given
     assert model.config.injection == "prefix"
 
 
@@ -108,11 +159,11 @@ def test_full_context_skips_when_the_stream_does_not_fit(model, streams):
     preds: list[dict] = []
     rows = evaluate_generation(model, streams, methods=["full_context", "tail"], max_new_tokens=2,
                                full_context_tokens=20, tail_tokens=8, progress=False, predictions=preds)
-    full = next(r for r in rows if r["method"] == "full_context" and r["task"] == "all")
+    full = next(r for r in rows if r["method"] == "full_context" and r["kind"] == "all")
     assert full["skipped"] == _n_questions(streams) and full["total"] == 0 and full["correct"] == 0
     assert full["accuracy"] is None and full["ci_low"] is None
     assert all(p["prediction"] is None and not p["correct"] for p in preds if p["method"] == "full_context")
-    tail = next(r for r in rows if r["method"] == "tail" and r["task"] == "all")
+    tail = next(r for r in rows if r["method"] == "tail" and r["kind"] == "all")
     assert tail["total"] == _n_questions(streams) and tail["skipped"] == 0
 
 
@@ -120,7 +171,7 @@ def test_kinds_filter(model, streams):
     rows = evaluate_generation(model, streams, methods=["no_context"], kinds=["uniform"], max_new_tokens=2,
                                progress=False)
     n_uniform = sum(q["kind"] == "uniform" for s in streams for q in s["questions"])
-    assert {r["task"] for r in rows} == {"uniform", "all"}
+    assert {r["kind"] for r in rows} == {"uniform", "all"}
     assert rows[-1]["total"] == n_uniform
 
 
@@ -174,8 +225,12 @@ def test_cli_end_to_end_and_errors(model, tok, tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert {r["method"] for r in rows} == {"memory", "text", "tail", "no_context"}
     assert all(set(r) == ROW_KEYS for r in rows)
-    assert "| method | task |" in capsys.readouterr().out
-    assert len(json.loads(preds.read_text())) == 4 * rows[-1]["total"]
+    assert "| method | kind |" in capsys.readouterr().out
+    assert all(r["split"] == "test_unseen_entities" for r in rows)  # the CLI's default --split
+    written = json.loads(preds.read_text())
+    assert len(written) == 4 * rows[-1]["total"]
+    assert all(p["split"] == "test_unseen_entities" and isinstance(p["stale"], bool) and isinstance(p["unknown"], bool)
+               for p in written)
     with pytest.raises(ConfigError, match="nope"):
         main(argv[:-4] + ["--methods", "memory,nope"])
     with pytest.raises(ConfigError, match="--base"):
@@ -219,6 +274,36 @@ def test_gold_continuation_scores_correct_and_is_cut_at_eos(model, tok, streams,
     assert all(normalize_answer(p["prediction"]) == normalize_answer(p["gold"]) for p in preds)
 
 
+def test_stale_and_unknown_answers_are_counted_end_to_end(model, tok, streams, monkeypatch):
+    # A fake backbone that answers with the fact's first superseded value, else "unknown". The word
+    # tokenizer splits "B3-6612" into "b3 - 6612", so such a value is not said (it would not match).
+    def survives(value: str) -> bool:
+        return exact_match(tok.decode(tok(" " + value, add_special_tokens=False)["input_ids"]), value)
+
+    said, n_stale, n_fresh, n_withdrawn = {}, 0, 0, 0
+    for s in streams:
+        for q in s["questions"]:
+            old = q["stale"][0] if q["stale"] and survives(q["stale"][0]) else None
+            said[tuple(question_ids(tok, q["question"]))] = old or "unknown"
+            n_stale += old is not None
+            n_fresh += old is None and q["answer"] != "unknown"  # "unknown" to a fact that was never withdrawn
+            n_withdrawn += old is None and q["answer"] == "unknown"  # right, and not counted as unknown
+    assert n_stale and n_fresh and n_withdrawn  # every case occurs in these streams
+
+    def answer(input_ids, attention_mask=None, **kwargs):
+        new = tok(" " + said[tuple(input_ids[0].tolist())], add_special_tokens=False)["input_ids"]
+        return torch.cat([input_ids, torch.tensor([new + [tok.eos_token_id]])], 1)
+
+    monkeypatch.setattr(model.backbone, "generate", answer)
+    preds: list[dict] = []
+    rows = evaluate_generation(model, streams, methods=["no_context"], progress=False, predictions=preds,
+                               split="test_unseen_entities")
+    pooled = rows[-1]
+    assert (pooled["kind"], pooled["split"]) == ("all", "test_unseen_entities")
+    assert (pooled["stale"], pooled["unknown"], pooled["correct"]) == (n_stale, n_fresh, n_withdrawn)
+    assert all(p["split"] == "test_unseen_entities" and p["stale"] + p["unknown"] + p["correct"] == 1 for p in preds)
+
+
 def test_chat_prompts_wrap_the_question_and_need_a_template(model, tok, streams):
     from memadapter.training.generation_eval import INSTRUCTION, chat_ids
 
@@ -240,7 +325,7 @@ def test_chat_prompts_wrap_the_question_and_need_a_template(model, tok, streams)
         rows = evaluate_generation(model, streams[:1], methods=["memory", "text", "tail"], chat=True, progress=False)
     finally:
         model.tokenizer = previous
-    assert all(r["total"] == len(streams[0]["questions"]) for r in rows if r["task"] == "all")
+    assert all(r["total"] == len(streams[0]["questions"]) for r in rows if r["kind"] == "all")
 
 
 def test_chat_text_row_puts_the_selection_inside_the_user_turn(model, tok, streams, monkeypatch):

@@ -61,6 +61,43 @@ def test_answers_are_the_latest_unretracted_version(by_split):
                 assert "{" not in q["question"] and q["question"].endswith(("?", "."))
 
 
+def test_stale_lists_the_earlier_versions_of_the_asked_fact_only(by_split):
+    """Re-derive each question's ``stale`` list from the events: earlier values of the same fact
+    (entity + attribute, same role), oldest first, never the gold or a rumour of the fact; a question
+    about a look-alike has none (the look-alike's one value is its gold)."""
+    seen = {"overwrite": 0, "retraction": 0, "lookalike": 0}
+    for rows in by_split.values():
+        for s in rows:
+            for q in s["questions"]:
+                answer_ev = s["events"][q["answer_event"]]
+                earlier = [e["value"] for e in s["events"][:q["answer_event"]]
+                           if (e["entity"], e["attribute"]) == (q["entity"], q["attribute"])
+                           and e["role"] == answer_ev["role"] and e["value"] is not None]
+                assert q["stale"] == earlier and q["answer"] not in q["stale"]
+                rumours = {e["value"] for e in s["events"]  # wrong values said of this very fact
+                           if e["role"] == "noise" and (e["entity"], e["attribute"]) == (q["entity"], q["attribute"])}
+                assert not rumours & set(q["stale"])
+                if q["kind"] == "overwrite":  # one update: the stale list is the value it replaced
+                    assert len(q["stale"]) == 1 and q["stale"][0] != q["answer"]
+                    seen["overwrite"] += 1
+                if q["kind"] == "retraction":  # every value the fact ever held is stale now
+                    assert q["answer"] == UNKNOWN and q["stale"]
+                    seen["retraction"] += 1
+                if answer_ev["role"] == "lookalike":
+                    assert q["stale"] == []
+                    seen["lookalike"] += 1
+    assert min(seen.values()) > 5, seen
+
+
+def test_stale_values_keep_order_and_drop_the_gold_and_repeats():
+    from types import SimpleNamespace as P
+
+    chain = [P(value="Lyon"), P(value="Porto"), P(value="Lyon"), P(value="Graz")]
+    assert ld.stale_values(chain, "Graz") == ["Lyon", "Porto"]
+    assert ld.stale_values(chain[:2] + [P(value="Lyon")], "Lyon") == ["Porto"]  # a revert: the gold is not stale
+    assert ld.stale_values(chain[:1], "Lyon") == []
+
+
 def test_versions_and_signals(by_split):
     for s in by_split["train"]:
         last: dict[tuple[str, str], int] = {}

@@ -63,6 +63,32 @@ def test_answers_are_the_answer_events_value_or_unknown(by_split):
     assert {"overwrite", "distractor", "uniform", "retraction"} <= kinds
 
 
+def test_stale_lists_the_earlier_versions_of_the_asked_fact_only(by_split):
+    seen = {"overwrite": 0, "retraction": 0, "lookalike": 0}
+    for streams in by_split.values():
+        for s in streams:
+            for q in s["questions"]:
+                answer_ev = s["events"][q["answer_event"]]
+                earlier = []
+                for e in s["events"][:q["answer_event"]]:
+                    if (e["entity"], e["attribute"]) == (q["entity"], q["attribute"]) and \
+                            e["role"] == answer_ev["role"] and e["value"] not in (None, q["answer"], *earlier):
+                        earlier.append(e["value"])
+                assert q["stale"] == earlier and q["answer"] not in q["stale"]
+                assert not {e["value"] for e in s["events"] if e["role"] == "noise"  # rumours of this very fact
+                            and (e["entity"], e["attribute"]) == (q["entity"], q["attribute"])} & set(q["stale"])
+                if q["kind"] == "overwrite":
+                    assert q["stale"] and q["answer"] not in q["stale"]
+                    seen["overwrite"] += 1
+                if q["kind"] == "retraction":
+                    assert q["answer"] == UNKNOWN and q["stale"]
+                    seen["retraction"] += 1
+                if answer_ev["role"] == "lookalike":
+                    assert q["stale"] == []
+                    seen["lookalike"] += 1
+    assert min(seen.values()) > 2, seen
+
+
 def test_deterministic_per_seed():
     a = build_open_dataset("train", 2, seed=3, filler_tokens=30)
     b = build_open_dataset("train", 2, seed=3, filler_tokens=30)
