@@ -83,6 +83,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--adapter", default="modeling/adapters/smollm2-135m-prefix")
     p.add_argument("--base", default=None)
+    p.add_argument("--builder", default="lifecycle", choices=("lifecycle", "open", "counterfactual"),
+                   help="which generator's split (training.generation_eval --builder)")
     p.add_argument("--split", default="validation")
     p.add_argument("--synthetic-names", type=float, default=0.0)
     p.add_argument("--num-streams", type=int, default=16)
