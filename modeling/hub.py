@@ -3,8 +3,10 @@
 An adapter directory holds ``adapter_config.json`` (plain JSON), ``adapter_model.safetensors``
 (adapter tensors only, never backbone weights), ``README.md`` (the model card) and a two-line
 ``config.json`` (``{"model_type": "memadapter"}``) through which transformers' Auto classes reach
-``MemAdapterForCausalLM`` with no remote code: ``AutoModelForCausalLM.from_pretrained(folder)``
-loads the base named in the adapter config plus the adapter, as peft's do. Loading reads
+``MemAdapterForCausalLM`` with no remote code: ``AutoModelForCausalLM.from_pretrained(folder or
+repo id)`` loads the base named in the adapter config plus the adapter, as peft's do (for a repo id
+transformers' own peft detection is kept off our adapters: see :func:`is_adapter_config_file` and
+``modeling_memadapter._keep_peft_detection_off_memadapter``). Loading reads
 JSON and safetensors only, so nothing is ever unpickled, and a config that asks for remote code or
 a custom class is refused before anything else happens.
 
@@ -184,6 +186,29 @@ def check_config_safe(config: dict) -> None:
         raise UnsafeLoadError(f"adapter config: model_type must be 'memadapter', got {config.get('model_type')!r}")
 
 
+def is_adapter_config_file(path: PathLike) -> bool:
+    """Whether the JSON file at ``path`` is a memadapter adapter config: ``"model_type": "memadapter"``
+    and no ``peft_type``. A peft adapter config names a ``peft_type`` and no model type, so it is
+    never taken for ours; a file that is too big, unreadable or not a JSON object is not ours either.
+    Only the kind is told here: :func:`load_adapter_config` still vets the file when it is loaded.
+
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / "ours.json").write_text('{"model_type": "memadapter"}')
+        >>> _ = (d / "peft.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": "x"}')
+        >>> is_adapter_config_file(d / "ours.json"), is_adapter_config_file(d / "peft.json")
+        (True, False)
+    """
+    try:
+        file = Path(path)
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            return False
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, TypeError, ValueError, RecursionError):  # ValueError covers bad JSON and bad UTF-8
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "memadapter" and "peft_type" not in config
+
+
 def load_adapter_config(directory: PathLike) -> dict:
     """Read and vet ``adapter_config.json``: plain JSON of bounded size and depth, no remote code."""
     path = Path(directory) / ADAPTER_CONFIG_NAME
@@ -235,13 +260,16 @@ def load_adapter_weights(directory: PathLike) -> dict[str, torch.Tensor]:
 
 
 def resolve_adapter(
-    adapter: PathLike, revision: Optional[str] = None, token: Optional[Union[str, bool]] = None
+    adapter: PathLike, revision: Optional[str] = None, token: Optional[Union[str, bool]] = None, *,
+    cache_dir: Optional[PathLike] = None, force_download: bool = False, local_files_only: bool = False,
 ) -> Path:
     """A local adapter directory as is; otherwise a Hub repo id, fetched file by file.
 
     Only the config and the safetensors file are downloaded (the card is not needed to load). A
     path object, or a string that looks like a path, never goes to the Hub. With HF_HUB_OFFLINE
     set only the local cache is read, so a missing adapter fails at once instead of after retries.
+    ``cache_dir`` / ``force_download`` / ``local_files_only`` are hf_hub_download's (the Auto classes
+    pass the user's on).
     """
     if not isinstance(adapter, (str, os.PathLike)) or not os.fspath(adapter) or "\0" in str(os.fspath(adapter)):
         raise ConfigError(f"adapter: expected an adapter folder or a Hub repo id, got {adapter!r}")
@@ -256,7 +284,8 @@ def resolve_adapter(
         raise ConfigError(f"adapter: no adapter folder at {repo_id!r}")
     if repo_id.count("/") > 1:
         raise ConfigError(f"adapter: {repo_id!r} is neither a local directory nor a Hub repo id")
-    return _download(repo_id, revision, token)
+    options = {"cache_dir": cache_dir, "force_download": force_download, "local_files_only": local_files_only}
+    return _download(repo_id, revision, token, {k: v for k, v in options.items() if v not in (None, False)})
 
 
 def _looks_like_path(text: str) -> bool:
@@ -269,16 +298,20 @@ def hub_offline() -> bool:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _download(repo_id: str, revision: Optional[str], token: Optional[Union[str, bool]]) -> Path:
+def _download(repo_id: str, revision: Optional[str], token: Optional[Union[str, bool]], options: dict) -> Path:
+    """Fetch the config and the weights; ``options``: the hf_hub_download keywords the caller set."""
     offline = hub_offline() or constants.is_offline_mode()
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; set later, it has to be passed on.
-    extra = {"local_files_only": True} if offline and not constants.is_offline_mode() else {}
+    extra = {**options, "local_files_only": True} if offline and not constants.is_offline_mode() else options
     try:
         paths = [Path(hf_hub_download(repo_id=repo_id, filename=name, revision=revision, token=token, **extra))
                  for name in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME)]
     except _HUB_ERRORS as err:
-        why = "HF_HUB_OFFLINE is set and the files are not in the local cache" if offline \
-            else "not found, not accessible, or no network; set HF_HUB_OFFLINE=1 to fail at once when offline"
+        if offline or options.get("local_files_only"):
+            setting = "HF_HUB_OFFLINE" if offline else "local_files_only"
+            why = f"{setting} is set and the files are not in the local cache"
+        else:
+            why = "not found, not accessible, or no network; set HF_HUB_OFFLINE=1 to fail at once when offline"
         first_line = (str(err).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"adapter: cannot fetch {repo_id!r} (revision {revision!r}) from the Hub: {why} "
                           f"({type(err).__name__}: {first_line})") from err

@@ -31,6 +31,7 @@ borrowed': give such threads a copy).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -599,15 +600,17 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
         """``base``: repo id / local dir / loaded model; ``adapter``: adapter dir or Hub repo id (optional:
         without it a fresh, untrained adapter is built from ``config_overrides``).
 
-        ``from_pretrained(adapter_folder)`` alone, and ``AutoModelForCausalLM.from_pretrained(adapter_folder)``
-        (which lands here through the ``config.json`` saved beside the adapter), load the base named
-        in the adapter config plus the adapter, as peft's auto classes do; the config the Auto class
-        built is not used (adapter_config.json is the adapter's config). A Hub adapter loads with
-        ``from_pretrained(adapter=repo_id)``, or through the Auto class from its downloaded snapshot
-        folder: given a bare repo id, transformers' peft integration takes over first.
+        ``from_pretrained(adapter_folder)`` alone, and ``AutoModelForCausalLM.from_pretrained(adapter_folder
+        or repo_id)`` (which lands here through the ``config.json`` saved beside the adapter), load the
+        base named in the adapter config plus the adapter, as peft's auto classes do; the config the
+        Auto class built is not used (adapter_config.json is the adapter's config), and its
+        ``cache_dir`` / ``force_download`` / ``local_files_only`` apply to the adapter and the base.
+        A Hub adapter also loads with ``from_pretrained(adapter=repo_id)``, which needs no config.json
+        (adapters pushed before it existed).
         """
+        download: dict = {}
         if config_overrides.pop("_from_auto", False):
-            dtype = _auto_kwargs(config_overrides, dtype)
+            dtype, download = _auto_kwargs(config_overrides, dtype)
             if adapter is None:
                 base, adapter = None, base
         elif adapter is None and _is_adapter_folder(base):
@@ -616,14 +619,14 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
             raise ConfigError(f"config_overrides: {sorted(config_overrides)} cannot change a saved adapter's config")
         weights = None
         if adapter is not None:  # both files are read and checked before the base is loaded
-            folder = hub.resolve_adapter(adapter, revision=revision, token=token)
+            folder = hub.resolve_adapter(adapter, revision=revision, token=token, **download)
             config = _saved_config(folder)
             weights = hub.load_adapter_weights(folder)
         else:
             config = MemAdapterConfig(**config_overrides)
         if base is None:
             base = config.base_model_name_or_path
-        backbone, tokenizer = _load_base(base, config, tokenizer, dtype, token)
+        backbone, tokenizer = _load_base(base, config, tokenizer, dtype, token, download)
         if isinstance(base, str) and config.base_model_name_or_path is None:
             config.base_model_name_or_path = base
         model = cls(config, backbone=backbone, tokenizer=tokenizer)
@@ -633,20 +636,23 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
 
 
 # What transformers' Auto classes pass on to from_pretrained besides the path (auto_factory, 5.x).
-# Loading an adapter has no use for them: the adapter comes through hub.resolve_adapter (the default
-# Hub cache; HF_HUB_OFFLINE honoured) and remote code is never run, whatever trust_remote_code says.
-_AUTO_KWARGS = ("config", "cache_dir", "force_download", "local_files_only", "proxies", "trust_remote_code",
-                "adapter_kwargs")
+# Loading an adapter has no use for these: the adapter's config is adapter_config.json, proxies are
+# huggingface_hub's settings, and remote code is never run, whatever trust_remote_code says.
+_AUTO_KWARGS = ("config", "proxies", "trust_remote_code", "adapter_kwargs")
+# ... and these go on to the adapter's download and the base's load, as the user set them.
+_AUTO_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only")
 
 
-def _auto_kwargs(kwargs: dict, dtype: Any) -> Any:
-    """Drop the Auto class's keyword arguments from ``kwargs``; returns the dtype asked for."""
+def _auto_kwargs(kwargs: dict, dtype: Any) -> tuple[Any, dict]:
+    """Take the Auto class's keyword arguments out of ``kwargs``; returns the dtype asked for and
+    the download options that were set."""
     if kwargs.pop("subfolder", "") not in ("", None):
         raise ConfigError("subfolder: an adapter is loaded from its folder or repo root; subfolders are not supported")
     for name in _AUTO_KWARGS:
         kwargs.pop(name, None)
+    download = {name: kwargs.pop(name, None) for name in _AUTO_DOWNLOAD_KWARGS}
     torch_dtype = kwargs.pop("torch_dtype", None)
-    return dtype if dtype is not None else torch_dtype
+    return (dtype if dtype is not None else torch_dtype), {k: v for k, v in download.items() if v not in (None, False)}
 
 
 def _is_adapter_folder(path: Any) -> bool:
@@ -674,8 +680,9 @@ def _saved_config(folder: Any) -> MemAdapterConfig:
         raise ConfigError(f"adapter: {os.path.join(os.fspath(folder), hub.ADAPTER_CONFIG_NAME)}: {err}") from err
 
 
-def _load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, token: Any):
-    """A loaded model is used as is; a path or repo id loads without remote code, ever."""
+def _load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, token: Any, download: dict):
+    """A loaded model is used as is; a path or repo id loads without remote code, ever.
+    ``download``: cache_dir / force_download / local_files_only given to the Auto class, or none."""
     if isinstance(base, nn.Module):
         return base, tokenizer
     is_path = isinstance(base, os.PathLike)
@@ -689,7 +696,7 @@ def _load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, 
         raise ConfigError(f"base: no model folder at {base!r}")
     from transformers import AutoTokenizer
 
-    kwargs = dict(revision=config.base_model_revision, trust_remote_code=False, token=token)
+    kwargs = dict(download, revision=config.base_model_revision, trust_remote_code=False, token=token)
     if hub.hub_offline():  # transformers reads HF_HUB_OFFLINE at import only
         kwargs["local_files_only"] = True
     try:
@@ -707,7 +714,40 @@ def _load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, 
     return backbone, tokenizer
 
 
+def _keep_peft_detection_off_memadapter() -> None:
+    """Let ``AutoModelForCausalLM.from_pretrained(repo_id)`` reach MemAdapterForCausalLM on a Hub id.
+
+    The Auto class first asks ``find_adapter_config_file`` whether the path holds an
+    adapter_config.json. For a Hub id (no local config.json to keep it) it then swaps in the base
+    named there and hands the repo to peft, which refuses our config (no peft_type) before any
+    registered class is asked. A local folder escapes only because its config.json is found on disk.
+    The wrapper answers "no peft adapter" for memadapter configs alone (hub.is_adapter_config_file:
+    model_type "memadapter", no peft_type), so transformers reads config.json, finds the registered
+    type, and calls our from_pretrained; every other answer is transformers' own, unchanged.
+
+    Why this and not a new file name for the config: adapter_config.json is peft's convention, the
+    trainer's checkpoints and every saved adapter (the bundled one included) use it, and adapters
+    already pushed with it would stay unloadable by id, where this way they load. The wrapper only
+    sees the name auto_factory imported; if a transformers release moves it, Hub ids go to peft
+    again and tests/modeling/test_auto_loading.py fails, rather than anything breaking at import.
+    """
+    from transformers.models.auto import auto_factory
+
+    find = getattr(auto_factory, "find_adapter_config_file", None)
+    if find is None or getattr(find, "_memadapter_wrapper", False):
+        return  # another transformers layout, or wrapped already (a reload of this module)
+
+    @functools.wraps(find)
+    def find_adapter_config_file(*args: Any, **kwargs: Any) -> Optional[str]:
+        path = find(*args, **kwargs)
+        return None if path is not None and hub.is_adapter_config_file(path) else path
+
+    find_adapter_config_file._memadapter_wrapper = True  # type: ignore[attr-defined]
+    auto_factory.find_adapter_config_file = find_adapter_config_file
+
+
 # Registration lets AutoConfig / AutoModelForCausalLM map model_type "memadapter" to these classes
 # with no remote code (the package is the code).
 AutoConfig.register("memadapter", MemAdapterConfig, exist_ok=True)
 AutoModelForCausalLM.register(MemAdapterConfig, MemAdapterForCausalLM, exist_ok=True)
+_keep_peft_detection_off_memadapter()

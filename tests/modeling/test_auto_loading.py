@@ -1,6 +1,7 @@
 """AutoModelForCausalLM.from_pretrained(adapter folder or Hub id) loads the base named in the adapter
 config plus the adapter, with no remote code, as peft's auto classes do. No network: a Hub repo is
-served offline from a Hub cache folder built in the test."""
+served from a Hub cache folder built in the test (HF_HUB_OFFLINE), every HTTP request fails to
+connect, and the Hub tests check that none was even tried."""
 
 import json
 import os
@@ -8,14 +9,18 @@ import shutil
 from pathlib import Path
 from unittest import mock
 
+import httpx2
 import pytest
 import torch
-from conftest import build, tiny_backbone
+from conftest import QUESTIONS, STREAM, build, ingest, tiny_backbone
 from huggingface_hub import constants as hf_constants, snapshot_download
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.auto import auto_factory
 
 from memadapter.errors import ConfigError
-from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub
+from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub, real_models
+
+REPO = "someone/tiny-memadapter"
 
 
 @pytest.fixture
@@ -40,6 +45,15 @@ def _same_model(loaded, model):
     for name, tensor in model.backbone.state_dict().items():
         torch.testing.assert_close(loaded.backbone.state_dict()[name], tensor)
     assert loaded.tokenizer is not None and loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+
+
+def _logits(model, tokenizer):
+    """Logits on QUESTIONS after ingesting STREAM, at the real tokens only (a left-pad position's
+    logits depend on the attention implementation: the fixture's backbone is eager, a loaded one sdpa)."""
+    enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**enc, memory=ingest(model, [STREAM, STREAM])).logits
+    return logits[enc["attention_mask"].bool()]
 
 
 def test_save_writes_a_config_json_that_names_only_the_model_type(saved):
@@ -101,22 +115,104 @@ def _hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
     shutil.copytree(folder, repo / "snapshots" / commit)
 
 
-def test_a_hub_repo_loads_through_its_snapshot_folder_and_through_adapter(saved, tmp_path, monkeypatch):
-    """Offline, from a Hub cache: nothing reaches the network. A bare repo id given to the Auto class
-    is not covered: transformers' peft integration sees adapter_config.json, swaps in the base and
-    hands our config to peft (which refuses it), before any registered class is asked."""
-    folder, model = saved
-    _hub_cache(tmp_path / "hub", "someone/tiny-memadapter", folder)
+@pytest.fixture
+def no_network():
+    """No network: every HTTP request fails to connect, and is listed (huggingface_hub's transport
+    is httpx2's; offline mode stops a request before it gets there). Returns the list."""
+    sent = []
+
+    def refuse(transport, request):
+        sent.append(str(request.url))
+        raise httpx2.ConnectError(f"no network in tests: {request.url}", request=request)
+
+    with mock.patch.object(httpx2.HTTPTransport, "handle_request", refuse):
+        yield sent
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE with an empty Hub cache in tmp_path; returns the cache folder."""
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    snapshot = snapshot_download("someone/tiny-memadapter")
-    _same_model(AutoModelForCausalLM.from_pretrained(snapshot), model)
+    return tmp_path / "hub"
+
+
+def test_a_bare_hub_repo_id_loads_through_the_auto_class(saved, tokenizer, offline_hub, no_network):
+    """The Hub repo is served from the Hub cache, offline. Before the fix transformers' peft
+    integration saw adapter_config.json, swapped in the base and handed our config to peft, which
+    refused it (no peft_type) before the registered class was asked."""
+    folder, model = saved
+    _hub_cache(offline_hub, REPO, folder)
     with mock.patch.object(hub, "hf_hub_download", wraps=hub.hf_hub_download) as ours:
-        loaded = MemAdapterForCausalLM.from_pretrained(adapter="someone/tiny-memadapter")
+        loaded = AutoModelForCausalLM.from_pretrained(REPO)
     _same_model(loaded, model)
     assert sorted(c.kwargs["filename"] for c in ours.call_args_list) == sorted(
         [hub.ADAPTER_CONFIG_NAME, hub.ADAPTER_WEIGHTS_NAME])
+    base = folder.parent / "base"
+    explicit = MemAdapterForCausalLM.from_pretrained(str(base), adapter=REPO)
+    torch.testing.assert_close(_logits(loaded, tokenizer), _logits(explicit, tokenizer), rtol=0, atol=0)
+    torch.testing.assert_close(_logits(loaded, tokenizer), _logits(model, tokenizer))  # eager vs sdpa: ~1e-6
+    assert no_network == []
+
+
+def test_the_auto_class_passes_cache_dir_and_local_files_only_on(saved, tmp_path, offline_hub, no_network):
+    """The repo only in the caller's cache_dir (the default Hub cache is empty): the adapter files come
+    from there because the Auto class's cache_dir and local_files_only reach our download."""
+    folder, model = saved
+    _hub_cache(tmp_path / "mine", REPO, folder)
+    with mock.patch.object(hub, "hf_hub_download", wraps=hub.hf_hub_download) as ours:
+        loaded = AutoModelForCausalLM.from_pretrained(REPO, cache_dir=tmp_path / "mine", local_files_only=True)
+    _same_model(loaded, model)
+    assert [(c.kwargs["cache_dir"], c.kwargs["local_files_only"]) for c in ours.call_args_list] == [
+        (tmp_path / "mine", True)] * 2
+    assert no_network == [] and not offline_hub.exists()
+
+
+def test_a_hub_repo_loads_through_its_snapshot_folder_and_through_adapter(saved, offline_hub, no_network):
+    """The downloaded snapshot folder through the Auto class; the repo id through adapter=, which
+    fetches the config and the weights only."""
+    folder, model = saved
+    _hub_cache(offline_hub, REPO, folder)
+    snapshot = snapshot_download(REPO)
+    _same_model(AutoModelForCausalLM.from_pretrained(snapshot), model)
+    with mock.patch.object(hub, "hf_hub_download", wraps=hub.hf_hub_download) as ours:
+        loaded = MemAdapterForCausalLM.from_pretrained(adapter=REPO)
+    _same_model(loaded, model)
+    assert sorted(c.kwargs["filename"] for c in ours.call_args_list) == sorted(
+        [hub.ADAPTER_CONFIG_NAME, hub.ADAPTER_WEIGHTS_NAME])
+    assert no_network == []
+
+
+def test_an_old_adapter_without_config_json_still_loads(saved, tokenizer, offline_hub, no_network):
+    """Saved before config.json existed: the folder and the Hub repo load through the class (adapter=).
+    The Auto class needs config.json to find the type, so it cannot load the Hub id (an OSError)."""
+    folder, model = saved
+    (folder / hub.AUTO_CONFIG_NAME).unlink()
+    _same_model(MemAdapterForCausalLM.from_pretrained(folder), model)
+    _hub_cache(offline_hub, REPO, folder)
+    loaded = MemAdapterForCausalLM.from_pretrained(str(folder.parent / "base"), adapter=REPO)
+    _same_model(loaded, model)
+    torch.testing.assert_close(_logits(loaded, tokenizer), _logits(model, tokenizer))
+    assert no_network == []
+    with pytest.raises(OSError):  # transformers': config.json is neither in the cache nor reachable
+        AutoModelForCausalLM.from_pretrained(REPO)
+
+
+def test_transformers_adapter_detection_skips_only_memadapter_configs(saved, tmp_path):
+    """The wrapped find_adapter_config_file answers None for our configs (the bundled adapter's
+    included) and transformers' own answer for a peft adapter or a plain model."""
+    folder, _ = saved
+    assert auto_factory.find_adapter_config_file(str(folder)) is None
+    assert hub.is_adapter_config_file(real_models.bundled_adapter_path() / hub.ADAPTER_CONFIG_NAME)
+    peft_dir = tmp_path / "peft"
+    peft_dir.mkdir()
+    (peft_dir / hub.ADAPTER_CONFIG_NAME).write_text(json.dumps(
+        {"peft_type": "LORA", "model_type": "memadapter", "base_model_name_or_path": str(folder.parent / "base")}))
+    assert auto_factory.find_adapter_config_file(str(peft_dir)) == str(peft_dir / hub.ADAPTER_CONFIG_NAME)
+    (peft_dir / hub.ADAPTER_CONFIG_NAME).write_text("{not json")
+    assert auto_factory.find_adapter_config_file(str(peft_dir)) == str(peft_dir / hub.ADAPTER_CONFIG_NAME)
+    assert auto_factory.find_adapter_config_file(str(folder.parent / "base")) is None
 
 
 def test_saving_beside_a_base_model_keeps_its_config_json(saved, tmp_path):
