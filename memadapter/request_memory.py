@@ -11,7 +11,7 @@ This module is memory core: it imports no Hugging Face code (the encoder is inje
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -61,6 +61,12 @@ class RequestMemory:
         # Fingerprint of the adapter whose new_memory() made it (None: built by hand); the model
         # refuses a memory another adapter made.
         self.adapter_id: Optional[str] = None
+        # The read path's request-local cache (modeling/read_candidates.py): what a model found in
+        # chunk i of row b, keyed by (b, i, chunk text), so appends, edits and restore() leave every
+        # entry true; read_cache_owner names the model state it was filled by (the reader empties it
+        # for any other).
+        self.read_cache: dict[tuple[int, int, str], Any] = {}
+        self.read_cache_owner: Any = None
 
     @property
     def batch_size(self) -> int:
@@ -225,6 +231,14 @@ class RequestMemory:
         for index, state in zip(self.indexes, states):
             index.restore_checked(state)
         self.tokens_seen = list(seen)
+        self._prune_read_cache()
+
+    def _prune_read_cache(self) -> None:
+        """Drop the read cache's entries of chunks the indexes no longer hold (the id is gone or
+        holds other text): they could not be hit again, only kept alive."""
+        def held(b: int, i: int, text: str) -> bool:
+            return i < len(self.indexes[b]) and self.indexes[b].text(i) == text
+        self.read_cache = {k: v for k, v in self.read_cache.items() if held(*k)}
 
     def __repr__(self) -> str:
         used = self.slots.occupied.sum(dim=1).tolist()

@@ -7,7 +7,11 @@ Rows ``{"backbone", "device", "dtype", "tokens", "batch", "metric", "value", "ba
   10x the proposal rate; the plain-loop reference path) vs ``read_s``, the same chunks read by the
   bare backbone up to the read layer;
 - ``select_s``: one ``model.select`` call at batch 1 (baseline: the bare backbone's forward of the
-  question) and at batch 8 (baseline: the batch-1 call);
+  question) and at batch 8 (baseline: the batch-1 call), on a memory already read once (its
+  ``read_cache`` holds the retrieved chunks' grounding); ``select_cold_s``: the same with the cache
+  emptied before each call (the first question on a memory); ``select_reference_s``: the plain
+  per-row reference path (``reference_read``: no cache, one grounding forward per row), what
+  select cost before the cache;
 - ``decode_token_s[INJECTOR]``: seconds per generated token after the first, with memory vs bare
   ``generate``; ``generate_s[INJECTOR]``: the whole ``generate`` of ``--new-tokens`` tokens vs bare;
 - ``state_bytes``: the request's memory (slots + chunk index) vs the KV cache of the same tokens;
@@ -42,6 +46,7 @@ from memadapter.chunk_index import index_bytes
 
 from .backbones import read_hidden_states
 from .modeling_memadapter import MemAdapterForCausalLM, reference_ingest
+from .read_candidates import reference_read
 from .tiny import tiny_backbone, tiny_word_tokenizer
 
 # Random-init shapes of the real backbones (no weights): (config class, fields, read layer).
@@ -69,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=4.0, help="proposals per chunk of a random-init tagger")
     parser.add_argument("--new-tokens", type=int, default=16, help="tokens generated per decode timing")
     parser.add_argument("--small-shapes", action="store_true", help="shape backbones with 2 layers, vocab 1000")
-    parser.add_argument("--no-reference", action="store_true", help="skip the plain-loop ingest timing")
+    parser.add_argument("--no-reference", action="store_true", help="skip the plain-loop ingest and select timings")
+    parser.add_argument("--only", default=None, choices=["select"], help="time only these rows")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--json", default=None, metavar="PATH")
 
@@ -285,18 +291,33 @@ def measure_ingest(model: MemAdapterForCausalLM, ids: torch.Tensor, real: bool, 
 
 
 def measure_select(model: MemAdapterForCausalLM, ids: torch.Tensor, bias: Optional[list], real: bool, out: _Rows) -> None:
-    """select per call at batch 1 (vs the bare forward of the question) and batch 8 (vs batch 1)."""
+    """select per call at batch 1 (vs the bare forward of the question) and batch 8 (vs batch 1):
+    warm (the cache holds the retrieved chunks), cold (cache emptied first) and the reference."""
     a = out.args
+    kinds = ("select_s", "select_cold_s") + (() if a.no_reference else ("select_reference_s",))
     times = {}
     for batch in (1, 8):
         memory = _ingest(model, ids.expand(batch, -1), bias)
         q, m = questions(model, batch, real)
+
+        def cold() -> Any:
+            memory.read_cache.clear()
+            return model.select(memory, q, m)
+
+        def reference() -> Any:
+            with reference_read():
+                return model.select(memory, q, m)
         with torch.no_grad():
-            times[batch] = _median(lambda: model.select(memory, q, m), a.repeats, a.device)
+            model.select(memory, q, m)  # fills the cache for the warm timing
+            times["select_s", batch] = _median(lambda: model.select(memory, q, m), a.repeats, a.device)
+            times["select_cold_s", batch] = _median(cold, a.repeats, a.device)
+            if "select_reference_s" in kinds:
+                times["select_reference_s", batch] = _median(reference, a.repeats, a.device)
             if batch == 1:
                 bare = _median(lambda: model.backbone(input_ids=q, attention_mask=m), a.repeats, a.device)
-    out.add("select_s", ids.shape[1], 1, times[1], bare)
-    out.add("select_s", ids.shape[1], 8, times[8], times[1])
+    for kind in kinds:
+        out.add(kind, ids.shape[1], 1, times[kind, 1], bare)
+        out.add(kind, ids.shape[1], 8, times[kind, 8], times[kind, 1])
 
 
 def measure_decode(model: MemAdapterForCausalLM, memory: Any, real: bool, out: _Rows, injector: str) -> None:
@@ -324,9 +345,16 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, real = load(args)
     lengths = [int(x) for x in args.tokens.split(",")]
-    steps = len(lengths) * (6 - args.no_reference) + 2 + 2 * (model.config.injection == "prefix") + 2
+    select_rows = 2 * (3 - args.no_reference)
+    steps = select_rows if args.only == "select" else \
+        len(lengths) * (6 - args.no_reference) + select_rows + 2 * (model.config.injection == "prefix") + 2
     with tqdm(total=steps, desc="perf", unit="row") as bar:
         out = _Rows(args, model, bar)
+        if args.only == "select":
+            ids = _stream_ids(model.tokenizer, model.backbone.config.vocab_size, lengths[0], real)
+            measure_select(model, ids[:, :4096], None if real else bias_for_rate(model, ids, args.rate), real, out)
+            print(json.dumps(out.rows[-1]))
+            return 0
         for i, length in enumerate(lengths):
             ids = _stream_ids(model.tokenizer, model.backbone.config.vocab_size, length, real)
             memory, bias = measure_ingest(model, ids, real, out)

@@ -94,21 +94,13 @@ def label_pool(order: torch.Tensor, char_starts: list[int], event: dict) -> torc
 
 
 @contextmanager
-def grounded_once(model: Any, memory: Any, group: int = 8) -> Iterator[None]:
-    """Inside the block, ``model._chunk_events`` reads each chunk of ``memory`` (row 0) once: what
-    the GroundingHead proposes in a chunk does not depend on the question, and grounding the
-    retrieved chunks again for every question dominates the cost of collecting pools."""
-    index, by_chunk = memory.indexes[0], {}
-    for start in range(0, len(index), group):
-        ids = list(range(start, min(start + group, len(index))))
-        for e in model._chunk_events(memory, 0, ids):
-            chunk = next(i for i in ids if index.span(i)[0] <= e.position < index.span(i)[1])
-            by_chunk.setdefault(chunk, []).append(e)
-    model._chunk_events = lambda memory, b, chunk_ids: [e for i in chunk_ids for e in by_chunk.get(i, [])]
-    try:
-        yield
-    finally:
-        del model._chunk_events  # the instance attribute; the method shows through again
+def grounded_once(model: Any, memory: Any) -> Iterator[None]:
+    """Ground every chunk of ``memory`` before the block, in few padded forwards; inside it the read
+    path finds them in the memory's ``read_cache``. A chunk is grounded once per memory whatever the
+    question without this block too (``read_pools`` grounds a retrieved chunk the first time): it
+    only moves that work up front, for callers that time or batch it."""
+    model._ground(memory, [(b, i) for b, index in enumerate(memory.indexes) for i in range(len(index))])
+    yield
 
 
 @torch.no_grad()
@@ -121,13 +113,12 @@ def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) ->
         memory = model.new_memory()
         model.ingest(memory, stream["text"], progress=False)
         snapshot, starts = memory.snapshot(), _char_starts(tok, stream["text"])
-        with grounded_once(model, memory):
-            for q in stream["questions"]:
-                memory.restore(snapshot)
-                ids = torch.tensor([question_ids(tok, q["question"])], device=device)  # [1, T]
-                qp = model.read_pools(memory, ids, torch.ones_like(ids))[0]
-                out.append((pool_features(qp.question, qp.pool),
-                            label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])))
+        for q in stream["questions"]:  # the memory's read_cache grounds each retrieved chunk once
+            memory.restore(snapshot)
+            ids = torch.tensor([question_ids(tok, q["question"])], device=device)  # [1, T]
+            qp = model.read_pools(memory, ids, torch.ones_like(ids))[0]
+            out.append((pool_features(qp.question, qp.pool),
+                        label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])))
     return PoolSet.stack(out)
 
 

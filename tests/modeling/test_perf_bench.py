@@ -25,7 +25,8 @@ def test_perf_rows_cover_every_metric(tmp_path):
     assert all(KEYS <= set(r) for r in rows)
     metrics = {(r["metric"], r["batch"]) for r in rows}
     assert {("read_s", 1), ("ingest_s", 1), ("ingest_10x_s", 1), ("ingest_reference_s", 1), ("state_bytes", 1),
-            ("ingest_peak_bytes", 1), ("select_s", 1), ("select_s", 8), ("decode_token_s[prefix]", 1),
+            ("ingest_peak_bytes", 1), ("select_s", 1), ("select_s", 8), ("select_cold_s", 1), ("select_cold_s", 8),
+            ("select_reference_s", 1), ("select_reference_s", 8), ("decode_token_s[prefix]", 1),
             ("generate_s[prefix]", 1), ("decode_token_s[cross_attn]", 1), ("generate_s[cross_attn]", 1)} <= metrics
     for r in rows:
         assert r["backbone"] == "tiny" and r["device"] == "cpu" and r["dtype"] == "float32"
@@ -35,10 +36,18 @@ def test_perf_rows_cover_every_metric(tmp_path):
     assert rate["ingest_10x_s"] > 3 * rate["ingest_s"] > 0  # the forced rate is well above the held one
 
 
+def test_only_select_times_the_select_rows(tmp_path):
+    rows = _run(tmp_path, "--only", "select")
+    assert {(r["metric"], r["batch"]) for r in rows} == {
+        (m, b) for m in ("select_s", "select_cold_s", "select_reference_s") for b in (1, 8)}
+    by = {(r["metric"], r["batch"]): r for r in rows}
+    assert all(by[m, 8]["baseline"] == by[m, 1]["value"] for m in ("select_s", "select_cold_s"))
+
+
 def test_small_shape_runs(tmp_path):
     rows = _run(tmp_path, "--backbone", "smollm2-135m", "--small-shapes", "--no-reference")
     assert {r["backbone"] for r in rows} == {"smollm2-135m-small"}
-    assert "ingest_reference_s" not in {r["metric"] for r in rows}
+    assert not {"ingest_reference_s", "select_reference_s"} & {r["metric"] for r in rows}
 
 
 def test_bias_for_rate_reaches_the_target():

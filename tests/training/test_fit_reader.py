@@ -7,6 +7,7 @@ import torch
 
 from memadapter.modeling.configuration_memadapter import MemAdapterConfig
 from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
+from memadapter.modeling.read_candidates import reference_read
 from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES
 from memadapter.modeling.tiny import tiny_backbone
 from memadapter.training.fit_reader import PoolSet, collect_pools, fit_scorer, grounded_once, label_pool, pick_accuracy
@@ -51,17 +52,35 @@ def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
     model = MemAdapterForCausalLM(cfg, backbone=tiny_backbone("llama"), tokenizer=tok).eval()
     with torch.no_grad():  # an untrained tagger may say "O" everywhere: make it propose
         model.grounding.tagger.bias[0] = -5.0
+    grounded, propose = [], model._propose  # outside reference_ingest only the read path proposes through it
+
+    def counted(hidden, mask, rows):
+        grounded.extend(tuple(r) for r in rows)
+        return propose(hidden, mask, rows)
+    model._propose = counted
     pools = collect_pools(model, streams, progress=False)
+    del model._propose
     assert pools.features.shape[0] == sum(len(s["questions"]) for s in streams)
     assert pools.features.shape[-1] == NUM_FEATURES and bool(pools.valid.any())
     assert 0.0 < pools.coverage() <= 1.0  # the tagger proposes everywhere: some answer sentences are in the pools
-    assert "_chunk_events" not in vars(model)  # grounded_once took its shortcut back
+    chunks = [tuple(tok(t, add_special_tokens=False)["input_ids"]) for s in streams for t in _chunk_texts(model, s)]
+    assert grounded and set(grounded) <= set(chunks)
+    assert len(grounded) <= len(chunks) and all(grounded.count(c) <= chunks.count(c) for c in set(grounded))
     pools.save(str(tmp_path / "p.safetensors"))
     again = PoolSet.load(str(tmp_path / "p.safetensors"))
     assert torch.equal(again.features, pools.features) and torch.equal(again.positive, pools.positive)
     memory = model.new_memory()
     model.ingest(memory, streams[0]["text"], progress=False)
     every = list(range(len(memory.indexes[0])))
-    plain = [(e.key_text, e.position) for e in model._chunk_events(memory, 0, every)]
-    with grounded_once(model, memory):
+    with reference_read():
+        plain = [(e.key_text, e.position) for e in model._chunk_events(memory, 0, every)]
+    with grounded_once(model, memory):  # every chunk grounded up front, then read from the cache
+        assert len(memory.read_cache) == len(every) and all(e.events is not None for e in memory.read_cache.values())
         assert [(e.key_text, e.position) for e in model._chunk_events(memory, 0, every)] == plain
+
+
+def _chunk_texts(model, stream):
+    """The texts of the chunks ingesting ``stream`` gives."""
+    memory = model.new_memory()
+    model.ingest(memory, stream["text"], progress=False)
+    return [memory.indexes[0].text(i) for i in range(len(memory.indexes[0]))]
