@@ -10,6 +10,10 @@ backbone. Data path of one request (see DESIGN.md):
               -> prefix | cross_attn | text
               -> backbone.generate
 
+Each stage has its module: ingest in :mod:`.ingest` (``IngestMixin``), the read in :mod:`.reader`
+(``MemoryReaderMixin``), injection in :mod:`.injectors`; from_pretrained's argument handling and base
+loading in :mod:`.adapter_loading`, the Auto-class registration in :mod:`.auto_registration`.
+
 Nothing is injected through ``past_key_values``, so the KV cache, batching with left padding,
 greedy decoding and sampling all behave as in the plain backbone.
 
@@ -31,69 +35,45 @@ borrowed': give such threads a copy).
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import tempfile
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memadapter._validate import check_allocation, check_size
 from memadapter.chunk_index import ChunkIndex, index_bytes
-from memadapter.errors import ConfigError, DTypeError, EmptyInputError, MemAdapterError, ShapeError
-from memadapter.heads import (GroundingHead, Proposals, QueryHead, WriteController, masked_attention_pool, sentence_ends,
-                              word_starts)
-from memadapter.spans import sentence_chunks
+from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
+from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, sentence_ends, word_starts
 from memadapter.request_memory import RequestMemory
 from memadapter.slots import SlotMemory, slot_state_bytes
 
 from . import hub
+from .adapter_loading import auto_kwargs, is_adapter_folder, load_base, saved_config
+from .auto_registration import register_auto_classes
 from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidden_states
 from .configuration_memadapter import MemAdapterConfig
+from .ingest import PROGRESS_MIN_CHUNKS, IngestMixin, IngestReport, reference_ingest
 from .injectors import INJECTORS, Injector, get_injector
 from .input_checks import InputChecksMixin
 from .read_scorer import ReadScorer
 from .reader import MemoryReaderMixin
 from .selection import Selection
 
-PROGRESS_MIN_CHUNKS = 8  # show a progress bar from this many chunks on
+# The write path's names, imported from here by benches and tests before it had its own module.
+__all__ = ["MemAdapterForCausalLM", "IngestReport", "PROGRESS_MIN_CHUNKS", "reference_ingest"]
+
 # ids of the models whose adapter is off (disable_adapter) in this thread / asyncio task
 _ADAPTER_OFF: ContextVar[frozenset[int]] = ContextVar("memadapter_adapter_off", default=frozenset())
-# True inside reference_ingest(): ingest proposes and writes through the plain loops
-_REFERENCE_INGEST: ContextVar[bool] = ContextVar("memadapter_reference_ingest", default=False)
 
 
-@contextmanager
-def reference_ingest() -> Iterator[None]:
-    """Inside the block (this thread / task only), ``ingest`` takes the plain-loop reference path:
-    ``GroundingHead.propose`` Candidates, one write per candidate. Tests and benches compare the
-    batched path against it."""
-    token = _REFERENCE_INGEST.set(True)
-    try:
-        yield
-    finally:
-        _REFERENCE_INGEST.reset(token)
-
-
-@dataclass
-class IngestReport:
-    """Counts from one ``ingest`` call, per request row."""
-
-    chunks: list[int]
-    candidates: list[int]
-    writes: list[int]
-
-
-class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel):
+class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, PreTrainedModel):
     """A frozen causal LM with a request-local slot memory and sparse chunk fallback.
 
     Example:
@@ -283,7 +263,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
             return self.grounding.key(pooled, pooled).float().cpu()
         return self.grounding.value_proj(pooled).float().cpu()
 
-    # ------------------------------------------------------------------ memory and ingest
+    # ------------------------------------------------------------------ memory (ingest and its writes: .ingest)
     def new_memory(self, batch_size: int = 1) -> RequestMemory:
         """An empty memory for ``batch_size`` independent requests (CapacityError, before
         allocating, if it would not fit in the available memory)."""
@@ -301,182 +281,6 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
         memory = RequestMemory(slots, indexes, self.encode_text)
         memory.adapter_id = self.adapter_fingerprint()  # _check_adapter_id refuses it to any other adapter
         return memory
-
-    def _ingest_rows(self, memory: RequestMemory, text_or_ids: Any, attention_mask: Optional[torch.Tensor]) -> list[list[int]]:
-        """Normalise every accepted input form to one token list per memory row."""
-        B = memory.batch_size
-        if isinstance(text_or_ids, str):
-            text_or_ids = [text_or_ids]
-        if isinstance(text_or_ids, (list, tuple)) and all(isinstance(t, str) for t in text_or_ids):
-            if attention_mask is not None:
-                raise ConfigError("attention_mask: applies to token ids only; text is tokenized whole (pass ids to mask)")
-            rows = [self._tok()(t, add_special_tokens=False)["input_ids"] for t in text_or_ids]
-            self._check_token_ids("text_or_ids (the tokenizer's ids)", torch.tensor(sum(rows, []), dtype=torch.long))
-        elif isinstance(text_or_ids, torch.Tensor):
-            self._check_token_ids("text_or_ids", text_or_ids)
-            ids = text_or_ids.reshape(1, -1) if text_or_ids.dim() == 1 else text_or_ids  # [T] -> [1, T]
-            if ids.dim() != 2:
-                raise ShapeError(f"text_or_ids: expected [T] or [B, T] ids, got shape {tuple(text_or_ids.shape)}")
-            # a row may be all padding here (nothing new for that request), as "" is for text
-            mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None \
-                else self._check_mask(attention_mask, text_or_ids, empty_rows=True).reshape(ids.shape).bool()
-            rows = [ids[b][mask[b]].tolist() for b in range(ids.shape[0])]
-        else:
-            raise DTypeError(f"text_or_ids: expected a str, a list of str or a tensor of ids, got {type(text_or_ids).__name__}")
-        if len(rows) != B:
-            raise ShapeError(f"text_or_ids: {len(rows)} rows for a memory of batch size {B}")
-        if all(len(r) == 0 for r in rows):
-            raise EmptyInputError("text_or_ids: no tokens to ingest")
-        return rows
-
-    @torch.no_grad()
-    def ingest(self, memory: RequestMemory, text_or_ids: Any, *, attention_mask: Optional[torch.Tensor] = None,
-               progress: Optional[bool] = None) -> IngestReport:
-        """Stream the rows through the backbone in chunks of ``chunk_tokens`` and update memory.
-
-        Cost is linear in tokens: each chunk is read on its own (up to ``read_layer`` only), and
-        memory stays bounded by ``num_slots``. On any error the memory is restored as it was.
-        """
-        self._check_memory(memory)
-        if progress is not None and not isinstance(progress, bool):
-            raise DTypeError(f"progress: expected None or a bool, got {type(progress).__name__}")
-        rows = self._ingest_rows(memory, text_or_ids, attention_mask)
-        bounds = [self._chunk_bounds(r) for r in rows]  # per row: (start, end) of each chunk
-        n_chunks = max(len(b) for b in bounds)
-        show = n_chunks >= PROGRESS_MIN_CHUNKS if progress is None else progress
-        report = IngestReport([0] * len(rows), [0] * len(rows), [0] * len(rows))
-        snap = memory.snapshot()
-        try:
-            for c in tqdm(range(n_chunks), desc="ingest", unit="chunk", disable=not show):
-                self._ingest_chunk(memory, [r[slice(*b[c])] if c < len(b) else [] for r, b in zip(rows, bounds)], report)
-        except BaseException:
-            memory.restore(snap)
-            raise
-        return report
-
-    def _chunk_bounds(self, row: list[int]) -> list[tuple[int, int]]:
-        """Where ``row``'s chunks start and end: every ``chunk_tokens`` tokens, or
-        (``chunk_boundary="sentence"``, with a tokenizer) after a sentence end (:func:`sentence_chunks`)."""
-        C = self.config.chunk_tokens
-        if self.config.ingest.chunk_boundary == "sentence" and self.tokenizer is not None:
-            return sentence_chunks(sentence_ends([row], self._decode_rows)[0], C)
-        return [(s, min(s + C, len(row))) for s in range(0, len(row), C)]
-
-    def _ingest_chunk(self, memory: RequestMemory, chunk: list[list[int]], report: IngestReport) -> None:
-        live = [b for b, r in enumerate(chunk) if r]
-        ids, mask = self._right_pad(chunk)
-        hidden = self._hidden(ids, mask)  # [B, T, H]
-        summary = self._mean(hidden, mask).float().cpu()  # [B, H]
-        chunk_ids = torch.full((len(chunk),), -1, dtype=torch.long)
-        for b in live:
-            start = memory.tokens_seen[b]
-            span = torch.tensor([[start, start + len(chunk[b])]])
-            chunk_ids[b] = int(memory.indexes[b].add(summary[b : b + 1], [self._decode(chunk[b])], span)[0])
-            report.chunks[b] += 1
-        if _REFERENCE_INGEST.get():
-            self._write_candidates_reference(memory, chunk, self._propose(hidden, mask, chunk), chunk_ids, report)
-        else:
-            props = self.grounding.propose_batched(hidden, mask, *self._token_marks(chunk))
-            self._write_candidates(memory, chunk, props, chunk_ids, report)
-        for b in live:
-            memory.tokens_seen[b] += len(chunk[b])
-
-    def _write_candidates(self, memory: RequestMemory, chunk: list[list[int]], props: Proposals,
-                          chunk_ids: torch.Tensor, report: IngestReport) -> None:
-        """The chunk's proposals [B, N] -> p_write -> one ``SlotMemory.write`` (ingest's path; the
-        plain loop over Candidate objects is ``_write_candidates_reference``)."""
-        B, N = props.mask.shape
-        if N == 0:
-            return
-        slots, cmask = memory.slots, props.mask.cpu()
-        keys = props.keys.float().cpu().masked_fill(~cmask[..., None], 0.0)  # [B, N, dk]
-        keys[..., 0] += (~cmask).float()  # padding candidates need a non-zero key (they are masked out)
-        values = props.values.float().cpu().masked_fill(~cmask[..., None], 0.0)  # [B, N, dv]
-        ev_probs = props.event_probs.float().cpu().masked_fill(~cmask[..., None], 0.0)  # [B, N, E]
-        conf = props.confidence.float().cpu().masked_fill(~cmask, 0.0)  # [B, N]
-        kinds = props.event_type.cpu().masked_fill(~cmask, 0)
-        ks, vs, has_value = props.key_spans.cpu(), props.value_spans.cpu(), props.has_value.cpu()
-        end = torch.maximum(torch.where(has_value, vs[..., 1], ks[..., 1]), ks[..., 1])  # [B, N]
-        off = torch.tensor(memory.tokens_seen, dtype=torch.long)[:, None]  # [B, 1]
-        spans = (torch.stack([ks[..., 0], end], -1) + off[..., None]).masked_fill(~cmask[..., None], 0)  # [B, N, 2]
-        key_text, value_text = self._span_texts(chunk, ks, vs, has_value, cmask)
-        p_write = self._p_write(slots, keys, values, ev_probs, conf)
-        result = slots.write(keys, values, p_write, event=kinds, importance=conf.clamp(0, 1),
-                             chunk_id=chunk_ids[:, None].expand(B, N), span=spans,
-                             key_text=key_text, value_text=value_text, mask=cmask)
-        counts, writes = cmask.sum(1).tolist(), result.num_writes.tolist()
-        for b in range(B):
-            report.candidates[b] += int(counts[b])
-            report.writes[b] += int(writes[b])
-
-    def _span_texts(self, chunk: list[list[int]], ks: torch.Tensor, vs: torch.Tensor, has_value: torch.Tensor,
-                    cmask: torch.Tensor) -> tuple[list, list]:
-        """Key and value strings [B][N] (None: no value / padding) from one batch decode per chunk."""
-        B, N = cmask.shape
-        where = cmask.nonzero().tolist()  # [(b, n)] of the real candidates
-        kl, vl = ks.tolist(), vs.tolist()
-        pieces = [chunk[b][kl[b][n][0]:kl[b][n][1]] for b, n in where] + [chunk[b][vl[b][n][0]:vl[b][n][1]] for b, n in where]
-        if self.tokenizer is not None and pieces:  # decode's own options, one call per chunk
-            texts = self.tokenizer.batch_decode(pieces, skip_special_tokens=True)
-        else:
-            texts = [self._decode(p) for p in pieces]
-        key_text, value_text = [[None] * N for _ in range(B)], [[None] * N for _ in range(B)]
-        hv = has_value.tolist()
-        for i, (b, n) in enumerate(where):
-            key_text[b][n] = texts[i]
-            value_text[b][n] = texts[len(where) + i] if hv[b][n] else None
-        return key_text, value_text
-
-    def _write_candidates_reference(self, memory: RequestMemory, chunk: list[list[int]], cands: list,
-                                    chunk_ids: torch.Tensor, report: IngestReport) -> None:
-        """Plain-loop reference of ``_write_candidates`` over ``GroundingHead.propose``'s Candidates."""
-        B, N = len(chunk), max(len(c) for c in cands)
-        if N == 0:
-            return
-        cfg, slots = self.config, memory.slots
-        keys, values = torch.zeros(B, N, cfg.key_dim), torch.zeros(B, N, cfg.value_dim)
-        keys[..., 0] = 1.0  # padding candidates need a non-zero key (they are masked out)
-        ev_probs, conf = torch.zeros(B, N, cfg.num_event_types), torch.zeros(B, N)
-        kinds = torch.zeros(B, N, dtype=torch.long)  # the candidate's event type (a lifecycle layer's, if any)
-        spans, cmask = torch.zeros(B, N, 2, dtype=torch.long), torch.zeros(B, N, dtype=torch.bool)
-        key_text, value_text = [[None] * N for _ in range(B)], [[None] * N for _ in range(B)]
-        for b, row in enumerate(cands):
-            off = memory.tokens_seen[b]
-            for n, c in enumerate(row):
-                keys[b, n], values[b, n], ev_probs[b, n], conf[b, n] = c.key.float().cpu(), c.value.float().cpu(), c.event_probs.float().cpu(), c.confidence
-                kinds[b, n] = c.event_type
-                end = c.value_span[1] if c.value_span else c.key_span[1]
-                spans[b, n] = torch.tensor([off + c.key_span[0], off + max(end, c.key_span[1])])
-                key_text[b][n] = self._decode(chunk[b][c.key_span[0]:c.key_span[1]])
-                value_text[b][n] = self._decode(chunk[b][c.value_span[0]:c.value_span[1]]) if c.value_span else None
-                cmask[b, n] = True
-        p_write = self._p_write(slots, keys, values, ev_probs, conf)
-        batched = slots.batched_writes
-        slots.batched_writes = False  # the rules' own order: one candidate at a time
-        try:
-            result = slots.write(keys, values, p_write, event=kinds, importance=conf.clamp(0, 1),
-                                 chunk_id=chunk_ids[:, None].expand(B, N), span=spans,
-                                 key_text=key_text, value_text=value_text, mask=cmask)
-        finally:
-            slots.batched_writes = batched
-        for b in range(B):
-            report.candidates[b] += int(cmask[b].sum())
-            report.writes[b] += int(result.num_writes[b])
-
-    @torch.no_grad()
-    def _p_write(self, slots: SlotMemory, keys: torch.Tensor, values: torch.Tensor, ev_probs: torch.Tensor,
-                 conf: torch.Tensor) -> torch.Tensor:
-        """WriteController over (candidate, memory) features; computed against the pre-chunk state."""
-        B, N, _ = keys.shape
-        best, slot = slots.match(keys)  # [B, N]
-        matched_v = slots.values.gather(1, slot.clamp(min=0)[..., None].expand(B, N, slots.value_dim))  # [B, N, dv]
-        conflict = torch.where(slot >= 0, 1 - F.cosine_similarity(matched_v, values, dim=-1), torch.zeros_like(best))
-        fill = slots.occupied.float().mean(1, keepdim=True).expand(B, N)
-        feats = torch.stack([conf, best.clamp(min=-1.0), conflict, fill], -1)  # [B, N, 4]
-        dt = self.writer.mlp[0].weight.dtype
-        dev = self.writer.mlp[0].weight.device
-        p = self.writer(keys.flatten(0, 1).to(dev, dt), ev_probs.flatten(0, 1).to(dev, dt), feats.flatten(0, 1).to(dev, dt))
-        return p.view(B, N).float().cpu().clamp(0, 1)  # [B*N] -> [B, N]
 
     def _value_embeds(self, sel: Selection) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Selected value token ids [B, K, L] -> backbone embeddings [B, K, L, H] and mask [B, K, L]."""
@@ -610,23 +414,23 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
         """
         download: dict = {}
         if config_overrides.pop("_from_auto", False):
-            dtype, download = _auto_kwargs(config_overrides, dtype)
+            dtype, download = auto_kwargs(config_overrides, dtype)
             if adapter is None:
                 base, adapter = None, base
-        elif adapter is None and _is_adapter_folder(base):
+        elif adapter is None and is_adapter_folder(base):
             base, adapter = None, base
         if adapter is not None and config_overrides:
             raise ConfigError(f"config_overrides: {sorted(config_overrides)} cannot change a saved adapter's config")
         weights = None
         if adapter is not None:  # both files are read and checked before the base is loaded
             folder = hub.resolve_adapter(adapter, revision=revision, token=token, **download)
-            config = _saved_config(folder)
+            config = saved_config(folder)
             weights = hub.load_adapter_weights(folder)
         else:
             config = MemAdapterConfig(**config_overrides)
         if base is None:
             base = config.base_model_name_or_path
-        backbone, tokenizer = _load_base(base, config, tokenizer, dtype, token, download)
+        backbone, tokenizer = load_base(base, config, tokenizer, dtype, token, download)
         if isinstance(base, str) and config.base_model_name_or_path is None:
             config.base_model_name_or_path = base
         model = cls(config, backbone=backbone, tokenizer=tokenizer)
@@ -635,119 +439,10 @@ class MemAdapterForCausalLM(MemoryReaderMixin, InputChecksMixin, PreTrainedModel
         return model.eval()
 
 
-# What transformers' Auto classes pass on to from_pretrained besides the path (auto_factory, 5.x).
-# Loading an adapter has no use for these: the adapter's config is adapter_config.json, proxies are
-# huggingface_hub's settings, and remote code is never run, whatever trust_remote_code says.
-_AUTO_KWARGS = ("config", "proxies", "trust_remote_code", "adapter_kwargs")
-# ... and these go on to the adapter's download and the base's load, as the user set them.
-_AUTO_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only")
-
-
-def _auto_kwargs(kwargs: dict, dtype: Any) -> tuple[Any, dict]:
-    """Take the Auto class's keyword arguments out of ``kwargs``; returns the dtype asked for and
-    the download options that were set."""
-    if kwargs.pop("subfolder", "") not in ("", None):
-        raise ConfigError("subfolder: an adapter is loaded from its folder or repo root; subfolders are not supported")
-    for name in _AUTO_KWARGS:
-        kwargs.pop(name, None)
-    download = {name: kwargs.pop(name, None) for name in _AUTO_DOWNLOAD_KWARGS}
-    torch_dtype = kwargs.pop("torch_dtype", None)
-    return (dtype if dtype is not None else torch_dtype), {k: v for k, v in download.items() if v not in (None, False)}
-
-
-def _is_adapter_folder(path: Any) -> bool:
-    """A local folder holding an adapter_config.json: from_pretrained(folder) then loads it as the adapter."""
-    if not isinstance(path, (str, os.PathLike)):
-        return False
-    try:
-        return os.path.isfile(os.path.join(os.fspath(path), hub.ADAPTER_CONFIG_NAME))
-    except (TypeError, ValueError):  # a bytes path, a NUL in it: not a folder we load; resolve_adapter says why
-        return False
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
 
-def _saved_config(folder: Any) -> MemAdapterConfig:
-    """The adapter's config; a ConfigError names the file it came from."""
-    try:
-        return MemAdapterConfig.from_dict(hub.load_adapter_config(folder))
-    except ConfigError as err:
-        if type(err) is not ConfigError:
-            raise
-        raise ConfigError(f"adapter: {os.path.join(os.fspath(folder), hub.ADAPTER_CONFIG_NAME)}: {err}") from err
-
-
-def _load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, token: Any, download: dict):
-    """A loaded model is used as is; a path or repo id loads without remote code, ever.
-    ``download``: cache_dir / force_download / local_files_only given to the Auto class, or none."""
-    if isinstance(base, nn.Module):
-        return base, tokenizer
-    is_path = isinstance(base, os.PathLike)
-    if is_path:
-        base = os.fspath(base)
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"base: expected a repo id, a local directory or a loaded model, got {base!r}")
-    if os.path.isfile(base):
-        raise ConfigError(f"base: {base!r} is a file; expected a model folder or a Hub repo id")
-    if (is_path or hub._looks_like_path(base)) and not os.path.isdir(base):
-        raise ConfigError(f"base: no model folder at {base!r}")
-    from transformers import AutoTokenizer
-
-    kwargs = dict(download, revision=config.base_model_revision, trust_remote_code=False, token=token)
-    if hub.hub_offline():  # transformers reads HF_HUB_OFFLINE at import only
-        kwargs["local_files_only"] = True
-    try:
-        backbone = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as err:  # not found, offline, no weights, unknown model type
-        if isinstance(err, MemAdapterError):
-            raise
-        first_line = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"base: cannot load {base!r} ({type(err).__name__}: {first_line})") from err
-    if tokenizer is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(base, **kwargs)
-        except (OSError, ValueError):
-            tokenizer = None  # ids-only use still works; text methods will ask for one
-    return backbone, tokenizer
-
-
-def _keep_peft_detection_off_memadapter() -> None:
-    """Let ``AutoModelForCausalLM.from_pretrained(repo_id)`` reach MemAdapterForCausalLM on a Hub id.
-
-    The Auto class first asks ``find_adapter_config_file`` whether the path holds an
-    adapter_config.json. For a Hub id (no local config.json to keep it) it then swaps in the base
-    named there and hands the repo to peft, which refuses our config (no peft_type) before any
-    registered class is asked. A local folder escapes only because its config.json is found on disk.
-    The wrapper answers "no peft adapter" for memadapter configs alone (hub.is_adapter_config_file:
-    model_type "memadapter", no peft_type), so transformers reads config.json, finds the registered
-    type, and calls our from_pretrained; every other answer is transformers' own, unchanged.
-
-    Why this and not a new file name for the config: adapter_config.json is peft's convention, the
-    trainer's checkpoints and every saved adapter (the bundled one included) use it, and adapters
-    already pushed with it would stay unloadable by id, where this way they load. The wrapper only
-    sees the name auto_factory imported; if a transformers release moves it, Hub ids go to peft
-    again and tests/modeling/test_auto_loading.py fails, rather than anything breaking at import.
-    """
-    from transformers.models.auto import auto_factory
-
-    find = getattr(auto_factory, "find_adapter_config_file", None)
-    if find is None or getattr(find, "_memadapter_wrapper", False):
-        return  # another transformers layout, or wrapped already (a reload of this module)
-
-    @functools.wraps(find)
-    def find_adapter_config_file(*args: Any, **kwargs: Any) -> Optional[str]:
-        path = find(*args, **kwargs)
-        return None if path is not None and hub.is_adapter_config_file(path) else path
-
-    find_adapter_config_file._memadapter_wrapper = True  # type: ignore[attr-defined]
-    auto_factory.find_adapter_config_file = find_adapter_config_file
-
-
-# Registration lets AutoConfig / AutoModelForCausalLM map model_type "memadapter" to these classes
-# with no remote code (the package is the code).
-AutoConfig.register("memadapter", MemAdapterConfig, exist_ok=True)
-AutoModelForCausalLM.register(MemAdapterConfig, MemAdapterForCausalLM, exist_ok=True)
-_keep_peft_detection_off_memadapter()
+# AutoConfig / AutoModelForCausalLM map model_type "memadapter" to these classes from import on.
+register_auto_classes(MemAdapterForCausalLM)

@@ -71,7 +71,7 @@ def test_auto_model_loads_base_and_adapter_from_a_local_folder_without_remote_co
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    with mock.patch("memadapter.modeling.modeling_memadapter.AutoModelForCausalLM.from_pretrained", side_effect=spy):
+    with mock.patch("memadapter.modeling.adapter_loading.AutoModelForCausalLM.from_pretrained", side_effect=spy):
         loaded = AutoModelForCausalLM.from_pretrained(folder)
     _same_model(loaded, model)
     # the user's call, then the base load inside: remote code off in both
