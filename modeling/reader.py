@@ -1,15 +1,15 @@
 """The read path of MemAdapterForCausalLM: a batch of questions -> one :class:`Selection`.
 
-Four stages, each in its own module:
+Three stages, each in its own module:
 
 1. candidates (:mod:`.read_candidates`): per question, the usable slots of its memory row and the
    events grounded in the chunks retrieved for it;
 2. scoring (:mod:`.read_scorer`): the learned :class:`~memadapter.modeling.read_scorer.ReadScorer`
-   scores every entry of the batch in one call; the best one is picked;
-3. version resolution (:mod:`.read_versions`, not wired in until it pays on the validation
-   halves: ``experiments/version_stage_ablation.py``): the pick moves to the newest version of its
-   fact, the way the write path would have overwritten it;
-4. injection (:mod:`.read_injection`): a slot (with up to ``top_k - 1`` more), one grounded event,
+   scores every entry of the batch in one call and the best one is picked; versions are resolved
+   here, from the features that say whether a later or an earlier entry has a matching key (an
+   explicit stage that moved the pick to its newest version, as the write path would have
+   overwritten it, lost on three of six validation halves and was removed: docs/RESULTS.md);
+3. injection (:mod:`.read_injection`): a slot (with up to ``top_k - 1`` more), one grounded event,
    or, for an empty pool, the retrieved chunks' summaries.
 """
 
