@@ -6,7 +6,7 @@ An adapter directory holds ``adapter_config.json`` (plain JSON), ``adapter_model
 ``MemAdapterForCausalLM`` with no remote code: ``AutoModelForCausalLM.from_pretrained(folder or
 repo id)`` loads the base named in the adapter config plus the adapter, as peft's do (for a repo id
 transformers' own peft detection is kept off our adapters: see :func:`is_adapter_config_file` and
-``modeling_memadapter._keep_peft_detection_off_memadapter``). Loading reads
+``auto_registration._keep_peft_detection_off_memadapter``). Loading reads
 JSON and safetensors only, so nothing is ever unpickled, and a config that asks for remote code or
 a custom class is refused before anything else happens.
 
