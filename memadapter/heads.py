@@ -177,10 +177,9 @@ class GroundingHead(nn.Module):
 
     @torch.no_grad()
     def propose(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                word_start: Optional[list[list[bool]]] = None,
-                sentence_end: Optional[list[list[bool]]] = None) -> list[list[Candidate]]:
+                word_start: Optional[list[list[bool]]] = None) -> list[list[Candidate]]:
         """Decode candidates per row: spans by a plain BIO loop, a key paired with the value after
-        it (only within its sentence when ``sentence_end`` [B][T] marks sentence ends), spans
+        it, spans
         widened to whole words when ``word_start`` [B][T] says which tokens begin one
         (:func:`snap_to_words`), vectors pooled over the spans."""
         mask = self._check(hidden, mask)
@@ -191,7 +190,7 @@ class GroundingHead(nn.Module):
         result: list[list[Candidate]] = []
         for b in range(hidden.shape[0]):
             n = int(lengths[b])
-            pairs = pair_spans(decode_spans(tags[b][:n]), None if sentence_end is None else sentence_end[b][:n])
+            pairs = pair_spans(decode_spans(tags[b][:n]))
             if word_start is not None:
                 pairs = snap_to_words(pairs, word_start[b][:n])
             result.append(self._row_candidates(h[b], out, b, pairs, n))
@@ -199,8 +198,7 @@ class GroundingHead(nn.Module):
 
     @torch.no_grad()
     def propose_batched(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                        word_start: Optional[list[list[bool]]] = None,
-                        sentence_end: Optional[list[list[bool]]] = None) -> "Proposals":
+                        word_start: Optional[list[list[bool]]] = None) -> "Proposals":
         """What :meth:`propose` (the plain-loop reference) decodes, as padded [B, N] tensors: spans
         decoded, paired and snapped by tensor ops, and pooled by prefix sums, with no Python loop
         per candidate or token (ingest's path)."""
@@ -209,8 +207,7 @@ class GroundingHead(nn.Module):
         lengths = mask.sum(-1)  # [B]
         T = hidden.shape[1]
         ws = None if word_start is None else _marks(word_start, lengths, T, True, hidden.device)
-        se = None if sentence_end is None else _marks(sentence_end, lengths, T, False, hidden.device)
-        key_spans, val_spans, has_value, cmask = decode_pairs_batched(out.tag_logits.argmax(-1), lengths, se, ws)
+        key_spans, val_spans, has_value, cmask = decode_pairs_batched(out.tag_logits.argmax(-1), lengths, ws)
         return self._pool_proposals(self.norm(hidden), out, key_spans, val_spans, has_value, cmask, lengths[:, None])
 
     def _pool_proposals(self, h: torch.Tensor, out: GroundingOutput, key_spans: torch.Tensor, val_spans: torch.Tensor,
@@ -318,12 +315,11 @@ def pool_spans_batched(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tenso
     return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total)).to(hidden.dtype)
 
 
-def decode_pairs_batched(tags: torch.Tensor, lengths: torch.Tensor, sentence_end: Optional[torch.Tensor] = None,
+def decode_pairs_batched(tags: torch.Tensor, lengths: torch.Tensor,
                          word_start: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """:func:`decode_spans` + :func:`pair_spans` + :func:`snap_to_words` as tensor ops.
 
-    tags [B, T] long (padding tagged O), lengths [B], sentence_end / word_start [B, T] bool (None:
-    off). Returns key_spans [B, N, 2], value_spans [B, N, 2] (the key span when there is no value),
+    tags [B, T] long (padding tagged O), lengths [B], word_start [B, T] bool (None: off). Returns key_spans [B, N, 2], value_spans [B, N, 2] (the key span when there is no value),
     has_value [B, N], mask [B, N]; candidates in row order."""
     B, T = tags.shape
     dev = tags.device
@@ -340,12 +336,9 @@ def decode_pairs_batched(tags: torch.Tensor, lengths: torch.Tensor, sentence_end
     sp_end = torch.zeros(B, S + 1, dtype=torch.long, device=dev).scatter_reduce(1, idx, pos.expand(B, T) + 1, "amax")[:, :S]
     sp_kind = torch.zeros(B, S + 1, dtype=torch.long, device=dev).scatter_reduce(1, idx, kind, "amax")[:, :S]
     valid = sp_kind > 0  # [B, S]
-    # a key pairs with the very next span when that is a value (and, with sentence marks, no end between)
+    # a key pairs with the very next span when that is a value
     nxt_kind, nxt_s, nxt_e = (F.pad(x, (0, 1))[:, 1:] for x in (sp_kind, sp_start, sp_end))
     has_value = valid & (sp_kind == 1) & (nxt_kind == 2)
-    if sentence_end is not None:
-        ends = F.pad(sentence_end.long().cumsum(1), (1, 0))  # [B, T + 1]
-        has_value &= ends.gather(1, nxt_s.clamp(max=T)) == ends.gather(1, sp_end.clamp(max=T))
     keep = valid & (sp_kind == 1)  # [B, S]
     k0, k1 = sp_start, sp_end
     v0, v1 = torch.where(has_value, nxt_s, k0), torch.where(has_value, nxt_e, k1)

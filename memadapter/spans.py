@@ -38,18 +38,15 @@ def decode_spans(tags: list[int]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def pair_spans(spans: list[tuple[str, int, int]], sentence_end: Optional[Sequence[bool]] = None,
-               ) -> list[tuple[tuple[int, int], Optional[tuple[int, int]]]]:
-    """Pair each key span with the first value span after it and before the next key span; with
-    ``sentence_end`` (per token: it ends a sentence) only a value in the key's own sentence: a
-    retraction has no value, and the next value tagged in the text after it is not its value."""
+def pair_spans(spans: list[tuple[str, int, int]]) -> list[tuple[tuple[int, int], Optional[tuple[int, int]]]]:
+    """Pair each key span with the value span right after it (none when the next span is a key)."""
     pairs: list[tuple[tuple[int, int], Optional[tuple[int, int]]]] = []
     for i, (kind, s, e) in enumerate(spans):
         if kind != "key":
             continue
         value = None
         for kind2, s2, e2 in spans[i + 1 :]:
-            if kind2 == "value" and not (sentence_end is not None and any(sentence_end[e:s2])):
+            if kind2 == "value":
                 value = (s2, e2)
             break
         pairs.append(((s, e), value))

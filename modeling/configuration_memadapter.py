@@ -25,7 +25,7 @@ from transformers import PreTrainedConfig
 from memadapter.errors import AdapterMismatchError, ConfigError, UnsupportedBackboneError
 
 from .backbones import get_family
-from .configuration_settings import (RETIRED_READ_SETTINGS, SECTION_OF, SECTIONS, IngestConfig, ReadConfig,
+from .configuration_settings import (RETIRED_INGEST_SETTINGS, RETIRED_READ_SETTINGS, SECTION_OF, SECTIONS, IngestConfig, ReadConfig,
                                      check_count, drop_retired_settings, nest_flat_settings)
 from .injectors import get_injector
 
@@ -109,6 +109,8 @@ class MemAdapterConfig(PreTrainedConfig):
                 raise ConfigError(f"{name}: {_is_a(name)} setting: use {SECTION_OF[name]}={{{name!r}: {value!r}}}")
             if name in RETIRED_READ_SETTINGS:  # only a saved config may still hold one (dropped in from_dict)
                 raise ConfigError(f"{name}: a retired read rule; the adapter's learned ReadScorer picks the entry now")
+            if name in RETIRED_INGEST_SETTINGS:
+                raise ConfigError(f"{name}: a retired ingest switch (not kept on validation, docs/RESULTS.md)")
         self.ingest = IngestConfig.coerce(self.ingest)  # a dict (or a JSON load) -> the dataclass, validated
         self.read = ReadConfig.coerce(self.read)
         super().__post_init__(**kwargs)

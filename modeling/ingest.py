@@ -56,7 +56,7 @@ class IngestReport:
 class IngestMixin:
     """``ingest`` and its write path, mixed into :class:`MemAdapterForCausalLM`; it uses the model's
     config, grounding, writer, tokenizer, input checks and hidden-state helpers (``_hidden``,
-    ``_mean``, ``_decode``, ``_decode_rows``, ``_token_marks``, ``_propose``, ``_tok``, ``_right_pad``).
+    ``_mean``, ``_decode``, ``_decode_rows``, ``_word_marks``, ``_propose``, ``_tok``, ``_right_pad``).
 
     Example:
         >>> from memadapter.modeling import MemAdapterForCausalLM
@@ -138,7 +138,7 @@ class IngestMixin:
         if _REFERENCE_INGEST.get():
             self._write_candidates_reference(memory, chunk, self._propose(hidden, mask, chunk), chunk_ids, report)
         else:
-            props = self.grounding.propose_batched(hidden, mask, *self._token_marks(chunk))
+            props = self.grounding.propose_batched(hidden, mask, self._word_marks(chunk))
             self._write_candidates(memory, chunk, props, chunk_ids, report)
         for b in live:
             memory.tokens_seen[b] += len(chunk[b])

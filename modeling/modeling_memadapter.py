@@ -50,7 +50,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from memadapter._validate import check_allocation, check_size
 from memadapter.chunk_index import ChunkIndex, index_bytes
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
-from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, sentence_ends, word_starts
+from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, word_starts
 from memadapter.request_memory import RequestMemory
 from memadapter.slots import SlotMemory, slot_state_bytes
 
@@ -200,21 +200,20 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
             return " ".join(str(i) for i in ids)
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def _token_marks(self, rows: list[list[int]]) -> tuple[Optional[list[list[bool]]], Optional[list[list[bool]]]]:
-        """Per token of ``rows``: (begins a word, for ``snap_spans``; ends a sentence, for
-        ``pair_in_sentence``), each None when its setting is off or there is no tokenizer."""
-        if self.tokenizer is None:
-            return None, None
-        return (word_starts(rows, self._decode_rows) if self.config.ingest.snap_spans else None,
-                sentence_ends(rows, self._decode_rows) if self.config.ingest.pair_in_sentence else None)
+    def _word_marks(self, rows: list[list[int]]) -> Optional[list[list[bool]]]:
+        """Per token of ``rows``: does it begin a word (for ``snap_spans``)? None when the setting is
+        off or there is no tokenizer."""
+        if self.tokenizer is None or not self.config.ingest.snap_spans:
+            return None
+        return word_starts(rows, self._decode_rows)
 
     def _decode_rows(self, rows: list[list[int]]) -> list[str]:
         return self.tokenizer.batch_decode(rows, clean_up_tokenization_spaces=False)
 
     def _propose(self, hidden: torch.Tensor, mask: torch.Tensor, rows: list[list[int]]) -> list:
         """The GroundingHead's candidates for ``rows`` (token lists behind ``hidden``), with the
-        word and sentence marks the config asks for."""
-        return self.grounding.propose(hidden, mask, *self._token_marks(rows))
+        word marks the config asks for."""
+        return self.grounding.propose(hidden, mask, self._word_marks(rows))
 
     def _pad_id(self) -> int:
         pad = check_pad_token(self.backbone)

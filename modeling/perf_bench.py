@@ -162,7 +162,7 @@ def proposals_per_chunk(model: MemAdapterForCausalLM, ids: torch.Tensor, bias: O
             mask = torch.ones_like(part)
             hidden = model._hidden(part, mask)
             with model.grounding.tag_bias(bias or [0.0] * 5):
-                props = model.grounding.propose_batched(hidden, mask, *model._token_marks(part.tolist()))
+                props = model.grounding.propose_batched(hidden, mask, model._word_marks(part.tolist()))
             counts.append(sum(props.counts))
     return sum(counts) / len(counts)
 

@@ -173,7 +173,7 @@ class CandidatesMixin:
         tokenizer = None if self.tokenizer is None else weakref.ref(self.tokenizer)
         adapter = memory.adapter_id if memory.adapter_id is not None else self.adapter_fingerprint()
         bias = getattr(self.grounding, "_tag_bias", None)  # GroundingHead.tag_bias, a bench hook
-        owner = (weakref.ref(self), adapter, tokenizer, self.config.ingest.snap_spans, self.config.ingest.pair_in_sentence,
+        owner = (weakref.ref(self), adapter, tokenizer, self.config.ingest.snap_spans,
                  None if bias is None else tuple(bias.tolist()))  # a weakref equals another only while its object lives
         if memory.read_cache_owner != owner:
             memory.read_cache.clear()

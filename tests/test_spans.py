@@ -39,12 +39,9 @@ def test_pool_spans_matches_reference():
     torch.testing.assert_close(pool_spans(h, spans), pool_spans_reference(h, spans))
 
 
-def test_pair_spans_within_a_sentence():
-    spans = [("key", 1, 3), ("value", 5, 6), ("key", 7, 8), ("value", 8, 9)]
-    ends = [False, False, True, False, True, False, False, False, False]  # a sentence ends at token 4
-    assert pair_spans(spans) == [((1, 3), (5, 6)), ((7, 8), (8, 9))]
-    assert pair_spans(spans, ends) == [((1, 3), None), ((7, 8), (8, 9))]  # the key's own last token may end it
-    assert pair_spans(spans, [False] * 9) == pair_spans(spans)
+def test_pair_spans_pairs_a_key_with_the_value_right_after_it_and_sentence_ends_are_marked():
+    spans = [("key", 1, 3), ("value", 5, 6), ("key", 7, 8), ("key", 8, 9), ("value", 9, 10)]
+    assert pair_spans(spans) == [((1, 3), (5, 6)), ((7, 8), None), ((8, 9), (9, 10))]
     pieces = {1: " no", 2: " longer", 3: " valid", 4: ".", 5: " Code", 6: " 80", 7: "?\n"}
     decode = lambda rows: ["".join(pieces[t] for t in r) for r in rows]  # noqa: E731
     assert sentence_ends([[1, 2, 3, 4, 5, 6, 7], []], decode) == [[False] * 3 + [True, False, False, True], []]

@@ -8,7 +8,7 @@ from memadapter.training.generation_eval import SETTABLE
 def test_variants_take_read_time_settings_and_refuse_ingest_time_ones():
     assert sweep.READ_TIME <= set(SETTABLE)
     assert sweep.variants(["base:{}", 'on:{"name_chunks": 3}']) == {"base": {}, "on": {"name_chunks": 3}}
-    for ingest_time in ("slot_match_threshold", "retract_tombstones", "snap_spans", "pair_in_sentence", "chunk_boundary",
+    for ingest_time in ("slot_match_threshold", "retract_tombstones", "snap_spans", "chunk_boundary",
                         "lexical_weight"):  # and a retired read rule: no setting at all
         with pytest.raises(SystemExit, match=ingest_time):
             sweep.variants([f'x:{{"{ingest_time}": 1}}'])

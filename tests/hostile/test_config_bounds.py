@@ -93,7 +93,6 @@ CASES = [  # (field overrides, the field the error must name)
     (dict(chunk_boundary="paragraph"), "chunk_boundary"),
     (dict(snap_spans=1), "snap_spans"),
     (dict(retract_tombstones="yes"), "retract_tombstones"),
-    (dict(pair_in_sentence=None), "pair_in_sentence"),
     (dict(withdrawn_text=""), "withdrawn_text"),
     (dict(withdrawn_text="  "), "withdrawn_text"),
     (dict(withdrawn_text=5), "withdrawn_text"),
@@ -154,3 +153,10 @@ def test_a_retired_read_rule_is_refused_in_new_code(reference, field):
     new code that sets one, flat or inside ``read``, is told so instead of setting an attribute nothing reads."""
     expect_rejected(lambda: _config(**{field: 0.5}), ConfigError, field, reference)
     expect_rejected(lambda: MemAdapterConfig(read={field: 0.5}), ConfigError, f"read.{field}", reference)
+
+
+def test_the_retired_ingest_switch_is_refused_in_new_code_and_dropped_from_saved_configs(reference):
+    expect_rejected(lambda: _config(pair_in_sentence=True), ConfigError, "pair_in_sentence", reference)
+    expect_rejected(lambda: MemAdapterConfig(ingest={"pair_in_sentence": True}), ConfigError, "pair_in_sentence", reference)
+    saved = MemAdapterConfig.from_dict({"ingest": {"pair_in_sentence": True, "snap_spans": True}})
+    assert saved.ingest.snap_spans and "pair_in_sentence" not in saved.to_dict()["ingest"]

@@ -34,12 +34,12 @@ def test_decode_pairs_batched_matches_the_loops() -> None:
         T = int(torch.randint(1, 25, (1,), generator=g))
         tags = torch.randint(0, 5, (3, T), generator=g)
         lengths = torch.randint(0, T + 1, (3,), generator=g)
-        se, ws = _random_marks(lengths, 0.2, g), _random_marks(lengths, 0.6, g)
+        ws = _random_marks(lengths, 0.6, g)
         pad = lambda rows, v: torch.tensor([r + [v] * (T - len(r)) for r in rows], dtype=torch.bool)  # noqa: E731
-        ks, vs, hv, mask = decode_pairs_batched(tags, lengths, pad(se, False), pad(ws, True))
+        ks, vs, hv, mask = decode_pairs_batched(tags, lengths, pad(ws, True))
         for b in range(3):
             n = int(lengths[b])
-            want = snap_to_words(pair_spans(decode_spans(tags[b, :n].tolist()), se[b]), ws[b])
+            want = snap_to_words(pair_spans(decode_spans(tags[b, :n].tolist())), ws[b])
             got = [(tuple(ks[b, i].tolist()), tuple(vs[b, i].tolist()) if hv[b, i] else None)
                    for i in range(int(mask[b].sum()))]
             assert got == want
@@ -56,8 +56,8 @@ def test_propose_batched_matches_propose(context: int, relation: bool, lifecycle
     hidden = torch.randn(3, 20, 16, generator=g)
     lengths = torch.tensor([20, 13, 0])
     mask = torch.arange(20)[None] < lengths[:, None]
-    ws, se = _random_marks(lengths, 0.6, g), _random_marks(lengths, 0.2, g)
-    ref, got = head.propose(hidden, mask, ws, se), head.propose_batched(hidden, mask, ws, se)
+    ws = _random_marks(lengths, 0.6, g)
+    ref, got = head.propose(hidden, mask, ws), head.propose_batched(hidden, mask, ws)
     assert got.counts == [len(r) for r in ref] and sum(got.counts) > 5
     for b, row in enumerate(ref):
         for i, c in enumerate(row):
@@ -72,7 +72,7 @@ def test_propose_batched_matches_propose(context: int, relation: bool, lifecycle
 @pytest.mark.parametrize("tag_bias", [None, [0.0, 3.0, 0.0, 3.0, 0.0]])
 def test_ingest_memory_equals_the_reference_path(tag_bias) -> None:
     tok = tiny_tokenizer()
-    model = build(tiny_backbone("llama"), tok, num_slots=6, snap_spans=True, pair_in_sentence=True,
+    model = build(tiny_backbone("llama"), tok, num_slots=6, snap_spans=True,
                   retract_tombstones=True)
     text = [STREAM + " . " + STREAM, STREAM]
     mems = []

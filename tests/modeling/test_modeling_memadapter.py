@@ -360,17 +360,7 @@ def test_snap_spans_writes_whole_words_only():
     assert any(not set(t.split()) <= words for t in cut)  # the untrained tagger does cut words
     model = build(tiny_backbone("llama"), tok, snap_spans=True)
     rows = [tok("alice moved to berlin", add_special_tokens=False)["input_ids"]]
-    assert model._token_marks(rows) == ([[True, False, True, False, True, True, False]], None)  # ali ##ce mov ##ed to ber ##lin
-    ids = tok("bob lives in rome . update", add_special_tokens=False)["input_ids"]  # bob liv ##es in rome . upd ##ate
-    for pair, want in ((False, None), (True, [[False] * 5 + [True, False, False]])):
-        paired = build(tiny_backbone("llama"), tok, pair_in_sentence=pair)
-        seen = []
-        propose = paired.grounding.propose
-        paired.grounding.propose = lambda h, m, w, e: seen.append(e) or propose(h, m, w, e)
-        t = torch.tensor([ids])
-        paired._propose(paired._hidden(t, torch.ones_like(t)), torch.ones_like(t), [ids])
-        assert seen == [want]  # the sentence ends the head pairs within
-    with pytest.raises(ConfigError, match="pair_in_sentence"):
-        MemAdapterConfig(ingest={"pair_in_sentence": "no"})
+    assert model._word_marks(rows) == [[True, False, True, False, True, True, False]]  # ali ##ce mov ##ed to ber ##lin
+    assert build(tiny_backbone("llama"), tok)._word_marks(rows) is None  # snap_spans off
     with pytest.raises(ConfigError, match="snap_spans"):
         MemAdapterConfig(ingest={"snap_spans": 1})
