@@ -20,9 +20,6 @@ MEMORY_RIGHT = ("Where does Nadia Petrova live now?", "Where does Nadine Petrova
                 "Where does Omar Haddad work?")
 
 
-@pytest.mark.xfail(strict=False, reason="known regression (issue 24/28): the bundled adapter reads with the new "
-                   "ReadScorer's prior since its rule settings were retired; the overwritten-fact question fails. "
-                   "A reader fitted on its pools (val pick 54% -> 74%) did not fix it. Fix: release the retrained adapter")
 def test_the_demo_finishes_and_prints_marked_answers(capsys):
     real_models = pytest.importorskip("memadapter.modeling.real_models")
     try:

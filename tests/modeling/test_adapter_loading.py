@@ -43,10 +43,15 @@ def test_the_keys_transformers_writes_and_the_committed_adapter_still_load(caplo
     for written in (cfg.to_dict(), json.loads(cfg.to_json_string()), json.loads(cfg.to_json_string(use_diff=True))):
         assert MemAdapterConfig.from_dict(written).to_dict() == cfg.to_dict()
     committed = hub.load_adapter_config(COMMITTED)
-    check_config_keys(drop_retired_settings(committed))  # saved before the learned reader: its read rules are retired
+    check_config_keys(committed)  # re-saved with its fitted reader: no retired setting left
     with caplog.at_level(logging.WARNING):
         loaded = MemAdapterConfig.from_dict(committed)
-    assert loaded.value_tokens == 16 and "read_rule" in caplog.text
+    assert loaded.value_tokens == 16 and "retired" not in caplog.text
+    old = {**committed, "read": {**committed["read"], "read_rule": "joint"}, "ingest": {**committed["ingest"], "pair_in_sentence": True}}
+    with caplog.at_level(logging.WARNING):  # a config saved before the reader and the ingest ablation
+        assert MemAdapterConfig.from_dict(old).to_dict() == loaded.to_dict()
+    assert "pair_in_sentence" in caplog.text and "read_rule" in caplog.text
+    check_config_keys(drop_retired_settings(old))
     assert loaded.read == ReadConfig(router_confidence_threshold=0.5, fallback_chunks=5, name_chunks=3, withdrawn_text="unknown")
     assert not set(loaded.to_dict()["read"]) & set(RETIRED_READ_SETTINGS)
     assert all(t.is_floating_point() for t in hub.load_adapter_weights(COMMITTED).values())

@@ -10,7 +10,9 @@ def test_the_bundled_adapter_is_package_data_with_both_files():
     path = real_models.bundled_adapter_path()
     assert path.parent.parent.name == "modeling" and path.name == real_models.BUNDLED_ADAPTER
     assert hub.load_adapter_config(path)["injection"] == "prefix"
-    assert sum(t.numel() for t in hub.load_adapter_weights(path).values()) == 1_231_629
+    weights = hub.load_adapter_weights(path)
+    assert sum(t.numel() for k, t in weights.items() if not k.startswith("read_scorer.")) == 1_231_629  # the heads
+    assert sum(t.numel() for k, t in weights.items() if k.startswith("read_scorer.")) == 726  # its fitted reader
 
 
 def test_a_missing_bundled_adapter_names_the_reinstall(monkeypatch):
