@@ -28,9 +28,8 @@ import copy
 import json
 import os
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -91,16 +90,6 @@ def label_pool(order: torch.Tensor, char_starts: list[int], event: dict) -> torc
     last = len(char_starts) - 1
     chars = [char_starts[min(max(int(p), 0), last)] if last >= 0 else -1 for p in order.tolist()]
     return torch.tensor([event["start"] <= c < event["end"] for c in chars], dtype=torch.bool)
-
-
-@contextmanager
-def grounded_once(model: Any, memory: Any) -> Iterator[None]:
-    """Ground every chunk of ``memory`` before the block, in few padded forwards; inside it the read
-    path finds them in the memory's ``read_cache``. A chunk is grounded once per memory whatever the
-    question without this block too (``read_pools`` grounds a retrieved chunk the first time): it
-    only moves that work up front, for callers that time or batch it."""
-    model._ground(memory, [(b, i) for b, index in enumerate(memory.indexes) for i in range(len(index))])
-    yield
 
 
 @torch.no_grad()

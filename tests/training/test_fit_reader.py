@@ -10,7 +10,7 @@ from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 from memadapter.modeling.read_candidates import reference_read
 from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES
 from memadapter.modeling.tiny import tiny_backbone
-from memadapter.training.fit_reader import PoolSet, collect_pools, fit_scorer, grounded_once, label_pool, pick_accuracy
+from memadapter.training.fit_reader import PoolSet, collect_pools, fit_scorer, label_pool, pick_accuracy
 from memadapter.training.lifecycle_data import generate_stream
 from memadapter.training.train import build_word_tokenizer
 
@@ -74,9 +74,9 @@ def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
     every = list(range(len(memory.indexes[0])))
     with reference_read():
         plain = [(e.key_text, e.position) for e in model._chunk_events(memory, 0, every)]
-    with grounded_once(model, memory):  # every chunk grounded up front, then read from the cache
-        assert len(memory.read_cache) == len(every) and all(e.events is not None for e in memory.read_cache.values())
-        assert [(e.key_text, e.position) for e in model._chunk_events(memory, 0, every)] == plain
+    model._ground(memory, [(0, i) for i in every])  # every chunk grounded up front, then read from the cache
+    assert len(memory.read_cache) == len(every) and all(e.events is not None for e in memory.read_cache.values())
+    assert [(e.key_text, e.position) for e in model._chunk_events(memory, 0, every)] == plain
 
 
 def _chunk_texts(model, stream):
