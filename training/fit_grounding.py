@@ -6,7 +6,7 @@ the head is then trained for many epochs on the cached states in seconds per epo
 that decide *where* spans are and what they are trained (the context convolution, the tagger and
 the event, lifecycle and confidence layers); the norm and the key and value projections, whose
 space the query head, the slots and the reader share, stay as they are. The epoch is chosen on
-validation streams by :func:`span_scores`' ``pair_recall`` (epoch 0 is the head as it was).
+validation streams by :func:`span_scores`' ``pair_f1`` (epoch 0 is the head as it was).
 
     python -m memadapter.training.fit_grounding --adapter modeling/adapters/smollm2-135m-prefix \\
         --out runs/smollm2_grounding --data open:train:150 --data lifecycle:train:60 \\
@@ -16,8 +16,8 @@ validation streams by :func:`span_scores`' ``pair_recall`` (epoch 0 is the head 
 Example (plain tensors):
     >>> gold = [[((1, 3), (5, 6)), ((8, 9), None)]]
     >>> pred = [[((1, 3), (5, 6)), ((8, 10), None)]]
-    >>> span_scores(pred, gold)["pair_recall"]
-    0.5
+    >>> s = span_scores(pred, gold); s["pair_recall"], s["pair_f1"]
+    (0.5, 0.5)
 """
 
 from __future__ import annotations
@@ -146,8 +146,10 @@ def propose_pairs(head: GroundingHead, chunks: Sequence[Chunk], batch: int = 16)
 
 def span_scores(pred: Sequence[Sequence[Pair]], gold: Sequence[Sequence[Pair]]) -> dict:
     """Exact-span agreement over chunks: ``key_recall`` / ``key_precision`` (key spans),
-    ``value_recall`` (gold values that some proposal carries exactly) and ``pair_recall`` (gold
-    events proposed with exactly their key and value, or no value when they have none)."""
+    ``value_recall`` (gold values that some proposal carries exactly), ``pair_recall`` (gold
+    events proposed with exactly their key and value, or no value when they have none) and
+    ``pair_f1`` (the same hits against gold and proposals: a spurious proposal costs, as it
+    costs ingest a slot)."""
     n_gold = n_pred = keys_hit = keys_right = vals = vals_hit = pairs_hit = 0
     for p, g in zip(pred, gold):
         pk, gk = {k for k, _ in p}, {k for k, _ in g}
@@ -160,13 +162,14 @@ def span_scores(pred: Sequence[Sequence[Pair]], gold: Sequence[Sequence[Pair]]) 
         pairs_hit += len(set(g) & set(p))
     return {"gold": n_gold, "proposed": n_pred, "key_recall": keys_hit / max(1, n_gold),
             "key_precision": keys_right / max(1, n_pred), "value_recall": vals_hit / max(1, vals),
-            "pair_recall": pairs_hit / max(1, n_gold)}
+            "pair_recall": pairs_hit / max(1, n_gold), "pair_f1": 2 * pairs_hit / max(1, n_gold + n_pred)}
 
 
 def fit_head(head: GroundingHead, train: Sequence[Chunk], val: Sequence[Chunk], epochs: int = 8, lr: float = 1e-3,
              batch: int = 16, seed: int = 0, progress: bool = True) -> tuple[GroundingHead, list[dict]]:
     """Adam on ``GroundingHead.loss`` over the :data:`TRAINED` layers of a copy of ``head``; keeps the
-    epoch with the best validation ``pair_recall`` (epoch 0: ``head`` as given; ties keep the earlier)."""
+    epoch with the best validation ``pair_f1`` (epoch 0: ``head`` as given; ties keep the earlier).
+    Spurious spans count against it because each one can take a slot."""
     head = copy.deepcopy(head).float()
     for name, p in head.named_parameters():
         p.requires_grad_(name.split(".")[0] in TRAINED)
@@ -191,7 +194,7 @@ def fit_head(head: GroundingHead, train: Sequence[Chunk], val: Sequence[Chunk], 
         log.append({"epoch": epoch, "loss": total / max(1, -(-len(order) // batch)), **score})
         if progress:
             print(json.dumps(log[-1]), file=sys.stderr)
-        if score["pair_recall"] > best_score["pair_recall"]:
+        if score["pair_f1"] > best_score["pair_f1"]:
             best, best_score = copy.deepcopy(head.state_dict()), score
     head.load_state_dict(best)
     return head, log
@@ -257,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(f"{args.out}/fit_grounding.json", "w") as f:
         json.dump(report, f, indent=1)
     print(json.dumps({k: v for k, v in report.items() if k != "log"} | {"chosen": max(
-        log, key=lambda r: (r["pair_recall"], -r["epoch"]))}, indent=1))
+        log, key=lambda r: (r["pair_f1"], -r["epoch"]))}, indent=1))
     return 0
 
 

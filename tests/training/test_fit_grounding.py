@@ -35,6 +35,7 @@ def test_span_scores_count_exact_spans_only():
     assert s["key_recall"] == 2 / 3 and s["key_precision"] == 2 / 4
     assert s["value_recall"] == 1.0  # both gold values are carried by some proposal
     assert s["pair_recall"] == 1 / 3  # only the first event is proposed whole
+    assert s["pair_f1"] == 2 * 1 / (3 + 4)
 
 
 def test_collect_chunks_cuts_as_ingest_and_keeps_gold_pairs_inside_their_chunk():
