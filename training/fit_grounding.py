@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from memadapter.heads import GroundingHead, decode_pairs_batched
 
-from .fit_reader import build_streams, parse_data
+from .fit_reader import build_streams, fit_parser, parse_data
 from .labels import token_labels
 
 Span = tuple[int, int]
@@ -201,17 +201,7 @@ def fit_head(head: GroundingHead, train: Sequence[Chunk], val: Sequence[Chunk], 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m memadapter.training.fit_grounding",
-                                description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--adapter", required=True, help="trained adapter directory (save_pretrained output)")
-    p.add_argument("--base", default=None, help="local base model directory (default: the SmolLM2 cache dir)")
-    p.add_argument("--out", required=True, help="where the adapter with the refitted tagger is saved")
-    p.add_argument("--data", action="append", required=True, metavar="BUILDER:SPLIT:STREAMS",
-                   help="training streams, e.g. open:train:150 (repeat the flag to mix builders)")
-    p.add_argument("--val-data", action="append", required=True, metavar="BUILDER:SPLIT:STREAMS",
-                   help="validation streams that choose the epoch, e.g. open:val_unseen_templates:10")
-    p.add_argument("--filler-tokens", type=int, default=None, help="override every builder's filler length")
-    p.add_argument("--seed", type=int, default=0, help="stream seed (validation streams use seed + 1)")
+    p = fit_parser("python -m memadapter.training.fit_grounding", __doc__, "refitted tagger")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cache", default=None, help="folder for the read states (train/val .safetensors); reused when present")

@@ -166,18 +166,25 @@ def build_streams(specs: Sequence[tuple[str, str, int]], seed: int, filler_token
         {"builder": builder, "split": split, "num_streams": n, "seed": seed, "builder_kwargs": kwargs})]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m memadapter.training.fit_reader", description=__doc__.split("\n\n")[0],
+def fit_parser(prog: str, doc: str, saved: str) -> argparse.ArgumentParser:
+    """The arguments every refit command shares (fit_reader, fit_grounding): the adapter, where the
+    refitted one is saved (``saved`` says what it carries), training and validation streams."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="trained adapter directory (save_pretrained output)")
     p.add_argument("--base", default=None, help="local base model directory (default: the SmolLM2 cache dir)")
-    p.add_argument("--out", required=True, help="where the adapter with the fitted reader is saved")
+    p.add_argument("--out", required=True, help=f"where the adapter with the {saved} is saved")
     p.add_argument("--data", action="append", required=True, metavar="BUILDER:SPLIT:STREAMS",
                    help="training streams, e.g. open:train:60 (repeat the flag to mix builders)")
     p.add_argument("--val-data", action="append", required=True, metavar="BUILDER:SPLIT:STREAMS",
                    help="validation streams that choose the epoch, e.g. open:val_unseen_templates:10")
     p.add_argument("--filler-tokens", type=int, default=None, help="override every builder's filler length")
     p.add_argument("--seed", type=int, default=0, help="stream seed (validation streams use seed + 1)")
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = fit_parser("python -m memadapter.training.fit_reader", __doc__, "fitted reader")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--pools", default=None, help="cache the train pools here (safetensors); reused when present")
     p.add_argument("--val-pools", default=None, help="the same for the validation pools")
