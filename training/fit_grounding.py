@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from memadapter.heads import GroundingHead, decode_pairs_batched
+from memadapter.heads import IGNORE_INDEX, GroundingHead, decode_pairs_batched
 
 from .fit_reader import build_streams, fit_parser, parse_data
 from .labels import token_labels
@@ -114,8 +114,8 @@ def _batch(chunks: Sequence[Chunk]) -> tuple[torch.Tensor, ...]:
     B, H = len(chunks), chunks[0].hidden.shape[1]
     hidden = torch.zeros(B, T, H)
     mask = torch.zeros(B, T, dtype=torch.bool)
-    tags = torch.full((B, T), -100, dtype=torch.long)
-    events = torch.full((B, T), -100, dtype=torch.long)
+    tags = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    events = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     conf = torch.full((B, T), float("nan"))
     for b, c in enumerate(chunks):
         n = c.hidden.shape[0]
@@ -133,7 +133,7 @@ def propose_pairs(head: GroundingHead, chunks: Sequence[Chunk], batch: int = 16)
         tags = head(hidden, mask).tag_logits.argmax(-1)  # [B, T]
         words = None
         if part[0].words is not None:
-            words = torch.zeros_like(mask)
+            words = torch.ones_like(mask)  # padding begins words, as ingest pads its marks
             for b, c in enumerate(part):
                 words[b, :len(c.words)] = c.words
         ks, vs, has_value, cmask = decode_pairs_batched(tags, mask.sum(-1), words)
