@@ -237,6 +237,9 @@ def train(ns: argparse.Namespace) -> dict:
         resume = resume.lower() == "true"
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
+    # The main rank saves by swapping in a fresh folder that copies the files already there; a rank
+    # that wrote its rank{N}.json during the swap would lose it, so every rank waits for the save.
+    trainer.accelerator.wait_for_everyone()
     adapter = trainer.adapter_model().adapter_state_dict()
     summary = {"rank": trainer.args.process_index, "world_size": trainer.args.world_size,
                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
