@@ -37,8 +37,9 @@ from ._validate import check_positive_int, check_tensor
 from .errors import ShapeError
 # The span helpers live in their own module; these names are part of this module's API too.
 from .spans import (  # noqa: F401
-    RELATION_WINDOW, TAG_KEY_B, TAG_KEY_I, TAG_O, TAG_VAL_B, TAG_VAL_I, TAGS, decode_spans, pair_spans, pool_spans,
-    pool_spans_reference, relation_spans, relation_spans_reference, sentence_ends, snap_to_words, word_starts,
+    RELATION_WINDOW, TAG_KEY_B, TAG_KEY_I, TAG_O, TAG_VAL_B, TAG_VAL_I, TAGS, decode_pairs_batched, decode_spans,
+    marks_tensor, pair_spans, pool_spans, pool_spans_batched, pool_spans_reference, relation_spans,
+    relation_spans_reference, sentence_ends, snap_to_words, word_starts,
 )
 
 # Same order as memadapter.slots.EventType (NEW / UPDATE / RETRACT / IRRELEVANT).
@@ -206,7 +207,7 @@ class GroundingHead(nn.Module):
         out = self.forward(hidden, mask)
         lengths = mask.sum(-1)  # [B]
         T = hidden.shape[1]
-        ws = None if word_start is None else _marks(word_start, lengths, T, True, hidden.device)
+        ws = None if word_start is None else marks_tensor(word_start, lengths, T, True, hidden.device)
         key_spans, val_spans, has_value, cmask = decode_pairs_batched(out.tag_logits.argmax(-1), lengths, ws)
         return self._pool_proposals(self.norm(hidden), out, key_spans, val_spans, has_value, cmask, lengths[:, None])
 
@@ -300,87 +301,6 @@ class Proposals:
     @property
     def counts(self) -> list[int]:
         return self.mask.sum(1).tolist()
-
-
-def pool_spans_batched(hidden: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` [B, T, H] over ``spans`` [B, N, 2] (end exclusive) -> [B, N, H]; empty: 0.
-
-    Prefix sums (float32) make the cost O(T H + N H): it does not grow as N x T the way a mask
-    product would. Equal to :func:`pool_spans` per row up to float rounding."""
-    B, T, H = hidden.shape
-    cs = F.pad(hidden.float().cumsum(1), (0, 0, 1, 0))  # [B, T + 1, H]
-    s, e = spans[..., 0].clamp(0, T), spans[..., 1].clamp(0, T)  # [B, N]
-    total = cs.gather(1, e[..., None].expand(-1, -1, H)) - cs.gather(1, s[..., None].expand(-1, -1, H))  # [B, N, H]
-    count = (e - s).clamp(min=0)[..., None].to(total.dtype)
-    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total)).to(hidden.dtype)
-
-
-def decode_pairs_batched(tags: torch.Tensor, lengths: torch.Tensor,
-                         word_start: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
-    """:func:`decode_spans` + :func:`pair_spans` + :func:`snap_to_words` as tensor ops.
-
-    tags [B, T] long (padding tagged O), lengths [B], word_start [B, T] bool (None: off). Returns key_spans [B, N, 2], value_spans [B, N, 2] (the key span when there is no value),
-    has_value [B, N], mask [B, N]; candidates in row order."""
-    B, T = tags.shape
-    dev = tags.device
-    pos = torch.arange(T, device=dev)
-    tags = torch.where(pos[None] < lengths[:, None], tags, torch.full_like(tags, TAG_O))
-    kind = torch.where((tags == TAG_KEY_B) | (tags == TAG_KEY_I), 1, torch.where(tags >= TAG_VAL_B, 2, 0))  # [B, T]
-    prev = F.pad(kind, (1, 0))[:, :-1]
-    start = (kind > 0) & ((prev != kind) | (tags == TAG_KEY_B) | (tags == TAG_VAL_B))  # [B, T]
-    S = max(int(start.sum(1).max()), 1) if T else 1
-    sid = start.long().cumsum(1) - 1  # [B, T]: the span a token belongs to (when kind > 0)
-    inside = (kind > 0) & (sid >= 0)
-    idx = torch.where(inside, sid, torch.full_like(sid, S))  # spare column S takes the rest
-    sp_start = torch.full((B, S + 1), T, device=dev).scatter_reduce(1, idx, pos.expand(B, T), "amin")[:, :S]
-    sp_end = torch.zeros(B, S + 1, dtype=torch.long, device=dev).scatter_reduce(1, idx, pos.expand(B, T) + 1, "amax")[:, :S]
-    sp_kind = torch.zeros(B, S + 1, dtype=torch.long, device=dev).scatter_reduce(1, idx, kind, "amax")[:, :S]
-    valid = sp_kind > 0  # [B, S]
-    # a key pairs with the very next span when that is a value
-    nxt_kind, nxt_s, nxt_e = (F.pad(x, (0, 1))[:, 1:] for x in (sp_kind, sp_start, sp_end))
-    has_value = valid & (sp_kind == 1) & (nxt_kind == 2)
-    keep = valid & (sp_kind == 1)  # [B, S]
-    k0, k1 = sp_start, sp_end
-    v0, v1 = torch.where(has_value, nxt_s, k0), torch.where(has_value, nxt_e, k1)
-    if word_start is not None:
-        k0, k1, v0, v1, has_value = _snap_batched(word_start, lengths, k0, k1, v0, v1, has_value)
-    return _compact(keep, torch.stack([k0, k1], -1), torch.stack([v0, v1], -1), has_value)
-
-
-def _snap_batched(word_start: torch.Tensor, lengths: torch.Tensor, k0, k1, v0, v1, has_value):
-    """:func:`snap_to_words` on [B, S] span tensors: a start back to its word's first token (not
-    below ``floor``), an end forward to the next word start (or the row's length)."""
-    B, T = word_start.shape
-    pos = torch.arange(T + 1, device=word_start.device)
-    ws = torch.cat([word_start.bool(), torch.ones(B, 1, dtype=torch.bool, device=word_start.device)], 1)
-    ws = ws | (pos[None] >= lengths[:, None])  # past the row's end counts as a word start
-    back = torch.where(ws, pos, torch.full_like(pos, -1)).cummax(1).values  # [B, T + 1]: last start <= t
-    fwd = torch.where(ws, pos, torch.full_like(pos, T)).flip(1).cummin(1).values.flip(1)  # first start >= t
-    k0n = back.gather(1, k0).clamp(min=0)
-    k1n = fwd.gather(1, k1)
-    a = torch.maximum(v0, k1n)
-    has_value = has_value & (a < lengths[:, None])
-    a = a.clamp(max=T)
-    v0n = torch.maximum(back.gather(1, a), k1n)
-    v1n = fwd.gather(1, torch.maximum(v1, a + 1).clamp(max=T))
-    return k0n, k1n, torch.where(has_value, v0n, k0n), torch.where(has_value, v1n, k1n), has_value
-
-
-def _compact(keep: torch.Tensor, key_spans: torch.Tensor, value_spans: torch.Tensor, has_value: torch.Tensor):
-    """Move the kept [B, S] entries to the front of each row, in order: -> [B, N] tensors."""
-    N = int(keep.sum(1).max()) if keep.numel() else 0
-    order = torch.sort((~keep).long(), dim=1, stable=True).indices[:, :N]  # kept first, in order
-    mask = keep.gather(1, order)
-    take = lambda x: x.gather(1, order[..., None].expand(-1, -1, x.shape[-1])) if x.dim() == 3 else x.gather(1, order)  # noqa: E731
-    return take(key_spans), take(value_spans), take(has_value) & mask, mask
-
-
-def _marks(rows: list[list[bool]], lengths: torch.Tensor, T: int, pad: bool, device: torch.device) -> torch.Tensor:
-    """Per-token marks [B][<= T] (each row cut at its length) -> bool [B, T], ``pad`` past the end."""
-    out = torch.full((len(rows), T), pad, dtype=torch.bool)
-    for b, (row, n) in enumerate(zip(rows, lengths.tolist())):
-        out[b, :n] = torch.tensor(row[:n], dtype=torch.bool)
-    return out.to(device)
 
 
 WRITE_FEATURES: tuple[str, ...] = ("confidence", "match", "conflict", "fill")

@@ -35,7 +35,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from memadapter.heads import IGNORE_INDEX, GroundingHead, decode_pairs_batched
+from memadapter.heads import IGNORE_INDEX, GroundingHead
+from memadapter.spans import decode_pairs_batched
 
 from .fit_reader import build_streams, fit_parser, parse_data
 from .labels import token_labels

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memadapter.heads import GroundingHead, decode_pairs_batched, pool_spans_batched
+from memadapter.heads import GroundingHead
+from memadapter.spans import decode_pairs_batched, pool_spans_batched
 from memadapter.slots import _STATE_TENSORS
 from memadapter.modeling.modeling_memadapter import reference_ingest
 from memadapter.spans import decode_spans, pair_spans, pool_spans, snap_to_words
