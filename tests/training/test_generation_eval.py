@@ -15,9 +15,9 @@ from memadapter.modeling.configuration_memadapter import MemAdapterConfig
 from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 from memadapter.modeling.tiny import tiny_backbone
 from memadapter.training.collator import MemAdapterCollator
+from memadapter.training.answer_scoring import exact_match, normalize_answer, score_prediction
 from memadapter.training.generation_eval import (
-    METHODS, contains_answer, evaluate_generation, exact_match, injection_mode, main, markdown_table, normalize_answer,
-    question_ids, score_prediction, stale_answer, summarize, unknown_answer,
+    METHODS, evaluate_generation, injection_mode, main, markdown_table, question_ids, summarize,
 )
 from memadapter.training.lifecycle_data import generate_stream
 from memadapter.training.train import build_word_tokenizer
@@ -57,50 +57,6 @@ def model(tok):
 
 def _n_questions(streams: list[dict]) -> int:
     return sum(len(s["questions"]) for s in streams)
-
-
-@pytest.mark.parametrize("pred,gold,em", [
-    ("Porto", "Porto", True), ("  porto. ", "Porto", True), ("The Orion kettle", "orion kettle", True),
-    ("555-0112", "555-0112", True), ("an  olive   green", "Olive Green", True), ("Porto Lyon", "Porto", False),
-    ("", "Porto", False), ("theatre", "atre", False),
-])
-def test_exact_match_on_normalised_strings(pred, gold, em):
-    assert exact_match(pred, gold) is em
-
-
-def test_normalize_and_contains():
-    assert normalize_answer("  The Orion-kettle, in  Lyon! ") == "orionkettle in lyon"
-    assert normalize_answer("A an THE") == ""
-    assert contains_answer("Alice lives in Porto.", "Porto")
-    assert not contains_answer("Alice lives in Portonovo.", "Porto")
-    assert not contains_answer("anything", "the")  # an empty normalised gold never matches
-
-
-@pytest.mark.parametrize("pred,gold,stale,want", [
-    ("Lyon", "Porto", ["Lyon"], dict(correct=False, stale=True, unknown=False)),  # the superseded value
-    ("She lives in lyon.", "Porto", ["Graz", "Lyon"], dict(correct=False, stale=True, contains=False)),
-    ("Lyon North", "Lyon North", ["Lyon"], dict(correct=True, stale=False)),  # the old value inside the gold
-    ("Lyon", "Lyon North", ["Lyon"], dict(correct=False, stale=False)),  # no evidence of a stale read
-    ("Portobello", "Graz", ["Porto"], dict(stale=False)),  # whole words only
-    ("Porto", "Porto", [], dict(correct=True, stale=False)),
-    ("unknown", "unknown", ["Lyon"], dict(correct=True, stale=False, unknown=False)),  # a withdrawn fact
-    ("No longer known.", "unknown", ["Lyon"], dict(correct=False, unknown=False)),
-    ("Unknown.", "Porto", ["Lyon"], dict(correct=False, stale=False, unknown=True)),  # never withdrawn
-    ("no longer known", "Porto", [], dict(unknown=True)),
-    ("unknown since 2020", "Porto", [], dict(unknown=True)),
-    ("unknowns", "Porto", [], dict(unknown=False)), ("Lyon is unknown", "Porto", [], dict(unknown=False)),
-])
-def test_stale_and_unknown_scores(pred, gold, stale, want):
-    got = score_prediction(pred, {"answer": gold, "stale": stale})
-    assert {k: got[k] for k in want} == want
-    assert got["stale"] == stale_answer(pred, gold, stale) and got["unknown"] == unknown_answer(pred, gold)
-
-
-def test_without_a_stale_list_or_a_prediction_nothing_is_stale():
-    assert not score_prediction("Lyon", {"answer": "Porto"})["stale"]  # a user-made stream
-    assert not score_prediction("Lyon", {"answer": "Porto", "stale": None})["stale"]
-    assert score_prediction(None, {"answer": "Porto", "stale": ["Lyon"]}) == dict(
-        correct=False, contains=False, stale=False, unknown=False)  # skipped
 
 
 def test_summarize_counts_stale_and_unknown_per_kind_and_skips_skipped():
