@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memadapter.bm25 import LexicalIndex, bm25_reference, tokenize
-from memadapter.chunk_index import ChunkIndex, SearchResult, abstain_score, reference_search
+from memadapter.chunk_index import ChunkIndex, SearchResult, abstain_score
+from memadapter.chunk_index_reference import reference_search
 from memadapter.errors import (CapacityError, ConfigError, DTypeError, EmptyInputError,
                                NonFiniteError, ShapeError)
 

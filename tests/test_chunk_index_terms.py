@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memadapter.bm25 import TermIndex, bm25_reference, tokenize
-from memadapter.chunk_index import ChunkIndex, reference_search
+from memadapter.chunk_index import ChunkIndex
+from memadapter.chunk_index_reference import reference_search
 from memadapter.errors import ConfigError, DTypeError, ShapeError
 
 
