@@ -35,8 +35,8 @@ from memadapter._validate import check_positive_int
 from memadapter.errors import CapacityError, ConfigError
 
 from .filler import filler_sentences
-from .lifecycle_vocab import (ATTRIBUTES, FIRST_NAME_PAIRS, LAST_NAMES, NOISE_TEMPLATES, PRODUCT_BRANDS, PRODUCT_TYPES,
-                              PROJECT_WORDS, RETRACT_TEMPLATES, SIGNAL_PREFIXES, AttributeSpec)
+from .lifecycle_entities import Entity, assign_aliases, lookalike, new_entity, surface
+from .lifecycle_vocab import ATTRIBUTES, NOISE_TEMPLATES, RETRACT_TEMPLATES, SIGNAL_PREFIXES, AttributeSpec
 
 __all__ = [
     "ATTRIBUTES", "AttributeSpec", "SPLITS", "SPLIT_DEFAULTS", "DEFAULT_SIZES", "UNKNOWN",
@@ -80,102 +80,6 @@ def split_style(split: str) -> SplitStyle:
     )
 
 
-# ----------------------------------------------------------------------------- entities
-
-@dataclass
-class _Entity:
-    kind: str
-    name: str  # canonical surface form
-    family: tuple  # what look-alikes share; two main entities never share a family
-    alias_candidates: tuple[str, ...]
-    aliases: tuple[str, ...] = ()  # filled once every entity of the stream is known
-
-
-_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "pr", "r", "s", "st",
-           "t", "tr", "v", "z", "sh", "ch")
-_VOWELS = ("a", "e", "i", "o", "u", "ai", "ei", "ou")
-_CODAS = ("", "", "", "n", "r", "l", "s", "k", "m", "th")
-# Made-up names must never collide with a held-out name, or training would see a test entity.
-_HELDOUT_WORDS = frozenset(w.lower() for pool in (LAST_NAMES["heldout"], PROJECT_WORDS["heldout"], PRODUCT_BRANDS["heldout"])
-                           for w in pool) | frozenset(f.lower() for pair in FIRST_NAME_PAIRS["heldout"] for f in pair)
-
-
-def synthetic_word(rng: random.Random) -> str:
-    """A pronounceable made-up name of 2-3 syllables ("Drevik", "Mousala"), never a held-out name.
-
-    Training on names drawn from a few dozen fixed words lets the heads learn those words; made-up
-    names make them learn what a name looks like, which is what unseen names at test time need.
-    """
-    while True:
-        word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.choice((2, 2, 3))))
-        word = (word + rng.choice(_CODAS)).capitalize()
-        if word.lower() not in _HELDOUT_WORDS:
-            return word
-
-
-def _synthetic_entity(rng: random.Random, kind: str) -> _Entity:
-    if kind == "person":
-        first = synthetic_word(rng)
-        variant = first + "a" if first[-1] not in "aeiou" else first[:-1] + ("a" if first[-1] == "o" else "o")
-        pair = (first, variant)  # look-alike first names, always two different ones
-        last = synthetic_word(rng)
-        first = pair[rng.randrange(2)]
-        return _Entity(kind, f"{first} {last}", ("person", pair, last), (first,))
-    if kind == "project":
-        word = synthetic_word(rng)
-        return _Entity(kind, f"Project {word}", ("project", word), (f"the {word} project",))
-    brand, ptype = synthetic_word(rng), rng.choice(PRODUCT_TYPES)
-    return _Entity(kind, f"the {brand} {ptype}", ("product", brand, ptype), ())
-
-
-def _new_entity(rng: random.Random, kind: str, style: SplitStyle, used: set) -> _Entity:
-    pools = style.entities
-    for _ in range(200):
-        if style.synthetic_names > 0 and rng.random() < style.synthetic_names:
-            ent = _synthetic_entity(rng, kind)
-        elif kind == "person":
-            pair = rng.choice(FIRST_NAME_PAIRS[pools])
-            last, first = rng.choice(LAST_NAMES[pools]), pair[rng.randrange(2)]
-            ent = _Entity(kind, f"{first} {last}", ("person", pair, last), (first,))
-        elif kind == "project":
-            word = rng.choice(PROJECT_WORDS[pools])
-            ent = _Entity(kind, f"Project {word}", ("project", word), (f"the {word} project",))
-        else:
-            brand = rng.choice(PRODUCT_BRANDS[pools])
-            ptype = rng.choice(PRODUCT_TYPES)
-            ent = _Entity(kind, f"the {brand} {ptype}", ("product", brand, ptype), ())
-        if ent.family not in used:
-            used.add(ent.family)
-            return ent
-    raise CapacityError(f"num_entities: the {pools} name pools ran out of distinct {kind} names")
-
-
-def _lookalike(rng: random.Random, ent: _Entity) -> _Entity:
-    """Same family, different surface: "Alice Moreau" -> "Alicia Moreau", "Project Falcon" -> "Project Falcon II"."""
-    if ent.kind == "person":
-        _, pair, last = ent.family
-        first = next(f for f in pair if f != ent.name.split(" ")[0])
-        return _Entity("person", f"{first} {last}", ent.family, (first,))
-    if ent.kind == "project":
-        word, suffix = ent.family[1], rng.choice(("II", "Mini", "Next"))
-        return _Entity("project", f"Project {word} {suffix}", ent.family, (f"the {word} {suffix} project",))
-    brand, ptype = ent.family[1], ent.family[2]
-    return _Entity("product", f"the {brand} Mini {ptype}", ent.family, ())
-
-
-def _assign_aliases(entities: list[_Entity]) -> None:
-    """An alias is kept only if no other entity's surface contains it as whole words (no ambiguity)."""
-    for ent in entities:
-        others = [s.lower() for o in entities if o is not ent for s in (o.name, *o.alias_candidates)]
-        keep = [a for a in ent.alias_candidates
-                if not any(re.search(rf"\b{re.escape(a.lower())}\b", s) for s in others)]
-        ent.aliases = (ent.name, *keep)
-
-
-def _surface(rng: random.Random, ent: _Entity, p_alias: float) -> str:
-    return rng.choice(ent.aliases[1:]) if len(ent.aliases) > 1 and rng.random() < p_alias else ent.name
-
-
 # ----------------------------------------------------------------------------- sentences
 
 @dataclass
@@ -184,7 +88,7 @@ class _Plan:
 
     role: str  # main | lookalike | uniform | noise
     event_type: str
-    entity: _Entity
+    entity: Entity
     attribute: str
     value: Optional[str]
     signal: bool
@@ -225,7 +129,7 @@ def _sentence(rng: random.Random, plan: _Plan, style: SplitStyle, clock: list) -
         now = clock[0]
         prefix = rng.choice(SIGNAL_PREFIXES[plan.event_type]).format(
             date=f"{now.day} {now:%B %Y}", timestamp=f"{now:%Y-%m-%d %H:%M}", version=plan.version) + " "
-    key = _surface(rng, plan.entity, 0.3)
+    key = surface(rng, plan.entity, 0.3)
     body, spans = _render(template, {"key": key, "value": plan.value or "", "noun": spec.noun})
     # Capitalise after a sentence start ("Update: The Orion kettle ..."), not after "On 3 May 2024,".
     if not prefix or prefix.rstrip()[-1] in ":]":
@@ -242,7 +146,7 @@ def _sentence(rng: random.Random, plan: _Plan, style: SplitStyle, clock: list) -
 def _question(rng: random.Random, plan: _Plan, style: SplitStyle) -> tuple[str, str, str]:
     spec = ATTRIBUTES[plan.attribute]
     template = rng.choice(spec.heldout_questions if style.templates == "heldout" else spec.questions)
-    key = _surface(rng, plan.entity, 0.5)
+    key = surface(rng, plan.entity, 0.5)
     text, _ = _render(template, {"key": key})
     return text[0].upper() + text[1:], key, template
 
@@ -275,7 +179,7 @@ def _plan_main(rng: random.Random, style: SplitStyle, n: int, updates: int, retr
     chains = []
     for c in range(n):
         kind = rng.choice(KINDS)
-        ent, attr = _new_entity(rng, kind, style, used), rng.choice(by_kind[kind])
+        ent, attr = new_entity(rng, kind, style, used), rng.choice(by_kind[kind])
         chains.append([_Plan("main", "new", ent, attr, _fresh_value(rng, attr, set()), True, 1, c)])
     for _ in range(updates):
         chain = rng.choice(chains)
@@ -299,7 +203,7 @@ def _plan_uniform(rng: random.Random, style: SplitStyle, chains: list, n: int, u
             ent, attr = rng.choice(free)
         else:
             kind = rng.choice(KINDS)
-            ent, attr = _new_entity(rng, kind, style, used), rng.choice(by_kind[kind])
+            ent, attr = new_entity(rng, kind, style, used), rng.choice(by_kind[kind])
         taken.add((ent.name, attr))
         chains.append([_Plan("uniform", "new", ent, attr, _fresh_value(rng, attr, set()), False, 1, len(chains))])
 
@@ -307,13 +211,13 @@ def _plan_uniform(rng: random.Random, style: SplitStyle, chains: list, n: int, u
 def _plan_distractors(rng: random.Random, chains: list, n_main: int, n: int) -> list[tuple[int, _Plan]]:
     """Look-alike entities with their own value, and rumours that name the real entity with a wrong value."""
     extras: list[tuple[int, _Plan]] = []
-    lookalikes: dict[int, _Entity] = {}
+    lookalikes: dict[int, Entity] = {}
     for _ in range(n):
         c = rng.randrange(n_main)
         head = chains[c][0]
         value = _fresh_value(rng, head.attribute, {q.value for q in chains[c]})
         if c not in lookalikes and rng.random() < 0.6:
-            lookalikes[c] = _lookalike(rng, head.entity)
+            lookalikes[c] = lookalike(rng, head.entity)
             extras.append((c, _Plan("lookalike", "new", lookalikes[c], head.attribute, value,
                                     rng.random() < 0.5, 1, len(chains) + len(extras))))
         else:
@@ -439,7 +343,7 @@ def generate_stream(rng: random.Random, *, split: str = "train", num_entities: i
     Deterministic given the state of ``rng``. ``filler_tokens`` of real essay text (approximate
     tokens) are scattered between the event sentences. One main fact is retracted when
     ``retractions`` and there are at least two main entities. ``synthetic_names``: the share of
-    entities named by :func:`synthetic_word` instead of the split's pools (splits with training
+    entities named by :func:`~memadapter.training.lifecycle_entities.synthetic_word` instead of the split's pools (splits with training
     names only; never a held-out name).
     """
     if not isinstance(rng, random.Random):
@@ -459,7 +363,7 @@ def generate_stream(rng: random.Random, *, split: str = "train", num_entities: i
     extras = _plan_distractors(rng, chains, num_entities, num_distractors)
     entities = list({id(p.entity): p.entity for ch in chains for p in ch}.values())
     entities += [p.entity for _, p in extras if p.role == "lookalike"]
-    _assign_aliases(entities)
+    assign_aliases(entities)
     order = _order(rng, chains, extras)
     banned = [s for e in entities for s in (e.name, *e.alias_candidates)]
     filler = filler_sentences(filler_tokens, rng, source=filler_source, exclude=banned) if filler_tokens else []

@@ -9,6 +9,7 @@ import pytest
 
 from memadapter.errors import CapacityError, ConfigError, DTypeError
 from memadapter.training import lifecycle_data as ld
+from memadapter.training import lifecycle_vocab as vocab
 from memadapter.training.lifecycle_data import (
     ATTRIBUTES, SPLITS, UNKNOWN, AttributeSpec, build_dataset, build_splits, generate_stream,
 )
@@ -165,7 +166,7 @@ def test_entity_names_of_the_unseen_entity_split_never_occur_in_train(by_split):
     train = by_split["train"] + by_split["validation"] + by_split["test_long"]
     assert names(train).isdisjoint(names(by_split["test_unseen_entities"]))
     assert words(train).isdisjoint(words(by_split["test_unseen_entities"]))
-    for pools in (ld.FIRST_NAME_PAIRS, ld.LAST_NAMES, ld.PROJECT_WORDS, ld.PRODUCT_BRANDS):
+    for pools in (vocab.FIRST_NAME_PAIRS, vocab.LAST_NAMES, vocab.PROJECT_WORDS, vocab.PRODUCT_BRANDS):
         assert set(map(str, pools["train"])).isdisjoint(map(str, pools["heldout"]))
 
 
@@ -179,9 +180,9 @@ def test_unseen_templates_never_appear_in_train(by_split):
     assert train and held and train.isdisjoint(held)
     # Stronger: the longest literal piece of each held-out template is in no train template.
     train_pool = {t for a in ATTRIBUTES.values() for t in a.new + a.update + a.questions}
-    train_pool |= set(ld.RETRACT_TEMPLATES[0] + ld.NOISE_TEMPLATES[0])
+    train_pool |= set(vocab.RETRACT_TEMPLATES[0] + vocab.NOISE_TEMPLATES[0])
     held_pool = {t for a in ATTRIBUTES.values() for t in a.heldout_new + a.heldout_update + a.heldout_questions}
-    held_pool |= set(ld.RETRACT_TEMPLATES[1] + ld.NOISE_TEMPLATES[1])
+    held_pool |= set(vocab.RETRACT_TEMPLATES[1] + vocab.NOISE_TEMPLATES[1])
     for t in held_pool:
         longest = max(_fragments(t), key=len)
         assert not any(longest in u for u in train_pool), (t, longest)
@@ -260,8 +261,8 @@ def test_build_dataset_and_splits():
 def test_synthetic_names_are_made_up_never_held_out_and_only_for_training_splits():
     rows = [ld.generate_stream(random.Random(i), synthetic_names=1.0, filler_tokens=0) for i in range(20)]
     names = {e["name"] for s in rows for e in s["entities"]}
-    pools = {w for pool in (ld.LAST_NAMES, ld.PROJECT_WORDS, ld.PRODUCT_BRANDS) for p in pool.values() for w in p}
-    pools |= {f for p in ld.FIRST_NAME_PAIRS.values() for pair in p for f in pair}
+    pools = {w for pool in (vocab.LAST_NAMES, vocab.PROJECT_WORDS, vocab.PRODUCT_BRANDS) for p in pool.values() for w in p}
+    pools |= {f for p in vocab.FIRST_NAME_PAIRS.values() for pair in p for f in pair}
     words = {w for n in names for w in n.split() if w[0].isupper() and w not in ("Project", "Mini", "II", "Next")}
     assert len(words) > 40 and words.isdisjoint(pools)  # every name is made up, none from any pool
     for s in rows:  # labels stay right: every event's key text is in the text at its span
@@ -273,17 +274,3 @@ def test_synthetic_names_are_made_up_never_held_out_and_only_for_training_splits
         ld.generate_stream(random.Random(0), split="test_unseen_entities", synthetic_names=0.5)
     with pytest.raises(ConfigError, match="synthetic_names"):
         ld.generate_stream(random.Random(0), synthetic_names=1.5)
-
-
-def test_synthetic_words_avoid_held_out_names(monkeypatch):
-    draws = iter(["nim", "bus", "basil", "isk", "drev", "ik"])  # two held-out project words, then a free one
-    monkeypatch.setattr(ld, "_ONSETS", ("",))
-    monkeypatch.setattr(ld, "_CODAS", ("",))
-
-    class FakeRng:
-        def choice(self, seq):
-            if seq == ld._VOWELS:
-                return next(draws)
-            return seq[0]
-
-    assert ld.synthetic_word(FakeRng()) == "Drevik"
