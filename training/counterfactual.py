@@ -39,7 +39,7 @@ from memadapter.errors import ConfigError, EmptyInputError
 
 from .filler import approx_tokens, split_sentences
 from .lifecycle_data import _order, stale_values, stream_features
-from .open_data import data_dir, stable_half
+from .corpora import data_dir, stable_half
 
 __all__ = ["SPLITS", "Fact", "answer_type", "key_span", "split_facts", "generate_counterfactual_stream",
            "build_counterfactual_dataset"]

