@@ -343,8 +343,8 @@ def generate_stream(rng: random.Random, *, split: str = "train", num_entities: i
     Deterministic given the state of ``rng``. ``filler_tokens`` of real essay text (approximate
     tokens) are scattered between the event sentences. One main fact is retracted when
     ``retractions`` and there are at least two main entities. ``synthetic_names``: the share of
-    entities named by :func:`~memadapter.training.lifecycle_entities.synthetic_word` instead of the split's pools (splits with training
-    names only; never a held-out name).
+    entities named by :func:`~memadapter.training.lifecycle_entities.synthetic_word` instead of the
+    split's pools (splits with training names only; never a held-out name).
     """
     if not isinstance(rng, random.Random):
         raise ConfigError(f"rng: expected a random.Random, got {type(rng).__name__}")

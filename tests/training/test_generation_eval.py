@@ -199,7 +199,7 @@ def test_cli_end_to_end_and_errors(model, tok, tmp_path, capsys):
     assert (adapter / "adapter_config.json").read_text() == saved
     # an unseen-name dev set from a training-name split; refused on the held-out-name split
     assert main(argv + ["--split", "validation", "--synthetic-names", "1.0"]) == 0
-    from memadapter.training import lifecycle_data as ld
+    from memadapter.training import lifecycle_vocab as ld
 
     pooled = {w for pools in (ld.LAST_NAMES, ld.PROJECT_WORDS, ld.PRODUCT_BRANDS) for p in pools.values() for w in p}
     pooled |= {f for pairs in ld.FIRST_NAME_PAIRS.values() for pair in pairs for f in pair}
