@@ -147,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
     methods = build_methods(args, names, model, tokenizer)
     rows, preds = run_eval(tasks, lengths, args.num_samples, methods, tokenizer, args.seed,
                            progress=not args.no_progress, backend=args.metrics, state=state)
+    # Rows are gathered; end the process group before exit, or a rank can abort in teardown
+    # ("terminate called without an active exception") and fail the whole launch.
+    state.wait_for_everyone()
+    state.destroy_process_group()
     if not state.is_main_process:
         return 0
     print(markdown_table(rows))
