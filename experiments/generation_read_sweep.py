@@ -7,7 +7,7 @@ ingest per stream. The
 first variant should be the committed settings (``base:{}``): it reproduces the adapter's
 ``generation_eval`` dev row and so checks the sweep. Only settings read at select time may differ
 between variants (an ingest-time setting would need its own ingest); the script refuses others.
-``--reader NAME:DIR`` adds a variant that reads with the committed settings and the read-time
+``--reader NAME:DIR[:JSON]`` adds a variant that reads with the committed settings (JSON's over them) and the read-time
 weights (:data:`READ_MODULES`: the QueryHead and the learned ReadScorer) of the adapter in DIR, e.g.
 ``memadapter.training.fit_reader``'s output; they are read at select time only, and every other
 tensor in DIR must equal the loaded adapter's. (``--query-head`` is its old name.)
@@ -43,21 +43,24 @@ def variants(items):
 
 
 def read_weights(items, model):
-    """``NAME:DIR`` items -> {name: the READ_MODULES tensors of the adapter in DIR, by adapter key};
-    exits when DIR holds another tensor that differs from ``model``'s (a weight the ingest reads).
-    A module DIR lacks (an adapter saved before the ReadScorer) is left out: it reads as ``model``'s."""
+    """``NAME:DIR[:JSON]`` items -> ({name: the READ_MODULES tensors of the adapter in DIR, by adapter
+    key}, {name: the read-time settings JSON, applied over the committed ones}); exits when DIR holds
+    another tensor that differs from ``model``'s (a weight the ingest reads). A module DIR lacks (an
+    adapter saved before the ReadScorer) is left out: it reads as ``model``'s."""
     from safetensors.torch import load_file
 
-    own, out = model.adapter_state_dict(), {}
+    own, out, settings = model.adapter_state_dict(), {}, {}
     for item in items:
-        name, _, path = item.partition(":")
+        name, _, rest = item.partition(":")
+        path, _, raw = rest.partition(":")
+        settings[name] = variants([f"{name}:{raw}"])[name]
         tensors = load_file(f"{path}/adapter_model.safetensors")
         differ = [k for k in sorted(set(own) | set(tensors)) if not k.startswith(READ_MODULES)
                   and not (k in own and k in tensors and torch.equal(own[k].cpu(), tensors[k]))]
         if differ:
             sys.exit(f"--reader {name}: {path} differs from the adapter in more than {', '.join(READ_MODULES)}: {differ[:3]}")
         out[name] = {k: v for k, v in tensors.items() if k.startswith(READ_MODULES)}
-    return out
+    return out, settings
 
 
 def load_read_weights(model, state) -> None:
@@ -92,8 +95,9 @@ def main():
     p.add_argument("--filler-source", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variant", action="append", required=True, metavar="NAME:JSON")
-    p.add_argument("--reader", "--query-head", dest="reader", action="append", default=[], metavar="NAME:DIR",
-                   help="a variant with the committed settings and the QueryHead and ReadScorer of the adapter in DIR")
+    p.add_argument("--reader", "--query-head", dest="reader", action="append", default=[], metavar="NAME:DIR[:JSON]",
+                   help="a variant with the QueryHead and ReadScorer of the adapter in DIR, and the committed settings "
+                        "(with JSON's read-time settings over them)")
     p.add_argument("--json", default=None, help="rows and every prediction, per variant")
     p.add_argument("--select-only", action="store_true",
                    help="no generation: a question's prediction is the value of the entry it selects first")
@@ -102,11 +106,11 @@ def main():
     args.set, args.dtype, args.device = [], "float32", None
     model = ge._load_model(args, *ge._model_dirs(args))
     tok, base = model.tokenizer, model.config.read.to_dict()
-    heads = read_weights(args.reader, model)
+    heads, head_settings = read_weights(args.reader, model)
     own = {k: v.clone() for k, v in model.adapter_state_dict().items() if k.startswith(READ_MODULES)}
     if set(heads) & set(todo):
         sys.exit(f"--reader: {sorted(set(heads) & set(todo))} already name a --variant")
-    todo.update({name: {} for name in heads})
+    todo.update(head_settings)
     settings = ge._Settings(max_new_tokens=12, full_context_tokens=8192, tail_tokens=1024, chat=True)
     preds = []
     for i, stream in enumerate(tqdm(list(ge._streams(args)), desc="read sweep", unit="stream")):
