@@ -34,8 +34,7 @@ METHODS = ("memory", "tail", "bm25")
 
 @dataclass
 class Answer:
-    """One method's answer; ``source`` says where it read from ("slot", "event": a fact grounded in a
-    retrieved chunk at read time, "sentences": retrieved sentences the backbone read, "tail", "bm25")."""
+    """One method's answer; ``source`` says where it read from ("slot", "chunk", "tail", "bm25")."""
 
     method: str
     text: str
@@ -84,11 +83,10 @@ class Answerer:
 
     def _memory(self, question: str) -> Answer:
         ids = self._tensor(question_ids(self.tok, question))
-        # Which branch answers (a slot, an event, or retrieved sentences) is read from a selection of its own;
+        # Which branch answers (a slot, or the chunk fallback) is read from a selection of its own;
         # generate selects again. A read credits slot usage, so each read starts from the snapshot.
         self.memory.restore(self.snapshot)
-        branch = self.model.select(self.memory, ids, torch.ones_like(ids)).branch[0]
-        source = {"memory": "slot", "fallback": "event"}.get(branch, branch)
+        source = "slot" if self.model.select(self.memory, ids, torch.ones_like(ids)).branch[0] == "memory" else "chunk"
         self.memory.restore(self.snapshot)
         out = self.model.generate(ids, torch.ones_like(ids), memory=self.memory, max_new_tokens=MAX_NEW_TOKENS,
                                   do_sample=False, pad_token_id=self._pad())

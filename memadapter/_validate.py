@@ -71,7 +71,6 @@ MAX_SIZES = {
     "backbone_num_layers": 1 << 12,
     "name_chunks": 1 << 16,
     "fallback_chunks": 1 << 16,
-    "context_sentences": 1 << 12,
 }
 # A new allocation may take at most this share of the memory still available.
 ALLOCATION_SHARE = 0.5

@@ -61,12 +61,10 @@ from .backbones import backbone_parts, check_pad_token, embed_tokens, read_hidde
 from .configuration_memadapter import MemAdapterConfig
 from .ingest import PROGRESS_MIN_CHUNKS, IngestMixin, IngestReport, reference_ingest
 from .injectors import INJECTORS, Injector, get_injector
-from .injectors.base import left_pad
 from .input_checks import InputChecksMixin
-from .prompts import context_ids
 from .read_scorer import ReadScorer
 from .reader import MemoryReaderMixin
-from .selection import SENTENCES, Selection
+from .selection import Selection
 
 # The write path's names, imported from here by benches and tests before it had its own module.
 __all__ = ["MemAdapterForCausalLM", "IngestReport", "PROGRESS_MIN_CHUNKS", "reference_ingest"]
@@ -147,13 +145,11 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Strict load of adapter tensors; a missing or unexpected key is a ConfigError naming it.
         An adapter saved before the learned reader has no ``read_scorer.*`` tensors: it reads with
-        the scorer's prior (the plain joint score). One saved before the scorer's none output has no
-        ``read_scorer.none.*``: none stays off, so it reads as it did."""
+        the scorer's prior (the plain joint score)."""
         own = self.adapter_state_dict()
-        for prefix, reset in (("read_scorer.", self.read_scorer.reset_prior), ("read_scorer.none.", self.read_scorer.none_off)):
-            if not any(k.startswith(prefix) for k in state):
-                reset()
-                own = {k: v for k, v in own.items() if not k.startswith(prefix)}
+        if not any(k.startswith("read_scorer.") for k in state):
+            self.read_scorer.reset_prior()
+            own = {k: v for k, v in own.items() if not k.startswith("read_scorer.")}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise ConfigError(f"adapter weights: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
@@ -360,48 +356,18 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                  memory: Optional[RequestMemory] = None, **generate_kwargs: Any) -> torch.Tensor:
-        """Like the backbone's generate (returns prompt + new tokens), with the memory injected.
-        A row that no memory entry answers (branch ``sentences``) is answered by the backbone alone,
-        reading the retrieved sentences in its prompt (:meth:`_read_sentences`); new tokens of rows
-        that stop early are padded with ``pad_token_id``."""
+        """Like the backbone's generate (returns prompt + new tokens), with the memory injected."""
         attention_mask = self._check_ids(input_ids, attention_mask)
         if not self._memory_on(memory):
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
         generate_kwargs.setdefault("pad_token_id", self._pad_id())
         sel = self.select(memory, input_ids, attention_mask)
-        read = [b for b in range(len(sel.branch)) if sel.branch[b] == SENTENCES and sel.texts[b]]
-        injected = [b for b in range(len(sel.branch)) if b not in read]
-        parts = []
-        if injected:
-            parts.append((injected, self._generate_injected(sel.rows(injected), input_ids[injected],
-                                                            attention_mask[injected], generate_kwargs)))
-        if read:
-            parts.append((read, self._read_sentences(sel.rows(read), input_ids[read], attention_mask[read],
-                                                     generate_kwargs)))
-        new = _merge_rows(parts, input_ids.shape[0], generate_kwargs["pad_token_id"])
-        return torch.cat([input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], 0), new], dim=1)
-
-    def _generate_injected(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           generate_kwargs: dict) -> torch.Tensor:
-        """New tokens [B * r, L] (r: sequences per row) of rows answered through the injector."""
         prep = self._injector().prepare(self, sel, input_ids, attention_mask)
         with prep.context:
             out = self.backbone.generate(**prep.inputs, **generate_kwargs)
         # generate returns prompt + new tokens from input_ids, only the new ones from inputs_embeds
-        return out[:, prep.inputs["input_ids"].shape[1]:] if "input_ids" in prep.inputs else out
-
-    def _read_sentences(self, sel: Selection, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        generate_kwargs: dict) -> torch.Tensor:
-        """New tokens [B * r, L] of rows the backbone answers alone (adapter off), their sentences
-        and question in its own prompt (:func:`~memadapter.modeling.prompts.context_ids`): the
-        adapter learnt to copy short values, not to read sentences."""
-        tok = self._tok()
-        questions = [self._decode(r) for r in self._unpadded(input_ids, attention_mask)]
-        ids, mask = left_pad([context_ids(tok, q, " ".join(texts)) for q, texts in zip(questions, sel.texts)],
-                             self._pad_id(), input_ids.device)
-        with self.disable_adapter():
-            out = self.backbone.generate(input_ids=ids, attention_mask=mask, **generate_kwargs)
-        return out[:, ids.shape[1]:]
+        new = out[:, prep.inputs["input_ids"].shape[1]:] if "input_ids" in prep.inputs else out
+        return torch.cat([input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], 0), new], dim=1)
 
     # ------------------------------------------------------------------ save, load, Hub
     def _config_dict(self) -> dict:
@@ -479,20 +445,3 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 # AutoConfig / AutoModelForCausalLM map model_type "memadapter" to these classes from import on.
 register_auto_classes(MemAdapterForCausalLM)
-
-
-def _merge_rows(parts: list[tuple[list[int], torch.Tensor]], batch: int, pad_id: int) -> torch.Tensor:
-    """(rows, new tokens [len(rows) * r, L_i]) per part -> [batch * r, max L_i] in row order, the
-    shorter parts right-padded with ``pad_id``.
-
-    Example:
-        >>> _merge_rows([([1], torch.tensor([[7, 8]])), ([0], torch.tensor([[5]]))], 2, 0).tolist()
-        [[5, 0], [7, 8]]
-    """
-    r = parts[0][1].shape[0] // len(parts[0][0])  # sequences per row (num_return_sequences)
-    width = max(new.shape[1] for _, new in parts)
-    out = torch.full((batch * r, width), pad_id, dtype=parts[0][1].dtype, device=parts[0][1].device)
-    for rows, new in parts:
-        at = torch.tensor([b * r + j for b in rows for j in range(r)], device=out.device)
-        out[at, :new.shape[1]] = new
-    return out

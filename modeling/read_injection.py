@@ -1,9 +1,8 @@
 """Read stage 4, injection: what a picked entry puts in front of the backbone.
 
-A slot (with up to ``top_k - 1`` more), one grounded event, or, when no entry answers, the best
-sentences of the retrieved chunks, each as a :class:`~memadapter.modeling.selection.SelectedRow`:
-value vectors (prefix / cross-attention), "key: value" texts (text injection) or sentences (the
-backbone reads them in ``generate``) and value token ids (copying).
+A slot (with up to ``top_k - 1`` more), one grounded event, or, for an empty pool, the retrieved
+chunks' summaries, each as a :class:`~memadapter.modeling.selection.SelectedRow`: value vectors
+(prefix / cross-attention), "key: value" texts (text injection) and value token ids (copying).
 """
 
 from __future__ import annotations
@@ -12,12 +11,10 @@ from typing import Optional
 
 import torch
 
-from memadapter.bm25 import lexical_agreement
 from memadapter.request_memory import RequestMemory
 from memadapter.router import FALLBACK, MEMORY
-from memadapter.sentences import split_sentences
 
-from .selection import SENTENCES, GroundedEvent, SelectedRow
+from .selection import GroundedEvent, SelectedRow
 
 WITHDRAWN = "no longer known"  # the text of a withdrawn entry (a tombstone or a retraction), for text injection
 
@@ -49,18 +46,11 @@ class InjectionMixin:
         ids = self.value_token_ids(self.config.read.withdrawn_text if event.value_text is None else event.value_text)
         return SelectedRow(event.value[None], [f"{event.key_text}: {value}"], [ids], FALLBACK, [event.key_text])
 
-    def _sentence_row(self, memory: RequestMemory, b: int, question: str, chunks: list[int]) -> SelectedRow:
-        """No entry answers (none won, or the pool is empty): the ``context_sentences`` sentences of
-        the retrieved ``chunks`` that share most content words with the question (BM25 over them),
-        in stream order, for the backbone to read (``generate``), beside the chunks' summaries as
-        values (what ``forward`` injects)."""
-        index = memory.indexes[b]
-        vecs = index.vectors[chunks] if chunks else torch.zeros(0, self.config.hidden_size)
-        sentences = [s for i in sorted(chunks) for s in split_sentences(index.text(i) or "")]
-        agreement = lexical_agreement(question, sentences, True)
-        best = sorted(range(len(sentences)), key=lambda i: -agreement[i])[:self.config.read.context_sentences]
-        return SelectedRow(self._chunk_values(vecs), [sentences[i] for i in sorted(best)], [[] for _ in chunks],
-                           SENTENCES)
+    def _chunk_row(self, memory: RequestMemory, b: int, ids: list[int]) -> SelectedRow:
+        """Nothing to score: the retrieved chunks' summaries, with no value span to copy."""
+        vecs = memory.indexes[b].vectors[ids] if ids else torch.zeros(0, self.config.hidden_size)
+        return SelectedRow(self._chunk_values(vecs), [memory.indexes[b].text(i) or "" for i in ids],
+                           [[] for _ in ids], FALLBACK)
 
     def value_token_ids(self, value_text: Optional[str]) -> list[int]:
         """A slot's value text -> its first ``value_tokens`` ids, tokenised as it reads mid-sentence

@@ -21,9 +21,6 @@ Example:
     >>> f = pool_features("Where does Alice live?", pool)
     >>> f.shape, int(ReadScorer()(f).argmax())
     (torch.Size([2, 20]), 0)
-    >>> scores, valid = ReadScorer().with_none(f, torch.ones(2, dtype=torch.bool))  # column 2: none, off
-    >>> scores.shape, int(scores.argmax())
-    (torch.Size([3]), 0)
 """
 
 from __future__ import annotations
@@ -60,7 +57,6 @@ FEATURES: tuple[str, ...] = (
 )
 NUM_FEATURES = len(FEATURES)
 PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score
-NONE_OFF = -1.0e4  # the none bias of an unfitted scorer: below any entry's score, so none never wins
 
 
 @dataclass
@@ -129,55 +125,28 @@ def pool_features(question: str, pool: ReadPool) -> torch.Tensor:
 class ReadScorer(nn.Module):
     """Pool features [..., N, F] -> scores [..., N]: a linear score (initialised to :data:`PRIOR`)
     plus a small MLP whose output layer starts at zero, so an unfitted scorer reads like the plain
-    joint score and fitting can only add what the pools teach.
-
-    Beside the entries it scores *none* (:meth:`none_score`): that no entry of the pool answers,
-    from the pool's max-pooled features (how well its best entries match at all). Where none wins,
-    the reader answers from the retrieved sentences instead of an entry. Unfitted (and in adapters
-    saved before it) none is off: its bias is :data:`NONE_OFF`.
-    """
+    joint score and fitting can only add what the pools teach."""
 
     def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 32):
         super().__init__()
         self.linear = nn.Linear(num_features, 1)
         self.mlp = nn.Sequential(nn.Linear(num_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        self.none = nn.Linear(num_features, 1)
         self.reset_prior()
 
     @torch.no_grad()
     def reset_prior(self) -> None:
-        """Back to the untrained score: ``key_match + 0.3 * lexical_sentence``, none off."""
+        """Back to the untrained score: ``key_match + 0.3 * lexical_sentence``."""
         self.linear.weight.zero_()
         self.linear.bias.zero_()
         for name, w in PRIOR.items():
             self.linear.weight[0, FEATURES.index(name)] = w
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
-        self.none_off()
-
-    @torch.no_grad()
-    def none_off(self) -> None:
-        """None never wins: zero weights, bias :data:`NONE_OFF`."""
-        self.none.weight.zero_()
-        self.none.bias.fill_(NONE_OFF)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         w = self.linear.weight
         x = features.to(w.device, w.dtype)
         return (self.linear(x) + self.mlp(x)).squeeze(-1)
-
-    def none_score(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """features [..., N, F], valid [..., N] -> [...]: the score of "no entry answers", from the
-        max of each feature over the valid entries (zeros for an empty pool)."""
-        w = self.none.weight
-        x = features.to(w.device, w.dtype).masked_fill(~valid.to(w.device)[..., None], float("-inf")).amax(-2)
-        x = torch.where(torch.isfinite(x), x, torch.zeros_like(x))  # [..., F]
-        return self.none(x).squeeze(-1)
-
-    def with_none(self, features: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scores [..., N + 1], valid [..., N + 1]): the entries' scores, then none's, always valid."""
-        scores = torch.cat([self(features), self.none_score(features, valid)[..., None]], -1)
-        return scores, torch.cat([valid.to(scores.device), torch.ones_like(valid[..., :1]).to(scores.device)], -1)
 
 
 def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -200,13 +169,12 @@ def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Ten
 
 @torch.no_grad()
 def score_pools(scorer: ReadScorer, pools: Sequence[tuple[str, ReadPool]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(question, pool) pairs -> (scores [B, N + 1], valid [B, N + 1]): every entry of every pool in
-    one scorer call, pools padded to the longest N, then none's score in the last column."""
+    """(question, pool) pairs -> (scores [B, N], valid [B, N]): every entry of every pool in one
+    scorer call, pools padded to the longest."""
     feats = [pool_features(q, pool) for q, pool in pools]
     n = max([1] + [f.shape[0] for f in feats])
     x = torch.zeros(len(feats), n, NUM_FEATURES)  # [B, N, F]
     valid = torch.zeros(len(feats), n, dtype=torch.bool)
     for b, f in enumerate(feats):
         x[b, :f.shape[0]], valid[b, :f.shape[0]] = f, True
-    scores, valid = scorer.with_none(x, valid)
-    return scores.float().cpu(), valid.cpu()
+    return scorer(x).float().cpu(), valid

@@ -5,13 +5,12 @@ Three stages, each in its own module:
 1. candidates (:mod:`.read_candidates`): per question, the usable slots of its memory row and the
    events grounded in the chunks retrieved for it;
 2. scoring (:mod:`.read_scorer`): the learned :class:`~memadapter.modeling.read_scorer.ReadScorer`
-   scores every entry of the batch, and "none of them", in one call and the best is picked; versions are resolved
+   scores every entry of the batch in one call and the best one is picked; versions are resolved
    here, from the features that say whether a later or an earlier entry has a matching key (an
    explicit stage that moved the pick to its newest version, as the write path would have
    overwritten it, lost on three of six validation halves and was removed: docs/RESULTS.md);
 3. injection (:mod:`.read_injection`): a slot (with up to ``top_k - 1`` more), one grounded event,
-   or, when none wins or the pool is empty, the best sentences of the retrieved chunks, which
-   ``generate`` hands to the backbone to read.
+   or, for an empty pool, the retrieved chunks' summaries.
 """
 
 from __future__ import annotations
@@ -46,12 +45,11 @@ class MemoryReaderMixin(CandidatesMixin, InjectionMixin):
         pools = self.read_pools(memory, input_ids, attention_mask)
         scores, valid = self.score_pools(pools)  # [B, N] each
         rows = []
-        none = scores.shape[1] - 1  # the last column: no entry answers
         for b, qp in enumerate(pools):
-            pick = int(scores[b].masked_fill(~valid[b], float("-inf")).argmax())
-            if pick == none or not len(qp.pool):
-                rows.append(self._sentence_row(memory, b, qp.question, qp.chunks))
+            if not len(qp.pool):
+                rows.append(self._chunk_row(memory, b, qp.chunks))
                 continue
+            pick = int(scores[b].masked_fill(~valid[b], float("-inf")).argmax())
             if pick >= len(qp.slots):
                 rows.append(self._event_row(qp.events[pick - len(qp.slots)]))
                 continue
@@ -62,6 +60,5 @@ class MemoryReaderMixin(CandidatesMixin, InjectionMixin):
         return stack_selection(rows, self.config.value_dim, self.config.value_tokens)
 
     def score_pools(self, pools: list[QuestionPool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every entry of every pool scored by the model's scorer in one call, none last:
-        (scores [B, N + 1], valid [B, N + 1])."""
+        """Every entry of every pool scored by the model's scorer in one call: (scores [B, N], valid [B, N])."""
         return score_pools(self.read_scorer, [(qp.question, qp.pool) for qp in pools])

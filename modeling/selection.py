@@ -23,8 +23,6 @@ import torch
 from memadapter.bm25 import tokenize
 
 _SENTENCE_END = re.compile(r"[.!?\n]")
-# The branch of a row that no pool entry answers: ``generate`` lets the backbone read its sentences.
-SENTENCES = "sentences"
 
 
 @dataclass
@@ -49,11 +47,6 @@ class Selection:
     texts: list[list[str]]
     branch: list[str]
     value_ids: Optional[torch.Tensor] = None
-
-    def rows(self, idx: list[int]) -> "Selection":
-        """The selection of rows ``idx`` only, in that order."""
-        return Selection(self.values[idx], self.valid[idx], [self.texts[b] for b in idx], [self.branch[b] for b in idx],
-                         None if self.value_ids is None else self.value_ids[idx])
 
     def memory_text(self, row: int) -> Optional[str]:
         """The row's selected texts as one prompt line ("Memory: a ; b"), None when there are none."""

@@ -4,9 +4,8 @@ The heads are trained first (``memadapter.training.train``); their pools then ex
 stream is ingested once, and each of its questions gets the pool ``select`` would score
 (``MemAdapterForCausalLM.read_pools``). An entry is positive when it sits in the sentence of the
 question's answer event (the generator's character spans: a training target, never seen at
-inference). The scorer is fitted listwise on those pools (:func:`fit_scorer`), with its none
-output positive where no entry is; the epoch is chosen on the pools of a validation split, and the
-adapter is saved with the fitted scorer.
+inference). The scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen
+on the pools of a validation split, and the adapter is saved with the fitted scorer.
 
     python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
         --data open:train:80 --data lifecycle:train:40 --data counterfactual:train:40 \\
@@ -71,7 +70,7 @@ class PoolSet:
         return cls(t["features"], t["valid"], t["positive"])
 
     def coverage(self) -> float:
-        """Share of pools holding a positive entry (the rest are none's)."""
+        """Share of pools holding a positive entry (what any reader can get right at most)."""
         return float((self.positive & self.valid).any(-1).float().mean()) if len(self.valid) else 0.0
 
 
@@ -112,38 +111,26 @@ def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) ->
     return PoolSet.stack(out)
 
 
-def with_none(scorer: ReadScorer, pools: PoolSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(scores, valid, positive), each [P, N + 1]: the entries, then none, which is positive where
-    no entry is (the retrieved sentences are all the reader can still answer from)."""
-    scores, valid = scorer.with_none(pools.features, pools.valid)
-    none = ~(pools.positive & pools.valid).any(-1, keepdim=True)  # [P, 1]
-    return scores, valid, torch.cat([pools.positive & pools.valid, none], -1)
-
-
 def pick_accuracy(scorer: ReadScorer, pools: PoolSet) -> float:
-    """Share of pools whose best-scored entry (or none) is positive."""
+    """Share of pools whose best-scored entry is positive (pools without a positive count as misses)."""
     with torch.no_grad():
-        scores, valid, positive = with_none(scorer, pools)
-    pick = scores.masked_fill(~valid, float("-inf")).argmax(-1)
-    return float(positive.gather(1, pick[:, None]).float().mean()) if len(pick) else 0.0
+        scores = scorer(pools.features).masked_fill(~pools.valid, float("-inf"))
+    pick = scores.argmax(-1)
+    return float(pools.positive.gather(1, pick[:, None]).float().mean()) if len(pick) else 0.0
 
 
 def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4,
                seed: int = 0) -> tuple[ReadScorer, list[dict]]:
-    """Full-batch Adam on :func:`listwise_loss` over the entries and none, from the prior with none
-    at bias 0; keeps the epoch with the best validation pick accuracy (ties: the earlier one; epoch 0
-    is the prior, none off). Returns the scorer and a log per 10 epochs."""
+    """Full-batch Adam on :func:`listwise_loss` from the prior; keeps the epoch with the best
+    validation pick accuracy (ties: the earlier one). Returns the scorer and a log per 10 epochs."""
     torch.manual_seed(seed)
     scorer = ReadScorer()
+    opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_acc = copy.deepcopy(scorer.state_dict()), pick_accuracy(scorer, val)
     log = [{"epoch": 0, "loss": None, "val_pick": best_acc}]
-    with torch.no_grad():
-        scorer.none.bias.zero_()
-    opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
     for epoch in range(1, epochs + 1):
         opt.zero_grad()
-        scores, valid, positive = with_none(scorer, train)
-        loss = listwise_loss(scores, valid, positive)
+        loss = listwise_loss(scorer(train.features), train.valid, train.positive)
         loss.backward()
         opt.step()
         acc = pick_accuracy(scorer, val)

@@ -44,7 +44,6 @@ from memadapter.errors import ConfigError, EmptyInputError
 # --set FIELD=VALUE: the read / ingest settings by their flat names (config.read.name_chunks is
 # "name_chunks") and top_k / value_tokens; safe to change on a trained adapter.
 from memadapter.modeling.configuration_memadapter import SETTABLE, parse_settings
-from memadapter.modeling.prompts import INSTRUCTION, chat_ids  # noqa: F401  (re-exported)
 
 from .answer_scoring import (contains_answer, exact_match, normalize_answer, score_prediction, stale_answer,
                              unknown_answer)
@@ -64,6 +63,21 @@ def question_ids(tokenizer: Any, question: str) -> list[int]:
     """The question's token ids exactly as the training collator builds them (``_qa_row``):
     the stripped text, no special tokens. A trained adapter then sees its training prompt."""
     return list(tokenizer(question.strip(), add_special_tokens=False)["input_ids"])
+
+
+INSTRUCTION = "Answer with the answer only, in a few words."
+
+
+def chat_ids(tokenizer: Any, question: str, context: Optional[str] = None) -> list[int]:
+    """An instruct model's own prompt for the untrained rows: the tokenizer's chat template around
+    (context,) the question and a short-answer instruction. Without it a chat model answers in
+    sentences, and exact match would measure its format, not what it read."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("chat: the tokenizer has no chat template; evaluate with chat=False")
+    content = (f"{context}\n\n" if context else "") + f"Question: {question.strip()}\n{INSTRUCTION}"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @contextmanager

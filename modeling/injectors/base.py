@@ -99,19 +99,3 @@ def check_mask(name: str, mask: object, shape: tuple[int, ...]) -> torch.Tensor:
     if tuple(mask.shape) != shape:
         raise ShapeError(f"{name}: expected shape {shape}, got {tuple(mask.shape)}")
     return mask.bool()
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows -> (ids [B, T], mask [B, T]) left-padded to the longest, as ``generate`` wants them.
-
-    Example:
-        >>> [t.tolist() for t in left_pad([[5, 6], [7]], 0, "cpu")]
-        [[[5, 6], [0, 7]], [[1, 1], [0, 1]]]
-    """
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    for b, r in enumerate(rows):
-        ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[b, width - len(r):] = 1
-    return ids, mask

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .base import Injector, Prepared, left_pad
+from .base import Injector, Prepared
 
 if TYPE_CHECKING:
     from ..selection import Selection
@@ -35,10 +35,13 @@ class TextInjector(Injector):
             text = sel.memory_text(b)
             mem = tok(text + " .\n", add_special_tokens=False)["input_ids"] if text else []
             rows.append(mem + row)
-        ids, mask = left_pad(rows, model._pad_id(), input_ids.device)
-        mask, width = mask.to(attention_mask.dtype), ids.shape[1]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), model._pad_id(), dtype=torch.long, device=input_ids.device)
+        mask = torch.zeros(len(rows), width, dtype=attention_mask.dtype, device=input_ids.device)
         where = torch.zeros_like(input_ids)
-        for b in range(len(rows)):
+        for b, r in enumerate(rows):
+            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[b, width - len(r):] = 1
             n_text = int(attention_mask[b].sum())
             # Original valid tokens keep their order and land at the end; pads point at column 0.
             where[b, attention_mask[b].bool()] = torch.arange(width - n_text, width, device=input_ids.device)

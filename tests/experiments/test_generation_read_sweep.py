@@ -35,9 +35,9 @@ def test_read_weights_take_a_refit_reader_and_refuse_other_weights(tmp_path):
         grounding.sub_(1.0)
         model.query_head.proj.weight.sub_(1.0)
         model.read_scorer.linear.bias.sub_(2.0)
-    heads, settings = sweep.read_weights([f"fit:{tmp_path / 'refit'}", f"k3:{tmp_path / 'refit'}:" '{"context_sentences": 3}'],
+    heads, settings = sweep.read_weights([f"fit:{tmp_path / 'refit'}", f"n3:{tmp_path / 'refit'}:" '{"name_chunks": 3}'],
                                          model)
-    assert settings == {"fit": {}, "k3": {"context_sentences": 3}}
+    assert settings == {"fit": {}, "n3": {"name_chunks": 3}}
     torch.testing.assert_close(heads["fit"]["query_head.proj.weight"], model.query_head.proj.weight + 1.0)
     sweep.load_read_weights(model, {**own, **heads["fit"]})  # the variant reads with them ...
     assert float(model.read_scorer.linear.bias.detach()) == 2.0

@@ -9,7 +9,7 @@ from conftest import STREAM, build, ingest, tiny_backbone
 
 from memadapter.errors import ConfigError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM
-from memadapter.modeling.read_scorer import FEATURES, NONE_OFF
+from memadapter.modeling.read_scorer import FEATURES
 from memadapter.modeling.selection import GroundedEvent
 
 
@@ -74,61 +74,20 @@ def test_a_grounded_retraction_reads_as_no_longer_known(tokenizer, monkeypatch):
     assert want and sel.value_ids[0, 0, :len(want)].tolist() == want
 
 
-def test_an_empty_pool_reads_the_best_sentences_of_the_retrieved_chunks(tokenizer, monkeypatch):
-    """No usable slot (the confidence bar) and no grounded event: the retrieved chunks' sentences
-    that share most words with the question (context_sentences of them, in stream order), beside
-    the fallback_chunks chunk summaries as values."""
-    for n_chunks, n_sentences, want in ((None, 1, ["Alice likes tea."]),
-                                        (3, 2, ["Alice lives in Paris.", "Alice likes tea."])):
+def test_an_empty_pool_injects_the_retrieved_chunk_summaries(tokenizer, monkeypatch):
+    """No usable slot (the confidence bar) and no grounded event: fallback_chunks chunk summaries."""
+    for n_chunks, want in ((None, 1), (3, 3)):
         model = build(tiny_backbone("llama"), tokenizer, "prefix", top_k=1, fallback_chunks=n_chunks,
-                      router_confidence_threshold=1.0, context_sentences=n_sentences)
+                      router_confidence_threshold=1.0)
         mem = ingest(model, [STREAM])
-        texts = {0: "Bob lives in Rome. Alice lives in Paris.", 1: "The sky is grey. Alice likes tea."}
-        monkeypatch.setattr(mem.indexes[0], "text", lambda i: texts.get(i, "Nothing here."))
         monkeypatch.setattr(model, "_chunk_events", lambda *args: [])
-        monkeypatch.setattr(model, "_retrieved_chunks", lambda *args: [1, 0][:n_chunks or 1])
         enc = _enc(tokenizer, "where does alice live")
         sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
-        assert sel.branch == ["sentences"] and int(sel.valid[0].sum()) == min(n_chunks or 1, 2)
-        assert sel.texts[0] == want
-    for field, bad in (("fallback_chunks", 0), ("fallback_chunks", -1), ("fallback_chunks", 2.5),
-                       ("fallback_chunks", True), ("context_sentences", 0)):
-        with pytest.raises(ConfigError, match=field):
-            MemAdapterConfig(read={field: bad})
-
-
-def test_rows_no_entry_answers_are_read_by_the_backbone_in_batch_order(tokenizer, monkeypatch):
-    """Row 0 has no slot (an empty pool), row 1 a slot: row 0 reads the retrieved sentences, row 1
-    its slot. generate answers row 0 with the backbone alone, the sentences and the question in
-    its prompt, and row 1 through the injector, and returns them in batch order. A scorer whose
-    none output wins sends row 1 to the sentences too."""
-    import memadapter.modeling.modeling_memadapter as mm
-
-    model = build(tiny_backbone("llama"), tokenizer, "prefix", top_k=1, router_confidence_threshold=0.0)
-    mem = ingest(model, [STREAM, STREAM])
-    mem.slots.reset()
-    mem.write("bob city", "rome", row=1)
-    for index in mem.indexes:
-        monkeypatch.setattr(index, "text", lambda i: "Bob lives in Rome. Alice lives in Paris.")
-    monkeypatch.setattr(model, "_chunk_events", lambda *args: [])
-    enc = _enc(tokenizer, "where does alice live", "where does bob live")
-    assert model.select(mem, enc["input_ids"], enc["attention_mask"]).branch == ["sentences", "memory"]
-    read, calls = [], []
-    monkeypatch.setattr(mm, "context_ids", lambda tok, q, context: read.append((q, context)) or tok(q)["input_ids"])
-    real = model.backbone.generate
-    monkeypatch.setattr(model.backbone, "generate", lambda **kw: calls.append(sorted(kw)) or real(**kw))
-    out = model.generate(enc["input_ids"], enc["attention_mask"], memory=mem, max_new_tokens=3, do_sample=False)
-    # the question as the tiny tokenizer decodes it ("live" is not in its vocabulary)
-    assert read == [("where does alice", "Bob lives in Rome. Alice lives in Paris.")]
-    assert len(calls) == 2 and out.shape[0] == 2 and out.shape[1] > enc["input_ids"].shape[1]
-    assert torch.equal(out[:, :enc["input_ids"].shape[1]], enc["input_ids"])
-    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
-    alone = model._generate_injected(sel.rows([1]), enc["input_ids"][1:], enc["attention_mask"][1:],
-                                     {"max_new_tokens": 3, "do_sample": False, "pad_token_id": 0})
-    assert out[1, enc["input_ids"].shape[1]:][:alone.shape[1]].tolist() == alone[0].tolist()
-    with torch.no_grad():
-        model.read_scorer.none.bias.fill_(1e4)
-    assert model.select(mem, enc["input_ids"], enc["attention_mask"]).branch == ["sentences", "sentences"]
+        chunks = {mem.indexes[0].text(i) for i in range(len(mem.indexes[0]))}
+        assert sel.branch == ["fallback"] and len(sel.texts[0]) == want and set(sel.texts[0]) <= chunks
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="fallback_chunks"):
+            MemAdapterConfig(read={"fallback_chunks": bad})
 
 
 def test_the_tagger_s_events_of_the_retrieved_chunks_are_grounded(tokenizer):
@@ -218,12 +177,6 @@ def test_the_fitted_scorer_is_saved_and_an_adapter_without_one_reads_with_the_pr
     assert float(w[FEATURES.index("key_match")]) == 1.0 and float(w[FEATURES.index("position")]) == 0.0
     with pytest.raises(ConfigError, match="missing keys"):
         loaded.load_adapter_state_dict({k: v for k, v in model.adapter_state_dict().items() if k != "read_scorer.linear.bias"})
-    with torch.no_grad():
-        loaded.read_scorer.none.bias.fill_(2.0)
-    state = {k: v for k, v in model.adapter_state_dict().items() if not k.startswith("read_scorer.none.")}
-    loaded.load_adapter_state_dict(state)  # saved before the scorer's none output: it stays off
-    assert torch.equal(loaded.read_scorer.linear.weight, model.read_scorer.linear.weight)
-    assert float(loaded.read_scorer.none.bias) == NONE_OFF and not loaded.read_scorer.none.weight.any()
 
 
 def test_a_config_with_the_retired_read_rules_loads_without_them(caplog):

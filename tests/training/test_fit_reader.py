@@ -41,25 +41,6 @@ def test_fit_scorer_learns_what_the_prior_gets_wrong():
     assert pick_accuracy(scorer, val) > 0.95 and log[0]["epoch"] == 0
 
 
-def test_fit_scorer_learns_none_where_no_entry_answers():
-    """Pools whose best key match is low hold no positive entry: fitting turns none on for them
-    (the prior never picks it) and keeps picking the matching entry elsewhere."""
-    def pools(n, seed):
-        g = torch.Generator().manual_seed(seed)
-        f = torch.zeros(n, 2, NUM_FEATURES)
-        answered = torch.rand(n, generator=g) < 0.5
-        f[..., FEATURES.index("key_match")] = torch.where(answered[:, None], 0.8, 0.1) + 0.1 * torch.rand(n, 2, generator=g)
-        positive = torch.zeros(n, 2, dtype=torch.bool)
-        positive[:, 0] = answered
-        f[:, 0, FEATURES.index("key_match")] += 0.3 * answered.float()
-        return PoolSet(f, torch.ones(n, 2, dtype=torch.bool), positive)
-    from memadapter.modeling.read_scorer import ReadScorer
-    train, val = pools(128, 0), pools(128, 1)
-    assert pick_accuracy(ReadScorer(), val) < 0.6  # none off: every unanswered pool is a miss
-    scorer, _ = fit_scorer(train, val, epochs=300)
-    assert pick_accuracy(scorer, val) > 0.95
-
-
 def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
     rng = random.Random(0)
     streams = [generate_stream(rng, split="train", num_entities=2, num_updates=1, num_distractors=1, num_uniform=1)
