@@ -8,7 +8,7 @@ first variant should be the committed settings (``base:{}``): it reproduces the 
 ``generation_eval`` dev row and so checks the sweep. Only settings read at select time may differ
 between variants (an ingest-time setting would need its own ingest); the script refuses others.
 ``--reader NAME:DIR[:JSON]`` adds a variant that reads with the committed settings (JSON's over them) and the read-time
-weights (:data:`READ_MODULES`: the QueryHead and the learned ReadScorer) of the adapter in DIR, e.g.
+weights (:data:`READ_MODULES`: the QueryHead, the learned ReadScorer and the answer pointer) of the adapter in DIR, e.g.
 ``memadapter.training.fit_reader``'s output; they are read at select time only, and every other
 tensor in DIR must equal the loaded adapter's. (``--query-head`` is its old name.)
 
@@ -27,7 +27,7 @@ from memadapter.modeling.configuration_settings import ReadConfig
 from memadapter.training import generation_eval as ge
 
 READ_TIME = frozenset(ReadConfig.names())  # read by select, never by ingest: variants may differ in these only
-READ_MODULES = ("query_head.", "read_scorer.")  # adapter weights read by select only, never by ingest
+READ_MODULES = ("query_head.", "read_scorer.", "answer_pointer.")  # adapter weights read by select only, never by ingest
 
 
 def variants(items):
@@ -64,10 +64,16 @@ def read_weights(items, model):
 
 
 def load_read_weights(model, state) -> None:
-    """Load ``state`` (adapter keys under READ_MODULES, each module complete) into ``model``."""
+    """Load ``state`` (adapter keys under READ_MODULES, each module complete) into ``model``; a
+    scorer saved before features were added reads them with weight 0 (``widen_features``)."""
+    from memadapter.modeling.read_scorer import widen_features
+
     for prefix in READ_MODULES:
         module = getattr(model, prefix.rstrip("."))
-        module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        if module is None:  # an adapter without an answer pointer
+            continue
+        own = module.state_dict()
+        module.load_state_dict({k: widen_features(state[prefix + k], v) for k, v in own.items()})
 
 
 def picked_value(model, ctx, tok, question: str) -> str:

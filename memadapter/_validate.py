@@ -70,6 +70,7 @@ MAX_SIZES = {
     "cross_attn_heads": 1 << 10,
     "backbone_num_layers": 1 << 12,
     "name_chunks": 1 << 16,
+    "answer_sentences": 1 << 12,
     "fallback_chunks": 1 << 16,
 }
 # A new allocation may take at most this share of the memory still available.

@@ -90,6 +90,9 @@ class MemAdapterConfig(PreTrainedConfig):
     # event layer keeps feeding the WriteController: refit_events --lifecycle fits it, so a better
     # retraction typing does not move the writes the controller learned on the old probabilities.
     lifecycle_typing: bool = False
+    # Backbone hidden states (indices as read_layer's) the AnswerPointer reads, concatenated; empty =
+    # no pointer. It reads the retrieved chunks' best sentences at question time (read.answer_sentences).
+    answer_layers: list[int] = field(default_factory=list)
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
@@ -178,6 +181,12 @@ class MemAdapterConfig(PreTrainedConfig):
         if len(set(layers)) != len(layers):
             raise ConfigError(f"cross_attn_layers: indices must be unique, got {list(layers)}")
         self.cross_attn_layers = sorted(layers)  # JSON round trip gives a list; keep one canonical order
+        if not isinstance(self.answer_layers, (list, tuple)):
+            raise ConfigError(f"answer_layers: expected a list of ints, got {type(self.answer_layers).__name__}")
+        for i in self.answer_layers:
+            if isinstance(i, bool) or not isinstance(i, int) or (n is not None and not -(n + 1) <= i <= n):
+                raise ConfigError(f"answer_layers: each index must be an int that indexes the hidden states, got {i!r}")
+        self.answer_layers = list(self.answer_layers)
 
     def _validate_injection(self) -> None:
         gate = self.cross_attn_gate_init

@@ -158,6 +158,9 @@ class ReadConfig(_Settings):
         question's names (capitalised words, numbers) alone rank first by BM25. A fact stated in other words than
         the question's ("is employed by" for "work for") loses the hybrid search to filler that shares the common
         words; its entity's name is rare in the filler.""")
+    answer_sentences: int = _help(0, """Sentences of the retrieved chunks the adapter's AnswerPointer reads per
+        question (those sharing most words with it); each adds its answer span to the pool. 0, or an adapter
+        without a pointer (answer_layers empty): none.""")
     withdrawn_text: Optional[str] = _help(None, """What a selected entry without value text (a withdrawn fact, or
         a fact read without a value span) copies as its value tokens, e.g. "unknown"; None = none, its pooled
         vector alone. Training copies the same tokens for such gold events, so set it before training.""")
@@ -167,6 +170,7 @@ class ReadConfig(_Settings):
         self._number("router_confidence_threshold", 0.0, 1.0)
         self._count("fallback_chunks", optional=True)
         self._count("name_chunks", allow_zero=True)
+        self._count("answer_sentences", allow_zero=True)
         if self.withdrawn_text is not None and (not isinstance(self.withdrawn_text, str) or not self.withdrawn_text.strip()):
             raise ConfigError(f"read.withdrawn_text: expected None or a non-empty string, got {self.withdrawn_text!r}")
 

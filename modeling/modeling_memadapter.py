@@ -48,6 +48,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from memadapter._validate import check_allocation, check_size
+from memadapter.answer_pointer import AnswerPointer
 from memadapter.chunk_index import ChunkIndex, index_bytes
 from memadapter.errors import ConfigError, DTypeError, EmptyInputError, ShapeError
 from memadapter.heads import GroundingHead, QueryHead, WriteController, masked_attention_pool, word_starts
@@ -62,7 +63,7 @@ from .configuration_memadapter import MemAdapterConfig
 from .ingest import PROGRESS_MIN_CHUNKS, IngestMixin, IngestReport, reference_ingest
 from .injectors import INJECTORS, Injector, get_injector
 from .input_checks import InputChecksMixin
-from .read_scorer import ReadScorer
+from .read_scorer import ReadScorer, widen_features
 from .reader import MemoryReaderMixin
 from .selection import Selection
 
@@ -115,6 +116,8 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
         self.writer = WriteController(config.key_dim, config.num_event_types)
         self.query_head = QueryHead(hidden, config.key_dim)
         self.read_scorer = ReadScorer()  # fitted after the heads (memadapter.training.fit_reader)
+        # fitted after the heads too (memadapter.training.fit_pointer); None: the adapter has none
+        self.answer_pointer = AnswerPointer(len(config.answer_layers) * hidden) if config.answer_layers else None
         # The injector's modules under the attribute names that are their state-dict prefixes
         # ("injector", "cross_attn", "value_token_proj"): saved adapters keep their keys.
         built = get_injector(config.injection).build(self, config, hidden)
@@ -123,7 +126,8 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
         self._injection_modules = tuple(built)
 
     def _adapter_modules(self) -> nn.ModuleList:
-        mods = (self.grounding, self.writer, self.query_head, self.read_scorer, *(getattr(self, n) for n in self._injection_modules))
+        mods = (self.grounding, self.writer, self.query_head, self.read_scorer, *(getattr(self, n) for n in self._injection_modules),
+                *([self.answer_pointer] if self.answer_pointer is not None else []))
         return nn.ModuleList(mods)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -145,11 +149,13 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Strict load of adapter tensors; a missing or unexpected key is a ConfigError naming it.
         An adapter saved before the learned reader has no ``read_scorer.*`` tensors: it reads with
-        the scorer's prior (the plain joint score)."""
+        the scorer's prior (the plain joint score). A scorer saved before features were added reads
+        them with weight 0 (they are appended to ``FEATURES``)."""
         own = self.adapter_state_dict()
         if not any(k.startswith("read_scorer.") for k in state):
             self.read_scorer.reset_prior()
             own = {k: v for k, v in own.items() if not k.startswith("read_scorer.")}
+        state = {k: widen_features(v, own[k]) if k in own and k.startswith("read_scorer.") else v for k, v in state.items()}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise ConfigError(f"adapter weights: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")

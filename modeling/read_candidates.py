@@ -119,18 +119,19 @@ class CandidatesMixin:
         chunks = [self._retrieved_chunks(memory, b, chunk_query[b], texts[b]) for b in range(len(texts))]
         if not _REFERENCE_READ.get():
             self._ground(memory, [(b, i) for b, ids in enumerate(chunks) for i in ids])
-        return [self._question_pool(memory, b, query[b], texts[b], chunks[b]) for b in range(len(texts))]
+        answers = self._answer_events(memory, texts, chunks)  # the pointer's, one batch of forwards
+        return [self._question_pool(memory, b, query[b], texts[b], chunks[b], answers[b]) for b in range(len(texts))]
 
     def _question_pool(self, memory: RequestMemory, b: int, query: torch.Tensor, question: str,
-                       chunks: list[int]) -> QuestionPool:
-        """Row ``b``'s usable slots (occupied, confidence >= ``router_confidence_threshold``) and the
-        events grounded in its retrieved ``chunks``, described for the scorer."""
+                       chunks: list[int], answers: Sequence[GroundedEvent] = ()) -> QuestionPool:
+        """Row ``b``'s usable slots (occupied, confidence >= ``router_confidence_threshold``), the
+        events grounded in its retrieved ``chunks`` and the pointer's ``answers``, described for the scorer."""
         mem = memory.slots
         slots = (mem.occupied[b] & (mem.confidence[b] >= self.config.read.router_confidence_threshold)
                  ).nonzero().flatten().tolist()
         written = {int(mem.span[b, m, 0]) for m in slots}  # an event a slot holds is that slot, resolved
         events = [replace(e, score=float(e.key @ query)) for e in self._chunk_events(memory, b, chunks)
-                  if e.position not in written]
+                  if e.position not in written] + [replace(e, score=float(e.key @ query)) for e in answers]
         slot_sentences = self._slot_sentences(memory, b)
         keys = torch.cat([mem.keys[b, slots].float().cpu(),
                           torch.stack([e.key for e in events]) if events else torch.zeros(0, mem.key_dim)])
@@ -143,7 +144,8 @@ class CandidatesMixin:
             is_slot=torch.tensor([True] * len(slots) + [False] * len(events)),
             withdrawn=torch.tensor([bool(mem.retracted[b, m]) for m in slots] + [e.event_type == "retract" for e in events]),
             event_types=[""] * len(slots) + [e.event_type for e in events],
-            confidence=torch.cat([mem.confidence[b, slots].float().cpu(), torch.ones(len(events))]))
+            confidence=torch.cat([mem.confidence[b, slots].float().cpu(), torch.ones(len(events))]),
+            answer_margin=torch.tensor([0.0] * len(slots) + [e.answer_margin or 0.0 for e in events]) if answers else None)
         return QuestionPool(question, pool, slots, events, chunks)
 
     def _retrieved_chunks(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, question: str) -> list[int]:

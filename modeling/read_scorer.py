@@ -20,7 +20,7 @@ Example:
     ...                 confidence=torch.tensor([0.9, 1.0]))
     >>> f = pool_features("Where does Alice live?", pool)
     >>> f.shape, int(ReadScorer()(f).argmax())
-    (torch.Size([2, 20]), 0)
+    (torch.Size([2, 22]), 0)
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ FEATURES: tuple[str, ...] = (
     "earlier_version",  # max key cosine with an entry earlier in the stream
     "has_value",  # it has a value text to copy
     "confidence",  # slot confidence (events 1)
+    # appended 2026-12-06: a scorer saved before reads them with weight 0 (widen_features)
+    "answer",  # a pointer answer (memadapter.modeling.read_answers)
+    "answer_margin",  # sigmoid of its span's margin over "no answer here" (others 0)
 )
 NUM_FEATURES = len(FEATURES)
 PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score
@@ -64,7 +67,8 @@ class ReadPool:
     """One question's candidates, slots first then grounded events: their key, sentence and value
     texts (value None: withdrawn or none), unit keys [N, dk], key match with the question [N],
     stream order [N], and per entry whether it is a slot, a withdrawal, its event type name ("" for
-    a slot) and its confidence."""
+    a slot, "answer" for a pointer answer), its confidence and its pointer margin (None: no
+    pointer answer in the pool; else [N], 0 for the other entries)."""
 
     key_texts: list[str]
     sentences: list[str]
@@ -76,6 +80,7 @@ class ReadPool:
     withdrawn: torch.Tensor
     event_types: list[str]
     confidence: torch.Tensor
+    answer_margin: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.key_texts)
@@ -117,8 +122,10 @@ def pool_features(question: str, pool: ReadPool) -> torch.Tensor:
         torch.tensor(inserted_names(question, pool.key_texts), dtype=torch.float),
         pool.is_slot.float(), pool.withdrawn.float(),
     ]
+    answer = torch.tensor([float(t == "answer") for t in pool.event_types])
+    margin = torch.zeros(n) if pool.answer_margin is None else torch.sigmoid(pool.answer_margin.float()) * answer
     tail = [rank, later, earlier, torch.tensor([float(bool(v and v.strip())) for v in pool.value_texts]),
-            pool.confidence.float()]
+            pool.confidence.float(), answer, margin]
     return torch.cat([torch.stack(columns, -1), types, torch.stack(tail, -1)], -1).float()  # [N, F]
 
 
@@ -147,6 +154,19 @@ class ReadScorer(nn.Module):
         w = self.linear.weight
         x = features.to(w.device, w.dtype)
         return (self.linear(x) + self.mlp(x)).squeeze(-1)
+
+
+def widen_features(saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """A saved scorer tensor -> ``own``'s shape when only its input features are fewer (a scorer
+    saved before features were appended to :data:`FEATURES`): zero weights for the new ones, so
+    it scores as it did. Any other tensor is returned as it is.
+
+    >>> widen_features(torch.ones(1, 2), torch.zeros(1, 3)).tolist()
+    [[1.0, 1.0, 0.0]]
+    """
+    if saved.dim() == 2 and own.dim() == 2 and saved.shape[0] == own.shape[0] and saved.shape[1] < own.shape[1]:
+        return torch.cat([saved, saved.new_zeros(saved.shape[0], own.shape[1] - saved.shape[1])], 1)
+    return saved
 
 
 def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:

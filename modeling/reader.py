@@ -2,8 +2,9 @@
 
 Three stages, each in its own module:
 
-1. candidates (:mod:`.read_candidates`): per question, the usable slots of its memory row and the
-   events grounded in the chunks retrieved for it;
+1. candidates (:mod:`.read_candidates`): per question, the usable slots of its memory row, the
+   events grounded in the chunks retrieved for it and, when the adapter has an answer pointer,
+   its answers in their best sentences (:mod:`.read_answers`);
 2. scoring (:mod:`.read_scorer`): the learned :class:`~memadapter.modeling.read_scorer.ReadScorer`
    scores every entry of the batch in one call and the best one is picked; versions are resolved
    here, from the features that say whether a later or an earlier entry has a matching key (an
@@ -19,6 +20,7 @@ import torch
 
 from memadapter.request_memory import RequestMemory
 
+from .read_answers import AnswersMixin
 from .read_candidates import CandidatesMixin, QuestionPool
 from .read_injection import WITHDRAWN, InjectionMixin
 from .read_scorer import score_pools
@@ -27,7 +29,7 @@ from .selection import Selection, stack_selection
 __all__ = ["MemoryReaderMixin", "QuestionPool", "WITHDRAWN"]
 
 
-class MemoryReaderMixin(CandidatesMixin, InjectionMixin):
+class MemoryReaderMixin(CandidatesMixin, AnswersMixin, InjectionMixin):
     """``select`` and its stages, mixed into :class:`MemAdapterForCausalLM`; it uses the model's
     config, query_head, grounding, read_scorer, tokenizer and hidden-state helpers (``_hidden``,
     ``_mean``, ``_decode``, ``_tok``, ``_right_pad``).

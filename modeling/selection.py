@@ -217,7 +217,9 @@ class GroundedEvent:
     """An event the GroundingHead proposed in a retrieved chunk, scored against a question: its key
     and value texts (value None: a retraction), value [dv] and key [dk] vectors, event type name,
     score (its key's match with the question), position (token offset of its key in the stream)
-    and the text of its sentence (:func:`sentence_around`; None: the key text stands for it)."""
+    and the text of its sentence (:func:`sentence_around`; None: the key text stands for it). A
+    pointer answer (``memadapter.modeling.read_answers``) also has the margin of its span over
+    "no answer here"."""
 
     key_text: str
     value_text: Optional[str]
@@ -227,6 +229,7 @@ class GroundedEvent:
     score: float
     position: int
     sentence: Optional[str] = None
+    answer_margin: Optional[float] = None
 
 
 def sentence_around(decode: Callable[[Sequence[int]], str], ids: Sequence[int], start: int, end: int) -> str:

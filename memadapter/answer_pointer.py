@@ -1,0 +1,91 @@
+"""The answer pointer: a question-conditioned start/end head that finds the answer span in one sentence.
+
+The GroundingHead proposes key and value spans while the stream is read, before any question is
+known, and it proposes only what looks like the facts it was trained on. The pointer reads at
+question time instead: the frozen backbone reads ``Question: ...\\nText: <sentence>``, and a small
+head over the text tokens' hidden states (several layers, concatenated) scores each token as the
+answer's start and as its end. The token just before the text is the *null* position: a sentence
+that does not answer the question should put both start and end there. A span's ``margin`` is its
+start + end score minus the null's, so margins compare across sentences: the reader gets them as a
+feature (``memadapter.modeling.read_scorer``).
+
+Example:
+    >>> head = AnswerPointer(in_features=4)
+    >>> logits = head(torch.randn(2, 6, 4))  # [B, T, 2]: start and end scores per token
+    >>> start, end, margin = best_spans(logits, torch.ones(2, 6, dtype=torch.bool), torch.zeros(2, dtype=torch.long))
+    >>> bool(((start >= 1) & (end >= start) & (end - start < MAX_SPAN)).all())
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .errors import ShapeError
+
+MAX_SPAN = 16  # tokens: the longest answer span the pointer proposes
+PROMPT = "Question: {question}\nText:"  # what the backbone reads before the sentence (then " " + sentence)
+
+
+class AnswerPointer(nn.Module):
+    """Hidden states [..., T, in_features] -> start and end scores [..., T, 2]: an MLP with one hidden
+    layer of ``hidden`` units (0: a linear head)."""
+
+    def __init__(self, in_features: int, hidden: int = 256):
+        super().__init__()
+        self.net = (nn.Linear(in_features, 2) if hidden == 0 else
+                    nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 2)))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        w = next(self.parameters())
+        return self.net(hidden.to(w.device, w.dtype))
+
+
+def best_spans(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor,
+               max_span: int = MAX_SPAN) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row, the best span of text tokens: (start [B], end [B], margin [B]).
+
+    logits [B, T, 2]; text_mask [B, T] (the sentence's tokens); null [B] (index of the null token).
+    A span starts and ends on text tokens, ``start <= end < start + max_span``; its score is
+    start + end logit, and ``margin`` is that minus the null's start + end logit. A row without text
+    returns its null position and margin -inf.
+    """
+    if logits.dim() != 3 or logits.shape[-1] != 2 or tuple(text_mask.shape) != tuple(logits.shape[:2]):
+        raise ShapeError(f"logits: expected [B, T, 2] with text_mask [B, T], got {tuple(logits.shape)} and "
+                         f"{tuple(text_mask.shape)}")
+    B, T, _ = logits.shape
+    logits = logits.float()
+    start = logits[..., 0].masked_fill(~text_mask, float("-inf"))  # [B, T]
+    end = logits[..., 1].masked_fill(~text_mask, float("-inf"))
+    pos = torch.arange(T, device=logits.device)
+    width = pos[None, :] - pos[:, None]  # [T, T]: end - start
+    allowed = (width >= 0) & (width < max_span)
+    score = (start[:, :, None] + end[:, None, :]).masked_fill(~allowed, float("-inf"))  # [B, T(start), T(end)]
+    best = score.flatten(1).argmax(-1)  # [B]
+    s, e = best // T, best % T
+    top = score.flatten(1).gather(1, best[:, None])[:, 0]
+    rows = torch.arange(B, device=logits.device)
+    margin = top - logits[rows, null, 0] - logits[rows, null, 1]
+    empty = ~text_mask.any(-1)
+    return torch.where(empty, null, s), torch.where(empty, null, e), margin.masked_fill(empty, float("-inf"))
+
+
+def best_spans_reference(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor,
+                         max_span: int = MAX_SPAN) -> tuple[list[int], list[int], list[float]]:
+    """Plain loops over every (start, end) pair: the oracle :func:`best_spans` is tested against."""
+    starts, ends, margins = [], [], []
+    for b in range(logits.shape[0]):
+        best = (int(null[b]), int(null[b]), float("-inf"))
+        text = [t for t in range(logits.shape[1]) if text_mask[b, t]]
+        for i in text:
+            for j in text:
+                if 0 <= j - i < max_span:
+                    score = float(logits[b, i, 0]) + float(logits[b, j, 1])
+                    if score > best[2]:
+                        best = (i, j, score)
+        nul = float(logits[b, int(null[b]), 0]) + float(logits[b, int(null[b]), 1])
+        starts.append(best[0])
+        ends.append(best[1])
+        margins.append(best[2] - nul if text else float("-inf"))
+    return starts, ends, margins

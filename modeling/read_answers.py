@@ -1,0 +1,113 @@
+"""Read stage 1b, pointer answers: the answer pointer reads the best sentences of the retrieved chunks.
+
+The GroundingHead proposes only what looks like the facts it was trained on, so a fact told in
+other words ("The night guard keeps a grey cat named Pepper") is never written and never grounded.
+Here the adapter's :class:`~memadapter.answer_pointer.AnswerPointer` reads, per question, the
+``read.answer_sentences`` sentences of its retrieved chunks that share most words with it (BM25
+agreement of the content words), each behind the question (:func:`pair_ids`), and proposes one
+answer span per sentence with its margin over "no answer here". Each becomes a
+:class:`~memadapter.modeling.selection.GroundedEvent` of type ``"answer"`` in the question's pool,
+its key text the sentence without the span; the learned ReadScorer weighs it against the slots and
+grounded events (features ``answer`` and ``answer_margin``). All pairs of a batch are read in padded
+backbone forwards of up to ``GROUND_TOKENS`` tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from memadapter.answer_pointer import PROMPT, best_spans
+from memadapter.bm25 import lexical_agreement
+from memadapter.request_memory import RequestMemory
+from memadapter.sentences import sentence_spans
+
+from .backbones import backbone_parts
+from .read_candidates import GROUND_TOKENS, ChunkRead, _token_groups
+from .selection import GroundedEvent
+
+ANSWER = "answer"  # the event type of a pointer answer
+
+
+def pair_ids(tokenizer: Any, question: str, sentence: str) -> tuple[list[int], int]:
+    """The pointer's input for one (question, sentence) pair: (ids, n) where ids[:n] is the
+    question prompt (:data:`PROMPT`, its last token the null position) and ids[n:] the sentence,
+    tokenised as it reads after a space."""
+    prompt = tokenizer(PROMPT.format(question=question.strip()), add_special_tokens=False)["input_ids"]
+    text = tokenizer(" " + sentence.strip(), add_special_tokens=False)["input_ids"]
+    return list(prompt) + list(text), len(prompt)
+
+
+def pointer_features(model: Any, ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the pointer's input [B, T, len(layers) * H], the read layer's hidden states [B, T, H]) from
+    one backbone forward (every layer up to the deepest asked)."""
+    out = backbone_parts(model.backbone).decoder(input_ids=ids, attention_mask=mask, use_cache=False,
+                                                 output_hidden_states=True)
+    hs = out.hidden_states
+    return torch.cat([hs[i] for i in layers], -1), hs[model.config.read_layer]
+
+
+class AnswersMixin:
+    """Pointer answers, mixed into the model through :class:`~memadapter.modeling.reader.MemoryReaderMixin`;
+    it uses the model's config, answer_pointer, grounding, tokenizer and hidden-state helpers."""
+
+    def _answer_sentences(self, memory: RequestMemory, b: int, question: str, chunks: list[int]) -> list[tuple[int, int, str]]:
+        """Row ``b``'s best ``answer_sentences`` sentences of ``chunks`` for ``question``, in stream
+        order, as (chunk id, character offset in the chunk, sentence); only sentences sharing a word with it."""
+        found = []
+        for i in chunks:
+            text = memory.indexes[b].text(i)
+            found += [(i, s, text[s:e]) for s, e in sentence_spans(text or "")]
+        if not found:
+            return []
+        agree = lexical_agreement(question, [s for _, _, s in found], True)
+        best = sorted(range(len(found)), key=lambda j: -agree[j])[:self.config.read.answer_sentences]
+        return [found[j] for j in sorted(best) if agree[j] > 0]
+
+    @torch.no_grad()
+    def _answer_events(self, memory: RequestMemory, questions: list[str], chunks: list[list[int]]) -> list[list[GroundedEvent]]:
+        """Per row, the pointer's answer in each of its best sentences (:meth:`_answer_sentences`);
+        [] per row without a pointer, a tokenizer or ``answer_sentences``."""
+        out: list[list[GroundedEvent]] = [[] for _ in questions]
+        if self.answer_pointer is None or self.tokenizer is None or not self.config.read.answer_sentences:
+            return out
+        pairs = [(b, *found) for b, q in enumerate(questions) for found in self._answer_sentences(memory, b, q, chunks[b])]
+        encoded = [pair_ids(self.tokenizer, questions[b], sent) for b, _, _, sent in pairs]
+        entries = [ChunkRead(ids) for ids, _ in encoded]  # only for grouping by padded size
+        budget = GROUND_TOKENS["cpu" if self._device().type == "cpu" else "other"]
+        where = {id(e): k for k, e in enumerate(entries)}
+        for group in _token_groups(entries, budget):
+            ks = [where[id(e)] for e in group]
+            ids, mask = self._right_pad([encoded[k][0] for k in ks])
+            feats, hidden = pointer_features(self, ids, mask, list(self.config.answer_layers))
+            n = torch.tensor([encoded[k][1] for k in ks], device=ids.device)
+            pos = torch.arange(ids.shape[1], device=ids.device)
+            text = mask.bool() & (pos[None, :] >= n[:, None])  # [G, T]: the sentence's tokens
+            start, end, margin = best_spans(self.answer_pointer(feats), text, n - 1)
+            for r, k in enumerate(ks):
+                b, chunk_id, char, sent = pairs[k]
+                out[b].append(self._answer_event(memory, b, chunk_id, char, encoded[k], hidden[r], text[r],
+                                                 int(start[r]), int(end[r]), float(margin[r])))
+        return out
+
+    def _answer_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, encoded: tuple[list[int], int],
+                      hidden: torch.Tensor, text: torch.Tensor, s: int, e: int, margin: float) -> GroundedEvent:
+        """One pointer answer as an event: the span's text and pooled value, the rest of the
+        sentence as its key (text and pooled key), ``position`` the span's first token in the stream."""
+        ids, n = encoded
+        value_text = self._decode(ids[s:e + 1]).strip()
+        sentence = self._decode(ids[n:]).strip()
+        key_text = (self._decode(ids[n:s]) + " " + self._decode(ids[e + 1:])).strip() or sentence
+        span = torch.zeros_like(text)
+        span[s:e + 1] = True
+        rest = text & ~span
+        norm = self.grounding.norm
+        value = self.grounding.value_proj(norm(hidden[span].mean(0)))
+        pooled = norm(hidden[rest if rest.any() else text].mean(0))
+        key = self.grounding.key(pooled[None], pooled[None])[0]
+        chunk_text = memory.indexes[b].text(chunk_id) or ""
+        before = chunk_text[:char] + self._decode(ids[n:s]).lstrip()  # the chunk's text up to the span
+        offset = len(self._tok()(before, add_special_tokens=False)["input_ids"]) if before.strip() else 0
+        return GroundedEvent(key_text, value_text, value.float().cpu(), key.float().cpu(), ANSWER, 0.0,
+                             memory.indexes[b].span(chunk_id)[0] + offset, sentence, margin)

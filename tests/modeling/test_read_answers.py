@@ -1,0 +1,74 @@
+"""Pointer answers (modeling/read_answers.py) on tiny backbones: the AnswerPointer reads the best
+sentences of the retrieved chunks and its answers join the question's pool."""
+
+import pytest
+import torch
+from conftest import STREAM, build, ingest, tiny_backbone
+
+from memadapter.errors import ConfigError
+from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM
+from memadapter.modeling.read_answers import ANSWER, pair_ids
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES
+
+
+def _pointer_model(tokenizer, **kw):
+    return build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1, value_tokens=4,
+                 answer_layers=[1, 2], answer_sentences=2, **kw)
+
+
+def _answers(model, mem, tokenizer, question):
+    enc = tokenizer([question], return_tensors="pt", padding=True)
+    return [e for e in model.read_pools(mem, enc["input_ids"], enc["attention_mask"])[0].events if e.event_type == ANSWER]
+
+
+def test_pair_ids_put_the_question_prompt_before_the_sentence(tokenizer):
+    ids, n = pair_ids(tokenizer, " where does alice live ", "alice lives in paris")
+    assert ids[n:] == tokenizer(" alice lives in paris", add_special_tokens=False)["input_ids"] and n > 0
+
+
+def test_answers_are_spans_of_the_best_sentences_and_join_the_pool(tokenizer):
+    model = _pointer_model(tokenizer)
+    mem = ingest(model, [STREAM])
+    answers = _answers(model, mem, tokenizer, "where does alice live")
+    assert 1 <= len(answers) <= 2
+    index = mem.indexes[0]
+    for e in answers:
+        assert e.value_text and e.value_text in e.sentence and e.answer_margin is not None
+        assert set(e.sentence.split()) <= set(STREAM.split()) and 0 <= e.position < index.span(len(index) - 1)[1]
+        assert e.key.shape == (16,) and e.value.shape == (16,)
+    with torch.no_grad():  # a scorer that follows the pointer reads an answer
+        model.read_scorer.linear.weight.zero_()
+        model.read_scorer.linear.weight[0, FEATURES.index("answer")] = 10.0
+    enc = tokenizer(["where does alice live"], return_tensors="pt", padding=True)
+    sel = model.select(mem, enc["input_ids"], enc["attention_mask"])
+    assert sel.branch == ["fallback"] and sel.texts[0][0] in [f"{e.key_text}: {e.value_text}" for e in answers]
+    model.config.read.answer_sentences = 0
+    assert _answers(model, mem, tokenizer, "where does alice live") == []
+
+
+def test_an_adapter_without_a_pointer_proposes_no_answers(tokenizer):
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, answer_sentences=2)
+    assert model.answer_pointer is None
+    assert _answers(model, ingest(model, [STREAM]), tokenizer, "where does alice live") == []
+
+
+def test_the_pointer_is_saved_and_loaded_and_an_older_scorer_is_widened(tokenizer, tmp_path):
+    model = _pointer_model(tokenizer)
+    model.save_pretrained(tmp_path / "a")
+    bb = model.backbone
+    loaded = MemAdapterForCausalLM.from_pretrained(bb, adapter=str(tmp_path / "a"), tokenizer=tokenizer)
+    assert loaded.config.answer_layers == [1, 2] and loaded.config.read.answer_sentences == 2
+    for k, v in model.answer_pointer.state_dict().items():
+        assert torch.equal(loaded.answer_pointer.state_dict()[k], v)
+    state = loaded.adapter_state_dict()
+    old = dict(state, **{k: state[k][:, :NUM_FEATURES - 2] for k in ("read_scorer.linear.weight", "read_scorer.mlp.0.weight")})
+    loaded.load_adapter_state_dict(old)  # a scorer saved before the answer features
+    assert float(loaded.read_scorer.linear.weight.detach()[0, -2:].abs().sum()) == 0.0
+    with pytest.raises(ConfigError, match="missing keys"):
+        loaded.load_adapter_state_dict({k: v for k, v in state.items() if not k.startswith("answer_pointer.")})
+
+
+@pytest.mark.parametrize("layers", ["8", [True], [99]])
+def test_answer_layers_must_be_a_list_of_hidden_state_indices(layers):
+    with pytest.raises(ConfigError, match="answer_layers"):
+        MemAdapterConfig(answer_layers=layers, backbone_num_layers=4)
