@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -149,3 +149,21 @@ def check_choices(name: str, value: object, choices: Sequence[str]) -> list[str]
     if len(set(names)) != len(names):
         raise ConfigError(f"{name}: {names} names one twice")
     return names
+
+
+def text_list(name: str, texts: Any, n: int) -> list[Optional[str]]:
+    """Normalise ``str | list[str | None] | None`` to a list of n entries."""
+    if texts is None:
+        return [None] * n
+    if isinstance(texts, str):
+        if n != 1:
+            raise ShapeError(f"{name}: a single string was given for {n} rows; pass a list of {n}")
+        return [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise DTypeError(f"{name}: expected str, list of str or None, got {type(texts).__name__}")
+    if len(texts) != n:
+        raise ShapeError(f"{name}: expected {n} entries (one per row), got {len(texts)}")
+    for i, t in enumerate(texts):
+        if t is not None and not isinstance(t, str):
+            raise DTypeError(f"{name}[{i}]: expected str or None, got {type(t).__name__}")
+    return list(texts)

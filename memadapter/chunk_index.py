@@ -32,8 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._validate import MAX_SIZES, check_allocation, check_positive_int, check_real, check_size, check_tensor
+from ._validate import (MAX_SIZES, check_allocation, check_positive_int, check_real, check_size, check_tensor,
+                        text_list)
 from .bm25 import DEFAULT_B, DEFAULT_K1, LexicalIndex, TermIndex, check_terms, tokenize
+from .chunk_index_snapshot import check_snapshot
 from .errors import CapacityError, ConfigError, DTypeError, ShapeError
 
 TextArg = Optional[str | Sequence[Optional[str]]]
@@ -69,24 +71,6 @@ class SearchResult:
     def num_active(self) -> torch.Tensor:
         """[Q] long: how many chunks (selected plus neighbours) each query hands on."""
         return torch.tensor([len(e) for e in self.expanded], dtype=torch.long)
-
-
-def _text_list(name: str, texts: TextArg, n: int) -> list[Optional[str]]:
-    """Normalise ``str | list[str | None] | None`` to a list of n entries."""
-    if texts is None:
-        return [None] * n
-    if isinstance(texts, str):
-        if n != 1:
-            raise ShapeError(f"{name}: a single string was given for {n} rows; pass a list of {n}")
-        return [texts]
-    if not isinstance(texts, (list, tuple)):
-        raise DTypeError(f"{name}: expected str, list of str or None, got {type(texts).__name__}")
-    if len(texts) != n:
-        raise ShapeError(f"{name}: expected {n} entries (one per row), got {len(texts)}")
-    for i, t in enumerate(texts):
-        if t is not None and not isinstance(t, str):
-            raise DTypeError(f"{name}[{i}]: expected str or None, got {type(t).__name__}")
-    return list(texts)
 
 
 def _terms_list(name: str, terms: TermsArg, n: int) -> list[Optional["np.ndarray"]]:
@@ -252,9 +236,9 @@ class ChunkIndex:
             raise CapacityError(f"{name}: each span needs 0 <= start <= end")
         return spans
 
-    def _check_kind(self, text_list: list[Optional[str]], term_list: list) -> Optional[str]:
+    def _check_kind(self, row_texts: list[Optional[str]], term_list: list) -> Optional[str]:
         """The lexical kind these rows bring (None: dense only); one index holds one kind."""
-        has_text = any(t is not None for t in text_list)
+        has_text = any(t is not None for t in row_texts)
         has_terms = any(t is not None for t in term_list)
         if has_text and has_terms:
             raise ConfigError("terms: a chunk has text or terms, not both; got both in one add")
@@ -276,15 +260,15 @@ class ChunkIndex:
         vectors = check_tensor("vectors", vectors, ndim=(1, 2), last_dim=self.dim)
         vectors = vectors.reshape(-1, self.dim)  # [dim] -> [1, dim]
         n = vectors.shape[0]
-        text_list = _text_list("texts", texts, n)
+        row_texts = text_list("texts", texts, n)
         term_list = _terms_list("terms", terms, n)
-        kind = self._check_kind(text_list, term_list)
+        kind = self._check_kind(row_texts, term_list)
         span_t = self._check_spans(spans, n)
         limit = self.capacity or MAX_SIZES["capacity"]  # unbounded means up to the table's bound
         if self._n + n > limit:
             raise CapacityError(f"vectors: adding {n} chunks to {self._n} exceeds capacity {limit}")
         normed = F.normalize(vectors.to(self.device, self.dtype), dim=-1)  # zero vector stays 0
-        tokens = tokenize([t for t in text_list if t is not None])
+        tokens = tokenize([t for t in row_texts if t is not None])
         self._grow(self._n + n)
         start = self._n
         if kind == TERMS:  # first: the term counting is the step that could still fail (memory)
@@ -292,10 +276,10 @@ class ChunkIndex:
             self._lex_ids.extend(start + i for i, t in enumerate(term_list) if t is not None)
         else:
             self._lexical.append(tokens)
-            self._lex_ids.extend(start + i for i, t in enumerate(text_list) if t is not None)
+            self._lex_ids.extend(start + i for i, t in enumerate(row_texts) if t is not None)
         self._vecs[start : start + n] = normed
         self._spans[start : start + n] = span_t
-        self._texts.extend(text_list)
+        self._texts.extend(row_texts)
         self._kind = self._kind or kind
         self._n += n
         self._next_start = int(span_t[-1, 1])
@@ -346,7 +330,7 @@ class ChunkIndex:
 
     def _query_lexical(self, query_text: TextArg, query_terms: TermsArg, q: int) -> list:
         """Per query row: a token list (text index), a term array (terms index) or None."""
-        texts = _text_list("query_text", query_text, q)
+        texts = text_list("query_text", query_text, q)
         terms = _terms_list("query_terms", query_terms, q)
         if any(t is not None for t in texts) and any(t is not None for t in terms):
             raise ConfigError("query_terms: give query_text or query_terms, not both")
@@ -438,46 +422,9 @@ class ChunkIndex:
 
     def checked_snapshot(self, snap: Any, name: str = "snap") -> tuple:
         """Validate a ``snapshot()`` (errors name ``name``) and return the arguments of ``_reset``;
-        changes nothing, so a caller restoring several indexes can check them all first."""
-        if not isinstance(snap, dict):
-            raise DTypeError(f"{name}: expected a dict from snapshot(), got {type(snap).__name__}")
-        missing = {"dim", "vectors", "spans", "texts", "next_start"} - set(snap)
-        if missing:
-            raise ConfigError(f"{name}: missing keys {sorted(missing)}")
-        if snap["dim"] != self.dim:
-            raise ShapeError(f"{name}: dim {snap['dim']!r} does not match the index dim {self.dim}")
-        vecs = check_tensor(f"{name}['vectors']", snap["vectors"], ndim=2, last_dim=self.dim, nonempty=False)
-        n = vecs.shape[0]
-        if self.capacity is not None and n > self.capacity:
-            raise CapacityError(f"{name}: {n} chunks exceed capacity {self.capacity}")
-        spans = self._check_spans(snap["spans"], n, f"{name}['spans']") if n else torch.empty(0, 2, dtype=torch.long)
-        texts = _text_list(f"{name}['texts']", snap["texts"], n)
-        n_text = sum(t is not None for t in texts)
-        tokens = snap.get("tokens")
-        if tokens is None:
-            tokens = tokenize([t for t in texts if t is not None])
-        elif not isinstance(tokens, (list, tuple)) or len(tokens) != n_text \
-                or not all(isinstance(d, (list, tuple)) and all(isinstance(w, str) for w in d) for d in tokens):
-            raise ShapeError(f"{name}['tokens']: expected a list of {n_text} lists of str")
-        next_start = check_positive_int(f"{name}['next_start']", snap["next_start"], allow_zero=True)
-        terms = self._restore_terms(snap, n, n_text, name)
-        return n, vecs, spans, texts, list(tokens), next_start, terms
-
-    def _restore_terms(self, snap: dict, n: int, n_text: int, name: str) -> Optional[tuple[TermIndex, list[int]]]:
-        """Rebuild the term index of a snapshot (None for a text or dense-only snapshot)."""
-        if snap.get("terms") is None:
-            return None
-        if n_text:
-            raise ConfigError(f"{name}: holds both texts and terms; one index holds one kind")
-        if not isinstance(snap["terms"], dict):
-            raise DTypeError(f"{name}['terms']: expected the dict of arrays from snapshot()")
-        index = TermIndex.from_state(snap["terms"], self._k1, self._b)
-        ids = snap.get("term_chunks")
-        if not isinstance(ids, (list, tuple)) or len(ids) != len(index) \
-                or any(isinstance(i, bool) or not isinstance(i, int) for i in ids) \
-                or list(ids) != sorted(set(ids)) or (ids and not 0 <= ids[0] <= ids[-1] < n):
-            raise ShapeError(f"{name}['term_chunks']: expected {len(index)} increasing chunk ids in [0, {n})")
-        return index, list(ids)
+        changes nothing, so a caller restoring several indexes can check them all first
+        (:func:`memadapter.chunk_index_snapshot.check_snapshot`)."""
+        return check_snapshot(self, snap, name)
 
 
 def _empty_result(q: int, top_k: int, dtype: torch.dtype, device: torch.device) -> SearchResult:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
-from ._validate import check_positive_int, check_tensor
-from .chunk_index import ChunkIndex, SearchResult, TermsArg, TextArg, _terms_list, _text_list
+from ._validate import check_positive_int, check_tensor, text_list
+from .chunk_index import ChunkIndex, SearchResult, TermsArg, TextArg, _terms_list
 from .errors import CapacityError, ConfigError, DTypeError, ShapeError
 
 if TYPE_CHECKING:  # duck-typed at run time: anything with batch_size, num_slots, match, read
@@ -110,7 +110,7 @@ class Router:
                 raise ShapeError(f"chunk_query: last dim {chunk_query.shape[1]} != indexes[{b}].dim {idx.dim}")
         if self.top_k_slots > int(memory.num_slots):
             raise CapacityError(f"top_k_slots: {self.top_k_slots} exceeds num_slots {memory.num_slots}")
-        texts = _text_list("query_text", query_text, batch)
+        texts = text_list("query_text", query_text, batch)
         return query, chunk_query, texts, _terms_list("query_terms", query_terms, batch)
 
     def route(self, memory: "SlotMemory", indexes: Sequence[ChunkIndex], query: torch.Tensor,
