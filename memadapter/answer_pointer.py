@@ -12,7 +12,8 @@ feature (``memadapter.modeling.read_scorer``).
 Example:
     >>> head = AnswerPointer(in_features=4)
     >>> logits = head(torch.randn(2, 6, 4))  # [B, T, 2]: start and end scores per token
-    >>> start, end, margin = best_spans(logits, torch.ones(2, 6, dtype=torch.bool), torch.zeros(2, dtype=torch.long))
+    >>> text = torch.tensor([[False] + [True] * 5] * 2)  # token 0 is the null, then the sentence
+    >>> start, end, margin = best_spans(logits, text, torch.zeros(2, dtype=torch.long))
     >>> bool(((start >= 1) & (end >= start) & (end - start < MAX_SPAN)).all())
     True
 """
