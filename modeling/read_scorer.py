@@ -20,7 +20,7 @@ Example:
     ...                 confidence=torch.tensor([0.9, 1.0]))
     >>> f = pool_features("Where does Alice live?", pool)
     >>> f.shape, int(ReadScorer()(f).argmax())
-    (torch.Size([2, 23]), 0)
+    (torch.Size([2, 22]), 0)
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ FEATURES: tuple[str, ...] = (
     "confidence",  # slot confidence (events 1)
     # appended 2026-12-06: a scorer saved before reads them with weight 0 (widen_features)
     "answer",  # a pointer answer (memadapter.modeling.read_answers)
-    "answer_margin",  # its span's margin over "no answer here", / 10 and clipped to [-2, 2] (others 0)
-    "answer_margin_gap",  # that minus the pool's best pointer answer's (others 0)
+    "answer_margin",  # sigmoid of its span's margin over "no answer here" (others 0)
 )
 NUM_FEATURES = len(FEATURES)
 PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score
@@ -124,11 +123,9 @@ def pool_features(question: str, pool: ReadPool) -> torch.Tensor:
         pool.is_slot.float(), pool.withdrawn.float(),
     ]
     answer = torch.tensor([float(t == "answer") for t in pool.event_types])
-    margin = torch.zeros(n) if pool.answer_margin is None else (pool.answer_margin.float() / 10).clamp(-2, 2) * answer
-    best = margin.masked_fill(answer == 0, float("-inf")).max() if bool(answer.any()) else torch.tensor(0.0)
-    gap = (margin - best) * answer  # [N]: 0 for the best pointer answer and for every other entry
+    margin = torch.zeros(n) if pool.answer_margin is None else torch.sigmoid(pool.answer_margin.float()) * answer
     tail = [rank, later, earlier, torch.tensor([float(bool(v and v.strip())) for v in pool.value_texts]),
-            pool.confidence.float(), answer, margin, gap]
+            pool.confidence.float(), answer, margin]
     return torch.cat([torch.stack(columns, -1), types, torch.stack(tail, -1)], -1).float()  # [N, F]
 
 

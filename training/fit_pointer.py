@@ -64,9 +64,7 @@ class PairSet:
 
 def stream_pairs(stream: dict, negatives: int, rng: random.Random) -> list[list[tuple[str, str, Optional[tuple[int, int]]]]]:
     """Per answerable question of ``stream``: [(question, sentence, value char span or None)],
-    the positive first, then up to ``negatives`` other sentences, the most lexically agreeing first.
-    Per withdrawn fact's question: [(question, the retraction's sentence, None)]: a withdrawal's
-    words ("it no longer works") are no answer, so the pointer learns to say none there."""
+    the positive first, then up to ``negatives`` other sentences, the most lexically agreeing first."""
     text, events = stream["text"], stream["events"]
     cuts = sorted((e["start"], e["end"]) for e in events)
     gaps, prev = [], 0
@@ -77,10 +75,7 @@ def stream_pairs(stream: dict, negatives: int, rng: random.Random) -> list[list[
     out = []
     for q in stream["questions"]:
         e = events[q["answer_event"]] if q.get("answer_event") is not None else None
-        if e is not None and q["answer"] == UNKNOWN and e.get("event_type") == "retract":
-            out.append([(q["question"], text[e["start"]:e["end"]], None)])  # a withdrawal answers nothing
-            continue
-        if q["answer"] == UNKNOWN or e is None or e.get("value_start") is None or e["value_start"] < 0:
+        if q["answer"] == UNKNOWN or e is None or e.get("value_start") is None:
             continue
         sentence = text[e["start"]:e["end"]]
         pos = (q["question"], sentence, (e["value_start"] - e["start"], e["value_end"] - e["start"]))
@@ -114,7 +109,7 @@ def encode_pairs(model: Any, groups: list[list[tuple[str, str, Optional[tuple[in
     for group in groups:
         if _target(tok, group[0][1], group[0][2]) is None:
             continue  # the value does not start and end on token boundaries
-        gold = None if group[0][2] is None else group[0][1][group[0][2][0]:group[0][2][1]]
+        gold = group[0][1][group[0][2][0]:group[0][2][1]]
         flat += [(kept, q, s, _target(tok, s, span), gold if span else None) for q, s, span in group]
         kept += 1
     states, targets, tokens, owners, golds = [], [], [], [], []

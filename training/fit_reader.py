@@ -4,8 +4,7 @@ The heads are trained first (``memadapter.training.train``); their pools then ex
 stream is ingested once, and each of its questions gets the pool ``select`` would score
 (``MemAdapterForCausalLM.read_pools``). An entry is positive when it sits in the sentence of the
 question's answer event (the generator's character spans: a training target, never seen at
-inference) and, for a withdrawn fact, is itself a withdrawal (a pointer answer read from the
-retraction's words is not). The scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen
+inference). The scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen
 on the pools of a validation split, and the adapter is saved with the fitted scorer.
 
     python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
@@ -40,7 +39,6 @@ from memadapter.errors import ConfigError
 from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, listwise_loss, pool_features
 
 from .generation_eval import question_ids
-from .lifecycle_data import UNKNOWN
 
 
 @dataclass
@@ -108,10 +106,8 @@ def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) ->
             memory.restore(snapshot)
             ids = torch.tensor([question_ids(tok, q["question"])], device=device)  # [1, T]
             qp = model.read_pools(memory, ids, torch.ones_like(ids))[0]
-            positive = label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])
-            if q["answer"] == UNKNOWN:  # a withdrawn fact: only a withdrawal in its sentence says so
-                positive &= qp.pool.withdrawn.bool()
-            out.append((pool_features(qp.question, qp.pool), positive))
+            out.append((pool_features(qp.question, qp.pool),
+                        label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])))
     return PoolSet.stack(out)
 
 

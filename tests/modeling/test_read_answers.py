@@ -61,9 +61,9 @@ def test_the_pointer_is_saved_and_loaded_and_an_older_scorer_is_widened(tokenize
     for k, v in model.answer_pointer.state_dict().items():
         assert torch.equal(loaded.answer_pointer.state_dict()[k], v)
     state = loaded.adapter_state_dict()
-    old = dict(state, **{k: state[k][:, :NUM_FEATURES - 3] for k in ("read_scorer.linear.weight", "read_scorer.mlp.0.weight")})
+    old = dict(state, **{k: state[k][:, :NUM_FEATURES - 2] for k in ("read_scorer.linear.weight", "read_scorer.mlp.0.weight")})
     loaded.load_adapter_state_dict(old)  # a scorer saved before the answer features
-    assert float(loaded.read_scorer.linear.weight.detach()[0, -3:].abs().sum()) == 0.0
+    assert float(loaded.read_scorer.linear.weight.detach()[0, -2:].abs().sum()) == 0.0
     with pytest.raises(ConfigError, match="missing keys"):
         loaded.load_adapter_state_dict({k: v for k, v in state.items() if not k.startswith("answer_pointer.")})
 
@@ -72,17 +72,3 @@ def test_the_pointer_is_saved_and_loaded_and_an_older_scorer_is_widened(tokenize
 def test_answer_layers_must_be_a_list_of_hidden_state_indices(layers):
     with pytest.raises(ConfigError, match="answer_layers"):
         MemAdapterConfig(answer_layers=layers, backbone_num_layers=4)
-
-
-def test_the_answer_features_scale_the_margin_and_compare_it_with_the_pool_s_best():
-    from memadapter.modeling.read_scorer import ReadPool, pool_features
-    pool = ReadPool(key_texts=["a", "b", "c"], sentences=["a x", "b y", "c z"], value_texts=["x", "y", "z"],
-                    keys=torch.eye(3), match=torch.zeros(3), order=torch.arange(3.0),
-                    is_slot=torch.tensor([True, False, False]), withdrawn=torch.zeros(3, dtype=torch.bool),
-                    event_types=["", ANSWER, ANSWER], confidence=torch.ones(3),
-                    answer_margin=torch.tensor([0.0, -6.0, -40.0]))
-    f = pool_features("what is a", pool)
-    col = {name: f[:, FEATURES.index(name)].tolist() for name in ("answer", "answer_margin", "answer_margin_gap")}
-    assert col["answer"] == [0.0, 1.0, 1.0]
-    assert col["answer_margin"] == pytest.approx([0.0, -0.6, -2.0])  # / 10, clipped at -2
-    assert col["answer_margin_gap"] == pytest.approx([0.0, 0.0, -1.4])
