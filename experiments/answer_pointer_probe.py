@@ -25,15 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from memadapter.answer_pointer import best_spans
 from memadapter.bm25 import lexical_agreement
 from memadapter.modeling.real_models import load_smollm2
 from memadapter.training.answer_scoring import exact_match
 from memadapter.training.filler import split_sentences
 from memadapter.training.fit_reader import build_streams
 from memadapter.training.lifecycle_data import UNKNOWN
-
-MAX_SPAN = 16  # tokens
-
 
 def pairs(streams: list[dict], rng: random.Random) -> list[list[tuple]]:
     """Per answerable question: [(question, sentence, a0, a1)] positive first, then negatives (a0 = -1)."""
@@ -105,14 +103,11 @@ def encode(model, tok, groups, layers):
 
 
 def best_span(logits: torch.Tensor) -> tuple[int, int, float]:
-    """logits [1 + T, 2] -> (start, end, span score - null score); positions 1.. are text tokens."""
-    start, end = logits[1:, 0], logits[1:, 1]
-    T = start.shape[0]
-    score = start[:, None] + end[None, :]
-    ok = torch.ones(T, T, dtype=torch.bool).triu() & ~torch.ones(T, T, dtype=torch.bool).triu(MAX_SPAN)
-    score = score.masked_fill(~ok, -1e9)
-    i = int(score.argmax())
-    return i // T + 1, i % T + 1, float(score.flatten()[i] - logits[0, 0] - logits[0, 1])
+    """logits [1 + T, 2] -> (start, end, span score - null score); position 0 is the null."""
+    text = torch.ones(1, logits.shape[0], dtype=torch.bool)
+    text[0, 0] = False
+    start, end, margin = best_spans(logits[None], text, torch.zeros(1, dtype=torch.long))
+    return int(start), int(end), float(margin)
 
 
 def evaluate(head, groups) -> dict:

@@ -24,7 +24,7 @@ from memadapter.request_memory import RequestMemory
 from memadapter.sentences import sentence_spans
 
 from .backbones import backbone_parts
-from .read_candidates import GROUND_TOKENS, ChunkRead, _token_groups
+from .read_candidates import GROUND_TOKENS, token_groups
 from .selection import GroundedEvent
 
 ANSWER = "answer"  # the event type of a pointer answer
@@ -74,11 +74,8 @@ class AnswersMixin:
             return out
         pairs = [(b, *found) for b, q in enumerate(questions) for found in self._answer_sentences(memory, b, q, chunks[b])]
         encoded = [pair_ids(self.tokenizer, questions[b], sent) for b, _, _, sent in pairs]
-        entries = [ChunkRead(ids) for ids, _ in encoded]  # only for grouping by padded size
         budget = GROUND_TOKENS["cpu" if self._device().type == "cpu" else "other"]
-        where = {id(e): k for k, e in enumerate(entries)}
-        for group in _token_groups(entries, budget):
-            ks = [where[id(e)] for e in group]
+        for ks in token_groups([len(ids) for ids, _ in encoded], budget):
             ids, mask = self._right_pad([encoded[k][0] for k in ks])
             feats, hidden = pointer_features(self, ids, mask, list(self.config.answer_layers))
             n = torch.tensor([encoded[k][1] for k in ks], device=ids.device)

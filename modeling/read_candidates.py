@@ -66,22 +66,22 @@ class ChunkRead:
     pieces: dict[int, str] = field(default_factory=dict)
 
 
-def _token_groups(entries: list[ChunkRead], budget: int) -> list[list[ChunkRead]]:
-    """``entries`` in order, cut into groups whose padded size (count x longest) stays within
-    ``budget`` tokens (a longer chunk makes a group of its own).
+def token_groups(sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices of ``sizes`` (token counts) in order, cut into groups whose padded size (count x
+    longest) stays within ``budget`` tokens (a longer row makes a group of its own).
 
     Example:
-        >>> [[len(e.tokens) for e in g] for g in _token_groups([ChunkRead([0] * n) for n in (4, 3, 4, 9, 2)], 12)]
-        [[4, 3, 4], [9], [2]]
+        >>> token_groups([4, 3, 4, 9, 2], 12)
+        [[0, 1, 2], [3], [4]]
     """
     groups, width = [], 0
-    for entry in entries:
-        width = max(width, len(entry.tokens))
+    for i, size in enumerate(sizes):
+        width = max(width, size)
         if groups and width * (len(groups[-1]) + 1) <= budget:
-            groups[-1].append(entry)
+            groups[-1].append(i)
         else:
-            groups.append([entry])
-            width = len(entry.tokens)
+            groups.append([i])
+            width = size
     return groups
 
 
@@ -210,7 +210,9 @@ class CandidatesMixin:
             elif entry is not None and entry.events is None:
                 todo[id(entry)] = entry
         budget = GROUND_TOKENS["cpu" if self._device().type == "cpu" else "other"]
-        for group in _token_groups(list(todo.values()), budget):
+        pending = list(todo.values())
+        for idx in token_groups([len(e.tokens) for e in pending], budget):
+            group = [pending[i] for i in idx]
             rows = [e.tokens for e in group]
             ids, mask = self._right_pad(rows)
             for entry, proposals in zip(group, self._propose(self._hidden(ids, mask), mask, rows)):
