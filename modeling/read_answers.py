@@ -83,19 +83,20 @@ class AnswersMixin:
             text = mask.bool() & (pos[None, :] >= n[:, None])  # [G, T]: the sentence's tokens
             start, end, margin = best_spans(self.answer_pointer(feats), text, n - 1)
             for r, k in enumerate(ks):
-                b, chunk_id, char, sent = pairs[k]
-                out[b].append(self._answer_event(memory, b, chunk_id, char, encoded[k], hidden[r], text[r],
+                b, chunk_id, char, sentence = pairs[k]
+                out[b].append(self._answer_event(memory, b, chunk_id, char, sentence, encoded[k], hidden[r], text[r],
                                                  int(start[r]), int(end[r]), float(margin[r])))
         return out
 
-    def _answer_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, encoded: tuple[list[int], int],
-                      hidden: torch.Tensor, text: torch.Tensor, s: int, e: int, margin: float) -> GroundedEvent:
+    def _answer_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, sentence: str,
+                      encoded: tuple[list[int], int], hidden: torch.Tensor, text: torch.Tensor, s: int, e: int,
+                      margin: float) -> GroundedEvent:
         """One pointer answer as an event: the span's text and pooled value, the rest of the
         sentence as its key (text and pooled key), ``position`` the span's first token in the stream."""
         ids, n = encoded
         value_text = self._decode(ids[s:e + 1]).strip()
-        sentence = self._decode(ids[n:]).strip()
-        key_text = (self._decode(ids[n:s]) + " " + self._decode(ids[e + 1:])).strip() or sentence
+        head = self._decode(ids[n:s])  # the sentence before the span
+        key_text = (head + " " + self._decode(ids[e + 1:])).strip() or sentence
         span = torch.zeros_like(text)
         span[s:e + 1] = True
         rest = text & ~span
@@ -104,7 +105,7 @@ class AnswersMixin:
         pooled = norm(hidden[rest if rest.any() else text].mean(0))
         key = self.grounding.key(pooled[None], pooled[None])[0]
         chunk_text = memory.indexes[b].text(chunk_id) or ""
-        before = chunk_text[:char] + self._decode(ids[n:s]).lstrip()  # the chunk's text up to the span
+        before = chunk_text[:char] + head.lstrip()  # the chunk's text up to the span
         offset = len(self._tok()(before, add_special_tokens=False)["input_ids"]) if before.strip() else 0
         return GroundedEvent(key_text, value_text, value.float().cpu(), key.float().cpu(), ANSWER, 0.0,
                              memory.indexes[b].span(chunk_id)[0] + offset, sentence, margin)

@@ -34,7 +34,7 @@ def test_answers_are_spans_of_the_best_sentences_and_join_the_pool(tokenizer):
     index = mem.indexes[0]
     for e in answers:
         assert e.value_text and e.value_text in e.sentence and e.answer_margin is not None
-        assert set(e.sentence.split()) <= set(STREAM.split()) and 0 <= e.position < index.span(len(index) - 1)[1]
+        assert any(e.sentence in index.text(i) for i in range(len(index))) and 0 <= e.position < index.span(len(index) - 1)[1]
         assert e.key.shape == (16,) and e.value.shape == (16,)
     with torch.no_grad():  # a scorer that follows the pointer reads an answer
         model.read_scorer.linear.weight.zero_()
