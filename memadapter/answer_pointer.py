@@ -7,15 +7,20 @@ head over the text tokens' hidden states (several layers, concatenated) scores e
 answer's start and as its end. The token just before the text is the *null* position: a sentence
 that does not answer the question should put both start and end there. A span's ``margin`` is its
 start + end score minus the null's, so margins compare across sentences: the reader gets them as a
-feature (``memadapter.modeling.read_scorer``).
+feature (``memadapter.modeling.read_scorer``). A third score, read at the sentence's last token (which
+has seen the question and the whole sentence), says that the sentence *withdraws* what is asked
+("The entry code of the studio was cancelled"): a withdrawal holds no span to point at, and a value
+read from its words ("no longer works") would be a wrong answer.
 
 Example:
     >>> head = AnswerPointer(in_features=4)
-    >>> logits = head(torch.randn(2, 6, 4))  # [B, T, 2]: start and end scores per token
+    >>> logits = head(torch.randn(2, 6, 4))  # [B, T, 3]: start, end and withdrawal scores per token
     >>> text = torch.tensor([[False] + [True] * 5] * 2)  # token 0 is the null, then the sentence
-    >>> start, end, margin = best_spans(logits, text, torch.zeros(2, dtype=torch.long))
+    >>> start, end, margin = best_spans(logits[..., :2], text, torch.zeros(2, dtype=torch.long))
     >>> bool(((start >= 1) & (end >= start) & (end - start < MAX_SPAN)).all())
     True
+    >>> withdraws(logits, text).shape  # [B]: the withdrawal score at each row's last text token
+    torch.Size([2])
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ PROMPT = "Question: {question}\nText:"  # what the backbone reads before the sen
 
 
 class AnswerPointer(nn.Module):
-    """Hidden states [..., T, in_features] -> start and end scores [..., T, 2]: an MLP with one hidden
-    layer of ``hidden`` units (0: a linear head)."""
+    """Hidden states [..., T, in_features] -> start, end and withdrawal scores [..., T, 3]: an MLP with
+    one hidden layer of ``hidden`` units (0: a linear head)."""
 
     def __init__(self, in_features: int, hidden: int = 256):
         super().__init__()
-        self.net = (nn.Linear(in_features, 2) if hidden == 0 else
-                    nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 2)))
+        self.net = (nn.Linear(in_features, 3) if hidden == 0 else
+                    nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 3)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         w = next(self.parameters())
@@ -70,6 +75,18 @@ def best_spans(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor
     margin = top - logits[rows, null, 0] - logits[rows, null, 1]
     empty = ~text_mask.any(-1)
     return torch.where(empty, null, s), torch.where(empty, null, e), margin.masked_fill(empty, float("-inf"))
+
+
+def withdraws(logits: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """[B]: the withdrawal score (channel 2 of ``logits`` [B, T, 3]) at each row's last text token
+    (``text_mask`` [B, T], contiguous); -inf for a row without text."""
+    if logits.dim() != 3 or logits.shape[-1] != 3 or tuple(text_mask.shape) != tuple(logits.shape[:2]):
+        raise ShapeError(f"logits: expected [B, T, 3] with text_mask [B, T], got {tuple(logits.shape)} and "
+                         f"{tuple(text_mask.shape)}")
+    pos = torch.arange(text_mask.shape[1], device=logits.device)
+    last = torch.where(text_mask, pos, -1).amax(-1)  # [B]
+    score = logits[torch.arange(len(last), device=logits.device), last.clamp_min(0), 2].float()
+    return score.masked_fill(last < 0, float("-inf"))
 
 
 def best_spans_reference(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor,

@@ -7,8 +7,10 @@ Here the adapter's :class:`~memadapter.answer_pointer.AnswerPointer` reads, per 
 agreement of the content words), each behind the question (:func:`pair_ids`), and proposes one
 answer span per sentence with its margin over "no answer here". Each becomes a
 :class:`~memadapter.modeling.selection.GroundedEvent` of type ``"answer"`` in the question's pool,
-its key text the sentence without the span; the learned ReadScorer weighs it against the slots and
-grounded events (features ``answer`` and ``answer_margin``). All pairs of a batch are read in padded
+its key text the sentence without the span. A sentence the pointer reads as withdrawing what is
+asked (its withdrawal score above 0) adds a second event of that type: a withdrawal, value None,
+the score as its margin. The learned ReadScorer weighs them against the slots and grounded events
+(features ``answer``, ``answer_margin`` and ``withdrawn``). All pairs of a batch are read in padded
 backbone forwards of up to ``GROUND_TOKENS`` tokens.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 
-from memadapter.answer_pointer import PROMPT, best_spans
+from memadapter.answer_pointer import PROMPT, best_spans, withdraws
 from memadapter.bm25 import lexical_agreement
 from memadapter.request_memory import RequestMemory
 from memadapter.sentences import sentence_spans
@@ -81,12 +83,32 @@ class AnswersMixin:
             n = torch.tensor([encoded[k][1] for k in ks], device=ids.device)
             pos = torch.arange(ids.shape[1], device=ids.device)
             text = mask.bool() & (pos[None, :] >= n[:, None])  # [G, T]: the sentence's tokens
-            start, end, margin = best_spans(self.answer_pointer(feats), text, n - 1)
+            logits = self.answer_pointer(feats)  # [G, T, 3]
+            start, end, margin = best_spans(logits[..., :2], text, n - 1)
+            withdrawal = withdraws(logits, text)  # [G]
             for r, k in enumerate(ks):
                 b, chunk_id, char, sentence = pairs[k]
                 out[b].append(self._answer_event(memory, b, chunk_id, char, sentence, encoded[k], hidden[r], text[r],
                                                  int(start[r]), int(end[r]), float(margin[r])))
+                if float(withdrawal[r]) > 0:
+                    out[b].append(self._withdrawal_event(memory, b, chunk_id, char, sentence, hidden[r], text[r],
+                                                         float(withdrawal[r])))
         return out
+
+    def _stream_position(self, memory: RequestMemory, b: int, chunk_id: int, before: str) -> int:
+        """The stream position (token index) of the token after ``before``, the start of chunk ``chunk_id``'s text."""
+        offset = len(self._tok()(before, add_special_tokens=False)["input_ids"]) if before.strip() else 0
+        return memory.indexes[b].span(chunk_id)[0] + offset
+
+    def _withdrawal_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, sentence: str,
+                          hidden: torch.Tensor, text: torch.Tensor, score: float) -> GroundedEvent:
+        """A sentence that withdraws what is asked, as an event: no value, the whole sentence as its key
+        (text and pooled key), ``position`` its first token in the stream."""
+        pooled = self.grounding.norm(hidden[text].mean(0))
+        key = self.grounding.key(pooled[None], pooled[None])[0]
+        chunk_text = memory.indexes[b].text(chunk_id) or ""
+        return GroundedEvent(sentence, None, self.grounding.value_proj(pooled).float().cpu(), key.float().cpu(), ANSWER,
+                             0.0, self._stream_position(memory, b, chunk_id, chunk_text[:char]), sentence, score)
 
     def _answer_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, sentence: str,
                       encoded: tuple[list[int], int], hidden: torch.Tensor, text: torch.Tensor, s: int, e: int,
@@ -105,7 +127,6 @@ class AnswersMixin:
         pooled = norm(hidden[rest if rest.any() else text].mean(0))
         key = self.grounding.key(pooled[None], pooled[None])[0]
         chunk_text = memory.indexes[b].text(chunk_id) or ""
-        before = chunk_text[:char] + head.lstrip()  # the chunk's text up to the span
-        offset = len(self._tok()(before, add_special_tokens=False)["input_ids"]) if before.strip() else 0
+        position = self._stream_position(memory, b, chunk_id, chunk_text[:char] + head.lstrip())  # the span's first token
         return GroundedEvent(key_text, value_text, value.float().cpu(), key.float().cpu(), ANSWER, 0.0,
-                             memory.indexes[b].span(chunk_id)[0] + offset, sentence, margin)
+                             position, sentence, margin)

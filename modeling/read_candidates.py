@@ -142,7 +142,7 @@ class CandidatesMixin:
             keys=keys, match=keys @ query,
             order=torch.tensor([float(mem.span[b, m, 0]) + 0.5 for m in slots] + [float(e.position) for e in events]),
             is_slot=torch.tensor([True] * len(slots) + [False] * len(events)),
-            withdrawn=torch.tensor([bool(mem.retracted[b, m]) for m in slots] + [e.event_type == "retract" for e in events]),
+            withdrawn=torch.tensor([bool(mem.retracted[b, m]) for m in slots] + [e.withdraws for e in events]),
             event_types=[""] * len(slots) + [e.event_type for e in events],
             confidence=torch.cat([mem.confidence[b, slots].float().cpu(), torch.ones(len(events))]),
             answer_margin=torch.tensor([0.0] * len(slots) + [e.answer_margin or 0.0 for e in events]) if answers else None)

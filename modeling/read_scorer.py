@@ -47,7 +47,7 @@ FEATURES: tuple[str, ...] = (
     "foreign_name",  # the key leaves out a name of the question and carries one of its own
     "inserted_name",  # the key puts a name of its own inside the asked name ("Mini")
     "slot",  # a written slot (else an event grounded at read time)
-    "withdrawn",  # a retraction: a tombstone slot or an event typed retract
+    "withdrawn",  # a retraction: a tombstone slot, an event typed retract or a pointer withdrawal
     *(f"type_{t}" for t in EVENT_TYPES),  # the grounding head's event type (slots: none)
     "position",  # rank in stream order, 0 (first) .. 1 (last)
     "later_version",  # max key cosine with an entry later in the stream
@@ -56,7 +56,7 @@ FEATURES: tuple[str, ...] = (
     "confidence",  # slot confidence (events 1)
     # appended 2026-12-06: a scorer saved before reads them with weight 0 (widen_features)
     "answer",  # a pointer answer (memadapter.modeling.read_answers)
-    "answer_margin",  # sigmoid of its span's margin over "no answer here" (others 0)
+    "answer_margin",  # sigmoid of its span's margin over "no answer here" (a withdrawal: of its score; others 0)
 )
 NUM_FEATURES = len(FEATURES)
 PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score

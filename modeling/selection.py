@@ -231,6 +231,11 @@ class GroundedEvent:
     sentence: Optional[str] = None
     answer_margin: Optional[float] = None
 
+    @property
+    def withdraws(self) -> bool:
+        """A retraction the GroundingHead typed, or a pointer withdrawal (a pointer answer without a value)."""
+        return self.event_type == "retract" or (self.event_type == "answer" and self.value_text is None)
+
 
 def sentence_around(decode: Callable[[Sequence[int]], str], ids: Sequence[int], start: int, end: int) -> str:
     """The text of the sentence that holds tokens ``ids[start:end]`` (an event's key..value span).

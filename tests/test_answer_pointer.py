@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memadapter.answer_pointer import MAX_SPAN, AnswerPointer, best_spans, best_spans_reference
+from memadapter.answer_pointer import MAX_SPAN, AnswerPointer, best_spans, best_spans_reference, withdraws
 from memadapter.errors import ShapeError
 
 
@@ -33,8 +33,18 @@ def test_the_margin_is_the_span_over_the_null():
 
 def test_the_head_and_the_shapes_it_refuses():
     head = AnswerPointer(8, hidden=0)
-    assert head(torch.randn(3, 5, 8)).shape == (3, 5, 2) and isinstance(head.net, torch.nn.Linear)
+    assert head(torch.randn(3, 5, 8)).shape == (3, 5, 3) and isinstance(head.net, torch.nn.Linear)
     with pytest.raises(ShapeError, match="logits"):
         best_spans(torch.randn(2, 5), torch.ones(2, 5, dtype=torch.bool), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ShapeError, match="text_mask"):
         best_spans(torch.randn(2, 5, 2), torch.ones(2, 4, dtype=torch.bool), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ShapeError, match="logits"):
+        withdraws(torch.randn(2, 5, 2), torch.ones(2, 5, dtype=torch.bool))
+
+
+def test_the_withdrawal_score_is_read_at_the_last_text_token():
+    logits = torch.randn(3, 6, 3)
+    text = torch.zeros(3, 6, dtype=torch.bool)
+    text[0, 1:6], text[1, 2:4] = True, True  # row 2 has no text
+    score = withdraws(logits, text)
+    assert score[:2].tolist() == [float(logits[0, 5, 2]), float(logits[1, 3, 2])] and float(score[2]) == float("-inf")

@@ -4,7 +4,8 @@ The heads are trained first (``memadapter.training.train``); their pools then ex
 stream is ingested once, and each of its questions gets the pool ``select`` would score
 (``MemAdapterForCausalLM.read_pools``). An entry is positive when it sits in the sentence of the
 question's answer event (the generator's character spans: a training target, never seen at
-inference). The scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen
+inference) and reads as the answer does: a withdrawal for a withdrawn fact, an entry with a value
+otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong). The scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen
 on the pools of a validation split, and the adapter is saved with the fitted scorer.
 
     python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
@@ -39,6 +40,7 @@ from memadapter.errors import ConfigError
 from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, listwise_loss, pool_features
 
 from .generation_eval import question_ids
+from .lifecycle_data import UNKNOWN
 
 
 @dataclass
@@ -92,6 +94,17 @@ def label_pool(order: torch.Tensor, char_starts: list[int], event: dict) -> torc
     return torch.tensor([event["start"] <= c < event["end"] for c in chars], dtype=torch.bool)
 
 
+def reads_as(withdrawn: torch.Tensor, answer: str) -> torch.Tensor:
+    """[N] bool: the entries that read as ``answer`` does (``withdrawn`` [N]): withdrawals when the
+    fact was withdrawn (``answer`` is "unknown"), entries that hold a value otherwise.
+
+    Example:
+        >>> reads_as(torch.tensor([True, False]), "unknown").tolist(), reads_as(torch.tensor([True, False]), "Paris").tolist()
+        ([True, False], [False, True])
+    """
+    return withdrawn.bool() == (answer == UNKNOWN)
+
+
 @torch.no_grad()
 def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) -> PoolSet:
     """Ingest each stream once and build the labelled pool of each of its questions."""
@@ -106,8 +119,9 @@ def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) ->
             memory.restore(snapshot)
             ids = torch.tensor([question_ids(tok, q["question"])], device=device)  # [1, T]
             qp = model.read_pools(memory, ids, torch.ones_like(ids))[0]
-            out.append((pool_features(qp.question, qp.pool),
-                        label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])))
+            positive = label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])
+            positive &= reads_as(qp.pool.withdrawn, q["answer"])
+            out.append((pool_features(qp.question, qp.pool), positive))
     return PoolSet.stack(out)
 
 

@@ -11,9 +11,13 @@ from memadapter.modeling.read_answers import ANSWER, pair_ids
 from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES
 
 
-def _pointer_model(tokenizer, **kw):
-    return build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1, value_tokens=4,
-                 answer_layers=[1, 2], answer_sentences=2, **kw)
+def _pointer_model(tokenizer, withdraw_bias=-100.0, **kw):
+    """A model whose random pointer withdraws nothing (``withdraw_bias`` -100) or everything (+100)."""
+    model = build(tiny_backbone("llama"), tokenizer, "prefix", router_confidence_threshold=0.0, top_k=1, value_tokens=4,
+                  answer_layers=[1, 2], answer_sentences=2, **kw)
+    with torch.no_grad():
+        model.answer_pointer.net[-1].bias[2] = withdraw_bias
+    return model
 
 
 def _answers(model, mem, tokenizer, question):
@@ -44,6 +48,23 @@ def test_answers_are_spans_of_the_best_sentences_and_join_the_pool(tokenizer):
     assert sel.branch == ["fallback"] and sel.texts[0][0] in [f"{e.key_text}: {e.value_text}" for e in answers]
     model.config.read.answer_sentences = 0
     assert _answers(model, mem, tokenizer, "where does alice live") == []
+
+
+def test_a_sentence_read_as_a_withdrawal_adds_a_withdrawn_entry(tokenizer):
+    model = _pointer_model(tokenizer, withdraw_bias=100.0)
+    mem = ingest(model, [STREAM])
+    answers = _answers(model, mem, tokenizer, "where does alice live")
+    spans, withdrawals = [e for e in answers if e.value_text], [e for e in answers if e.value_text is None]
+    assert len(spans) == len(withdrawals) >= 1  # every sentence read withdraws
+    index = mem.indexes[0]
+    for e in withdrawals:
+        assert e.withdraws and e.key_text == e.sentence and e.answer_margin > 50
+        chunk = next(i for i in range(len(index)) if e.sentence in index.text(i))
+        assert index.span(chunk)[0] <= e.position < index.span(chunk)[1]
+    enc = tokenizer(["where does alice live"], return_tensors="pt", padding=True)
+    pool = model.read_pools(mem, enc["input_ids"], enc["attention_mask"])[0].pool
+    assert [bool(w) for w, t, v in zip(pool.withdrawn, pool.event_types, pool.value_texts) if t == ANSWER] == \
+        [v is None for w, t, v in zip(pool.withdrawn, pool.event_types, pool.value_texts) if t == ANSWER]
 
 
 def test_an_adapter_without_a_pointer_proposes_no_answers(tokenizer):
