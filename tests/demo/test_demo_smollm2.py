@@ -2,9 +2,11 @@
 SmolLM2 already cached by the other slow tests). It must finish, print the memory table and every
 answer with its right/wrong mark. Correctness is asserted only where the adapter answers right
 (the memory row on five of the six questions). Not asserted: the night guard's cat, answered
-"unknown" because the retraction sentence wrote a tombstone keyed " the" that the question's "the"
-matches; the same tombstone is why the withdrawn code reads "unknown" (the Quarry Lane slot itself is
-not marked retracted), so that right answer is fragile (evidence for issue 24)."""
+"unknown": the reader picks the answer pointer's span in the right sentence, but a span too wide
+("named Pepper in the ticket"), which the prefix adapter, trained to copy short values, does not
+copy. The withdrawn code reads "unknown" the same way, from the pointer's wide span in the
+retraction sentence ("the Quarry Lane studio, and it no longer works."); the pointer's withdrawal
+score does not fire on that plain-English retraction, so that right answer is fragile (issue 24)."""
 
 import pytest
 import torch

@@ -52,7 +52,8 @@ def test_the_keys_transformers_writes_and_the_committed_adapter_still_load(caplo
         assert MemAdapterConfig.from_dict(old).to_dict() == loaded.to_dict()
     assert "pair_in_sentence" in caplog.text and "read_rule" in caplog.text
     check_config_keys(drop_retired_settings(old))
-    assert loaded.read == ReadConfig(router_confidence_threshold=0.5, fallback_chunks=5, name_chunks=3, withdrawn_text="unknown")
+    assert loaded.read == ReadConfig(router_confidence_threshold=0.5, fallback_chunks=5, name_chunks=3, withdrawn_text="unknown",
+                                     answer_sentences=4)
     assert not set(loaded.to_dict()["read"]) & set(RETIRED_READ_SETTINGS)
     assert all(t.is_floating_point() for t in hub.load_adapter_weights(COMMITTED).values())
 

@@ -11,8 +11,10 @@ def test_the_bundled_adapter_is_package_data_with_both_files():
     assert path.parent.parent.name == "modeling" and path.name == real_models.BUNDLED_ADAPTER
     assert hub.load_adapter_config(path)["injection"] == "prefix"
     weights = hub.load_adapter_weights(path)
-    assert sum(t.numel() for k, t in weights.items() if not k.startswith("read_scorer.")) == 1_231_629  # the heads
-    assert sum(t.numel() for k, t in weights.items() if k.startswith("read_scorer.")) == 726  # its fitted reader
+    heads = sum(t.numel() for k, t in weights.items() if not k.startswith(("read_scorer.", "answer_pointer.")))
+    assert heads == 1_231_629  # the heads trained on 2026-12-03
+    assert sum(t.numel() for k, t in weights.items() if k.startswith("answer_pointer.")) == 443_395  # its answer pointer
+    assert sum(t.numel() for k, t in weights.items() if k.startswith("read_scorer.")) == 792  # its fitted reader
 
 
 def test_a_missing_bundled_adapter_names_the_reinstall(monkeypatch):
