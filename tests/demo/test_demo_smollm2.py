@@ -1,12 +1,10 @@
 """``memadapter demo`` end to end on SmolLM2 with the bundled adapter (slow: ~2 minutes on 2 cores,
 SmolLM2 already cached by the other slow tests). It must finish, print the memory table and every
-answer with its right/wrong mark. Correctness is asserted only where the adapter answers right
-(the memory row on five of the six questions). Not asserted: the night guard's cat, answered
-"unknown": the reader picks the answer pointer's span in the right sentence, but a span too wide
-("named Pepper in the ticket"), which the prefix adapter, trained to copy short values, does not
-copy. The withdrawn code reads "unknown" the same way, from the pointer's wide span in the
-retraction sentence ("the Quarry Lane studio, and it no longer works."); the pointer's withdrawal
-score does not fire on that plain-English retraction, so that right answer is fragile (issue 24)."""
+answer with its right/wrong mark, and the memory row must answer all six right by the demo's rule
+(the answer's words occur in the reply, no stale value does). The withdrawn code is read from a
+withdrawal: the answer pointer's withdrawal score fires on the plain-English retraction. The night
+guard's cat is right by that rule only: the reply is the pointer's whole clause ("grey cat named
+Pepper in the ticket office."), not the bare name (issue 24)."""
 
 import pytest
 import torch
@@ -16,10 +14,8 @@ from memadapter.demo.stream import QUESTIONS
 
 pytestmark = pytest.mark.slow
 
-# The questions the memory row answers right (greedy decoding, fp32, one thread).
-MEMORY_RIGHT = ("Where does Nadia Petrova live now?", "Where does Nadine Petrova live?",
-                "What is the entry code for the Quarry Lane studio?", "How much does the Heron reading lamp cost?",
-                "Where does Omar Haddad work?")
+# The questions the memory row answers right (greedy decoding, fp32, one thread): all of them.
+MEMORY_RIGHT = tuple(q.text for q in QUESTIONS)
 
 
 def test_the_demo_finishes_and_prints_marked_answers(capsys):
@@ -46,4 +42,4 @@ def test_the_demo_finishes_and_prints_marked_answers(capsys):
         assert all(("RIGHT" in r) != ("WRONG" in r) for r in rows), block
         if question in MEMORY_RIGHT:
             assert "RIGHT" in rows[0], block
-    assert "right answers: memory " in out
+    assert "right answers: memory 6/6" in out
