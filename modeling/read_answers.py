@@ -27,9 +27,7 @@ from memadapter.sentences import sentence_spans
 
 from .backbones import backbone_parts
 from .read_candidates import GROUND_TOKENS, token_groups
-from .selection import GroundedEvent
-
-ANSWER = "answer"  # the event type of a pointer answer
+from .selection import ANSWER, GroundedEvent
 
 
 def pair_ids(tokenizer: Any, question: str, sentence: str) -> tuple[list[int], int]:
@@ -104,11 +102,16 @@ class AnswersMixin:
                           hidden: torch.Tensor, text: torch.Tensor, score: float) -> GroundedEvent:
         """A sentence that withdraws what is asked, as an event: no value, the whole sentence as its key
         (text and pooled key), ``position`` its first token in the stream."""
-        pooled = self.grounding.norm(hidden[text].mean(0))
-        key = self.grounding.key(pooled[None], pooled[None])[0]
+        pooled, key = self._pooled_key(hidden, text)
         chunk_text = memory.indexes[b].text(chunk_id) or ""
-        return GroundedEvent(sentence, None, self.grounding.value_proj(pooled).float().cpu(), key.float().cpu(), ANSWER,
+        return GroundedEvent(sentence, None, self.grounding.value_proj(pooled).float().cpu(), key, ANSWER,
                              0.0, self._stream_position(memory, b, chunk_id, chunk_text[:char]), sentence, score)
+
+    def _pooled_key(self, hidden: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the normed mean of ``hidden`` [T, H] over ``tokens`` [T], its key [dk] on the CPU), as the
+        GroundingHead keys a span."""
+        pooled = self.grounding.norm(hidden[tokens].mean(0))
+        return pooled, self.grounding.key(pooled[None], pooled[None])[0].float().cpu()
 
     def _answer_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, sentence: str,
                       encoded: tuple[list[int], int], hidden: torch.Tensor, text: torch.Tensor, s: int, e: int,
@@ -122,11 +125,9 @@ class AnswersMixin:
         span = torch.zeros_like(text)
         span[s:e + 1] = True
         rest = text & ~span
-        norm = self.grounding.norm
-        value = self.grounding.value_proj(norm(hidden[span].mean(0)))
-        pooled = norm(hidden[rest if rest.any() else text].mean(0))
-        key = self.grounding.key(pooled[None], pooled[None])[0]
+        value = self.grounding.value_proj(self.grounding.norm(hidden[span].mean(0)))
+        _, key = self._pooled_key(hidden, rest if rest.any() else text)
         chunk_text = memory.indexes[b].text(chunk_id) or ""
         position = self._stream_position(memory, b, chunk_id, chunk_text[:char] + head.lstrip())  # the span's first token
-        return GroundedEvent(key_text, value_text, value.float().cpu(), key.float().cpu(), ANSWER, 0.0,
+        return GroundedEvent(key_text, value_text, value.float().cpu(), key, ANSWER, 0.0,
                              position, sentence, margin)

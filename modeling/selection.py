@@ -212,6 +212,9 @@ def slot_versions(scores: torch.Tensor, time: torch.Tensor, keys: torch.Tensor, 
     return versions, newest.masked_fill(~versions.any(dim=-1), -1)
 
 
+ANSWER = "answer"  # the event type of a pointer answer (memadapter.modeling.read_answers)
+
+
 @dataclass(eq=False)  # compared by identity: its tensors have no single truth value
 class GroundedEvent:
     """An event the GroundingHead proposed in a retrieved chunk, scored against a question: its key
@@ -234,7 +237,7 @@ class GroundedEvent:
     @property
     def withdraws(self) -> bool:
         """A retraction the GroundingHead typed, or a pointer withdrawal (a pointer answer without a value)."""
-        return self.event_type == "retract" or (self.event_type == "answer" and self.value_text is None)
+        return self.event_type == "retract" or (self.event_type == ANSWER and self.value_text is None)
 
 
 def sentence_around(decode: Callable[[Sequence[int]], str], ids: Sequence[int], start: int, end: int) -> str:

@@ -5,8 +5,9 @@ stream is ingested once, and each of its questions gets the pool ``select`` woul
 (``MemAdapterForCausalLM.read_pools``). An entry is positive when it sits in the sentence of the
 question's answer event (the generator's character spans: a training target, never seen at
 inference) and reads as the answer does: a withdrawal for a withdrawn fact, an entry with a value
-otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong). The scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen
-on the pools of a validation split, and the adapter is saved with the fitted scorer.
+otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong). The
+scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen on the pools of
+a validation split, and the adapter is saved with the fitted scorer.
 
     python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
         --data open:train:80 --data lifecycle:train:40 --data counterfactual:train:40 \\
