@@ -77,7 +77,6 @@ class GroundingOutput:
     event_logits: torch.Tensor  # [B, T, E]
     confidence_logits: torch.Tensor  # [B, T]
     extra: dict = field(default_factory=dict)
-    lifecycle_logits: Optional[torch.Tensor] = None  # [B, T, E] with a lifecycle layer
 
 
 class GroundingHead(nn.Module):
@@ -91,12 +90,8 @@ class GroundingHead(nn.Module):
     """
 
     def __init__(self, hidden_size: int, key_dim: int, value_dim: int, num_event_types: int = len(EVENT_TYPES),
-                 context_size: int = 0, context_window: int = CONTEXT_WINDOW, type_reads_relation: bool = False,
-                 lifecycle_typing: bool = False):
+                 context_size: int = 0, context_window: int = CONTEXT_WINDOW):
         super().__init__()
-        # Read a candidate's event type over its relation region too, not only key .. value: a
-        # retraction has no value, and its key's causal states never see "... is no longer known".
-        self.type_reads_relation = bool(type_reads_relation)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.key_dim = check_positive_int("key_dim", key_dim)
         self.value_dim = check_positive_int("value_dim", value_dim)
@@ -110,10 +105,6 @@ class GroundingHead(nn.Module):
         features = hidden_size + max(context_size, 0)
         self.tagger = nn.Linear(features, len(TAGS))
         self.event = nn.Linear(features, num_event_types)
-        # lifecycle_typing: a second event layer types the memory operation (write / update /
-        # tombstone) while ``event`` keeps feeding the WriteController the probabilities it was
-        # trained on, so a refit typing (refit_events) cannot move the writes.
-        self.lifecycle_event = nn.Linear(features, num_event_types) if lifecycle_typing else None
         self.confidence = nn.Linear(features, 1)
         self.key_proj = nn.Linear(2 * hidden_size, key_dim)  # [entity ; relation] -> key
         self.value_proj = nn.Linear(hidden_size, value_dim)
@@ -154,15 +145,6 @@ class GroundingHead(nn.Module):
             h = torch.cat([h, F.gelu(self.context(x)).transpose(1, 2)], -1)  # [B, T, H + C]
         return h
 
-    def type_spans(self, key_spans: torch.Tensor, value_spans: torch.Tensor, length) -> torch.Tensor:
-        """The tokens a candidate's event type is read over: key start .. value end, and with
-        ``type_reads_relation`` at least to the end of its relation region. [..., 2] x2 -> [..., 2]
-        (``length`` an int, or per row [B, 1] for [B, N, 2] spans)."""
-        end = torch.maximum(key_spans[..., 1], value_spans[..., 1])
-        if self.type_reads_relation:
-            end = torch.maximum(end, relation_spans(key_spans, value_spans, length)[..., 1])
-        return torch.stack([key_spans[..., 0], end], -1)
-
     def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> GroundingOutput:
         """Per-token logits; padded positions get tag O so they never open a span."""
         mask = self._check(hidden, mask)
@@ -173,8 +155,7 @@ class GroundingHead(nn.Module):
         pad_o = torch.full_like(tag_logits, torch.finfo(tag_logits.dtype).min)
         pad_o[..., TAG_O] = 0.0
         tag_logits = torch.where(mask[..., None], tag_logits, pad_o)
-        lifecycle = None if self.lifecycle_event is None else self.lifecycle_event(h)
-        return GroundingOutput(tag_logits, self.event(h), self.confidence(h).squeeze(-1), lifecycle_logits=lifecycle)
+        return GroundingOutput(tag_logits, self.event(h), self.confidence(h).squeeze(-1))
 
     @torch.no_grad()
     def propose(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None,
@@ -220,13 +201,8 @@ class GroundingHead(nn.Module):
         pooled = pool_spans_batched(h, torch.cat([key_spans, rel, val_spans], 1))  # [B, 3N, H]: one prefix sum
         keys = self.key(pooled[:, :N], pooled[:, N:2 * N])  # [B, N, dk]
         values = self.value_proj(pooled[:, 2 * N:])  # [B, N, dv]
-        typed = self.type_spans(key_spans, val_spans, length)  # [B, N, 2]
-        if out.lifecycle_logits is None:
-            ev = pool_spans_batched(out.event_logits, typed).softmax(-1)  # [B, N, E]
-            kind = ev.argmax(-1)
-        else:
-            ev = pool_spans_batched(out.event_logits, whole).softmax(-1)
-            kind = pool_spans_batched(out.lifecycle_logits, typed).argmax(-1)  # [B, N]
+        ev = pool_spans_batched(out.event_logits, whole).softmax(-1)  # [B, N, E]
+        kind = ev.argmax(-1)
         conf = torch.sigmoid(pool_spans_batched(out.confidence_logits[..., None], whole)[..., 0])  # [B, N]
         return Proposals(key_spans, val_spans, has_value, kind, ev, conf, keys, values, cmask)
 
@@ -237,20 +213,13 @@ class GroundingHead(nn.Module):
         key_spans = torch.tensor([k for k, _ in pairs], device=h.device)  # [N, 2]
         # A key without a value pools its value from the key span (retractions carry no value).
         val_spans = torch.tensor([v if v is not None else k for k, v in pairs], device=h.device)
-        # Confidence is read over the whole candidate (key start .. value end), the event type
-        # over the same or (type_reads_relation) up to the relation region's end. With a lifecycle
-        # layer, that layer reads the type and ``event`` keeps the spans it was trained on.
+        # Confidence and the event type are read over the whole candidate (key start .. value end).
         whole = torch.stack([key_spans[:, 0], torch.maximum(key_spans[:, 1], val_spans[:, 1])], -1)
         rel = relation_spans(key_spans, val_spans, length)  # [N, 2]
         keys = self.key(pool_spans(h, key_spans), pool_spans(h, rel))  # [N, dk]
         values = self.value_proj(pool_spans(h, val_spans))  # [N, dv]
-        typed = self.type_spans(key_spans, val_spans, length)  # [N, 2]
-        if out.lifecycle_logits is None:
-            ev = pool_spans(out.event_logits[b], typed).softmax(-1)  # [N, E]
-            kind = ev.argmax(-1)
-        else:
-            ev = pool_spans(out.event_logits[b], whole).softmax(-1)  # [N, E]: what the writer was trained on
-            kind = pool_spans(out.lifecycle_logits[b], typed).argmax(-1)  # [N]
+        ev = pool_spans(out.event_logits[b], whole).softmax(-1)  # [N, E]
+        kind = ev.argmax(-1)
         conf = torch.sigmoid(pool_spans(out.confidence_logits[b][:, None], whole)[:, 0])  # [N]
         return [
             Candidate(k, v, int(kind[i]), ev[i], float(conf[i]), keys[i], values[i])
@@ -270,9 +239,8 @@ class GroundingHead(nn.Module):
                 raise ShapeError(f"{name}: expected shape {tuple(out.tag_logits.shape[:2])}, got {tuple(t.shape)}")
         loss = F.cross_entropy(out.tag_logits.flatten(0, 1), tag_targets.flatten(), ignore_index=IGNORE_INDEX)
         if bool((event_targets != IGNORE_INDEX).any()):
-            for logits in (out.event_logits, out.lifecycle_logits):
-                if logits is not None:
-                    loss = loss + F.cross_entropy(logits.flatten(0, 1), event_targets.flatten(), ignore_index=IGNORE_INDEX)
+            loss = loss + F.cross_entropy(out.event_logits.flatten(0, 1), event_targets.flatten(),
+                                          ignore_index=IGNORE_INDEX)
         if confidence_targets is not None:
             keep = ~torch.isnan(confidence_targets)
             if bool(keep.any()):

@@ -82,14 +82,6 @@ class MemAdapterConfig(PreTrainedConfig):
     # Channels of the GroundingHead's two-sided context convolution (0 = tag each token alone).
     grounding_context_size: int = 0
     num_event_types: int = 4  # new fact, newer version, retraction, irrelevant
-    # Read a candidate's event type up to the end of its relation region (RELATION_WINDOW tokens
-    # after a key without value): a retraction's "... is no longer known" follows its key. The
-    # event layer must be fit to it: ``python -m experiments.refit_events``.
-    type_reads_relation: bool = False
-    # A second event layer types the memory operation (new / update / tombstone) while the trained
-    # event layer keeps feeding the WriteController: refit_events --lifecycle fits it, so a better
-    # retraction typing does not move the writes the controller learned on the old probabilities.
-    lifecycle_typing: bool = False
     # Backbone hidden states (indices as read_layer's) the AnswerPointer reads, concatenated; empty =
     # no pointer. It reads the retrieved chunks' best sentences at question time (read.answer_sentences).
     answer_layers: list[int] = field(default_factory=list)
@@ -200,10 +192,11 @@ class MemAdapterConfig(PreTrainedConfig):
         """Like transformers' ``from_dict``, but a key that is no field of this config is refused
         (:func:`check_config_keys`) instead of being set as an attribute, and a config saved with
         the settings at the top level (before ``read`` / ``ingest``) is nested first; the read rules
-        that the learned reader replaced are dropped with a warning (:func:`drop_retired_settings`)."""
+        that the learned reader replaced are dropped with a warning (:func:`drop_retired_settings`),
+        and so are the retired research fields left off (:func:`drop_retired_fields`)."""
         if not isinstance(config_dict, dict):
             raise ConfigError(f"config_dict: expected a JSON object, got {type(config_dict).__name__}")
-        config_dict = drop_retired_settings(nest_flat_settings(drop_retired_settings(config_dict)))
+        config_dict = drop_retired_fields(drop_retired_settings(nest_flat_settings(drop_retired_settings(config_dict))))
         check_config_keys(config_dict)
         return super().from_dict(config_dict, **kwargs)
 
@@ -301,6 +294,26 @@ def check_config_keys(config_dict: Any) -> None:
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
         raise ConfigError(f"config_dict: unknown key(s) {shown}; a MemAdapterConfig has no such field")
+
+
+# Structural fields of research variants that validation did not keep (2026-12-06, issue 28): the
+# event type read over the relation region and a second, lifecycle event layer, both fitted by the
+# removed experiments/refit_events.py (docs/RESULTS.md, "seventh step"; last at commit fb96e11).
+RETIRED_FIELDS = ("type_reads_relation", "lifecycle_typing")
+
+
+def drop_retired_fields(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """``config_dict`` without the :data:`RETIRED_FIELDS` left at their off value; one that is on
+    names an adapter this code cannot read: ConfigError.
+
+    >>> drop_retired_fields({"num_slots": 8, "lifecycle_typing": False})
+    {'num_slots': 8}
+    """
+    for name in RETIRED_FIELDS:
+        if config_dict.get(name):
+            raise ConfigError(f"{name}: a retired research variant (removed after commit fb96e11); "
+                              "this adapter needs the code of that commit")
+    return {k: v for k, v in config_dict.items() if k not in RETIRED_FIELDS}
 
 
 def _is_a(name: str) -> str:

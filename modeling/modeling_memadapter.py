@@ -110,9 +110,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
 
     def _build_heads(self, config: MemAdapterConfig, hidden: int) -> None:
         self.grounding = GroundingHead(hidden, config.key_dim, config.value_dim, config.num_event_types,
-                                       context_size=config.grounding_context_size,
-                                       type_reads_relation=config.type_reads_relation,
-                                       lifecycle_typing=config.lifecycle_typing)
+                                       context_size=config.grounding_context_size)
         self.writer = WriteController(config.key_dim, config.num_event_types)
         self.query_head = QueryHead(hidden, config.key_dim)
         self.read_scorer = ReadScorer()  # fitted after the heads (memadapter.training.fit_reader)

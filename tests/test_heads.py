@@ -64,41 +64,6 @@ def test_propose_snaps_spans_to_words_before_pooling():
     assert [(c.key_span, c.value_span) for c in head.propose(hidden)[0]] == [((1, 2), (4, 5))]
 
 
-def test_type_spans_reach_the_relation_region_only_when_asked():
-    keys, values = torch.tensor([[1, 3], [4, 5]]), torch.tensor([[6, 8], [4, 5]])  # the second has no value
-    assert GroundingHead(16, 8, 8).type_spans(keys, values, 9).tolist() == [[1, 8], [4, 5]]
-    head = GroundingHead(16, 8, 8, type_reads_relation=True)
-    assert head.type_spans(keys, values, 9).tolist() == [[1, 8], [4, 9]]  # 6 more tokens, cut at the length
-    tags = [TAG_O, TAG_KEY_B, TAG_O, TAG_O, TAG_O]
-    forced, hidden = _forced_head(tags)
-    forced.type_reads_relation = True
-    ev = forced.propose(hidden)[0][0].event_probs
-    out = forced.forward(hidden)
-    torch.testing.assert_close(ev, out.event_logits[0, 1:5].mean(0).softmax(-1))
-
-
-def test_lifecycle_layer_types_candidates_and_leaves_the_writers_probabilities():
-    tags = [TAG_O, TAG_KEY_B, TAG_KEY_I, TAG_VAL_B, TAG_O, TAG_KEY_B, TAG_O, TAG_O]
-    plain, hidden = _forced_head(tags)
-    head = GroundingHead(16, 8, 8, type_reads_relation=True, lifecycle_typing=True)
-    head.load_state_dict(plain.state_dict(), strict=False)
-    with torch.no_grad():
-        head.lifecycle_event.weight.zero_()
-        head.lifecycle_event.bias.copy_(torch.tensor([0.0, 0.0, 9.0, 0.0]))  # types everything a retraction
-    want = plain.propose(hidden)[0]  # the writer's probabilities: event layer over key .. value
-    got = head.propose(hidden)[0]
-    assert [c.event_type for c in got] == [2, 2]
-    for w, g in zip(want, got):
-        torch.testing.assert_close(g.event_probs, w.event_probs)
-    out = head.forward(hidden)
-    assert out.lifecycle_logits.shape == out.event_logits.shape
-    targets = torch.full((1, len(tags)), -100)
-    targets[0, 1:4] = 0
-    assert head.loss(out, torch.zeros(1, len(tags), dtype=torch.long), targets) > \
-        plain.loss(plain.forward(hidden), torch.zeros(1, len(tags), dtype=torch.long), targets)
-    assert GroundingHead(16, 8, 8).lifecycle_event is None
-
-
 def test_propose_key_vector_is_pooled_entity_and_relation():
     tags = [TAG_KEY_B, TAG_KEY_I, TAG_O, TAG_O, TAG_VAL_B]
     head, hidden = _forced_head(tags)

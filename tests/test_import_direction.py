@@ -3,7 +3,8 @@ and nothing installed imports the research code in experiments/.
 
 Relative imports are resolved, and ``importlib.import_module("...")`` with a literal name counts as
 an import, so a lazy import cannot hide a dependency. The CLI reaches a bench module by name from a
-table (``memadapter.cli._BENCHES``); that dispatch is checked on its own below.
+table (``memadapter.cli._BENCHES``, ``_COMMANDS``) and ``memadapter`` re-exports the Hugging Face classes
+lazily (``memadapter._EXPORTS``); those tables are checked on their own below.
 """
 
 from __future__ import annotations
@@ -115,5 +116,23 @@ def test_the_cli_dispatches_to_installed_benches_and_imports_only_the_one_it_run
     # A fresh interpreter: this test process has long imported modeling.
     code = ("import sys; from memadapter.cli import build_parser; build_parser('evidence'); "
             "print(sorted(m for m in sys.modules if m.startswith(('memadapter.modeling', 'memadapter.training'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_core_reaches_upper_layers_only_through_its_named_entry_tables():
+    """The two tables that name upper-layer modules as strings: ``memadapter``'s lazy exports (the
+    Hugging Face classes) and the CLI's commands. Neither imports anything until used."""
+    import memadapter
+    from memadapter.cli import _COMMANDS
+
+    upper = {name: module for name, module in memadapter._EXPORTS.items() if module.startswith(ABOVE_CORE)}
+    assert upper == {"MemAdapterConfig": "memadapter.modeling", "MemAdapterForCausalLM": "memadapter.modeling"}
+    assert {m for m, _, _ in _COMMANDS.values()} == {"memadapter.demo.demo_command", "memadapter.demo.ask_command",
+                                                     "memadapter.training.train", "memadapter.eval",
+                                                     "memadapter.modeling.card_command"}
+    code = ("import sys, memadapter; from memadapter.cli import build_parser; build_parser(''); "
+            "print(sorted(m for m in sys.modules if m.startswith(('memadapter.modeling', 'memadapter.training', "
+            "'memadapter.demo', 'memadapter.evaluation'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

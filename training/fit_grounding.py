@@ -43,7 +43,7 @@ from .labels import token_labels
 
 Span = tuple[int, int]
 Pair = tuple[Span, Optional[Span]]  # (key span, value span or None), chunk-relative, end exclusive
-TRAINED = ("context", "tagger", "event", "lifecycle_event", "confidence")  # GroundingHead layers refitted
+TRAINED = ("context", "tagger", "event", "confidence")  # GroundingHead layers refitted
 
 
 @dataclass

@@ -4,7 +4,12 @@ answer with its right/wrong mark, and the memory row must answer all six right b
 (the answer's words occur in the reply, no stale value does). The withdrawn code is read from a
 withdrawal: the answer pointer's withdrawal score fires on the plain-English retraction. The night
 guard's cat is right by that rule only: the reply is the pointer's whole clause ("grey cat named
-Pepper in the ticket office."), not the bare name (issue 24)."""
+Pepper in the ticket office."), not the bare name (issue 24). The cat is answered from a retrieved
+chunk (the memory row says "(chunk)"): no slot holds it. Issue 28 bounds the whole demo at 3 minutes
+on 2 cores, first model conversion included. The bound below is that product limit, not a
+benchmark; the model is already converted here, and converting it takes about 30 s more."""
+
+import time
 
 import pytest
 import torch
@@ -16,6 +21,8 @@ pytestmark = pytest.mark.slow
 
 # The questions the memory row answers right (greedy decoding, fp32, one thread): all of them.
 MEMORY_RIGHT = tuple(q.text for q in QUESTIONS)
+FROM_A_CHUNK = tuple(q.text for q in QUESTIONS if q.kind == "chunk fallback")
+DEMO_LIMIT_S = 180.0  # issue 28's limit for the whole demo on 2 cores
 
 
 def test_the_demo_finishes_and_prints_marked_answers(capsys):
@@ -24,11 +31,12 @@ def test_the_demo_finishes_and_prints_marked_answers(capsys):
         real_models.find_smollm2_gguf()
     except Exception as err:  # package not installed: the message names the pip command
         pytest.skip(str(err))
-    threads = torch.get_num_threads()
+    threads, start = torch.get_num_threads(), time.monotonic()
     try:
         assert cli.main(["demo", "--threads", "1"]) == 0
     finally:
         torch.set_num_threads(threads)
+    assert time.monotonic() - start <= DEMO_LIMIT_S
     out = capsys.readouterr().out
     assert "slot  key_text" in out and "Nadia Petrova" in out  # the memory table
     tokens = int(out.split("ingesting ", 1)[1].split(" tokens", 1)[0].replace(",", ""))
@@ -42,4 +50,5 @@ def test_the_demo_finishes_and_prints_marked_answers(capsys):
         assert all(("RIGHT" in r) != ("WRONG" in r) for r in rows), block
         if question in MEMORY_RIGHT:
             assert "RIGHT" in rows[0], block
-    assert "right answers: memory 6/6" in out
+        assert rows[0].startswith("memory (chunk)" if question in FROM_A_CHUNK else "memory ("), block
+    assert "right answers: memory 6/6" in out and FROM_A_CHUNK

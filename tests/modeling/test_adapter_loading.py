@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from memadapter.errors import ConfigError, DTypeError, NonFiniteError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM, hub
-from memadapter.modeling.configuration_memadapter import check_config_keys
+from memadapter.modeling.configuration_memadapter import check_config_keys, drop_retired_fields
 from memadapter.modeling.configuration_settings import RETIRED_READ_SETTINGS, ReadConfig, drop_retired_settings
 from memadapter.modeling.real_models import bundled_adapter_path
 
@@ -47,11 +47,14 @@ def test_the_keys_transformers_writes_and_the_committed_adapter_still_load(caplo
     with caplog.at_level(logging.WARNING):
         loaded = MemAdapterConfig.from_dict(committed)
     assert loaded.value_tokens == 16 and "retired" not in caplog.text
-    old = {**committed, "read": {**committed["read"], "read_rule": "joint"}, "ingest": {**committed["ingest"], "pair_in_sentence": True}}
+    old = {**committed, "read": {**committed["read"], "read_rule": "joint"}, "ingest": {**committed["ingest"], "pair_in_sentence": True},
+           "type_reads_relation": False, "lifecycle_typing": False}  # retired research fields, left off
     with caplog.at_level(logging.WARNING):  # a config saved before the reader and the ingest ablation
         assert MemAdapterConfig.from_dict(old).to_dict() == loaded.to_dict()
     assert "pair_in_sentence" in caplog.text and "read_rule" in caplog.text
-    check_config_keys(drop_retired_settings(old))
+    check_config_keys(drop_retired_fields(drop_retired_settings(old)))
+    with pytest.raises(ConfigError, match="^lifecycle_typing: a retired research variant"):
+        MemAdapterConfig.from_dict({**committed, "lifecycle_typing": True})  # its weights need the removed layer
     assert loaded.read == ReadConfig(router_confidence_threshold=0.5, fallback_chunks=5, name_chunks=3, withdrawn_text="unknown",
                                      answer_sentences=4)
     assert not set(loaded.to_dict()["read"]) & set(RETIRED_READ_SETTINGS)

@@ -50,7 +50,7 @@ def test_round_trip_through_save_pretrained(tmp_path):
         ("router_confidence_threshold", float("nan")), ("router_confidence_threshold", 1.5), ("slot_match_threshold", 1.5),
         ("slot_update_match_threshold", -1.5), ("retract_tombstones", 1),
         ("cross_attn_gate_init", float("inf")), ("backbone_model_type", "gpt2"), ("base_model_name_or_path", ""),
-        ("chunk_boundary", "words"), ("snap_spans", 1), ("type_reads_relation", 1), ("lifecycle_typing", "no"),
+        ("chunk_boundary", "words"), ("snap_spans", 1),
         ("name_chunks", -1), ("fallback_chunks", 0), ("withdrawn_text", " "),
     ],
 )

@@ -156,19 +156,6 @@ def test_ingest_cuts_chunks_after_sentence_ends():
     assert by_sentence.tokens_seen == [n, 4] and by_sentence.indexes[1].spans.tolist() == [[0, 4]]
 
 
-def test_ingest_writes_with_the_lifecycle_layers_type(tokenizer):
-    bb = tiny_backbone("llama")
-    plain = ingest(build(bb, tokenizer), [STREAM])
-    model = build(bb, tokenizer, lifecycle_typing=True)
-    with torch.no_grad():  # the writer's event layer still says NEW; the lifecycle layer says IRRELEVANT
-        model.grounding.lifecycle_event.weight.zero_()
-        model.grounding.lifecycle_event.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 9.0]))
-    assert plain.table(0) and not ingest(model, [STREAM]).table(0)
-    with torch.no_grad():
-        model.grounding.lifecycle_event.load_state_dict(model.grounding.event.state_dict())
-    assert ingest(model, [STREAM]).table(0) == plain.table(0)
-
-
 def test_ingest_bad_input_leaves_memory_unchanged(tokenizer):
     model = build(tiny_backbone("llama"), tokenizer)
     mem = ingest(model, [STREAM, "bob"])

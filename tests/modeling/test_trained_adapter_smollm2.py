@@ -26,7 +26,7 @@ def test_committed_adapter_loads_ingests_and_generates():
     real_models.load_smollm2()  # fills the cache on first use
     model = MemAdapterForCausalLM.from_pretrained(str(real_models.default_cache_dir()), adapter=str(ADAPTER)).eval()
     cfg, read, ingest = model.config, model.config.read, model.config.ingest
-    assert cfg.injection == "prefix" and cfg.read_layer == 8 and cfg.value_tokens == 16 and not cfg.type_reads_relation
+    assert cfg.injection == "prefix" and cfg.read_layer == 8 and cfg.value_tokens == 16
     assert ingest.retract_tombstones and ingest.snap_spans
     assert ingest.chunk_boundary == "sentence"
     # its read rules were retired; the live settings are kept, the answer pointer reads 4 sentences, and
