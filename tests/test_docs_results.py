@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
-TOKEN = re.compile(r"[\w.{},*/-]+\.(?:json|md)\b")
+TOKEN = re.compile(r"[\w.{},*/-]+\.(?:json|md|diff)\b")
 
 
 def citing_texts() -> dict[str, str]:
@@ -33,7 +33,7 @@ def patterns(text: str) -> set[str]:
         group = re.search(r"\{([^{}]*,[^{}]*)\}", name)
         names = [name[:group.start()] + alt + name[group.end():] for alt in group.group(1).split(",")] if group else [name]
         # a pattern that names nothing ("*.json", "{stem}.json") cites nothing
-        out.update(n for n in names if len(re.sub(r"[*.]|json$|md$", "", n)) >= 4)
+        out.update(n for n in names if len(re.sub(r"[*.]|json$|md$|diff$", "", n)) >= 4)
     return out
 
 
@@ -57,5 +57,5 @@ def test_every_result_file_is_cited():
 
 
 def test_every_cited_result_path_exists():
-    named = {m for text in citing_texts().values() for m in re.findall(r"docs/results/[\w./-]+\.(?:json|md)\b", text)}
+    named = {m for text in citing_texts().values() for m in re.findall(r"docs/results/[\w./-]+\.(?:json|md|diff)\b", text)}
     assert sorted(p for p in named if not (ROOT / p).exists()) == []
