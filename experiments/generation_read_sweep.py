@@ -8,8 +8,8 @@ first variant should be the committed settings (``base:{}``): it reproduces the 
 ``generation_eval`` dev row and so checks the sweep. Only settings read at select time may differ
 between variants (an ingest-time setting would need its own ingest); the script refuses others.
 ``--reader NAME:DIR[:JSON]`` adds a variant that reads with the committed settings (JSON's over them) and the read-time
-weights (:data:`READ_MODULES`: the QueryHead, the learned ReadScorer and the answer pointer) of the adapter in DIR, e.g.
-``memadapter.training.fit_reader``'s output; they are read at select time only, and every other
+weights (:data:`READ_MODULES`: the QueryHead, the learned ReadScorer, the answer pointer and the injector) of the adapter
+in DIR, e.g. ``memadapter.training.fit_reader``'s or ``fit_injector``'s output; they are read after the ingest only, and every other
 tensor in DIR must equal the loaded adapter's. (``--query-head`` is its old name.)
 
     python -m experiments.generation_read_sweep --split validation --synthetic-names 0.0 --num-streams 16 \\
@@ -27,7 +27,8 @@ from memadapter.modeling.configuration_settings import ReadConfig
 from memadapter.training import generation_eval as ge
 
 READ_TIME = frozenset(ReadConfig.names())  # read by select, never by ingest: variants may differ in these only
-READ_MODULES = ("query_head.", "read_scorer.", "answer_pointer.")  # adapter weights read by select only, never by ingest
+# adapter weights read after the ingest, never by it: select's (query head, scorer, pointer) and the injectors'
+READ_MODULES = ("query_head.", "read_scorer.", "answer_pointer.", "injector.", "cross_attn.", "value_token_proj.")
 
 
 def variants(items):
@@ -69,8 +70,8 @@ def load_read_weights(model, state) -> None:
     from memadapter.modeling.read_scorer import widen_features
 
     for prefix in READ_MODULES:
-        module = getattr(model, prefix.rstrip("."))
-        if module is None:  # an adapter without an answer pointer
+        module = getattr(model, prefix.rstrip("."), None)
+        if module is None:  # an adapter without an answer pointer, or another injector
             continue
         own = module.state_dict()
         module.load_state_dict({k: widen_features(state[prefix + k], v) for k, v in own.items()})

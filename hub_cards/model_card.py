@@ -62,7 +62,8 @@ def render_model_card(
         "front_matter": yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip("\n"),
         "title": _one_line(title),
         "base_model_md": f"`{base}`" if base else "(base model not recorded in the config)",
-        "base_model_py": repr(base or "<base model id or path>"),
+        # what from_pretrained takes: the config's own name ("smollm2" loads the packaged GGUF), else the Hub id
+        "base_model_py": repr(_loadable_base(config) or base or "<base model id or path>"),
         "repo_id_py": repr(repo_id or "<this adapter's repo id or path>"),
         "config_table": _config_table(config),
         "results_section": _results_section(rows, provenance),
@@ -80,6 +81,11 @@ def _base_model(config: Mapping[str, Any]) -> Optional[str]:
         if isinstance(value, str) and value.strip():
             return value.strip()
     return None
+
+
+def _loadable_base(config: Mapping[str, Any]) -> Optional[str]:
+    value = config.get("base_model_name_or_path")
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def _front_matter(config: Mapping[str, Any], base: Optional[str], rows: list, extra_tags: Sequence[str]) -> dict:

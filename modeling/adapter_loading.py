@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -71,6 +72,13 @@ def load_base(base: Any, config: MemAdapterConfig, tokenizer: Any, dtype: Any, t
     ``download``: cache_dir / force_download / local_files_only given to the Auto class, or none."""
     if isinstance(base, nn.Module):
         return base, tokenizer
+    from .real_models import REAL_MODELS, load_real_model
+
+    if isinstance(base, str) and base in REAL_MODELS and not os.path.isdir(base):
+        # a real model of ours ("smollm2"): its packaged GGUF, converted once and cached, offline
+        real_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype  # "bfloat16"; "auto": fp32
+        backbone, own_tokenizer = load_real_model(base, dtype=real_dtype if real_dtype is not None else torch.float32)
+        return backbone, tokenizer if tokenizer is not None else own_tokenizer
     is_path = isinstance(base, os.PathLike)
     if is_path:
         base = os.fspath(base)

@@ -387,9 +387,12 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
         """
         from memadapter.hub_cards.model_card import render_model_card
 
+        from .real_models import upstream_id
+
         config = self._config_dict()
         n_params = sum(v.numel() for v in self.adapter_state_dict().values())
-        card = render_model_card({**config, "adapter_parameters": n_params}, kwargs.get("results"))
+        card = render_model_card({**config, "base_model": upstream_id(config.get("base_model_name_or_path")),
+                                  "adapter_parameters": n_params}, kwargs.get("results"))
         return hub.save_adapter(save_directory, config, self.adapter_state_dict(), card)
 
     def push_to_hub(self, repo_id: str, *, token: Optional[Union[str, bool]] = None, private: Optional[bool] = None,

