@@ -126,6 +126,9 @@ def main():
         for name, overrides in todo.items():
             model.config.apply_settings({**base, **overrides})
             load_read_weights(model, {**own, **heads.get(name, {})})
+            # the memory was ingested under the first variant's fingerprint; these weights are not read by
+            # the ingest (read_weights checked), so it is the same memory under this variant's
+            ctx.memory.adapter_id = model.adapter_fingerprint()
             for q in questions:
                 pred = picked_value(model, ctx, tok, q["question"]) if args.select_only else \
                     ge._answer(model, tok, "memory", ctx, q["question"], ge.question_ids(tok, q["question"]), settings)
