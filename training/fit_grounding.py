@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from memadapter.heads import IGNORE_INDEX, GroundingHead
 from memadapter.spans import decode_pairs_batched
 
-from .fit_reader import build_streams, fit_parser, parse_data
+from .fit_reader import build_streams, fit_parser, fit_setup
 from .labels import token_labels
 
 Span = tuple[int, int]
@@ -206,9 +206,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--cache", default=None, help="folder for the read states (train/val .safetensors); reused when present")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -228,12 +225,8 @@ def _chunks(model: Any, cache: Optional[str], spec: tuple[str, str, int], seed: 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .generation_eval import _load_model, _model_dirs
-
     args = _parser().parse_args(argv)
-    args.set = []
-    train_specs, val_specs = parse_data(args.data, "--data"), parse_data(args.val_data, "--val-data")
-    model = _load_model(args, *_model_dirs(args))
+    model, train_specs, val_specs = fit_setup(args)
     progress = not args.no_progress
     train = [c for spec in train_specs for c in _chunks(model, args.cache, spec, args.seed, args.filler_tokens, progress)]
     val_parts = {":".join(map(str, spec)): _chunks(model, args.cache, spec, args.seed + 1, args.filler_tokens, progress)

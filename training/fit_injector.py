@@ -25,7 +25,6 @@ Example (plain tensors):
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 
 from memadapter.errors import ConfigError
 
-from .fit_reader import build_streams, fit_parser, parse_data
+from .fit_reader import build_streams, fit_parser, fit_setup, save_report
 from .generation_eval import question_ids
 from .lifecycle_data import UNKNOWN
 from .losses import IGNORE_INDEX, answer_loss
@@ -190,19 +189,12 @@ def _parser():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .generation_eval import _load_model, _model_dirs
-
     args = _parser().parse_args(argv)
-    args.set = []
-    train_specs, val_specs = parse_data(args.data, "--data"), parse_data(args.val_data, "--val-data")
-    model = _load_model(args, *_model_dirs(args))
+    model, train_specs, val_specs = fit_setup(args)
     progress = not args.no_progress
     train = collect_examples(model, build_streams(train_specs, args.seed, args.filler_tokens), progress)
     val = collect_examples(model, build_streams(val_specs, args.seed + 1, args.filler_tokens), progress)
@@ -215,9 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "loaded_val_copy_rate": log[0]["val_copy_rate"],
               "fitted_val_copy_rate": max(r["val_copy_rate"] for r in log), "log": log}
     model.save_pretrained(args.out)
-    with open(f"{args.out}/fit_injector.json", "w") as f:
-        json.dump(report, f, indent=1)
-    print(json.dumps({k: v for k, v in report.items() if k != "log"}, indent=1))
+    save_report(args.out, "fit_injector", report)
     return 0
 
 

@@ -30,7 +30,6 @@ Example (plain tensors: question 0 asks for "a b", question 1 was withdrawn):
 from __future__ import annotations
 
 import copy
-import json
 import random
 import sys
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from memadapter.modeling.read_answers import pair_ids, pointer_features
 
 from .answer_scoring import exact_match
 from .filler import split_sentences
-from .fit_reader import build_streams, fit_parser, parse_data
+from .fit_reader import build_streams, fit_parser, fit_setup, save_report
 from .lifecycle_data import UNKNOWN
 
 
@@ -225,19 +224,12 @@ def _parser():
     p.add_argument("--negatives", type=int, default=2, help="negative sentences per question")
     p.add_argument("--sentences", type=int, default=4, help="read.answer_sentences of the saved adapter")
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .generation_eval import _load_model, _model_dirs
-
     args = _parser().parse_args(argv)
-    args.set = []
-    train_specs, val_specs = parse_data(args.data, "--data"), parse_data(args.val_data, "--val-data")
-    model = _load_model(args, *_model_dirs(args))
+    model, train_specs, val_specs = fit_setup(args)
     model.config.answer_layers = [int(x) for x in args.layers.split(",")]
     model.config.validate_fields()
     rng, progress = random.Random(args.seed), not args.no_progress
@@ -254,9 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "layers": model.config.answer_layers, "negatives": args.negatives, "train_pairs": len(train.valid),
               "val_pairs": len(val.valid), "withdrawn_train_pairs": int(train.withdraw.sum()),
               "best_val_question_accuracy": max(r["val_question_accuracy"] for r in log), "log": log}
-    with open(f"{args.out}/fit_pointer.json", "w") as f:
-        json.dump(report, f, indent=1)
-    print(json.dumps({k: v for k, v in report.items() if k != "log"}, indent=1))
+    save_report(args.out, "fit_pointer", report)
     return 0
 
 

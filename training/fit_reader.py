@@ -182,8 +182,9 @@ def build_streams(specs: Sequence[tuple[str, str, int]], seed: int, filler_token
 
 
 def fit_parser(prog: str, doc: str, saved: str) -> argparse.ArgumentParser:
-    """The arguments every refit command shares (fit_reader, fit_grounding): the adapter, where the
-    refitted one is saved (``saved`` says what it carries), training and validation streams."""
+    """The arguments every refit command shares (fit_reader, fit_grounding, fit_pointer, fit_injector):
+    the adapter, where the refitted one is saved (``saved`` says what it carries), training and
+    validation streams, device, dtype and progress bars."""
     p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="trained adapter directory (save_pretrained output)")
@@ -195,7 +196,27 @@ def fit_parser(prog: str, doc: str, saved: str) -> argparse.ArgumentParser:
                    help="validation streams that choose the epoch, e.g. open:val_unseen_templates:10")
     p.add_argument("--filler-tokens", type=int, default=None, help="override every builder's filler length")
     p.add_argument("--seed", type=int, default=0, help="stream seed (validation streams use seed + 1)")
+    p.add_argument("--device", default=None, help="torch device of the model (default: where it loads)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def save_report(out: str, name: str, report: dict, hidden: tuple[str, ...] = ("log",)) -> None:
+    """Write ``report`` as OUT/NAME.json beside the saved adapter and print it without ``hidden``."""
+    with open(f"{out}/{name}.json", "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps({k: v for k, v in report.items() if k not in hidden}, indent=1))
+
+
+def fit_setup(args: argparse.Namespace) -> tuple[Any, list, list]:
+    """(the adapter loaded on its base, the training specs, the validation specs) of parsed
+    :func:`fit_parser` arguments."""
+    from .generation_eval import _load_model, _model_dirs
+
+    args.set = []
+    train_specs, val_specs = parse_data(args.data, "--data"), parse_data(args.val_data, "--val-data")
+    return _load_model(args, *_model_dirs(args)), train_specs, val_specs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,9 +224,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--pools", default=None, help="cache the train pools here (safetensors); reused when present")
     p.add_argument("--val-pools", default=None, help="the same for the validation pools")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -219,13 +237,8 @@ def _pools(model: Any, path: Optional[str], specs: list, seed: int, filler: Opti
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .generation_eval import _load_model, _model_dirs
-
     args = _parser().parse_args(argv)
-    args.set = []
-    train_specs, val_specs = parse_data(args.data, "--data"), parse_data(args.val_data, "--val-data")
-    base, adapter = _model_dirs(args)
-    model = _load_model(args, base, adapter)
+    model, train_specs, val_specs = fit_setup(args)
     progress = not args.no_progress
     train = _pools(model, args.pools, train_specs, args.seed, args.filler_tokens, progress)
     val = _pools(model, args.val_pools, val_specs, args.seed + 1, args.filler_tokens, progress)
@@ -238,9 +251,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "features": list(FEATURES), "log": log}
     model.read_scorer.load_state_dict(scorer.state_dict())
     model.save_pretrained(args.out)
-    with open(f"{args.out}/fit_reader.json", "w") as f:
-        json.dump(report, f, indent=1)
-    print(json.dumps({k: v for k, v in report.items() if k not in ("log", "features")}, indent=1))
+    save_report(args.out, "fit_reader", report, ("log", "features"))
     return 0
 
 
