@@ -25,6 +25,9 @@ Example:
 
 from __future__ import annotations
 
+import re
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -48,22 +51,37 @@ class AnswerPointer(nn.Module):
         return self.net(hidden.to(w.device, w.dtype))
 
 
-def best_spans(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor,
-               max_span: int = MAX_SPAN) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def best_spans(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor, max_span: int = MAX_SPAN,
+               starts: Optional[torch.Tensor] = None, ends: Optional[torch.Tensor] = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row, the best span of text tokens: (start [B], end [B], margin [B]).
 
     logits [B, T, 2]; text_mask [B, T] (the sentence's tokens); null [B] (index of the null token).
     A span starts and ends on text tokens, ``start <= end < start + max_span``; its score is
-    start + end logit, and ``margin`` is that minus the null's start + end logit. A row without text
+    start + end logit, and ``margin`` is that minus the null's start + end logit. ``starts`` /
+    ``ends`` [B, T] (optional) narrow where a span may start / end (:func:`word_bounds`); a row
+    with no such span within ``max_span`` falls back to any text tokens. A row without text
     returns its null position and margin -inf.
     """
     if logits.dim() != 3 or logits.shape[-1] != 2 or tuple(text_mask.shape) != tuple(logits.shape[:2]):
         raise ShapeError(f"logits: expected [B, T, 2] with text_mask [B, T], got {tuple(logits.shape)} and "
                          f"{tuple(text_mask.shape)}")
+    if starts is not None or ends is not None:
+        free = best_spans(logits, text_mask, null, max_span)
+        s_ok = text_mask & (starts if starts is not None else text_mask)
+        e_ok = text_mask & (ends if ends is not None else text_mask)
+        bound = _scored_spans(logits.float(), s_ok, e_ok, null, max_span)
+        found = torch.isfinite(bound[2]) | ~text_mask.any(-1)
+        return tuple(torch.where(found, b, f) for b, f in zip(bound, free))  # type: ignore[return-value]
+    return _scored_spans(logits.float(), text_mask, text_mask, null, max_span)
+
+
+def _scored_spans(logits: torch.Tensor, start_ok: torch.Tensor, end_ok: torch.Tensor, null: torch.Tensor,
+                  max_span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, T, _ = logits.shape
-    logits = logits.float()
-    start = logits[..., 0].masked_fill(~text_mask, float("-inf"))  # [B, T]
-    end = logits[..., 1].masked_fill(~text_mask, float("-inf"))
+    text_mask = start_ok | end_ok
+    start = logits[..., 0].masked_fill(~start_ok, float("-inf"))  # [B, T]
+    end = logits[..., 1].masked_fill(~end_ok, float("-inf"))
     pos = torch.arange(T, device=logits.device)
     width = pos[None, :] - pos[:, None]  # [T, T]: end - start
     allowed = (width >= 0) & (width < max_span)
@@ -75,6 +93,44 @@ def best_spans(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor
     margin = top - logits[rows, null, 0] - logits[rows, null, 1]
     empty = ~text_mask.any(-1)
     return torch.where(empty, null, s), torch.where(empty, null, e), margin.masked_fill(empty, float("-inf"))
+
+
+_LEAD = re.compile(r"[^\w\s]*")  # a word's leading punctuation: "(", '"', "$"
+_TAIL = re.compile(r"(?:['’]s)?[^\w\s]*")  # what may follow a span inside its word: "'s", ".", ","
+
+
+def word_bounds(text: str, offsets: list[tuple[int, int]]) -> tuple[list[bool], list[bool]]:
+    """Which tokens may start / end an answer span: (starts, ends), one flag per token of ``offsets``
+    ((start, end) characters in ``text``). A span may not cut a word (a run of non-space
+    characters): it starts after a space or the word's leading punctuation, and ends before a
+    space or what only punctuation or a possessive "'s" follows. "28564" of "2856496." and "-21"
+    of "D-21" are cut words; "Vienna" of "Vienna." and "Wilson" of "Wilson's" are not.
+
+    >>> text = " code D-21, not 2856496."
+    >>> offsets = [(0, 5), (5, 7), (7, 8), (8, 10), (10, 11), (11, 15), (15, 21), (21, 23), (23, 24)]
+    >>> starts, ends = word_bounds(text, offsets)
+    >>> [text[s:e] for (s, e), ok in zip(offsets, starts) if ok], [text[s:e] for (s, e), ok in zip(offsets, ends) if ok]
+    ([' code', ' D', ' not', ' 28564'], [' code', '21', ',', ' not', '96', '.'])
+    """
+    starts, ends = [], []
+    for s, e in offsets:
+        s += len(text[s:e]) - len(text[s:e].lstrip())  # a token's leading space is not its word
+        word_start, word_end = _word_start(text, s), _word_end(text, e)
+        starts.append(e > s and _LEAD.fullmatch(text[word_start:s]) is not None)
+        ends.append(e > s and _TAIL.fullmatch(text[e:word_end]) is not None)
+    return starts, ends
+
+
+def _word_start(text: str, i: int) -> int:
+    while i > 0 and not text[i - 1].isspace():
+        i -= 1
+    return i
+
+
+def _word_end(text: str, i: int) -> int:
+    while i < len(text) and not text[i].isspace():
+        i += 1
+    return i
 
 
 def withdraws(logits: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -89,21 +145,26 @@ def withdraws(logits: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     return score.masked_fill(last < 0, float("-inf"))
 
 
-def best_spans_reference(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor,
-                         max_span: int = MAX_SPAN) -> tuple[list[int], list[int], list[float]]:
+def best_spans_reference(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor, max_span: int = MAX_SPAN,
+                         starts: Optional[torch.Tensor] = None, ends: Optional[torch.Tensor] = None,
+                         ) -> tuple[list[int], list[int], list[float]]:
     """Plain loops over every (start, end) pair: the oracle :func:`best_spans` is tested against."""
-    starts, ends, margins = [], [], []
+    out_starts, out_ends, margins = [], [], []
     for b in range(logits.shape[0]):
-        best = (int(null[b]), int(null[b]), float("-inf"))
         text = [t for t in range(logits.shape[1]) if text_mask[b, t]]
-        for i in text:
-            for j in text:
-                if 0 <= j - i < max_span:
-                    score = float(logits[b, i, 0]) + float(logits[b, j, 1])
-                    if score > best[2]:
-                        best = (i, j, score)
         nul = float(logits[b, int(null[b]), 0]) + float(logits[b, int(null[b]), 1])
-        starts.append(best[0])
-        ends.append(best[1])
+        best = (int(null[b]), int(null[b]), float("-inf"))
+        for bounded in (True, False):  # within the word bounds first, then (none found) anywhere
+            for i in text:
+                for j in text:
+                    inside = not bounded or ((starts is None or bool(starts[b, i])) and (ends is None or bool(ends[b, j])))
+                    if 0 <= j - i < max_span and inside:
+                        score = float(logits[b, i, 0]) + float(logits[b, j, 1])
+                        if score > best[2]:
+                            best = (i, j, score)
+            if best[2] > float("-inf"):
+                break
+        out_starts.append(best[0])
+        out_ends.append(best[1])
         margins.append(best[2] - nul if text else float("-inf"))
-    return starts, ends, margins
+    return out_starts, out_ends, margins

@@ -161,6 +161,9 @@ class ReadConfig(_Settings):
     answer_sentences: int = _help(0, """Sentences of the retrieved chunks the adapter's AnswerPointer reads per
         question (those sharing most words with it); each adds its answer span to the pool. 0, or an adapter
         without a pointer (answer_layers empty): none.""")
+    word_spans: bool = _help(False, """The AnswerPointer's spans start and end at word boundaries: never inside a
+        run of non-space characters ("28564" of "2856496", "-21" of "D-21"), though before a word's trailing
+        punctuation or possessive "'s". False: any tokens, as the pointer was trained.""")
     withdrawn_text: Optional[str] = _help(None, """What a selected entry without value text (a withdrawn fact, or
         a fact read without a value span) copies as its value tokens, e.g. "unknown"; None = none, its pooled
         vector alone. Training copies the same tokens for such gold events, so set it before training.""")

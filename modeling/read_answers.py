@@ -16,11 +16,11 @@ backbone forwards of up to ``GROUND_TOKENS`` tokens.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from memadapter.answer_pointer import PROMPT, best_spans, withdraws
+from memadapter.answer_pointer import PROMPT, best_spans, withdraws, word_bounds
 from memadapter.bm25 import lexical_agreement
 from memadapter.request_memory import RequestMemory
 from memadapter.sentences import sentence_spans
@@ -37,6 +37,17 @@ def pair_ids(tokenizer: Any, question: str, sentence: str) -> tuple[list[int], i
     prompt = tokenizer(PROMPT.format(question=question.strip()), add_special_tokens=False)["input_ids"]
     text = tokenizer(" " + sentence.strip(), add_special_tokens=False)["input_ids"]
     return list(prompt) + list(text), len(prompt)
+
+
+def sentence_bounds(tokenizer: Any, sentence: str) -> Optional[tuple[list[bool], list[bool]]]:
+    """:func:`word_bounds` of the sentence's tokens as :func:`pair_ids` lays them out; None for a
+    tokenizer without character offsets (a slow one): then a span may start and end anywhere."""
+    text = " " + sentence.strip()
+    try:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, KeyError, TypeError):
+        return None
+    return word_bounds(text, [tuple(o) for o in offsets])
 
 
 def pointer_features(model: Any, ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +93,8 @@ class AnswersMixin:
             pos = torch.arange(ids.shape[1], device=ids.device)
             text = mask.bool() & (pos[None, :] >= n[:, None])  # [G, T]: the sentence's tokens
             logits = self.answer_pointer(feats)  # [G, T, 3]
-            start, end, margin = best_spans(logits[..., :2], text, n - 1)
+            starts, ends = self._word_masks([pairs[k][3] for k in ks], n, text) if self.config.read.word_spans else (None, None)
+            start, end, margin = best_spans(logits[..., :2], text, n - 1, starts=starts, ends=ends)
             withdrawal = withdraws(logits, text)  # [G]
             for r, k in enumerate(ks):
                 b, chunk_id, char, sentence = pairs[k]
@@ -92,6 +104,19 @@ class AnswersMixin:
                     out[b].append(self._withdrawal_event(memory, b, chunk_id, char, sentence, hidden[r], text[r],
                                                          float(withdrawal[r])))
         return out
+
+    def _word_masks(self, sentences: list[str], n: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each row's span may start / end [G, T] (:func:`sentence_bounds`), True on the text
+        tokens of a row whose tokenizer gives no offsets or whose offsets do not line up."""
+        starts, ends = text.clone(), text.clone()
+        for r, sentence in enumerate(sentences):
+            bounds = sentence_bounds(self.tokenizer, sentence)
+            k = int(text[r].sum())
+            if bounds is not None and len(bounds[0]) == k:
+                at = int(n[r])
+                starts[r, at:at + k] = torch.tensor(bounds[0], device=text.device)
+                ends[r, at:at + k] = torch.tensor(bounds[1], device=text.device)
+        return starts, ends
 
     def _stream_position(self, memory: RequestMemory, b: int, chunk_id: int, before: str) -> int:
         """The stream position (token index) of the token after ``before``, the start of chunk ``chunk_id``'s text."""

@@ -48,3 +48,48 @@ def test_the_withdrawal_score_is_read_at_the_last_text_token():
     text[0, 1:6], text[1, 2:4] = True, True  # row 2 has no text
     score = withdraws(logits, text)
     assert score[:2].tolist() == [float(logits[0, 5, 2]), float(logits[1, 3, 2])] and float(score[2]) == float("-inf")
+
+
+def test_word_bounded_spans_match_the_plain_loops_and_fall_back_when_none_fits():
+    torch.manual_seed(1)
+    for _ in range(20):
+        logits = torch.randn(4, 10, 2)
+        text = torch.zeros(4, 10, dtype=torch.bool)
+        text[:3, 2:] = True  # row 3 has no text
+        starts, ends = torch.rand(4, 10) > 0.6, torch.rand(4, 10) > 0.6
+        starts[0], ends[0] = False, False  # row 0: no bounded span at all -> any text tokens
+        null = torch.ones(4, dtype=torch.long)
+        got = best_spans(logits, text, null, 4, starts=starts, ends=ends)
+        ref = best_spans_reference(logits, text, null, 4, starts=starts, ends=ends)
+        assert got[0].tolist() == ref[0] and got[1].tolist() == ref[1]
+        assert torch.allclose(got[2][:3], torch.tensor(ref[2][:3]), atol=1e-5) and float(got[2][3]) == float("-inf")
+        free = best_spans(logits, text, null, 4)
+        assert (int(got[0][0]), int(got[1][0])) == (int(free[0][0]), int(free[1][0]))
+        for r in (1, 2):  # a bounded span was found: it starts and ends where allowed
+            if (starts[r] & text[r]).any() and (ends[r] & text[r]).any() and bool(torch.isfinite(got[2][r])):
+                if ref[0][r] != free[0][r] or ref[1][r] != free[1][r]:
+                    assert bool(starts[r, got[0][r]]) and bool(ends[r, got[1][r]])
+
+
+@pytest.mark.parametrize("text, cut, whole", [
+    (" the code is D-21 now", "-21", "D-21"),
+    (" magic number: 2856496.", "28564", "2856496"),
+    (" mail zhipedak.s@yrouvopro.com today", "zhipedak.s@yrouvopro", "zhipedak.s@yrouvopro.com"),
+    (" Wilson's geographer", "Wil", "Wilson"),  # before a possessive "'s" is a word's end
+    (' she said "Porto", then', "Port", "Porto"),  # inside quotes and before a comma
+])
+def test_word_bounds_refuse_a_cut_word_and_keep_a_whole_one(text, cut, whole):
+    import re
+
+    from memadapter.answer_pointer import word_bounds
+
+    offsets = [m.span() for m in re.finditer(r"\s?\w|[^\w\s]|\w", text)]  # one character (with its space) a token
+    starts, ends = word_bounds(text, offsets)
+
+    def allowed(span):
+        i = text.index(span)
+        s = next(k for k, (a, b) in enumerate(offsets) if a <= i < b)
+        e = next(k for k, (a, b) in enumerate(offsets) if a < i + len(span) <= b)
+        return starts[s] and ends[e]
+
+    assert allowed(whole) and not allowed(cut)

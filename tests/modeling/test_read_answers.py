@@ -93,3 +93,24 @@ def test_the_pointer_is_saved_and_loaded_and_an_older_scorer_is_widened(tokenize
 def test_answer_layers_must_be_a_list_of_hidden_state_indices(layers):
     with pytest.raises(ConfigError, match="answer_layers"):
         MemAdapterConfig(answer_layers=layers, backbone_num_layers=4)
+
+
+def test_word_spans_narrow_where_a_pointer_span_may_end(tokenizer, monkeypatch):
+    from memadapter.modeling import read_answers
+
+    model = _pointer_model(tokenizer)
+    mem = ingest(model, [STREAM])
+    free = _answers(model, mem, tokenizer, "where does alice live")
+    model.config.read.word_spans = True  # the word tokenizer cuts no word: the same answers
+    assert [(e.sentence, e.value_text) for e in _answers(model, mem, tokenizer, "where does alice live")] == \
+        [(e.sentence, e.value_text) for e in free]
+    bounds = read_answers.sentence_bounds(tokenizer, free[0].sentence)
+    assert len(bounds[0]) == len(tokenizer(" " + free[0].sentence.strip(), add_special_tokens=False)["input_ids"])
+
+    def last_word_only(tok, sentence):  # a span may end only at the sentence's last token
+        n = len(tok(" " + sentence.strip(), add_special_tokens=False)["input_ids"])
+        return [True] * n, [False] * (n - 1) + [True]
+
+    monkeypatch.setattr(read_answers, "sentence_bounds", last_word_only)
+    for e in _answers(model, mem, tokenizer, "where does alice live"):
+        assert e.sentence.rstrip().endswith(e.value_text.strip())
