@@ -66,14 +66,14 @@ def best_spans(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor
     if logits.dim() != 3 or logits.shape[-1] != 2 or tuple(text_mask.shape) != tuple(logits.shape[:2]):
         raise ShapeError(f"logits: expected [B, T, 2] with text_mask [B, T], got {tuple(logits.shape)} and "
                          f"{tuple(text_mask.shape)}")
-    if starts is not None or ends is not None:
-        free = best_spans(logits, text_mask, null, max_span)
-        s_ok = text_mask & (starts if starts is not None else text_mask)
-        e_ok = text_mask & (ends if ends is not None else text_mask)
-        bound = _scored_spans(logits.float(), s_ok, e_ok, null, max_span)
-        found = torch.isfinite(bound[2]) | ~text_mask.any(-1)
-        return tuple(torch.where(found, b, f) for b, f in zip(bound, free))  # type: ignore[return-value]
-    return _scored_spans(logits.float(), text_mask, text_mask, null, max_span)
+    free = _scored_spans(logits.float(), text_mask, text_mask, null, max_span)
+    if starts is None and ends is None:
+        return free
+    s_ok = text_mask & (starts if starts is not None else text_mask)
+    e_ok = text_mask & (ends if ends is not None else text_mask)
+    bound = _scored_spans(logits.float(), s_ok, e_ok, null, max_span)
+    found = torch.isfinite(bound[2]) | ~text_mask.any(-1)
+    return tuple(torch.where(found, b, f) for b, f in zip(bound, free))  # type: ignore[return-value]
 
 
 def _scored_spans(logits: torch.Tensor, start_ok: torch.Tensor, end_ok: torch.Tensor, null: torch.Tensor,

@@ -34,17 +34,14 @@ def _read_results(path: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memadapter.hub_cards.model_card import render_model_card
     from memadapter.modeling import hub
-    from memadapter.modeling.real_models import upstream_id
 
     results = _read_results(args.results) if args.results else None
     if not Path(args.adapter).is_dir():
         raise ConfigError(f"adapter: no adapter folder at {args.adapter!r}")
     config = hub.load_adapter_config(args.adapter)
     n_params = sum(t.numel() for t in hub.load_adapter_weights(args.adapter).values())
-    card = render_model_card({**config, "base_model": upstream_id(config.get("base_model_name_or_path")),
-                              "adapter_parameters": n_params}, results, repo_id=args.repo_id)
+    card = hub.adapter_card(config, n_params, results, repo_id=args.repo_id)
     if args.out:
         Path(args.out).write_text(card, encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)

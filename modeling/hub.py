@@ -101,6 +101,17 @@ def save_adapter(
     return adapter_files(target)
 
 
+def adapter_card(config: dict, n_params: int, results: Any = None, repo_id: Optional[str] = None) -> str:
+    """The model card of an adapter with ``config`` and ``n_params`` tensors' elements; a real
+    model's name as base ("smollm2") is carded as the Hub repo its GGUF came from."""
+    from memadapter.hub_cards.model_card import render_model_card
+
+    from .real_models import upstream_id
+
+    base = upstream_id(config.get("base_model_name_or_path"))
+    return render_model_card({**config, "base_model": base, "adapter_parameters": n_params}, results, repo_id=repo_id)
+
+
 def _save_target(save_directory: Any) -> Path:
     """The real folder to save into (a symlink is followed, so the link stays); its parent is made."""
     if not isinstance(save_directory, (str, os.PathLike)) or not os.fspath(save_directory) \

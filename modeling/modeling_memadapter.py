@@ -385,14 +385,9 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
         loadable. Other files in the folder are kept, and so is a README.md the user wrote (one
         without ``hub.CARD_MARKER``). ``results`` (a dict) fills the card's results table.
         """
-        from memadapter.hub_cards.model_card import render_model_card
-
-        from .real_models import upstream_id
-
         config = self._config_dict()
         n_params = sum(v.numel() for v in self.adapter_state_dict().values())
-        card = render_model_card({**config, "base_model": upstream_id(config.get("base_model_name_or_path")),
-                                  "adapter_parameters": n_params}, kwargs.get("results"))
+        card = hub.adapter_card(config, n_params, kwargs.get("results"))
         return hub.save_adapter(save_directory, config, self.adapter_state_dict(), card)
 
     def push_to_hub(self, repo_id: str, *, token: Optional[Union[str, bool]] = None, private: Optional[bool] = None,
