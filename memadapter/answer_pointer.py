@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ShapeError
+from .restatement import FEATURES as RESTATEMENT_FEATURES
 
 MAX_SPAN = 16  # tokens: the longest answer span the pointer proposes
 PROMPT = "Question: {question}\nText:"  # what the backbone reads before the sentence (then " " + sentence)
@@ -39,16 +40,26 @@ PROMPT = "Question: {question}\nText:"  # what the backbone reads before the sen
 
 class AnswerPointer(nn.Module):
     """Hidden states [..., T, in_features] -> start, end and withdrawal scores [..., T, 3]: an MLP with
-    one hidden layer of ``hidden`` units (0: a linear head)."""
+    one hidden layer of ``hidden`` units (0: a linear head).
+
+    ``changes`` [..., T, R] (optional) are each token's restatement features
+    (:data:`memadapter.restatement.FEATURES`, :func:`memadapter.restatement.token_changes`);
+    ``restated`` [R, 2] weighs them into the start and end scores. It starts at zero, so a pointer
+    reads as before until they are fitted (``memadapter.training.fit_restatement``)."""
 
     def __init__(self, in_features: int, hidden: int = 256):
         super().__init__()
         self.net = (nn.Linear(in_features, 3) if hidden == 0 else
                     nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 3)))
+        self.restated = nn.Parameter(torch.zeros(len(RESTATEMENT_FEATURES), 2))  # [R, start / end]
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        w = next(self.parameters())
-        return self.net(hidden.to(w.device, w.dtype))
+    def forward(self, hidden: torch.Tensor, changes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        w = self.restated
+        logits = self.net(hidden.to(w.device, w.dtype))
+        if changes is None:
+            return logits
+        bias = changes.to(w.device, w.dtype) @ w  # [..., T, 2]
+        return logits + torch.cat([bias, torch.zeros_like(bias[..., :1])], -1)
 
 
 def best_spans(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor, max_span: int = MAX_SPAN,

@@ -67,6 +67,10 @@ from .read_scorer import ReadScorer, widen_features
 from .reader import MemoryReaderMixin
 from .selection import Selection
 
+# Adapter tensors added to a head after adapters were saved with that head: an adapter without one
+# reads it as zeros, which is how it read (the answer pointer's restatement weights, 2026-12-06).
+ZERO_WHEN_MISSING = ("answer_pointer.restated",)
+
 # The write path's names, imported from here by benches and tests before it had its own module.
 __all__ = ["MemAdapterForCausalLM", "IngestReport", "PROGRESS_MIN_CHUNKS", "reference_ingest"]
 
@@ -148,8 +152,10 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
         """Strict load of adapter tensors; a missing or unexpected key is a ConfigError naming it.
         An adapter saved before the learned reader has no ``read_scorer.*`` tensors: it reads with
         the scorer's prior (the plain joint score). A scorer saved before features were added reads
-        them with weight 0 (they are appended to ``FEATURES``)."""
+        them with weight 0 (they are appended to ``FEATURES``). A tensor of :data:`ZERO_WHEN_MISSING`
+        (added to a head after adapters were saved with it) reads as zeros, as that adapter read."""
         own = self.adapter_state_dict()
+        state = {**{k: torch.zeros_like(own[k]) for k in ZERO_WHEN_MISSING if k in own and k not in state}, **state}
         if not any(k.startswith("read_scorer.") for k in state):
             self.read_scorer.reset_prior()
             own = {k: v for k, v in own.items() if not k.startswith("read_scorer.")}

@@ -5,7 +5,9 @@ other words ("The night guard keeps a grey cat named Pepper") is never written a
 Here the adapter's :class:`~memadapter.answer_pointer.AnswerPointer` reads, per question, the
 ``read.answer_sentences`` sentences of its retrieved chunks that share most words with it (BM25
 agreement of the content words), each behind the question (:func:`pair_ids`), and proposes one
-answer span per sentence with its margin over "no answer here". Each becomes a
+answer span per sentence with its margin over "no answer here". A sentence that restates an
+earlier one of those chunks (a correction repeating what it corrects) is read with the words it
+changed marked (:mod:`memadapter.restatement`), which the pointer weighs with learned weights. Each becomes a
 :class:`~memadapter.modeling.selection.GroundedEvent` of type ``"answer"`` in the question's pool,
 its key text the sentence without the span. A sentence the pointer reads as withdrawing what is
 asked (its withdrawal score above 0) adds a second event of that type: a withdrawal, value None,
@@ -23,6 +25,7 @@ import torch
 from memadapter.answer_pointer import PROMPT, best_spans, withdraws, word_bounds
 from memadapter.bm25 import lexical_agreement
 from memadapter.request_memory import RequestMemory
+from memadapter.restatement import FEATURES as RESTATEMENT_FEATURES, nearest_earlier, token_changes
 from memadapter.sentences import sentence_spans
 
 from .backbones import backbone_parts
@@ -39,15 +42,29 @@ def pair_ids(tokenizer: Any, question: str, sentence: str) -> tuple[list[int], i
     return list(prompt) + list(text), len(prompt)
 
 
-def sentence_bounds(tokenizer: Any, sentence: str) -> Optional[tuple[list[bool], list[bool]]]:
-    """:func:`word_bounds` of the sentence's tokens as :func:`pair_ids` lays them out; None for a
-    tokenizer without character offsets (a slow one): then a span may start and end anywhere."""
+def _sentence_offsets(tokenizer: Any, sentence: str) -> Optional[tuple[str, list[tuple[int, int]]]]:
+    """(the sentence's text as :func:`pair_ids` reads it, its tokens' character offsets in it);
+    None for a tokenizer without offsets (a slow one)."""
     text = " " + sentence.strip()
     try:
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     except (NotImplementedError, KeyError, TypeError):
         return None
-    return word_bounds(text, [tuple(o) for o in offsets])
+    return text, [tuple(o) for o in offsets]
+
+
+def sentence_bounds(tokenizer: Any, sentence: str) -> Optional[tuple[list[bool], list[bool]]]:
+    """:func:`word_bounds` of the sentence's tokens as :func:`pair_ids` lays them out; None for a
+    tokenizer without character offsets: then a span may start and end anywhere."""
+    found = _sentence_offsets(tokenizer, sentence)
+    return None if found is None else word_bounds(*found)
+
+
+def sentence_changes(tokenizer: Any, sentence: str, earlier: Optional[str]) -> Optional[list[list[float]]]:
+    """:func:`~memadapter.restatement.token_changes` of the sentence's tokens as :func:`pair_ids`
+    lays them out, against ``earlier``; None without an earlier sentence or character offsets."""
+    found = None if earlier is None else _sentence_offsets(tokenizer, sentence)
+    return None if found is None else token_changes(found[0], earlier, found[1])
 
 
 def pointer_features(model: Any, ids: torch.Tensor, mask: torch.Tensor, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,9 +80,13 @@ class AnswersMixin:
     """Pointer answers, mixed into the model through :class:`~memadapter.modeling.reader.MemoryReaderMixin`;
     it uses the model's config, answer_pointer, grounding, tokenizer and hidden-state helpers."""
 
-    def _answer_sentences(self, memory: RequestMemory, b: int, question: str, chunks: list[int]) -> list[tuple[int, int, str]]:
-        """Row ``b``'s best ``answer_sentences`` sentences of ``chunks`` for ``question``, in stream
-        order, as (chunk id, character offset in the chunk, sentence); only sentences sharing a word with it."""
+    def _answer_sentences(self, memory: RequestMemory, b: int, question: str,
+                          chunks: list[int]) -> list[tuple[int, int, str, Optional[str]]]:
+        """Row ``b``'s best ``answer_sentences`` sentences of ``chunks`` for ``question``, in the
+        order of ``chunks``, as (chunk id, character offset in the chunk, sentence, the sentence of
+        ``chunks`` before it in the stream that it restates most (:func:`nearest_earlier`), None
+        when none shares a word or the pointer weighs no restatement); only sentences sharing a
+        word with the question."""
         found = []
         for i in chunks:
             text = memory.indexes[b].text(i)
@@ -73,8 +94,15 @@ class AnswersMixin:
         if not found:
             return []
         agree = lexical_agreement(question, [s for _, _, s in found], True)
-        best = sorted(range(len(found)), key=lambda j: -agree[j])[:self.config.read.answer_sentences]
-        return [found[j] for j in sorted(best) if agree[j] > 0]
+        best = sorted(sorted(range(len(found)), key=lambda j: -agree[j])[:self.config.read.answer_sentences])
+        restates = bool(self.answer_pointer.restated.detach().abs().sum() > 0)
+        at = lambda f: (memory.indexes[b].span(f[0])[0], f[1])  # noqa: E731  a sentence's place in the stream
+        out = []
+        for j in (j for j in best if agree[j] > 0):
+            before = [f[2] for f in found if at(f) < at(found[j])] if restates else []
+            k = nearest_earlier(found[j][2], before) if before else None
+            out.append((*found[j], None if k is None else before[k]))
+        return out
 
     @torch.no_grad()
     def _answer_events(self, memory: RequestMemory, questions: list[str], chunks: list[list[int]]) -> list[list[GroundedEvent]]:
@@ -84,7 +112,7 @@ class AnswersMixin:
         if self.answer_pointer is None or self.tokenizer is None or not self.config.read.answer_sentences:
             return out
         pairs = [(b, *found) for b, q in enumerate(questions) for found in self._answer_sentences(memory, b, q, chunks[b])]
-        encoded = [pair_ids(self.tokenizer, questions[b], sent) for b, _, _, sent in pairs]
+        encoded = [pair_ids(self.tokenizer, questions[b], sent) for b, _, _, sent, _ in pairs]
         budget = GROUND_TOKENS["cpu" if self._device().type == "cpu" else "other"]
         for ks in token_groups([len(ids) for ids, _ in encoded], budget):
             ids, mask = self._right_pad([encoded[k][0] for k in ks])
@@ -92,17 +120,31 @@ class AnswersMixin:
             n = torch.tensor([encoded[k][1] for k in ks], device=ids.device)
             pos = torch.arange(ids.shape[1], device=ids.device)
             text = mask.bool() & (pos[None, :] >= n[:, None])  # [G, T]: the sentence's tokens
-            logits = self.answer_pointer(feats)  # [G, T, 3]
+            changes = self._changes([pairs[k][3:5] for k in ks], n, text)
+            logits = self.answer_pointer(feats, changes)  # [G, T, 3]
             starts, ends = self._word_masks([pairs[k][3] for k in ks], n, text) if self.config.read.word_spans else (None, None)
             start, end, margin = best_spans(logits[..., :2], text, n - 1, starts=starts, ends=ends)
             withdrawal = withdraws(logits, text)  # [G]
             for r, k in enumerate(ks):
-                b, chunk_id, char, sentence = pairs[k]
+                b, chunk_id, char, sentence, _ = pairs[k]
                 out[b].append(self._answer_event(memory, b, chunk_id, char, sentence, encoded[k], hidden[r], text[r],
                                                  int(start[r]), int(end[r]), float(margin[r])))
                 if float(withdrawal[r]) > 0:
                     out[b].append(self._withdrawal_event(memory, b, chunk_id, char, sentence, hidden[r], text[r],
                                                          float(withdrawal[r])))
+        return out
+
+    def _changes(self, pairs: list[tuple[str, Optional[str]]], n: torch.Tensor, text: torch.Tensor) -> Optional[torch.Tensor]:
+        """Each row's restatement features [G, T, R] (:func:`sentence_changes` of its (sentence,
+        earlier sentence) on its text tokens, 0 elsewhere); None when no row has an earlier sentence."""
+        if all(earlier is None for _, earlier in pairs):
+            return None
+        out = torch.zeros(*text.shape, len(RESTATEMENT_FEATURES))
+        for r, (sentence, earlier) in enumerate(pairs):
+            feats = sentence_changes(self.tokenizer, sentence, earlier)
+            k = int(text[r].sum())
+            if feats is not None and len(feats) == k:
+                out[r, int(n[r]):int(n[r]) + k] = torch.tensor(feats)
         return out
 
     def _word_masks(self, sentences: list[str], n: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

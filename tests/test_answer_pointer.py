@@ -5,6 +5,7 @@ import torch
 
 from memadapter.answer_pointer import MAX_SPAN, AnswerPointer, best_spans, best_spans_reference, withdraws
 from memadapter.errors import ShapeError
+from memadapter.restatement import FEATURES as RESTATEMENT_FEATURES
 
 
 @pytest.mark.parametrize("max_span", [1, 3, MAX_SPAN])
@@ -93,3 +94,15 @@ def test_word_bounds_refuse_a_cut_word_and_keep_a_whole_one(text, cut, whole):
         return starts[s] and ends[e]
 
     assert allowed(whole) and not allowed(cut)
+
+
+def test_restatement_features_add_their_weighted_sum_to_the_start_and_end_scores_only():
+    head = AnswerPointer(8, hidden=0)
+    hidden, changes = torch.randn(2, 5, 8), torch.rand(2, 5, len(RESTATEMENT_FEATURES))
+    assert torch.equal(head(hidden, changes), head(hidden))  # the weights start at zero
+    with torch.no_grad():
+        head.restated[:2] = torch.tensor([[1.0, 2.0], [3.0, -1.0]])  # the first two features only
+    delta = head(hidden, changes) - head(hidden)
+    assert torch.allclose(delta[..., 0], changes[..., 0] + 3 * changes[..., 1])
+    assert torch.allclose(delta[..., 1], 2 * changes[..., 0] - changes[..., 1])
+    assert float(delta[..., 2].detach().abs().max()) == 0.0  # the withdrawal score is not a span's

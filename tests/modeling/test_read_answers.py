@@ -3,12 +3,13 @@ sentences of the retrieved chunks and its answers join the question's pool."""
 
 import pytest
 import torch
-from conftest import STREAM, build, ingest, tiny_backbone
+from conftest import STREAM, build, ingest, tiny_backbone, tiny_tokenizer
 
 from memadapter.errors import ConfigError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM
 from memadapter.modeling.read_answers import ANSWER, pair_ids
 from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES
+from memadapter.restatement import FEATURES as RESTATEMENT_FEATURES
 
 
 def _pointer_model(tokenizer, withdraw_bias=-100.0, **kw):
@@ -114,3 +115,35 @@ def test_word_spans_narrow_where_a_pointer_span_may_end(tokenizer, monkeypatch):
     monkeypatch.setattr(read_answers, "sentence_bounds", last_word_only)
     for e in _answers(model, mem, tokenizer, "where does alice live"):
         assert e.sentence.rstrip().endswith(e.value_text.strip())
+
+
+RESTATED = "Alice lives in paris . Bob lives in rome . Update alice lives in berlin ."
+
+
+def test_a_sentence_is_read_against_the_earlier_sentence_it_restates_once_the_pointer_weighs_restatements():
+    tok = tiny_tokenizer(tuple(RESTATED.split()) + ("where", "does", "live"))  # sentences that start with a capital
+    model = _pointer_model(tok, chunk_tokens=32)
+    model.config.read.answer_sentences = 3
+    mem = ingest(model, [RESTATED])
+    chunks = list(range(len(mem.indexes[0])))
+    found = model._answer_sentences(mem, 0, "where does alice live", chunks)
+    assert [earlier for *_, earlier in found] == [None] * len(found)  # zero weights: no restatement is read
+    with torch.no_grad():
+        model.answer_pointer.restated.zero_()
+        model.answer_pointer.restated[RESTATEMENT_FEATURES.index("replaced_flag")] = 50.0  # replaced words: the answer
+    model._fingerprint_cache = None
+    mem = ingest(model, [RESTATED])  # a memory of the adapter as it is now
+    found = model._answer_sentences(mem, 0, "where does alice live", chunks)
+    assert [(s, earlier) for _, _, s, earlier in found if s.startswith("Update")] == \
+        [("Update alice lives in berlin .", "Alice lives in paris .")]
+    update = [e for e in _answers(model, mem, tok, "where does alice live") if e.sentence.startswith("Update")]
+    assert [e.value_text for e in update] == ["berlin"]
+
+
+def test_an_adapter_saved_before_the_restatement_weights_loads_them_as_zeros(tokenizer):
+    model = _pointer_model(tokenizer)
+    with torch.no_grad():
+        model.answer_pointer.restated.fill_(1.0)
+    state = {k: v for k, v in model.adapter_state_dict().items() if k != "answer_pointer.restated"}
+    model.load_adapter_state_dict(state)
+    assert float(model.answer_pointer.restated.detach().abs().sum()) == 0.0

