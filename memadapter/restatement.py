@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from functools import lru_cache
 from typing import Optional, Sequence
 
 _WORD = re.compile(r"\S+")
@@ -43,6 +44,14 @@ def _words(text: str) -> list[tuple[int, int, str]]:
         norm = re.sub(r"^\W+|\W+$", "", m.group().lower())
         out.append((m.start(), m.end(), norm or m.group()))
     return out
+
+
+@lru_cache(maxsize=4096)
+def _word_set(text: str) -> frozenset[str]:
+    """The distinct normalised words of ``text``, remembered: a question's candidate sentences are
+    each compared with every sentence before them in its chunks, and the next question reads the
+    same chunks."""
+    return frozenset(w for *_, w in _words(text))
 
 
 def restatement(sentence: str, earlier: str) -> tuple[float, list[tuple[int, int, str]]]:
@@ -69,10 +78,10 @@ def nearest_earlier(sentence: str, earlier: Sequence[str]) -> Optional[int]:
     >>> nearest_earlier("The Rhine is in Brest.", ["It rained.", "The Rhine is in Germany."])
     1
     """
-    words = {w for *_, w in _words(sentence)}
+    words = _word_set(sentence)
     best, best_share = None, 0.0
     for i, other in enumerate(earlier):
-        share = len(words & {w for *_, w in _words(other)}) / max(1, len(words))
+        share = len(words & _word_set(other)) / max(1, len(words))
         if share > best_share:
             best, best_share = i, share
     return best
