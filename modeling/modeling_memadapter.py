@@ -120,12 +120,32 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Pr
         self.read_scorer = ReadScorer()  # fitted after the heads (memadapter.training.fit_reader)
         # fitted after the heads too (memadapter.training.fit_pointer); None: the adapter has none
         self.answer_pointer = AnswerPointer(len(config.answer_layers) * hidden) if config.answer_layers else None
+        self._build_injector(config, hidden)
+
+    def _build_injector(self, config: MemAdapterConfig, hidden: int) -> None:
         # The injector's modules under the attribute names that are their state-dict prefixes
         # ("injector", "cross_attn", "value_token_proj"): saved adapters keep their keys.
         built = get_injector(config.injection).build(self, config, hidden)
         for name, module in built.items():
             setattr(self, name, module)
         self._injection_modules = tuple(built)
+
+    def replace_injector(self, injection: str, cross_attn_layers: Sequence[int] = ()) -> None:
+        """Swap the trained injector for a fresh, untrained one of kind ``injection`` (heads, reader
+        and pointer kept; a cross-attention starts at gate 0, the identity), to be fitted by
+        ``memadapter.training.fit_injector``. A ConfigError for bad fields leaves the model as it was."""
+        fields = {"injection": injection, "cross_attn_layers": list(cross_attn_layers), "cross_attn_gate_init": 0.0}
+        trial = MemAdapterConfig.from_dict({**self.config.to_dict(), **fields})
+        trial.validate_fields()
+        get_injector(injection).check_config(trial)
+        for name in self._injection_modules:
+            delattr(self, name)
+        for key, value in fields.items():
+            setattr(self.config, key, value)
+        self._build_injector(self.config, self.config.hidden_size)
+        ref = next(self.backbone.parameters())
+        for name in self._injection_modules:
+            getattr(self, name).to(device=ref.device, dtype=ref.dtype)
 
     def _adapter_modules(self) -> nn.ModuleList:
         mods = (self.grounding, self.writer, self.query_head, self.read_scorer, *(getattr(self, n) for n in self._injection_modules),

@@ -16,6 +16,9 @@ included, is the argmax under teacher forcing, which is what greedy decoding the
         --out runs/injector_v7 --data open:train:40 --data lifecycle:train:20 --data counterfactual:train:40 \\
         --val-data open:val_unseen_templates:6 --val-data counterfactual:val_squad:6 --filler-tokens 400
 
+``--injection cross_attn --cross-attn-layers 10,20`` fits a fresh cross-attention injector (gate 0,
+the identity) in place of the adapter's own: the same heads, reader and pointer, another way in.
+
 Example (plain tensors):
     >>> labels = torch.tensor([[-100, 5, 2], [-100, 7, 2]])
     >>> logits = torch.zeros(2, 3, 9); logits[0, 0, 5] = logits[0, 1, 2] = logits[1, 0, 7] = 1.0
@@ -189,12 +192,18 @@ def _parser():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--injection", default=None, choices=("prefix", "cross_attn"),
+                   help="fit a fresh injector of this kind in place of the adapter's own (heads, reader and pointer kept)")
+    p.add_argument("--cross-attn-layers", default="", metavar="I,J",
+                   help="with --injection cross_attn: the decoder layers that read the memory, e.g. 10,20")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     model, train_specs, val_specs = fit_setup(args)
+    if args.injection is not None:
+        model.replace_injector(args.injection, [int(i) for i in args.cross_attn_layers.split(",") if i.strip()])
     progress = not args.no_progress
     train = collect_examples(model, build_streams(train_specs, args.seed, args.filler_tokens), progress)
     val = collect_examples(model, build_streams(val_specs, args.seed + 1, args.filler_tokens), progress)
@@ -203,6 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = fit_injector(model, train, val, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                        seed=args.seed, progress=progress)
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
+              "injection": model.config.injection, "cross_attn_layers": model.config.cross_attn_layers,
               "train_examples": len(train), "val_examples": len(val), "epochs": args.epochs, "lr": args.lr,
               "loaded_val_copy_rate": log[0]["val_copy_rate"],
               "fitted_val_copy_rate": max(r["val_copy_rate"] for r in log), "log": log}

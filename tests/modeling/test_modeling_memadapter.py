@@ -72,6 +72,25 @@ def test_cross_attn_generation(model_type, tokenizer):
     assert all(type(layer).__name__ != "_CrossAttnLayer" for layer in bb.model.layers)  # unwrapped after
 
 
+def test_replace_injector_keeps_the_heads_and_a_fresh_gate_is_the_identity(tokenizer, tmp_path):
+    bb = tiny_backbone("llama")
+    model = build(bb, tokenizer)
+    heads = {k: v.clone() for k, v in model.adapter_state_dict().items() if not k.startswith("injector.")}
+    with pytest.raises(ConfigError, match="cross_attn_layers"):
+        model.replace_injector("cross_attn", [99])
+    assert model.config.injection == "prefix" and hasattr(model, "injector")  # a refused swap changes nothing
+    model.replace_injector("cross_attn", [1])
+    state = model.adapter_state_dict()
+    assert not hasattr(model, "injector") and not any(k.startswith("injector.") for k in state)
+    assert all(torch.equal(state[k], v) for k, v in heads.items())
+    enc = tokenizer(QUESTIONS, return_tensors="pt", padding=True)
+    mem = ingest(model, [STREAM, "bob lives in london"])
+    torch.testing.assert_close(model(**enc, memory=mem).logits, bb(**enc).logits, rtol=0, atol=0)  # gate 0
+    model.save_pretrained(tmp_path)  # and it loads as a cross-attention adapter
+    loaded = MemAdapterForCausalLM.from_pretrained(bb, adapter=tmp_path, tokenizer=tokenizer)
+    assert loaded.config.injection == "cross_attn" and loaded.config.cross_attn_layers == [1]
+
+
 def test_text_injection_puts_selected_source_text_in_the_prompt(tokenizer):
     model = build(tiny_backbone("llama"), tokenizer, "text")
     mem = ingest(model, [STREAM])

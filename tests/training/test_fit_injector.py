@@ -112,3 +112,16 @@ def test_fit_lowers_the_answer_loss():
 def test_an_injector_without_trained_tensors_is_a_config_error():
     with pytest.raises(ConfigError, match="injection"):
         injector_parameters(_model("text"))
+
+
+def test_a_fresh_cross_attention_injector_over_the_same_heads_fits():
+    # --injection cross_attn: the prefix adapter's heads stay, a gate-0 cross-attention is fitted in its place
+    model = _model()
+    heads = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("injector.")}
+    model.replace_injector("cross_attn", [1])
+    train = _examples(model, [("Where does Alice live ?", "Paris"), ("Where does Bob work ?", "Quai Logistics")] * 4)
+    log = fit_injector(model, train, train, epochs=10, lr=5e-2, batch_size=8, progress=False)
+    assert log[-1]["loss"] < log[1]["loss"] - 0.1
+    assert float(model.cross_attn[0].gate.detach()) != 0.0  # the gate opened
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], p) for n, p in heads.items() if n in params)
