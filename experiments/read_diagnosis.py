@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from memadapter.training import generation_eval as ge
 from memadapter.training.answer_scoring import exact_match
+from memadapter.training.lifecycle_data import UNKNOWN
 
 STAGES = ("chunk", "sentence", "span", "score", "ok")  # the first stage that loses the gold answer, or ok
 
@@ -49,8 +50,10 @@ def diagnose(model, tok, stream) -> list[dict]:
         in_chunk = bool(ev) and any(gold_sentence[:60] in _norm(index.text(i) or "") for i in qp.chunks)
         from_sentence = [j for j, s in enumerate(qp.pool.sentences) if gold_sentence and
                          (_norm(s)[:40] in gold_sentence or gold_sentence[:40] in _norm(s))]
-        gold_entries = [j for j, v in enumerate(qp.pool.value_texts) if v and exact_match(v, q["answer"])]
-        picked = qp.pool.value_texts[pick] if pick >= 0 else None
+        # an entry without a value is a withdrawal: the injection says it as "unknown" (read_injection)
+        said = [UNKNOWN if v is None else v for v in qp.pool.value_texts]
+        gold_entries = [j for j, v in enumerate(said) if v and exact_match(v, q["answer"])]
+        picked = said[pick] if pick >= 0 else None
         if pick >= 0 and picked and exact_match(picked, q["answer"]):
             stage = "ok"
         elif gold_entries:
