@@ -146,8 +146,7 @@ class MemAdapterForCausalLM(MemoryReaderMixin, IngestMixin, InputChecksMixin, Ba
             setattr(self.config, key, value)
         self._build_injector(self.config, self.config.hidden_size)
         ref = next(self.backbone.parameters())
-        for name in self._injection_modules:
-            getattr(self, name).to(device=ref.device, dtype=ref.dtype)
+        self._adapter_modules().to(device=ref.device, dtype=ref.dtype)  # as __init__ places them
 
     def _adapter_modules(self) -> nn.ModuleList:
         mods = (self.grounding, self.writer, self.query_head, self.read_scorer, *(getattr(self, n) for n in self._injection_modules),

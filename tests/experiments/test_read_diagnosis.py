@@ -1,4 +1,6 @@
 """The read diagnosis files each question under the first read stage that loses its gold answer."""
+from types import SimpleNamespace
+
 import torch
 
 from experiments.read_diagnosis import STAGES, diagnose
@@ -34,20 +36,19 @@ def test_every_question_gets_one_stage_and_ok_means_the_pick_holds_the_gold():
     assert rows[0]["gold_sentence"] == "update alice now moved to berlin" and rows[1]["gold_sentence"] == ""
 
 
-def test_a_withdrawn_pick_is_the_answer_unknown(monkeypatch):
-    from types import SimpleNamespace
+class _Pool(SimpleNamespace):
+    def __len__(self):
+        return len(self.value_texts)
 
+
+def test_a_withdrawn_pick_is_the_answer_unknown(monkeypatch):
     stream = _stream()
     stream["questions"] = [{"question": "where does alice live", "answer": "unknown", "kind": "retraction", "answer_event": 0},
                            {"question": "what city is bob in now", "answer": "rome", "kind": "recall", "answer_event": -1}]
     tok = build_word_tokenizer([TEXT] + [q["question"] for q in stream["questions"]], vocab_size=1000)
     cfg = MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8, top_k=1, chunk_tokens=32)
     model = MemAdapterForCausalLM(cfg, backbone=tiny_backbone("llama"), tokenizer=tok).eval()
-    class Pool(SimpleNamespace):
-        def __len__(self):
-            return len(self.value_texts)
-
-    pool = Pool(value_texts=["rome", None], sentences=[TEXT, TEXT], event_types=["", "answer"])
+    pool = _Pool(value_texts=["rome", None], sentences=[TEXT, TEXT], event_types=["", "answer"])
     pools = SimpleNamespace(pool=pool, chunks=[])
     monkeypatch.setattr(model, "read_pools", lambda *a: [pools])
     monkeypatch.setattr(model, "score_pools", lambda qps: (torch.tensor([[0.0, 1.0]]), torch.ones(1, 2, dtype=torch.bool)))
