@@ -19,9 +19,14 @@ weights fitted on the cached scores (AdamW, start and end cross-entropy), and th
 :func:`~memadapter.training.fit_pointer.question_accuracy` (epoch 0: the weights at zero, the
 pointer as it was).
 
+Fit on streams the pointer was not fitted on (``--seed`` other than ``fit_pointer``'s): on its own
+training streams a refitted pointer is already right, so the weights learn nothing there (v11,
+docs/RESULTS.md 2026-12-07: zero weights kept; the same pointer with ``--seed 3``: validation
+question accuracy 0.40 -> 0.48).
+
     python -m memadapter.training.fit_restatement --adapter modeling/adapters/smollm2-135m-prefix \\
         --out runs/restated --data counterfactual:train:60 --data open:train:60 --data lifecycle:train:30 \\
-        --val-data counterfactual:val_squad:12 --val-data open:val_unseen_templates:12 --filler-tokens 400
+        --val-data counterfactual:val_squad:12 --val-data open:val_unseen_templates:12 --filler-tokens 400 --seed 3
 """
 
 from __future__ import annotations
