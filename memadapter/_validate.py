@@ -71,7 +71,6 @@ MAX_SIZES = {
     "backbone_num_layers": 1 << 12,
     "name_chunks": 1 << 16,
     "answer_sentences": 1 << 12,
-    "answer_context": 64,  # sentences read before each answer sentence
     "fallback_chunks": 1 << 16,
 }
 # A new allocation may take at most this share of the memory still available.

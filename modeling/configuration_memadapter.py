@@ -85,9 +85,6 @@ class MemAdapterConfig(PreTrainedConfig):
     # Backbone hidden states (indices as read_layer's) the AnswerPointer reads, concatenated; empty =
     # no pointer. It reads the retrieved chunks' best sentences at question time (read.answer_sentences).
     answer_layers: list[int] = field(default_factory=list)
-    # Sentences before each read sentence that the AnswerPointer reads with it, as context: a value
-    # whose key is in the sentence before ("... has changed. It is now 42.") is found. 0 = alone.
-    answer_context: int = 0
     # --- injection ---
     injection: str = "prefix"
     prefix_tokens_per_slot: int = 1
@@ -131,7 +128,7 @@ class MemAdapterConfig(PreTrainedConfig):
         for name in ("chunk_tokens", "num_slots", "top_k", "key_dim", "value_dim", "grounding_hidden_size",
                      "num_event_types", "prefix_tokens_per_slot", "cross_attn_heads"):
             check_count(name, getattr(self, name))
-        for name in ("grounding_context_size", "value_tokens", "answer_context"):
+        for name in ("grounding_context_size", "value_tokens"):
             check_count(name, getattr(self, name), allow_zero=True)
         for name in ("hidden_size", "backbone_num_layers"):
             if getattr(self, name) is not None:

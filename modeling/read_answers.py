@@ -4,9 +4,8 @@ The GroundingHead proposes only what looks like the facts it was trained on, so 
 other words ("The night guard keeps a grey cat named Pepper") is never written and never grounded.
 Here the adapter's :class:`~memadapter.answer_pointer.AnswerPointer` reads, per question, the
 ``read.answer_sentences`` sentences of its retrieved chunks that share most words with it (BM25
-agreement of the content words), each behind the question and after the ``answer_context``
-sentences before it (:func:`pair_ids`: the key of "It is now 42." is in the sentence before), and
-proposes one answer span per sentence with its margin over "no answer here". A sentence that restates an
+agreement of the content words), each behind the question (:func:`pair_ids`), and proposes one
+answer span per sentence with its margin over "no answer here". A sentence that restates an
 earlier one of those chunks (a correction repeating what it corrects) is read with the words it
 changed marked (:mod:`memadapter.restatement`), which the pointer weighs with learned weights. Each becomes a
 :class:`~memadapter.modeling.selection.GroundedEvent` of type ``"answer"`` in the question's pool,
@@ -34,15 +33,13 @@ from .read_candidates import GROUND_TOKENS, token_groups
 from .selection import ANSWER, GroundedEvent
 
 
-def pair_ids(tokenizer: Any, question: str, sentence: str, context: str = "") -> tuple[list[int], int, int]:
-    """The pointer's input for one (question, sentence) pair: (ids, n, m) where ids[:n] is the
-    question prompt (:data:`PROMPT`, its last token the null position), ids[n:m] the ``context``
-    (the sentences before it that the pointer reads with it; none when empty) and ids[m:] the
-    sentence, each tokenised as it reads after a space."""
+def pair_ids(tokenizer: Any, question: str, sentence: str) -> tuple[list[int], int]:
+    """The pointer's input for one (question, sentence) pair: (ids, n) where ids[:n] is the
+    question prompt (:data:`PROMPT`, its last token the null position) and ids[n:] the sentence,
+    tokenised as it reads after a space."""
     prompt = tokenizer(PROMPT.format(question=question.strip()), add_special_tokens=False)["input_ids"]
-    before = tokenizer(" " + context.strip(), add_special_tokens=False)["input_ids"] if context.strip() else []
     text = tokenizer(" " + sentence.strip(), add_special_tokens=False)["input_ids"]
-    return list(prompt) + list(before) + list(text), len(prompt), len(prompt) + len(before)
+    return list(prompt) + list(text), len(prompt)
 
 
 def _sentence_offsets(tokenizer: Any, sentence: str) -> Optional[tuple[str, list[tuple[int, int]]]]:
@@ -84,22 +81,19 @@ class AnswersMixin:
     it uses the model's config, answer_pointer, grounding, tokenizer and hidden-state helpers."""
 
     def _answer_sentences(self, memory: RequestMemory, b: int, question: str,
-                          chunks: list[int]) -> list[tuple[int, int, str, Optional[str], str]]:
+                          chunks: list[int]) -> list[tuple[int, int, str, Optional[str]]]:
         """Row ``b``'s best ``answer_sentences`` sentences of ``chunks`` for ``question``, in the
         order of ``chunks``, as (chunk id, character offset in the chunk, sentence, the sentence of
         ``chunks`` before it in the stream that it restates most (:func:`nearest_earlier`), None
-        when none shares a word or the pointer weighs no restatement, its context: the
-        ``answer_context`` sentences before it in its chunk); only sentences sharing a word with the
-        question, counted over the sentence and its context."""
-        found, k = [], self.config.answer_context
+        when none shares a word or the pointer weighs no restatement); only sentences sharing a
+        word with the question."""
+        found = []
         for i in chunks:
-            text = memory.indexes[b].text(i) or ""
-            spans = sentence_spans(text)
-            found += [(i, s, text[s:e], " ".join(text[a:z] for a, z in spans[max(0, j - k):j]))
-                      for j, (s, e) in enumerate(spans)]
+            text = memory.indexes[b].text(i)
+            found += [(i, s, text[s:e]) for s, e in sentence_spans(text or "")]
         if not found:
             return []
-        agree = lexical_agreement(question, [(c + " " + s).strip() for _, _, s, c in found], True)
+        agree = lexical_agreement(question, [s for _, _, s in found], True)
         best = sorted(sorted(range(len(found)), key=lambda j: -agree[j])[:self.config.read.answer_sentences])
         restates = bool(self.answer_pointer.restated.detach().abs().sum() > 0)
         at = lambda f: (memory.indexes[b].span(f[0])[0], f[1])  # noqa: E731  a sentence's place in the stream
@@ -107,7 +101,7 @@ class AnswersMixin:
         for j in (j for j in best if agree[j] > 0):
             before = [f[2] for f in found if at(f) < at(found[j])] if restates else []
             k = nearest_earlier(found[j][2], before) if before else None
-            out.append((*found[j][:3], None if k is None else before[k], found[j][3]))
+            out.append((*found[j], None if k is None else before[k]))
         return out
 
     @torch.no_grad()
@@ -118,28 +112,26 @@ class AnswersMixin:
         if self.answer_pointer is None or self.tokenizer is None or not self.config.read.answer_sentences:
             return out
         pairs = [(b, *found) for b, q in enumerate(questions) for found in self._answer_sentences(memory, b, q, chunks[b])]
-        encoded = [pair_ids(self.tokenizer, questions[b], sent, context) for b, _, _, sent, _, context in pairs]
+        encoded = [pair_ids(self.tokenizer, questions[b], sent) for b, _, _, sent, _ in pairs]
         budget = GROUND_TOKENS["cpu" if self._device().type == "cpu" else "other"]
-        for ks in token_groups([len(e[0]) for e in encoded], budget):
+        for ks in token_groups([len(ids) for ids, _ in encoded], budget):
             ids, mask = self._right_pad([encoded[k][0] for k in ks])
             feats, hidden = pointer_features(self, ids, mask, list(self.config.answer_layers))
             n = torch.tensor([encoded[k][1] for k in ks], device=ids.device)
-            m = torch.tensor([encoded[k][2] for k in ks], device=ids.device)
             pos = torch.arange(ids.shape[1], device=ids.device)
-            read = mask.bool() & (pos[None, :] >= n[:, None])  # [G, T]: the context's and the sentence's tokens
-            text = read & (pos[None, :] >= m[:, None])  # [G, T]: the sentence's tokens, where spans lie
-            changes = self._changes([pairs[k][3:5] for k in ks], m, text)
+            text = mask.bool() & (pos[None, :] >= n[:, None])  # [G, T]: the sentence's tokens
+            changes = self._changes([pairs[k][3:5] for k in ks], n, text)
             logits = self.answer_pointer(feats, changes)  # [G, T, 3]
-            starts, ends = self._word_masks([pairs[k][3] for k in ks], m, text) if self.config.read.word_spans else (None, None)
+            starts, ends = self._word_masks([pairs[k][3] for k in ks], n, text) if self.config.read.word_spans else (None, None)
             start, end, margin = best_spans(logits[..., :2], text, n - 1, starts=starts, ends=ends)
             withdrawal = withdraws(logits, text)  # [G]
             for r, k in enumerate(ks):
-                b, chunk_id, char, sentence, _, context = pairs[k]
-                out[b].append(self._answer_event(memory, b, chunk_id, char, sentence, context, encoded[k], hidden[r],
-                                                 read[r], int(start[r]), int(end[r]), float(margin[r])))
+                b, chunk_id, char, sentence, _ = pairs[k]
+                out[b].append(self._answer_event(memory, b, chunk_id, char, sentence, encoded[k], hidden[r], text[r],
+                                                 int(start[r]), int(end[r]), float(margin[r])))
                 if float(withdrawal[r]) > 0:
-                    out[b].append(self._withdrawal_event(memory, b, chunk_id, char, sentence, context, hidden[r],
-                                                         read[r], float(withdrawal[r])))
+                    out[b].append(self._withdrawal_event(memory, b, chunk_id, char, sentence, hidden[r], text[r],
+                                                         float(withdrawal[r])))
         return out
 
     def _changes(self, pairs: list[tuple[str, Optional[str]]], n: torch.Tensor, text: torch.Tensor) -> Optional[torch.Tensor]:
@@ -173,14 +165,13 @@ class AnswersMixin:
         offset = len(self._tok()(before, add_special_tokens=False)["input_ids"]) if before.strip() else 0
         return memory.indexes[b].span(chunk_id)[0] + offset
 
-    def _withdrawal_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, sentence: str, context: str,
-                          hidden: torch.Tensor, read: torch.Tensor, score: float) -> GroundedEvent:
-        """A sentence that withdraws what is asked, as an event: no value, the whole sentence with its
-        context as its key (text, and pooled key over ``read``'s tokens), ``position`` its first token
-        in the stream."""
-        pooled, key = self._pooled_key(hidden, read)
+    def _withdrawal_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, sentence: str,
+                          hidden: torch.Tensor, text: torch.Tensor, score: float) -> GroundedEvent:
+        """A sentence that withdraws what is asked, as an event: no value, the whole sentence as its key
+        (text and pooled key), ``position`` its first token in the stream."""
+        pooled, key = self._pooled_key(hidden, text)
         chunk_text = memory.indexes[b].text(chunk_id) or ""
-        return GroundedEvent((context + " " + sentence).strip(), None, self.grounding.value_proj(pooled).float().cpu(), key, ANSWER,
+        return GroundedEvent(sentence, None, self.grounding.value_proj(pooled).float().cpu(), key, ANSWER,
                              0.0, self._stream_position(memory, b, chunk_id, chunk_text[:char]), sentence, score)
 
     def _pooled_key(self, hidden: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,22 +180,20 @@ class AnswersMixin:
         pooled = self.grounding.norm(hidden[tokens].mean(0))
         return pooled, self.grounding.key(pooled[None], pooled[None])[0].float().cpu()
 
-    def _answer_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, sentence: str, context: str,
-                      encoded: tuple[list[int], int, int], hidden: torch.Tensor, read: torch.Tensor, s: int, e: int,
+    def _answer_event(self, memory: RequestMemory, b: int, chunk_id: int, char: int, sentence: str,
+                      encoded: tuple[list[int], int], hidden: torch.Tensor, text: torch.Tensor, s: int, e: int,
                       margin: float) -> GroundedEvent:
-        """One pointer answer as an event: the span's text and pooled value, the context and the rest
-        of the sentence as its key (text, and pooled key over ``read``'s tokens but the span),
-        ``position`` the span's first token in the stream."""
-        ids, _, m = encoded
+        """One pointer answer as an event: the span's text and pooled value, the rest of the
+        sentence as its key (text and pooled key), ``position`` the span's first token in the stream."""
+        ids, n = encoded
         value_text = self._decode(ids[s:e + 1]).strip()
-        head = self._decode(ids[m:s])  # the sentence before the span
-        key_text = ((head + " " + self._decode(ids[e + 1:])).strip() or sentence)
-        key_text = (context.strip() + " " + key_text) if context.strip() else key_text
-        span = torch.zeros_like(read)
+        head = self._decode(ids[n:s])  # the sentence before the span
+        key_text = (head + " " + self._decode(ids[e + 1:])).strip() or sentence
+        span = torch.zeros_like(text)
         span[s:e + 1] = True
-        rest = read & ~span
+        rest = text & ~span
         value = self.grounding.value_proj(self.grounding.norm(hidden[span].mean(0)))
-        _, key = self._pooled_key(hidden, rest if rest.any() else read)
+        _, key = self._pooled_key(hidden, rest if rest.any() else text)
         chunk_text = memory.indexes[b].text(chunk_id) or ""
         position = self._stream_position(memory, b, chunk_id, chunk_text[:char] + head.lstrip())  # the span's first token
         return GroundedEvent(key_text, value_text, value.float().cpu(), key, ANSWER, 0.0,

@@ -1,12 +1,10 @@
 """Fit an answer pointer (``memadapter.answer_pointer``) onto a trained adapter.
 
-Each question of the training streams gives pairs of (question, sentence), each sentence one of
-the stream's own, read after the ``--context`` sentences before it (``answer_context``). An
-answerable one's positive is the sentence holding its answer event's value, the value's span as
-the target; a withdrawn one's is the sentence that ends the retraction, with no span and the
-withdrawal target, then the sentences of the fact's earlier versions (without the retraction,
-each answers it). Then come up to ``--negatives`` other sentences of its stream (facts about other
-attributes, real filler), those sharing most words with the question and its context first, and
+Each question of the training streams gives pairs of (question, sentence). An answerable one's
+positive is the sentence of its answer event, the value's span as the target; a withdrawn one's is
+the retraction, with no span and the withdrawal target, then the sentences of the fact's earlier
+versions (read alone, each answers it). Then come up to ``--negatives`` other sentences of its stream
+(facts about other attributes, real filler), those sharing most words with the question first, and
 every retraction of another fact: their target is the null position, and they withdraw nothing.
 Every pair is read by the frozen backbone once (:func:`encode_pairs`, the read path's
 :func:`~memadapter.modeling.read_answers.pair_ids`); the head is then trained on the cached states.
@@ -44,25 +42,22 @@ from tqdm.auto import tqdm
 from memadapter.answer_pointer import AnswerPointer, best_spans, withdraws
 from memadapter.bm25 import lexical_agreement
 from memadapter.modeling.read_answers import pair_ids, pointer_features
-from memadapter.sentences import sentence_spans
 
 from .answer_scoring import exact_match
+from .filler import split_sentences
 from .fit_reader import build_streams, fit_parser, fit_setup, save_report
 from .lifecycle_data import UNKNOWN
 
 
-# question, sentence, value char span in it (None: none), whether it withdraws the asked fact, its context
-# (the sentences before it that the pointer reads with it, ``answer_context``; "" for none)
-Pair = tuple[str, str, Optional[tuple[int, int]], bool, str]
+Pair = tuple[str, str, Optional[tuple[int, int]], bool]  # question, sentence, value char span (None: none), withdraws
 
 
 @dataclass
 class PairSet:
-    """Cached pairs: states [P, T, F] (position 0 the null token, then the context's and the
-    sentence's tokens), valid [P, T], target (start, end) [P, 2] (0, 0: no answer here), withdraw
-    [P] (1.0: the sentence withdraws the asked fact), the question each pair belongs to [P], the
-    question's gold text on its answer pair (else None), the token id at each position (-1 at the
-    null) and text_start [P], the sentence's first position (None: 1 everywhere, no context)."""
+    """Cached pairs: states [P, T, F] (position 0 the null token, then the sentence's tokens),
+    valid [P, T], target (start, end) [P, 2] (0, 0: no answer here), withdraw [P] (1.0: the
+    sentence withdraws the asked fact), the question each pair belongs to [P], the question's gold
+    text on its answer pair (else None) and the token id at each position (-1 at the null)."""
 
     states: torch.Tensor
     valid: torch.Tensor
@@ -71,44 +66,23 @@ class PairSet:
     question: list[int]
     gold: list[Optional[str]]
     ids: list[list[int]]
-    text_start: Optional[torch.Tensor] = None
-
-    def text(self) -> torch.Tensor:
-        """[P, T]: the sentence's tokens, where answer spans lie (neither the null nor the context)."""
-        start = torch.ones(len(self.valid), dtype=torch.long) if self.text_start is None else self.text_start
-        return self.valid & (torch.arange(self.valid.shape[1])[None, :] >= start[:, None])
 
 
 def _fact(e: dict) -> tuple:
     return e.get("entity"), e.get("attribute")
 
 
-def _has_value(e: dict) -> bool:
-    return (e.get("value_start") if e.get("value_start") is not None else -1) >= 0
-
-
-def stream_pairs(stream: dict, negatives: int, rng: random.Random, context: int = 0) -> list[list[Pair]]:
-    """Per question of ``stream`` with an answer event: its pairs (module docstring), positives
-    first. Sentences are the stream's own (:func:`~memadapter.sentences.sentence_spans`, as the read
-    path cuts its chunks): a value's pair is the sentence holding it, a retraction's the sentence
-    that ends it, each with the ``context`` sentences before it."""
+def stream_pairs(stream: dict, negatives: int, rng: random.Random) -> list[list[Pair]]:
+    """Per question of ``stream`` with an answer event: its pairs (module docstring), positives first."""
     text, events = stream["text"], stream["events"]
-    spans = sentence_spans(text)
-    at = lambda c: next((k for k, (a, z) in enumerate(spans) if a <= c < z), None)  # noqa: E731
-    before = lambda k: " ".join(text[a:z] for a, z in spans[max(0, k - context):k])  # noqa: E731
-    sentence = lambda k: text[spans[k][0]:spans[k][1]]  # noqa: E731
-    overlaps = lambda k, e: spans[k][0] < e["end"] and e["start"] < spans[k][1]  # noqa: E731
-
-    def value_pair(question: str, e: dict) -> Optional[Pair]:
-        k = at(e["value_start"])
-        if k is None or e["value_end"] > spans[k][1]:
-            return None
-        return question, sentence(k), (e["value_start"] - spans[k][0], e["value_end"] - spans[k][0]), False, before(k)
-
-    def retract_pair(question: str, e: dict, withdraws: bool) -> Optional[Pair]:
-        k = at(e["end"] - 1)
-        return None if k is None else (question, sentence(k), None, withdraws, before(k))
-
+    cuts = sorted((e["start"], e["end"]) for e in events)
+    gaps, prev = [], 0
+    for a, b in cuts:
+        gaps.append(text[prev:a])
+        prev = max(prev, b)
+    filler = [s for s in split_sentences(" ".join(gaps + [text[prev:]])) if len(s.split()) >= 4]
+    sentence = lambda e: text[e["start"]:e["end"]]
+    span = lambda e: (e["value_start"] - e["start"], e["value_end"] - e["start"])
     out = []
     for q in stream["questions"]:
         e = events[q["answer_event"]] if q.get("answer_event") is not None else None
@@ -116,28 +90,19 @@ def stream_pairs(stream: dict, negatives: int, rng: random.Random, context: int 
             continue
         if q["answer"] == UNKNOWN and e["event_type"] == "retract":
             earlier = [o for o in events if _fact(o) == _fact(e) and o["start"] < e["start"]
-                       and o["event_type"] in ("new", "update") and _has_value(o)]
-            positives = [retract_pair(q["question"], e, True)] + [value_pair(q["question"], o) for o in earlier]
-        elif q["answer"] != UNKNOWN and _has_value(e):
-            positives = [value_pair(q["question"], e)]
+                       and o["event_type"] in ("new", "update") and o.get("value_start") is not None]
+            positives = [(q["question"], sentence(e), None, True)] + [(q["question"], sentence(o), span(o), False) for o in earlier]
+        elif q["answer"] != UNKNOWN and e.get("value_start") is not None:
+            positives = [(q["question"], sentence(e), span(e), False)]
         else:
             continue
-        if positives[0] is None:
-            continue
-        positives = [p for p in positives if p is not None]
-        taken = {p[1] for p in positives}
-        others = [k for k in range(len(spans)) if sentence(k) not in taken and (
-            any(overlaps(k, o) for o in events if o.get("attribute") != q.get("attribute")) if
-            any(overlaps(k, o) for o in events) else len(sentence(k).split()) >= 4)]
-        agree = lexical_agreement(q["question"], [(before(k) + " " + sentence(k)).strip() for k in others], True) \
-            if others else []
-        chosen = [others[i] for i in sorted(range(len(others)), key=lambda i: (-agree[i], rng.random()))[:negatives]]
-        group = positives + [(q["question"], sentence(k), None, False, before(k)) for k in chosen]
-        for o in events:  # every other fact's retraction, which must withdraw nothing here
-            r = retract_pair(q["question"], o, False) if o["event_type"] == "retract" and _fact(o) != _fact(e) else None
-            if r is not None and r[1] not in {g[1] for g in group}:
-                group.append(r)
-        out.append(group)
+        others = list(dict.fromkeys([sentence(o) for o in events if o.get("attribute") != q.get("attribute")] + filler))
+        agree = lexical_agreement(q["question"], others, True) if others else []
+        order = sorted(range(len(others)), key=lambda i: (-agree[i], rng.random()))
+        chosen = [others[i] for i in order[:negatives]]
+        chosen += [sentence(o) for o in events if o["event_type"] == "retract" and _fact(o) != _fact(e)
+                   and sentence(o) not in chosen]
+        out.append(positives + [(q["question"], s, None, False) for s in chosen])
     return out
 
 
@@ -156,34 +121,31 @@ def _target(tokenizer: Any, sentence: str, span: Optional[tuple[int, int]]) -> O
 @torch.no_grad()
 def encode_pairs(model: Any, groups: list[list[Pair]], batch: int = 16, progress: bool = True) -> PairSet:
     """Every pair of ``groups`` read by the backbone once (batches of ``batch`` pairs): the pointer's
-    input states at the null token, the context's and the sentence's tokens. A group whose first
-    pair's value does not start and end on token boundaries is left out, and so is any other pair
-    of that kind."""
+    input states at the null token and the sentence's tokens. A group whose first pair's value does
+    not start and end on token boundaries is left out, and so is any other pair of that kind."""
     tok, layers = model.tokenizer, list(model.config.answer_layers)
     flat, kept = [], 0
     for group in groups:
-        targets = [_target(tok, s, span) for _, s, span, _, _ in group]
+        targets = [_target(tok, s, span) for _, s, span, _ in group]
         if targets[0] is None:
             continue
-        question, sentence, span, _, _ = group[0]
+        question, sentence, span, _ = group[0]
         gold = sentence[span[0]:span[1]] if span else None
-        flat += [(kept, pair, t, gold if k == 0 else None) for k, (pair, t) in enumerate(zip(group, targets))
+        flat += [(kept, q, s, t, gold if k == 0 else None, w) for k, ((q, s, _, w), t) in enumerate(zip(group, targets))
                  if t is not None]
         kept += 1
-    encoded = [pair_ids(tok, q, s, c) for _, (q, s, _, _, c), _, _ in flat]
-    targets = [(a + m - n, b + m - n) if (a, b) != (0, 0) else (0, 0)  # past the context's m - n tokens
-               for (_, _, (a, b), _), (_, n, m) in zip(flat, encoded)]
     states, tokens = [], []
     for i in tqdm(range(0, len(flat), batch), desc="pointer pairs", unit="batch", disable=not progress):
-        ids, mask = model._right_pad([e[0] for e in encoded[i:i + batch]])
+        encoded = [pair_ids(tok, q, s) for _, q, s, _, _, _ in flat[i:i + batch]]
+        ids, mask = model._right_pad([e for e, _ in encoded])
         feats, _ = pointer_features(model, ids, mask, layers)
-        for r, (ids_r, n, _) in enumerate(encoded[i:i + batch]):
-            states.append(feats[r, n - 1:len(ids_r)].float().cpu())  # [1 + T, F]: the null, the context, the sentence
+        for r, (ids_r, n) in enumerate(encoded):
+            states.append(feats[r, n - 1:len(ids_r)].float().cpu())  # [1 + T, F]: the null, then the text
             tokens.append([-1] + ids_r[n:])
     width = max(len(s) for s in states)
     out = PairSet(torch.zeros(len(states), width, states[0].shape[-1]), torch.zeros(len(states), width, dtype=torch.bool),
-                  torch.tensor(targets), torch.tensor([float(p[1][3]) for p in flat]),
-                  [p[0] for p in flat], [p[3] for p in flat], tokens, torch.tensor([1 + m - n for _, n, m in encoded]))
+                  torch.tensor([p[3] for p in flat]), torch.tensor([float(p[5]) for p in flat]),
+                  [p[0] for p in flat], [p[4] for p in flat], tokens)
     for k, s in enumerate(states):
         out.states[k, :len(s)], out.valid[k, :len(s)] = s, True
     return out
@@ -191,7 +153,8 @@ def encode_pairs(model: Any, groups: list[list[Pair]], batch: int = 16, progress
 
 def _read(head: Callable[[torch.Tensor], torch.Tensor], data: PairSet) -> tuple[torch.Tensor, ...]:
     """(start, end, margin, withdrawal score) per pair."""
-    text = data.text()
+    text = data.valid.clone()
+    text[:, 0] = False  # position 0 is the null
     with torch.no_grad():
         logits = head(data.states)
         return (*best_spans(logits[..., :2], text, torch.zeros(len(text), dtype=torch.long)), withdraws(logits, text))
@@ -218,15 +181,12 @@ def question_accuracy(head: Callable[[torch.Tensor], torch.Tensor], data: PairSe
 
 
 def _loss(head: AnswerPointer, data: PairSet, idx: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
-    """Start and end cross-entropy over the null and the sentence's tokens (not the context's), plus
-    the withdrawal's binary cross-entropy at the last token (positives weighted by ``pos_weight``)."""
+    """Start and end cross-entropy over the null and the sentence's tokens, plus the withdrawal's
+    binary cross-entropy at the last token (positives weighted by ``pos_weight``)."""
     valid = data.valid[idx]
-    spans = data.text()[idx]
-    spans[:, 0] = True  # the null: "no answer here"
-    logits = head(data.states[idx])  # [b, T, 3]
+    logits = head(data.states[idx]).masked_fill(~valid[:, :, None], -1e9)  # [b, T, 3]
     last = valid.sum(-1) - 1  # [b]
     withdraw = logits[torch.arange(len(idx)), last, 2]
-    logits = logits.masked_fill(~spans[:, :, None], -1e9)
     return (F.cross_entropy(logits[..., 0], data.target[idx, 0]) + F.cross_entropy(logits[..., 1], data.target[idx, 1])
             + F.binary_cross_entropy_with_logits(withdraw, data.withdraw[idx], pos_weight=pos_weight))
 
@@ -263,8 +223,6 @@ def _parser():
     p.add_argument("--layers", default="8,16,30", help="hidden states the pointer reads (indices as read_layer's)")
     p.add_argument("--negatives", type=int, default=2, help="negative sentences per question")
     p.add_argument("--sentences", type=int, default=4, help="read.answer_sentences of the saved adapter")
-    p.add_argument("--context", type=int, default=0,
-                   help="answer_context of the saved adapter: sentences read before each sentence")
     p.add_argument("--epochs", type=int, default=12)
     return p
 
@@ -273,11 +231,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     model, train_specs, val_specs = fit_setup(args)
     model.config.answer_layers = [int(x) for x in args.layers.split(",")]
-    model.config.answer_context = args.context
     model.config.validate_fields()
     rng, progress = random.Random(args.seed), not args.no_progress
     groups = lambda specs, seed: [g for s in build_streams(specs, seed, args.filler_tokens)
-                                  for g in stream_pairs(s, args.negatives, rng, args.context)]
+                                  for g in stream_pairs(s, args.negatives, rng)]
     train = encode_pairs(model, groups(train_specs, args.seed), progress=progress)
     val = encode_pairs(model, groups(val_specs, args.seed + 1), progress=progress)
     head, log = fit_pointer(train, val, model._decode, epochs=args.epochs, seed=args.seed)
@@ -286,8 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model._fingerprint_cache = None
     model.save_pretrained(args.out)
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
-              "layers": model.config.answer_layers, "context": args.context, "negatives": args.negatives,
-              "train_pairs": len(train.valid),
+              "layers": model.config.answer_layers, "negatives": args.negatives, "train_pairs": len(train.valid),
               "val_pairs": len(val.valid), "withdrawn_train_pairs": int(train.withdraw.sum()),
               "best_val_question_accuracy": max(r["val_question_accuracy"] for r in log), "log": log}
     save_report(args.out, "fit_pointer", report)

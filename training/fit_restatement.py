@@ -52,15 +52,13 @@ from .fit_pointer import PairSet, _target, question_accuracy
 from .fit_reader import build_streams, fit_parser, fit_setup, save_report
 from .lifecycle_data import UNKNOWN
 
-# question, sentence, value char span in it (None: no answer here), the earlier sentence it restates (None:
-# none), its context (the ``answer_context`` sentences before it; "" for none)
-Pair = tuple[str, str, Optional[tuple[int, int]], Optional[str], str]
+# question, sentence, value char span in it (None: no answer here), the earlier sentence it restates (None: none)
+Pair = tuple[str, str, Optional[tuple[int, int]], Optional[str]]
 
 
-def stream_pairs(stream: dict, negatives: int, context: int = 0) -> list[list[Pair]]:
+def stream_pairs(stream: dict, negatives: int) -> list[list[Pair]]:
     """Per question of ``stream`` with a value to answer: its pairs (module docstring), the
-    answer's first, each with the ``context`` sentences before it; only questions with a pair
-    that restates an earlier sentence."""
+    answer's first; only questions with a pair that restates an earlier sentence."""
     text, events = stream["text"], stream["events"]
     spans = sentence_spans(text)
     sentences = [text[s:e] for s, e in spans]
@@ -77,7 +75,7 @@ def stream_pairs(stream: dict, negatives: int, context: int = 0) -> list[list[Pa
         span = (e["value_start"] - spans[k][0], e["value_end"] - spans[k][0]) if answer else None
         if span is not None and not (0 <= span[0] < span[1] <= len(sentences[k])):
             return None
-        return question, sentences[k], span, None if j is None else sentences[j], " ".join(sentences[max(0, k - context):k])
+        return question, sentences[k], span, None if j is None else sentences[j]
 
     out = []
     for q in stream["questions"]:
@@ -98,16 +96,14 @@ def stream_pairs(stream: dict, negatives: int, context: int = 0) -> list[list[Pa
 @dataclass
 class Encoded:
     """Pairs read once by the backbone and the frozen pointer: its scores ``logits`` [P, T, 3] at
-    the null token, the context's and the sentence's tokens, ``valid`` [P, T], ``target`` (start,
-    end) [P, 2] ((0, 0): no answer here), ``text_start`` [P] the sentence's first position, per pair
-    its question's index, the gold text on an answer pair, the token ids (-1 at the null) and the
-    pair itself. The features are computed from the pairs when fitting (:func:`pair_set`), so a
-    cache of it outlives a change of features."""
+    the null token and the sentence's tokens, ``valid`` [P, T], ``target`` (start, end) [P, 2]
+    ((0, 0): no answer here), per pair its question's index, the gold text on an answer pair, the
+    token ids (-1 at the null) and the pair itself. The features are computed from the pairs
+    when fitting (:func:`pair_set`), so a cache of it outlives a change of features."""
 
     logits: torch.Tensor
     valid: torch.Tensor
     target: torch.Tensor
-    text_start: torch.Tensor
     question: list[int]
     gold: list[Optional[str]]
     ids: list[list[int]]
@@ -115,8 +111,7 @@ class Encoded:
 
     def save(self, path: str) -> None:
         """``path``.safetensors (tensors) and ``path``.json (the rest); nothing is pickled."""
-        save_file({"logits": self.logits, "valid": self.valid, "target": self.target, "text_start": self.text_start},
-                  f"{path}.safetensors")
+        save_file({"logits": self.logits, "valid": self.valid, "target": self.target}, f"{path}.safetensors")
         with open(f"{path}.json", "w") as f:
             json.dump({"question": self.question, "gold": self.gold, "ids": self.ids, "pairs": self.pairs}, f)
 
@@ -125,8 +120,8 @@ class Encoded:
         t = load_file(f"{path}.safetensors")
         with open(f"{path}.json") as f:
             j = json.load(f)
-        return cls(t["logits"], t["valid"], t["target"], t["text_start"], j["question"], j["gold"], j["ids"],
-                   [(q, s, None if span is None else tuple(span), e, c) for q, s, span, e, c in j["pairs"]])
+        return cls(t["logits"], t["valid"], t["target"], j["question"], j["gold"], j["ids"],
+                   [(q, s, None if span is None else tuple(span), e) for q, s, span, e in j["pairs"]])
 
 
 @torch.no_grad()
@@ -137,28 +132,26 @@ def encode_pairs(model: Any, groups: list[list[Pair]], batch: int = 16, progress
     tok, layers = model.tokenizer, list(model.config.answer_layers)
     flat = []  # (question index, pair, target, gold)
     for group in groups:
-        targets = [_target(tok, s, span) for _, s, span, _, _ in group]
+        targets = [_target(tok, s, span) for _, s, span, _ in group]
         if targets[0] is None:
             continue
-        question, sentence, span, _, _ = group[0]
+        question, sentence, span, _ = group[0]
         q = len({f[0] for f in flat})
         flat += [(q, p, t, sentence[span[0]:span[1]] if k == 0 else None)
                  for k, (p, t) in enumerate(zip(group, targets)) if t is not None]
-    encoded = [pair_ids(tok, p[0], p[1], p[4]) for _, p, _, _ in flat]
-    targets = [(a + m - n, b + m - n) if (a, b) != (0, 0) else (0, 0)  # past the context's m - n tokens
-               for (_, _, (a, b), _), (_, n, m) in zip(flat, encoded)]
     rows, tokens = [], []
     for i in tqdm(range(0, len(flat), batch), desc="restatement pairs", unit="batch", disable=not progress):
-        ids, mask = model._right_pad([e[0] for e in encoded[i:i + batch]])
+        encoded = [pair_ids(tok, p[0], p[1]) for _, p, _, _ in flat[i:i + batch]]
+        ids, mask = model._right_pad([e for e, _ in encoded])
         feats, _ = pointer_features(model, ids, mask, layers)
         logits = model.answer_pointer(feats).float().cpu()  # [b, T, 3]
-        for r, (ids_r, n, _) in enumerate(encoded[i:i + batch]):
-            rows.append(logits[r, n - 1:len(ids_r)])  # [1 + T, 3]: the null, the context, the sentence
+        for r, (ids_r, n) in enumerate(encoded):
+            rows.append(logits[r, n - 1:len(ids_r)])  # [1 + T, 3]: the null, then the sentence's tokens
             tokens.append([-1] + ids_r[n:])
     width = max(len(r) for r in rows)
     out = Encoded(torch.zeros(len(rows), width, 3), torch.zeros(len(rows), width, dtype=torch.bool),
-                  torch.tensor(targets), torch.tensor([1 + m - n for _, n, m in encoded]), [f[0] for f in flat],
-                  [f[3] for f in flat], tokens, [f[1] for f in flat])
+                  torch.tensor([f[2] for f in flat]), [f[0] for f in flat], [f[3] for f in flat], tokens,
+                  [f[1] for f in flat])
     for k, r in enumerate(rows):
         out.logits[k, :len(r)], out.valid[k, :len(r)] = r, True
     return out
@@ -168,34 +161,32 @@ def pair_set(encoded: Sequence[Encoded], tokenizer: Any) -> PairSet:
     """Encoded parts -> one :class:`~memadapter.training.fit_pointer.PairSet` whose ``states`` [P, T,
     3 + R] hold the pointer's scores and each token's :data:`~memadapter.restatement.FEATURES`."""
     width = max(e.logits.shape[1] for e in encoded)
-    states, valid, target, text_start, question, gold, ids = [], [], [], [], [], [], []
+    states, valid, target, question, gold, ids = [], [], [], [], [], []
     for e in encoded:
         x = torch.zeros(len(e.pairs), width, 3 + len(RESTATEMENT_FEATURES))
         x[:, :e.logits.shape[1], :3] = e.logits
-        for k, (_, sentence, _, earlier, _) in enumerate(e.pairs):
-            found, t = sentence_changes(tokenizer, sentence, earlier), int(e.text_start[k])
-            if found is not None and len(found) == int(e.valid[k].sum()) - t:
-                x[k, t:t + len(found), 3:] = torch.tensor(found)
+        for k, (_, sentence, _, earlier) in enumerate(e.pairs):
+            found = sentence_changes(tokenizer, sentence, earlier)
+            if found is not None and len(found) == int(e.valid[k].sum()) - 1:
+                x[k, 1:1 + len(found), 3:] = torch.tensor(found)
         states.append(x)
         valid.append(F.pad(e.valid, (0, width - e.valid.shape[1])))
         target.append(e.target)
-        text_start.append(e.text_start)
         base = len(set(question))  # question indices stay distinct across parts
         question += [base + q for q in e.question]
         gold += e.gold
         ids += e.ids
     return PairSet(torch.cat(states), torch.cat(valid), torch.cat(target), torch.zeros(len(question)),
-                   question, gold, ids, torch.cat(text_start))
+                   question, gold, ids)
 
 
 def _encoded(model: Any, spec: tuple[str, str, int], seed: int, args: argparse.Namespace) -> Encoded:
     """The pairs of one data spec, from ``args.cache`` when it holds them (else encoded, and saved there)."""
-    context = model.config.answer_context
     path = args.cache and os.path.join(args.cache, "_".join(map(str, spec)) +
-                                       f"_seed{seed}_filler{args.filler_tokens}_neg{args.negatives}_context{context}")
+                                       f"_seed{seed}_filler{args.filler_tokens}_neg{args.negatives}")
     if path and os.path.exists(f"{path}.json"):
         return Encoded.load(path)
-    groups = [g for s in build_streams([spec], seed, args.filler_tokens) for g in stream_pairs(s, args.negatives, context)]
+    groups = [g for s in build_streams([spec], seed, args.filler_tokens) for g in stream_pairs(s, args.negatives)]
     out = encode_pairs(model, groups, progress=not args.no_progress)
     if path:
         os.makedirs(args.cache, exist_ok=True)
@@ -218,10 +209,8 @@ def fit_weights(train: PairSet, val: PairSet, decode, epochs: int = 300, lr: flo
     opt = torch.optim.AdamW([w], lr=lr, weight_decay=0.0)
     best, best_acc = w.detach().clone(), question_accuracy(restated_head(w.detach()), val, decode)
     log = [{"epoch": 0, "loss": None, "val_question_accuracy": best_acc}]
-    spans = train.text()
-    spans[:, 0] = True  # the null and the sentence's tokens, not the context's
     for epoch in range(1, epochs + 1):
-        logits = restated_head(w)(train.states).masked_fill(~spans[..., None], -1e9)
+        logits = restated_head(w)(train.states).masked_fill(~train.valid[..., None], -1e9)
         loss = F.cross_entropy(logits[..., 0], train.target[:, 0]) + F.cross_entropy(logits[..., 1], train.target[:, 1])
         opt.zero_grad()
         loss.backward()

@@ -3,10 +3,10 @@
 Same questions and labels as ``lifecycle_data`` (schema :func:`lifecycle_data.stream_features`,
 kinds overwrite|version|distractor|uniform|retraction|recall, a retraction answers
 ``lifecycle_data.UNKNOWN``), but the words come from ``open_vocab``: hundreds of attribute types
-with value formats, twelve named template families (copula, value-first, passive, relative
-clause, key-value lines, table rows, dialogue, first-person chat, key and value in two
-sentences, ...), explicit and implicit (later date) update signals, look-alikes that edit any
-part of a name, and filler from several real corpora (Paul Graham essays, SQuAD and HotpotQA contexts).
+with value formats, eleven named template families (copula, value-first, passive, relative
+clause, key-value lines, table rows, dialogue, first-person chat, ...), explicit and implicit
+(later date) update signals, look-alikes that edit any part of a name, and filler from several
+real corpora (Paul Graham essays, SQuAD and HotpotQA contexts).
 
 Real filler keeps its own "was replaced" / "no longer" sentences, all tagged O: the tagger must
 learn not to write them. ``hard_negatives`` generated sentences ("The bridge toll was replaced

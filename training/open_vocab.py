@@ -326,19 +326,10 @@ FAMILIES: dict[str, TemplateFamily] = {f.name: f for f in (
           "Memo: the {attr} held by {key} is rescinded."],
          ["Memo (unconfirmed): the {attr} held by {key} might read {value}."],
          ["Per the registry, what {attr} does {key} hold?", "What does the memo give as {key}'s {attr}?"]),
-    # Key in one sentence, value in the next: the value's sentence shares no word with the question.
-    _fam("follow_up", ["We finally received {key}'s {attr}. It is {value}.",
-                       "Someone asked for {key}'s {attr} this morning. The answer on file was {value}."],
-         ["{key}'s {attr} was changed last week. From now on it is {value}.",
-          "There is news about {key}'s {attr}. The new one is {value}."],
-         ["{key}'s {attr} came up in the audit. It has been cancelled for good.",
-          "A note about {key}'s {attr} arrived. It is void from today."],
-         ["A visitor mentioned {key}'s {attr}. Maybe it is {value}, but nobody could say."],
-         ["What is {key}'s {attr}?", "What is {key}'s {attr} at the moment?"]),
 )}
 # Held-out families are split into two disjoint halves; chat stays in train (only the user uses it).
 FAMILY_SPLITS: dict[str, tuple[str, ...]] = {
-    "train": ("copula", "possessive", "value_first", "passive", "key_value", "dialogue", "chat", "follow_up"),
+    "train": ("copula", "possessive", "value_first", "passive", "key_value", "dialogue", "chat"),
     "val": ("relative", "table_row"), "test": ("after_value", "memo"),
 }
 CHAT_USER = "the user"

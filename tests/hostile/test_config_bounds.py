@@ -19,8 +19,8 @@ NAN, INF = float("nan"), float("inf")
 SIZE_FIELDS = ("chunk_tokens", "num_slots", "top_k", "key_dim", "value_dim", "grounding_hidden_size",
                "num_event_types", "prefix_tokens_per_slot", "cross_attn_heads", "grounding_context_size",
                "value_tokens", "hidden_size", "backbone_num_layers", "name_chunks", "fallback_chunks",
-               "answer_sentences", "answer_context")
-ZERO_ALLOWED = {"grounding_context_size", "value_tokens", "name_chunks", "answer_sentences", "answer_context"}
+               "answer_sentences")
+ZERO_ALLOWED = {"grounding_context_size", "value_tokens", "name_chunks", "answer_sentences"}
 
 
 def _config(**kwargs) -> MemAdapterConfig:

@@ -3,7 +3,6 @@ restate an earlier sentence, and a fit that learns to point at what a correction
 
 import random
 
-import pytest
 import torch
 
 from memadapter.training.counterfactual import generate_counterfactual_stream
@@ -17,11 +16,11 @@ def test_a_correction_is_paired_with_the_sentence_it_corrects_and_targets_its_ne
     assert groups
     answers = {q["question"]: q for q in stream["questions"]}
     for group in groups:
-        question, sentence, span, earlier, context = group[0]
+        question, sentence, span, earlier = group[0]
         q = answers[question]
         assert sentence[span[0]:span[1]] == q["answer"]  # the new value, in the correction
         assert earlier is not None and q["stale"][0] in earlier  # the original it restates holds the old value
-        assert all(s is None for _, _, s, _, _ in group[1:]) and context == ""  # other facts' sentences answer nothing
+        assert all(s is None for _, _, s, _ in group[1:])  # other facts' sentences answer nothing
 
 
 def test_fit_weights_learn_to_point_at_replaced_words_and_keep_epoch_zero_when_they_do_not_help():
@@ -47,8 +46,7 @@ def test_fit_weights_learn_to_point_at_replaced_words_and_keep_epoch_zero_when_t
         float(weights.abs().sum()) == 0.0  # on validation the features mislead: epoch 0 (zeros) is kept
 
 
-@pytest.mark.parametrize("context", [0, 1])
-def test_encoded_pairs_round_trip_through_the_cache_and_carry_restatement_features(tmp_path, context):
+def test_encoded_pairs_round_trip_through_the_cache_and_carry_restatement_features(tmp_path):
     from memadapter.modeling.configuration_memadapter import MemAdapterConfig
     from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
     from memadapter.modeling.tiny import tiny_backbone
@@ -57,8 +55,7 @@ def test_encoded_pairs_round_trip_through_the_cache_and_carry_restatement_featur
     from memadapter.training.train import build_word_tokenizer
 
     stream = generate_counterfactual_stream(random.Random(1), split="train", num_facts=2, filler_tokens=80)
-    groups = stream_pairs(stream, negatives=1, context=context)
-    assert all((p[4] != "") == bool(context) for g in groups for p in g)
+    groups = stream_pairs(stream, negatives=1)
     tok = build_word_tokenizer([stream["text"]] + [q["question"] for q in stream["questions"]] + ["Question: Text:"],
                                vocab_size=1000)
     cfg = MemAdapterConfig(read_layer=1, key_dim=16, value_dim=16, num_slots=8, top_k=1, chunk_tokens=16,
@@ -70,10 +67,7 @@ def test_encoded_pairs_round_trip_through_the_cache_and_carry_restatement_featur
     enc.save(str(tmp_path / "part"))
     back = Encoded.load(str(tmp_path / "part"))
     assert torch.equal(back.logits, enc.logits) and back.pairs == [tuple(p) for p in enc.pairs] and back.gold == enc.gold
-    assert torch.equal(back.text_start, enc.text_start) and bool((enc.text_start > 1).all()) == bool(context)
     data = pair_set([enc, back], tok)
     assert data.states.shape[-1] == 3 + len(FEATURES) and len(set(data.question)) == 2 * len(set(enc.question))
     answers = [k for k, g in enumerate(data.gold) if g is not None]
     assert any(float(data.states[k, :, 3:].abs().sum()) > 0 for k in answers)  # corrections restate their originals
-    for k, t in enumerate(data.text_start.tolist()):  # features sit on the sentence's tokens, never the context's
-        assert float(data.states[k, :t, 3:].abs().sum()) == 0.0
