@@ -26,8 +26,8 @@ def top_entries(model, tokenizer, context: str, query: str, top: int = 6) -> lis
     if not len(qp.pool):
         return []
     scores, valid = model.score_pools([qp])
-    score = scores[0].masked_fill(~valid[0], float("-inf"))  # [N]
-    order = torch.argsort(score, descending=True).tolist()[:top]
+    score = scores[0]  # [N]
+    order = [j for j in torch.argsort(score, descending=True).tolist() if valid[0, j]][:top]  # entries it may pick
     return [{"score": float(score[j]), "slot": bool(qp.pool.is_slot[j]), "withdrawn": bool(qp.pool.withdrawn[j]),
              "event_type": qp.pool.event_types[j], "value": qp.pool.value_texts[j], "sentence": qp.pool.sentences[j]}
             for j in order]

@@ -20,4 +20,5 @@ def test_entries_come_best_score_first_and_at_most_top():
         every = top_entries(model, tok, TEXT, "where does alice live", top=100)
     assert 0 < len(entries) <= 2 and entries == every[:len(entries)]
     assert [e["score"] for e in every] == sorted((e["score"] for e in every), reverse=True)
+    assert all(abs(e["score"]) < float("inf") for e in every)  # only entries the reader may pick
     assert all(set(e) == {"score", "slot", "withdrawn", "event_type", "value", "sentence"} for e in every)
