@@ -10,7 +10,11 @@ start + end score minus the null's, so margins compare across sentences: the rea
 feature (``memadapter.modeling.read_scorer``). A third score, read at the sentence's last token (which
 has seen the question and the whole sentence), says that the sentence *withdraws* what is asked
 ("The entry code of the studio was cancelled"): a withdrawal holds no span to point at, and a value
-read from its words ("no longer works") would be a wrong answer.
+read from its words ("no longer works") would be a wrong answer. A fourth score, read at the same
+token by a separate linear head (``hedge``), says that the sentence names a value without stating it
+as a fact ("It was wrongly said that ...", "... was only a rumoured ..."): the reader weighs it, with
+the version features, as a reason to trust the span less. It is fitted on its own, on the frozen
+pointer's states (``memadapter.training.fit_hedge``), so the span and withdrawal scores stay as they were.
 
 Example:
     >>> head = AnswerPointer(in_features=4)
@@ -21,6 +25,8 @@ Example:
     True
     >>> withdraws(logits, text).shape  # [B]: the withdrawal score at each row's last text token
     torch.Size([2])
+    >>> head.hedges(torch.randn(2, 6, 4), text).tolist()  # [B]: an unfitted hedge head scores 0
+    [0.0, 0.0]
 """
 
 from __future__ import annotations
@@ -45,13 +51,17 @@ class AnswerPointer(nn.Module):
     ``changes`` [..., T, R] (optional) are each token's restatement features
     (:data:`memadapter.restatement.FEATURES`, :func:`memadapter.restatement.token_changes`);
     ``restated`` [R, 2] weighs them into the start and end scores. It starts at zero, so a pointer
-    reads as before until they are fitted (``memadapter.training.fit_restatement``)."""
+    reads as before until they are fitted (``memadapter.training.fit_restatement``). ``hedge`` scores
+    a hedged sentence (module docstring); it also starts at zero (``memadapter.training.fit_hedge``)."""
 
     def __init__(self, in_features: int, hidden: int = 256):
         super().__init__()
         self.net = (nn.Linear(in_features, 3) if hidden == 0 else
                     nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, 3)))
         self.restated = nn.Parameter(torch.zeros(len(RESTATEMENT_FEATURES), 2))  # [R, start / end]
+        self.hedge = nn.Linear(in_features, 1)
+        nn.init.zeros_(self.hedge.weight)
+        nn.init.zeros_(self.hedge.bias)
 
     def forward(self, hidden: torch.Tensor, changes: Optional[torch.Tensor] = None) -> torch.Tensor:
         w = self.restated
@@ -60,6 +70,14 @@ class AnswerPointer(nn.Module):
             return logits
         bias = changes.to(w.device, w.dtype) @ w  # [..., T, 2]
         return logits + torch.cat([bias, torch.zeros_like(bias[..., :1])], -1)
+
+    def hedges(self, hidden: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """[B]: the hedge score at each row's last text token (``hidden`` [B, T, in_features],
+        ``text_mask`` [B, T], contiguous); -inf for a row without text."""
+        last = last_text_token(text_mask)
+        w = self.hedge.weight
+        at = hidden[torch.arange(len(last), device=hidden.device), last.clamp_min(0)].to(w.device, w.dtype)  # [B, F]
+        return self.hedge(at)[:, 0].float().masked_fill(last.to(w.device) < 0, float("-inf"))
 
 
 def best_spans(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor, max_span: int = MAX_SPAN,
@@ -150,10 +168,15 @@ def withdraws(logits: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 3 or logits.shape[-1] != 3 or tuple(text_mask.shape) != tuple(logits.shape[:2]):
         raise ShapeError(f"logits: expected [B, T, 3] with text_mask [B, T], got {tuple(logits.shape)} and "
                          f"{tuple(text_mask.shape)}")
-    pos = torch.arange(text_mask.shape[1], device=logits.device)
-    last = torch.where(text_mask, pos, -1).amax(-1)  # [B]
+    last = last_text_token(text_mask)
     score = logits[torch.arange(len(last), device=logits.device), last.clamp_min(0), 2].float()
     return score.masked_fill(last < 0, float("-inf"))
+
+
+def last_text_token(text_mask: torch.Tensor) -> torch.Tensor:
+    """[B]: the index of each row's last True in ``text_mask`` [B, T]; -1 for a row without one."""
+    pos = torch.arange(text_mask.shape[1], device=text_mask.device)
+    return torch.where(text_mask, pos, -1).amax(-1)
 
 
 def best_spans_reference(logits: torch.Tensor, text_mask: torch.Tensor, null: torch.Tensor, max_span: int = MAX_SPAN,

@@ -70,8 +70,9 @@ from .reader import MemoryReaderMixin
 from .selection import Selection
 
 # Adapter tensors added to a head after adapters were saved with that head: an adapter without one
-# reads it as zeros, which is how it read (the answer pointer's restatement weights, 2026-12-06).
-ZERO_WHEN_MISSING = ("answer_pointer.restated",)
+# reads it as zeros, which is how it read (the answer pointer's restatement weights, 2026-12-06;
+# its hedge head, 2026-12-07: a scorer saved before reads the hedge feature with weight 0).
+ZERO_WHEN_MISSING = ("answer_pointer.restated", "answer_pointer.hedge.weight", "answer_pointer.hedge.bias")
 
 # The write path's names, imported from here by benches and tests before it had its own module.
 __all__ = ["MemAdapterForCausalLM", "IngestReport", "PROGRESS_MIN_CHUNKS", "reference_ingest"]

@@ -11,13 +11,15 @@ changed marked (:mod:`memadapter.restatement`), which the pointer weighs with le
 :class:`~memadapter.modeling.selection.GroundedEvent` of type ``"answer"`` in the question's pool,
 its key text the sentence without the span. A sentence the pointer reads as withdrawing what is
 asked (its withdrawal score above 0) adds a second event of that type: a withdrawal, value None,
-the score as its margin. The learned ReadScorer weighs them against the slots and grounded events
-(features ``answer``, ``answer_margin`` and ``withdrawn``). All pairs of a batch are read in padded
+the score as its margin. Both carry the pointer's hedge score of the sentence (a rumour, not a
+statement). The learned ReadScorer weighs them against the slots and grounded events (features
+``answer``, ``answer_margin``, ``answer_hedge`` and ``withdrawn``). All pairs of a batch are read in padded
 backbone forwards of up to ``GROUND_TOKENS`` tokens.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
@@ -125,13 +127,15 @@ class AnswersMixin:
             starts, ends = self._word_masks([pairs[k][3] for k in ks], n, text) if self.config.read.word_spans else (None, None)
             start, end, margin = best_spans(logits[..., :2], text, n - 1, starts=starts, ends=ends)
             withdrawal = withdraws(logits, text)  # [G]
+            hedge = self.answer_pointer.hedges(feats, text)  # [G]
             for r, k in enumerate(ks):
                 b, chunk_id, char, sentence, _ = pairs[k]
-                out[b].append(self._answer_event(memory, b, chunk_id, char, sentence, encoded[k], hidden[r], text[r],
-                                                 int(start[r]), int(end[r]), float(margin[r])))
+                found = [self._answer_event(memory, b, chunk_id, char, sentence, encoded[k], hidden[r], text[r],
+                                            int(start[r]), int(end[r]), float(margin[r]))]
                 if float(withdrawal[r]) > 0:
-                    out[b].append(self._withdrawal_event(memory, b, chunk_id, char, sentence, hidden[r], text[r],
-                                                         float(withdrawal[r])))
+                    found.append(self._withdrawal_event(memory, b, chunk_id, char, sentence, hidden[r], text[r],
+                                                        float(withdrawal[r])))
+                out[b] += [replace(e, answer_hedge=float(hedge[r])) for e in found]
         return out
 
     def _changes(self, pairs: list[tuple[str, Optional[str]]], n: torch.Tensor, text: torch.Tensor) -> Optional[torch.Tensor]:

@@ -145,7 +145,8 @@ class CandidatesMixin:
             withdrawn=torch.tensor([bool(mem.retracted[b, m]) for m in slots] + [e.withdraws for e in events]),
             event_types=[""] * len(slots) + [e.event_type for e in events],
             confidence=torch.cat([mem.confidence[b, slots].float().cpu(), torch.ones(len(events))]),
-            answer_margin=torch.tensor([0.0] * len(slots) + [e.answer_margin or 0.0 for e in events]) if answers else None)
+            answer_margin=torch.tensor([0.0] * len(slots) + [e.answer_margin or 0.0 for e in events]) if answers else None,
+            answer_hedge=torch.tensor([0.0] * len(slots) + [e.answer_hedge or 0.0 for e in events]) if answers else None)
         return QuestionPool(question, pool, slots, events, chunks)
 
     def _retrieved_chunks(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, question: str) -> list[int]:

@@ -20,7 +20,7 @@ Example:
     ...                 confidence=torch.tensor([0.9, 1.0]))
     >>> f = pool_features("Where does Alice live?", pool)
     >>> f.shape, int(ReadScorer()(f).argmax())
-    (torch.Size([2, 22]), 0)
+    (torch.Size([2, 23]), 0)
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ FEATURES: tuple[str, ...] = (
     # appended 2026-12-06: a scorer saved before reads them with weight 0 (widen_features)
     "answer",  # a pointer answer (memadapter.modeling.read_answers)
     "answer_margin",  # sigmoid of its span's margin over "no answer here" (a withdrawal: of its score; others 0)
+    # appended 2026-12-07
+    "answer_hedge",  # sigmoid of the pointer's hedge score of its sentence (AnswerPointer.hedges; others 0)
 )
 NUM_FEATURES = len(FEATURES)
 PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score
@@ -67,8 +69,8 @@ class ReadPool:
     """One question's candidates, slots first then grounded events: their key, sentence and value
     texts (value None: withdrawn or none), unit keys [N, dk], key match with the question [N],
     stream order [N], and per entry whether it is a slot, a withdrawal, its event type name ("" for
-    a slot, "answer" for a pointer answer), its confidence and its pointer margin (None: no
-    pointer answer in the pool; else [N], 0 for the other entries)."""
+    a slot, "answer" for a pointer answer), its confidence, its pointer margin and its sentence's
+    hedge score (None: no pointer answer in the pool; else [N], 0 for the other entries)."""
 
     key_texts: list[str]
     sentences: list[str]
@@ -81,6 +83,7 @@ class ReadPool:
     event_types: list[str]
     confidence: torch.Tensor
     answer_margin: Optional[torch.Tensor] = None
+    answer_hedge: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.key_texts)
@@ -124,8 +127,9 @@ def pool_features(question: str, pool: ReadPool) -> torch.Tensor:
     ]
     answer = torch.tensor([float(t == "answer") for t in pool.event_types])
     margin = torch.zeros(n) if pool.answer_margin is None else torch.sigmoid(pool.answer_margin.float()) * answer
+    hedge = torch.zeros(n) if pool.answer_hedge is None else torch.sigmoid(pool.answer_hedge.float()) * answer
     tail = [rank, later, earlier, torch.tensor([float(bool(v and v.strip())) for v in pool.value_texts]),
-            pool.confidence.float(), answer, margin]
+            pool.confidence.float(), answer, margin, hedge]
     return torch.cat([torch.stack(columns, -1), types, torch.stack(tail, -1)], -1).float()  # [N, F]
 
 

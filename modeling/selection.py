@@ -222,7 +222,7 @@ class GroundedEvent:
     score (its key's match with the question), position (token offset of its key in the stream)
     and the text of its sentence (:func:`sentence_around`; None: the key text stands for it). A
     pointer answer (``memadapter.modeling.read_answers``) also has the margin of its span over
-    "no answer here"."""
+    "no answer here" and its sentence's hedge score (``AnswerPointer.hedges``)."""
 
     key_text: str
     value_text: Optional[str]
@@ -233,6 +233,7 @@ class GroundedEvent:
     position: int
     sentence: Optional[str] = None
     answer_margin: Optional[float] = None
+    answer_hedge: Optional[float] = None
 
     @property
     def withdraws(self) -> bool:

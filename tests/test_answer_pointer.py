@@ -106,3 +106,18 @@ def test_restatement_features_add_their_weighted_sum_to_the_start_and_end_scores
     assert torch.allclose(delta[..., 0], changes[..., 0] + 3 * changes[..., 1])
     assert torch.allclose(delta[..., 1], 2 * changes[..., 0] - changes[..., 1])
     assert float(delta[..., 2].detach().abs().max()) == 0.0  # the withdrawal score is not a span's
+
+
+def test_the_hedge_score_is_read_at_the_last_text_token_and_starts_at_zero():
+    head = AnswerPointer(4, hidden=0)
+    hidden = torch.randn(3, 6, 4)
+    text = torch.zeros(3, 6, dtype=torch.bool)
+    text[0, 1:6], text[1, 2:4] = True, True  # row 2 has no text
+    assert head.hedges(hidden, text)[:2].tolist() == [0.0, 0.0]  # unfitted: no sentence is hedged
+    with torch.no_grad():
+        head.hedge.weight.copy_(torch.tensor([[1.0, -2.0, 0.0, 0.5]]))
+        head.hedge.bias.fill_(0.25)
+    score = head.hedges(hidden, text)
+    expect = [float(hidden[0, 5] @ head.hedge.weight[0]) + 0.25, float(hidden[1, 3] @ head.hedge.weight[0]) + 0.25]
+    assert score[:2].tolist() == pytest.approx(expect) and float(score[2]) == float("-inf")
+    assert torch.equal(head(hidden), head.net(hidden))  # the span and withdrawal scores ignore it

@@ -147,3 +147,29 @@ def test_an_adapter_saved_before_the_restatement_weights_loads_them_as_zeros(tok
     state = {k: v for k, v in model.adapter_state_dict().items() if k != "answer_pointer.restated"}
     model.load_adapter_state_dict(state)
     assert float(model.answer_pointer.restated.detach().abs().sum()) == 0.0
+
+
+def test_answers_carry_the_hedge_score_of_their_sentence(tokenizer):
+    model = _pointer_model(tokenizer, withdraw_bias=100.0)
+    mem = ingest(model, [STREAM])
+    assert {e.answer_hedge for e in _answers(model, mem, tokenizer, "where does alice live")} == {0.0}  # unfitted
+    with torch.no_grad():
+        model.answer_pointer.hedge.bias.fill_(3.0)
+    model._fingerprint_cache = None
+    mem = ingest(model, [STREAM])  # a memory of the adapter as it is now
+    answers = _answers(model, mem, tokenizer, "where does alice live")
+    assert answers and all(e.answer_hedge == pytest.approx(3.0) for e in answers)  # withdrawals too
+    enc = tokenizer(["where does alice live"], return_tensors="pt", padding=True)
+    pool = model.read_pools(mem, enc["input_ids"], enc["attention_mask"])[0].pool
+    hedge = [float(h) for h, t in zip(pool.answer_hedge, pool.event_types) if t == ANSWER]
+    assert hedge == pytest.approx([3.0] * len(hedge)) and len(hedge) == len(answers)
+
+
+def test_an_adapter_saved_before_the_hedge_head_loads_it_as_zeros(tokenizer):
+    model = _pointer_model(tokenizer)
+    with torch.no_grad():
+        model.answer_pointer.hedge.weight.fill_(1.0)
+        model.answer_pointer.hedge.bias.fill_(1.0)
+    state = {k: v for k, v in model.adapter_state_dict().items() if not k.startswith("answer_pointer.hedge.")}
+    model.load_adapter_state_dict(state)
+    assert float(model.answer_pointer.hedge.weight.abs().sum() + model.answer_pointer.hedge.bias.abs().sum()) == 0.0

@@ -65,3 +65,13 @@ def test_listwise_loss_wants_the_positive_first_and_skips_pools_without_one():
     good, bad = torch.tensor([[0.0, 5.0, 9.0], [1.0, 2.0, 3.0]]), torch.tensor([[5.0, 0.0, 9.0], [1.0, 2.0, 3.0]])
     assert listwise_loss(good, valid, pos) < 0.01 < listwise_loss(bad, valid, pos)  # padding never counts
     assert float(listwise_loss(good, valid, torch.zeros_like(pos))) == 0.0
+
+
+def test_pointer_answers_bring_their_margin_and_hedge_score():
+    pool = _pool(["a", "b", "c"], [0, 1, 2], types=["new", "answer", "answer"])
+    f = pool_features("q", pool)
+    assert col(f, "answer") == [0.0, 1.0, 1.0] and col(f, "answer_margin") == col(f, "answer_hedge") == [0.0] * 3
+    pool.answer_margin, pool.answer_hedge = torch.tensor([5.0, 0.0, 2.0]), torch.tensor([5.0, -1.0, 3.0])
+    f = pool_features("q", pool)
+    assert col(f, "answer_margin") == pytest.approx([0.0, 0.5, float(torch.sigmoid(torch.tensor(2.0)))])
+    assert col(f, "answer_hedge") == pytest.approx([0.0] + torch.sigmoid(torch.tensor([-1.0, 3.0])).tolist())  # not the slot's
