@@ -135,12 +135,29 @@ def pick_accuracy(scorer: ReadScorer, pools: PoolSet) -> float:
 
 
 def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4,
-               seed: int = 0) -> tuple[ReadScorer, list[dict]]:
-    """Full-batch Adam on :func:`listwise_loss` from the prior; keeps the epoch with the best
-    validation pick accuracy (ties: the earlier one). Returns the scorer and a log per 10 epochs."""
+               seed: int = 0, init: Optional[ReadScorer] = None, only: Sequence[str] = ()) -> tuple[ReadScorer, list[dict]]:
+    """Full-batch Adam on :func:`listwise_loss` from the prior (or from a copy of ``init``); keeps the
+    epoch with the best validation pick accuracy (ties: the earlier one). Returns the scorer and a
+    log per 10 epochs.
+
+    ``only`` (feature names, with ``init``): fit only the input weights of those features (their
+    column of the linear score and of the MLP's first layer), without weight decay; every other
+    tensor stays as ``init`` has it. So a feature appended to a fitted scorer is learned without
+    moving what the scorer had learned."""
     torch.manual_seed(seed)
-    scorer = ReadScorer()
-    opt = torch.optim.Adam(scorer.parameters(), lr=lr, weight_decay=weight_decay)
+    scorer = ReadScorer() if init is None else copy.deepcopy(init)
+    if only:
+        if init is None:
+            raise ConfigError("fit_scorer: only= needs init= (the scorer whose other weights stay)")
+        columns = torch.zeros(NUM_FEATURES, dtype=torch.bool)
+        columns[[FEATURES.index(name) for name in only]] = True
+        for p in scorer.parameters():
+            p.requires_grad_(False)
+        for w in (scorer.linear.weight, scorer.mlp[0].weight):
+            w.requires_grad_(True)
+            w.register_hook(lambda g: g * columns.to(g.dtype))
+        weight_decay = 0.0
+    opt = torch.optim.Adam([p for p in scorer.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     best, best_acc = copy.deepcopy(scorer.state_dict()), pick_accuracy(scorer, val)
     log = [{"epoch": 0, "loss": None, "val_pick": best_acc}]
     for epoch in range(1, epochs + 1):
@@ -224,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--pools", default=None, help="cache the train pools here (safetensors); reused when present")
     p.add_argument("--val-pools", default=None, help="the same for the validation pools")
+    p.add_argument("--only", action="append", default=[], metavar="FEATURE", choices=FEATURES,
+                   help="fit only this feature's input weights, starting from the adapter's own scorer (repeatable)")
     return p
 
 
@@ -243,12 +262,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train = _pools(model, args.pools, train_specs, args.seed, args.filler_tokens, progress)
     val = _pools(model, args.val_pools, val_specs, args.seed + 1, args.filler_tokens, progress)
     prior = ReadScorer()
-    scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed)
+    scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed,
+                             init=model.read_scorer.float().cpu() if args.only else None, only=args.only)
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
               "train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
               "val_coverage": val.coverage(), "prior_val_pick": pick_accuracy(prior, val),
               "fitted_val_pick": pick_accuracy(scorer, val), "fitted_train_pick": pick_accuracy(scorer, train),
-              "features": list(FEATURES), "log": log}
+              "only": args.only, "features": list(FEATURES), "log": log}
     model.read_scorer.load_state_dict(scorer.state_dict())
     model.save_pretrained(args.out)
     save_report(args.out, "fit_reader", report, ("log", "features"))

@@ -3,12 +3,14 @@ listwise fit, pools collected from a tiny model's own ingest, and the CLI's outp
 
 import random
 
+import pytest
 import torch
 
+from memadapter.errors import ConfigError
 from memadapter.modeling.configuration_memadapter import MemAdapterConfig
 from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 from memadapter.modeling.read_candidates import reference_read
-from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer
 from memadapter.modeling.tiny import tiny_backbone
 from memadapter.training.fit_reader import PoolSet, collect_pools, fit_scorer, label_pool, pick_accuracy
 from memadapter.training.lifecycle_data import generate_stream
@@ -39,6 +41,31 @@ def test_fit_scorer_learns_what_the_prior_gets_wrong():
     assert pick_accuracy(ReadScorer(), val) < 0.6
     scorer, log = fit_scorer(train, val, epochs=150)
     assert pick_accuracy(scorer, val) > 0.95 and log[0]["epoch"] == 0
+
+
+def test_fit_scorer_only_learns_the_named_feature_from_the_given_scorer():
+    """Entry 1 is right and marked by answer_hedge being low where entry 0's is high: fitting that
+    feature alone moves the pick, and every other weight stays as the given scorer has it."""
+    def pools(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        f = torch.zeros(n, 2, NUM_FEATURES)
+        f[..., FEATURES.index("key_match")] = torch.rand(n, 2, generator=g)
+        f[:, 0, FEATURES.index("key_match")] += 1.0  # the prior picks entry 0
+        f[:, 0, FEATURES.index("answer_hedge")] = 1.0  # ... a hedged one
+        return PoolSet(f, torch.ones(n, 2, dtype=torch.bool), torch.tensor([[False, True]] * n))
+    init = ReadScorer()
+    before = {k: v.clone() for k, v in init.state_dict().items()}
+    scorer, log = fit_scorer(pools(40, 0), pools(20, 1), epochs=100, lr=0.1, init=init, only=["answer_hedge"])
+    assert log[0]["val_pick"] == 0.0 and pick_accuracy(scorer, pools(20, 1)) == 1.0
+    col = FEATURES.index("answer_hedge")
+    for k, v in scorer.state_dict().items():
+        keep = torch.ones_like(v, dtype=torch.bool)
+        if k in ("linear.weight", "mlp.0.weight"):
+            keep[:, col] = False
+        assert torch.equal(v[keep], before[k][keep]), k  # nothing else moved
+    assert all(torch.equal(v, before[k]) for k, v in init.state_dict().items())  # fitted on a copy
+    with pytest.raises(ConfigError, match="init"):
+        fit_scorer(pools(4, 0), pools(4, 1), epochs=1, only=["answer_hedge"])
 
 
 def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
