@@ -101,7 +101,7 @@ def main():
     p.add_argument("--filler-tokens", type=int, default=30000)
     p.add_argument("--filler-source", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--variant", action="append", required=True, metavar="NAME:JSON")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:JSON")
     p.add_argument("--reader", "--query-head", dest="reader", action="append", default=[], metavar="NAME:DIR[:JSON]",
                    help="a variant with the QueryHead and ReadScorer of the adapter in DIR, and the committed settings "
                         "(with JSON's read-time settings over them)")
@@ -118,6 +118,8 @@ def main():
     if set(heads) & set(todo):
         sys.exit(f"--reader: {sorted(set(heads) & set(todo))} already name a --variant")
     todo.update(head_settings)
+    if not todo:
+        sys.exit("give at least one --variant or --reader")
     settings = ge._Settings(max_new_tokens=12, full_context_tokens=8192, tail_tokens=1024, chat=True)
     preds = []
     for i, stream in enumerate(tqdm(list(ge._streams(args)), desc="read sweep", unit="stream")):

@@ -58,7 +58,7 @@ FEATURES: tuple[str, ...] = (
     "answer",  # a pointer answer (memadapter.modeling.read_answers)
     "answer_margin",  # sigmoid of its span's margin over "no answer here" (a withdrawal: of its score; others 0)
     # appended 2026-12-07
-    "answer_hedge",  # sigmoid of the pointer's hedge score of its sentence (AnswerPointer.hedges; others 0)
+    "answer_hedge",  # sigmoid of the pointer's hedge score of its sentence, on a pointer answer with a value (others 0)
 )
 NUM_FEATURES = len(FEATURES)
 PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score
@@ -127,9 +127,10 @@ def pool_features(question: str, pool: ReadPool) -> torch.Tensor:
     ]
     answer = torch.tensor([float(t == "answer") for t in pool.event_types])
     margin = torch.zeros(n) if pool.answer_margin is None else torch.sigmoid(pool.answer_margin.float()) * answer
-    hedge = torch.zeros(n) if pool.answer_hedge is None else torch.sigmoid(pool.answer_hedge.float()) * answer
-    tail = [rank, later, earlier, torch.tensor([float(bool(v and v.strip())) for v in pool.value_texts]),
-            pool.confidence.float(), answer, margin, hedge]
+    has_value = torch.tensor([float(bool(v and v.strip())) for v in pool.value_texts])
+    # a hedge discounts a value told as hearsay; a withdrawal states no value, so it gets none
+    hedge = torch.zeros(n) if pool.answer_hedge is None else torch.sigmoid(pool.answer_hedge.float()) * answer * has_value
+    tail = [rank, later, earlier, has_value, pool.confidence.float(), answer, margin, hedge]
     return torch.cat([torch.stack(columns, -1), types, torch.stack(tail, -1)], -1).float()  # [N, F]
 
 

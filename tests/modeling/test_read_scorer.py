@@ -68,10 +68,11 @@ def test_listwise_loss_wants_the_positive_first_and_skips_pools_without_one():
 
 
 def test_pointer_answers_bring_their_margin_and_hedge_score():
-    pool = _pool(["a", "b", "c"], [0, 1, 2], types=["new", "answer", "answer"])
+    pool = _pool(["a", "b", "c", "d"], [0, 1, 2, 3], types=["new", "answer", "answer", "answer"], values=["v", "v", "v", None])
     f = pool_features("q", pool)
-    assert col(f, "answer") == [0.0, 1.0, 1.0] and col(f, "answer_margin") == col(f, "answer_hedge") == [0.0] * 3
-    pool.answer_margin, pool.answer_hedge = torch.tensor([5.0, 0.0, 2.0]), torch.tensor([5.0, -1.0, 3.0])
+    assert col(f, "answer") == [0.0, 1.0, 1.0, 1.0] and col(f, "answer_margin") == col(f, "answer_hedge") == [0.0] * 4
+    pool.answer_margin, pool.answer_hedge = torch.tensor([5.0, 0.0, 2.0, 1.0]), torch.tensor([5.0, -1.0, 3.0, 4.0])
     f = pool_features("q", pool)
-    assert col(f, "answer_margin") == pytest.approx([0.0, 0.5, float(torch.sigmoid(torch.tensor(2.0)))])
-    assert col(f, "answer_hedge") == pytest.approx([0.0] + torch.sigmoid(torch.tensor([-1.0, 3.0])).tolist())  # not the slot's
+    assert col(f, "answer_margin") == pytest.approx([0.0, 0.5] + torch.sigmoid(torch.tensor([2.0, 1.0])).tolist())
+    # hedged values: not the slot's, and not the withdrawal's (it states no value)
+    assert col(f, "answer_hedge") == pytest.approx([0.0] + torch.sigmoid(torch.tensor([-1.0, 3.0])).tolist() + [0.0])
