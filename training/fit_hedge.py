@@ -28,7 +28,8 @@ too much. Refit the reader afterwards (``memadapter.training.fit_reader``).
         --val-data counterfactual:val_squad:8 --filler-tokens 400 --seed 3 --cache runs/hedge_cache
 
 Example (plain tensors: feature 0 marks the hedged pairs):
-    >>> x = torch.randn(40, 3); y = torch.zeros(40); y[::4] = 1.0; x[:, 0] += 4 * y
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(40, 3, generator=g); y = torch.zeros(40); y[::4] = 1.0; x[:, 0] += 4 * y
     >>> head, log = fit_head(x, y, x, y, epochs=50)
     >>> log[0]["val_auc"], log[-1]["val_auc"] > 0.95
     (0.5, True)
@@ -161,19 +162,16 @@ def _encoded(model: Any, spec: tuple[str, str, int], seed: int, args: argparse.N
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = fit_parser("python -m memadapter.training.fit_hedge", __doc__, "answer pointer's hedge head")
+    p = fit_parser("python -m memadapter.training.fit_hedge", __doc__, "answer pointer's hedge head", cache=True)
     p.add_argument("--filler", type=int, default=3, help="filler sentences per stream (negatives)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--cache", default=None, help="keep each data spec's encoded pairs here; reused when present")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    model, train_specs, val_specs = fit_setup(args)
-    if model.answer_pointer is None:
-        raise SystemExit(f"{args.adapter}: the adapter has no answer pointer (fit one with fit_pointer first)")
+    model, train_specs, val_specs = fit_setup(args, pointer=True)
     train = [_encoded(model, spec, args.seed, args) for spec in train_specs]
     val = [_encoded(model, spec, args.seed + 1, args) for spec in val_specs]
     cat = lambda parts, i: torch.cat([p[i] for p in parts])  # noqa: E731

@@ -198,10 +198,11 @@ def build_streams(specs: Sequence[tuple[str, str, int]], seed: int, filler_token
         {"builder": builder, "split": split, "num_streams": n, "seed": seed, "builder_kwargs": kwargs})]
 
 
-def fit_parser(prog: str, doc: str, saved: str) -> argparse.ArgumentParser:
+def fit_parser(prog: str, doc: str, saved: str, cache: bool = False) -> argparse.ArgumentParser:
     """The arguments every refit command shares (fit_reader, fit_grounding, fit_pointer, fit_injector):
     the adapter, where the refitted one is saved (``saved`` says what it carries), training and
-    validation streams, device, dtype and progress bars."""
+    validation streams, device, dtype and progress bars; with ``cache``, ``--cache DIR`` for the
+    commands that keep each data spec's encoded pairs (fit_restatement, fit_hedge)."""
     p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="trained adapter directory (save_pretrained output)")
@@ -216,6 +217,8 @@ def fit_parser(prog: str, doc: str, saved: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device of the model (default: where it loads)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="model dtype")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if cache:
+        p.add_argument("--cache", default=None, help="keep each data spec's encoded pairs here; reused when present")
     return p
 
 
@@ -226,14 +229,17 @@ def save_report(out: str, name: str, report: dict, hidden: tuple[str, ...] = ("l
     print(json.dumps({k: v for k, v in report.items() if k not in hidden}, indent=1))
 
 
-def fit_setup(args: argparse.Namespace) -> tuple[Any, list, list]:
+def fit_setup(args: argparse.Namespace, pointer: bool = False) -> tuple[Any, list, list]:
     """(the adapter loaded on its base, the training specs, the validation specs) of parsed
-    :func:`fit_parser` arguments."""
+    :func:`fit_parser` arguments; with ``pointer``, exits when the adapter has no answer pointer."""
     from .generation_eval import _load_model, _model_dirs
 
     args.set = []
     train_specs, val_specs = parse_data(args.data, "--data"), parse_data(args.val_data, "--val-data")
-    return _load_model(args, *_model_dirs(args)), train_specs, val_specs
+    model = _load_model(args, *_model_dirs(args))
+    if pointer and model.answer_pointer is None:
+        raise SystemExit(f"{args.adapter}: the adapter has no answer pointer (fit one with fit_pointer first)")
+    return model, train_specs, val_specs
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -224,18 +224,15 @@ def fit_weights(train: PairSet, val: PairSet, decode, epochs: int = 300, lr: flo
 
 
 def _parser():
-    p = fit_parser("python -m memadapter.training.fit_restatement", __doc__, "answer pointer's restatement weights")
+    p = fit_parser("python -m memadapter.training.fit_restatement", __doc__, "answer pointer's restatement weights", cache=True)
     p.add_argument("--negatives", type=int, default=3, help="sentences of other facts per question")
     p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--cache", default=None, help="keep each data spec's encoded pairs here; reused when present")
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    model, train_specs, val_specs = fit_setup(args)
-    if model.answer_pointer is None:
-        raise SystemExit(f"{args.adapter}: the adapter has no answer pointer (fit one with fit_pointer first)")
+    model, train_specs, val_specs = fit_setup(args, pointer=True)
     train = pair_set([_encoded(model, spec, args.seed, args) for spec in train_specs], model.tokenizer)
     val = pair_set([_encoded(model, spec, args.seed + 1, args) for spec in val_specs], model.tokenizer)
     weights, log = fit_weights(train, val, model._decode, epochs=args.epochs)
