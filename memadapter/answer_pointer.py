@@ -14,7 +14,7 @@ read from its words ("no longer works") would be a wrong answer. A fourth score,
 token by a separate linear head (``hedge``), says that the sentence names a value without stating it
 as a fact ("It was wrongly said that ...", "... was only a rumoured ..."): the reader weighs it, with
 the version features, as a reason to trust the span less. It is fitted on its own, on the frozen
-pointer's states (``memadapter.training.fit_hedge``), so the span and withdrawal scores stay as they were.
+backbone's states (``memadapter.training.fit_hedge``), so the span and withdrawal scores stay as they were.
 
 Example:
     >>> head = AnswerPointer(in_features=4)

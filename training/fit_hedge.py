@@ -54,7 +54,7 @@ from memadapter.answer_pointer import last_text_token
 from memadapter.bm25 import lexical_agreement
 from memadapter.modeling.read_answers import pair_ids, pointer_features
 
-from .filler import split_sentences
+from .fit_pointer import filler_sentences
 from .fit_reader import build_streams, fit_parser, fit_setup, save_report
 
 HEDGED = "irrelevant"  # the generators' event type of rumours and hypotheticals
@@ -72,11 +72,7 @@ def stream_pairs(stream: dict, filler: int, rng: random.Random) -> list[Pair]:
         e = events[q["answer_event"]] if q.get("answer_event") is not None else None
         if e is not None:
             asks.setdefault((e.get("entity"), e.get("attribute")), q["question"])
-    cuts, gaps, prev = sorted((e["start"], e["end"]) for e in events), [], 0
-    for a, b in cuts:
-        gaps.append(text[prev:a])
-        prev = max(prev, b)
-    fill = [s for s in split_sentences(" ".join(gaps + [text[prev:]])) if len(s.split()) >= 4]
+    fill = filler_sentences(stream)
     sentences = [(text[e["start"]:e["end"]].strip(), e["event_type"] == HEDGED, asks.get((e.get("entity"), e.get("attribute"))))
                  for e in events] + [(s.strip(), False, None) for s in rng.sample(fill, min(filler, len(fill)))]
     out = []
@@ -180,11 +176,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model.answer_pointer.hedge.load_state_dict({k: v.to(model.answer_pointer.hedge.weight) for k, v in head.state_dict().items()})
     model._fingerprint_cache = None
     model.save_pretrained(args.out)
-    with torch.no_grad():
-        per_spec = {":".join(map(str, spec)): {"pairs": len(y), "hedged": int(y.sum()), "auc": roc_auc(head(x)[:, 0], y),
-                                               "share_above_0": {"hedged": float((head(x)[:, 0] > 0)[y > 0].float().mean()) if y.sum() else None,
-                                                                 "other": float((head(x)[:, 0] > 0)[y <= 0].float().mean())}}
-                    for spec, (x, y, _) in zip(val_specs, val)}
+    per_spec = {}
+    for spec, (x, y, _) in zip(val_specs, val):
+        with torch.no_grad():
+            score = head(x)[:, 0]
+        per_spec[":".join(map(str, spec))] = {
+            "pairs": len(y), "hedged": int(y.sum()), "auc": roc_auc(score, y),
+            "share_above_0": {"hedged": float((score[y > 0] > 0).float().mean()) if y.sum() else None,
+                              "other": float((score[y <= 0] > 0).float().mean())}}
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens, "filler": args.filler,
               "seed": args.seed, "train_pairs": int(sum(len(y) for _, y, _ in train)),
               "train_hedged": int(sum(float(y.sum()) for _, y, _ in train)),

@@ -72,15 +72,19 @@ def _fact(e: dict) -> tuple:
     return e.get("entity"), e.get("attribute")
 
 
+def filler_sentences(stream: dict) -> list[str]:
+    """The sentences of ``stream``'s text outside every event's span, of at least 4 words."""
+    text, gaps, prev = stream["text"], [], 0
+    for a, b in sorted((e["start"], e["end"]) for e in stream["events"]):
+        gaps.append(text[prev:a])
+        prev = max(prev, b)
+    return [s for s in split_sentences(" ".join(gaps + [text[prev:]])) if len(s.split()) >= 4]
+
+
 def stream_pairs(stream: dict, negatives: int, rng: random.Random) -> list[list[Pair]]:
     """Per question of ``stream`` with an answer event: its pairs (module docstring), positives first."""
     text, events = stream["text"], stream["events"]
-    cuts = sorted((e["start"], e["end"]) for e in events)
-    gaps, prev = [], 0
-    for a, b in cuts:
-        gaps.append(text[prev:a])
-        prev = max(prev, b)
-    filler = [s for s in split_sentences(" ".join(gaps + [text[prev:]])) if len(s.split()) >= 4]
+    filler = filler_sentences(stream)
     sentence = lambda e: text[e["start"]:e["end"]]
     span = lambda e: (e["value_start"] - e["start"], e["value_end"] - e["start"])
     out = []
