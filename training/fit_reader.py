@@ -5,13 +5,11 @@ stream is ingested once, and each of its questions gets the pool ``select`` woul
 (``MemAdapterForCausalLM.read_pools``). An entry is positive when it sits in the sentence of the
 question's answer event (the generator's character spans: a training target, never seen at
 inference) and reads as the answer does: a withdrawal for a withdrawn fact, an entry with a value
-otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong). Two
-kinds of wrong entry are marked besides: stale ones, which hold a value in the sentence of a
-superseded version of the asked fact (:func:`stale_events`), and wrong withdrawals, which say
-"no longer known" of a fact that is live. The scorer is fitted listwise on those pools
-(:func:`fit_scorer`), ``--stale-weight`` and ``--withdrawal-weight`` pushing those entries down
-further; the epoch is chosen on the pools of a validation split, and the adapter is saved with the
-fitted scorer.
+otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong). An entry
+is stale when it holds a value in the sentence of a superseded version of the asked fact
+(:func:`stale_events`). The scorer is fitted listwise on those pools (:func:`fit_scorer`), with
+``--stale-weight`` pushing the stale entries down further; the epoch is chosen on the pools of a
+validation split, and the adapter is saved with the fitted scorer.
 
     python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
         --data open:train:80 --data lifecycle:train:40 --data counterfactual:train:40 \\
@@ -42,54 +40,46 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from memadapter.errors import ConfigError
-from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, avoid_loss, listwise_loss, pool_features
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, listwise_loss, pool_features, stale_loss
 
 from .generation_eval import question_ids
 from .lifecycle_data import UNKNOWN
 
 
-AVOID = ("stale", "wrong_withdrawal")  # the wrong entries PoolSet marks, each with its own loss weight
-
-
 @dataclass
 class PoolSet:
-    """Padded pools: features [P, N, F], valid [P, N], positive [P, N], and the wrong entries to
-    avoid (:data:`AVOID`), stale [P, N] and wrong_withdrawal [P, N] (None: none marked)."""
+    """Padded pools: features [P, N, F], valid [P, N], positive [P, N] and stale [P, N] (None:
+    no entry is stale)."""
 
     features: torch.Tensor
     valid: torch.Tensor
     positive: torch.Tensor
     stale: Optional[torch.Tensor] = None
-    wrong_withdrawal: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
-        for name in AVOID:
-            if getattr(self, name) is None:
-                setattr(self, name, torch.zeros_like(self.positive))
+        if self.stale is None:
+            self.stale = torch.zeros_like(self.positive)
 
     @classmethod
-    def stack(cls, pools: Sequence[tuple[torch.Tensor, ...]]) -> "PoolSet":
-        """(features [n, F], positive [n], stale [n], wrong_withdrawal [n]) per pool -> one padded PoolSet."""
-        n = max([1] + [p[0].shape[0] for p in pools])
+    def stack(cls, pools: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> "PoolSet":
+        """(features [n, F], positive [n], stale [n]) per pool -> one padded PoolSet."""
+        n = max([1] + [f.shape[0] for f, _, _ in pools])
         out = cls(torch.zeros(len(pools), n, NUM_FEATURES), torch.zeros(len(pools), n, dtype=torch.bool),
                   torch.zeros(len(pools), n, dtype=torch.bool))
-        for i, (f, *labels) in enumerate(pools):
+        for i, (f, pos, stale) in enumerate(pools):
             m = f.shape[0]
-            out.features[i, :m], out.valid[i, :m] = f, True
-            for target, label in zip((out.positive, out.stale, out.wrong_withdrawal), labels):
-                target[i, :m] = label
+            out.features[i, :m], out.valid[i, :m], out.positive[i, :m], out.stale[i, :m] = f, True, pos, stale
         return out
 
     def save(self, path: str) -> None:
-        save_file({"features": self.features, "valid": self.valid, "positive": self.positive,
-                   **{name: getattr(self, name) for name in AVOID}}, path)
+        save_file({"features": self.features, "valid": self.valid, "positive": self.positive, "stale": self.stale}, path)
 
     @classmethod
     def load(cls, path: str) -> "PoolSet":
         t = load_file(path)
         if t["features"].shape[-1] != NUM_FEATURES:
             raise ConfigError(f"pools: {path} has {t['features'].shape[-1]} features, this reader reads {NUM_FEATURES}")
-        return cls(t["features"], t["valid"], t["positive"], **{name: t.get(name) for name in AVOID})
+        return cls(t["features"], t["valid"], t["positive"], t.get("stale"))
 
     def coverage(self) -> float:
         """Share of pools holding a positive entry (what any reader can get right at most)."""
@@ -161,9 +151,7 @@ def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) ->
             stale = torch.zeros_like(positive)
             for event in stale_events(stream, q):
                 stale |= label_pool(qp.pool.order, starts, event)
-            withdrawn = qp.pool.withdrawn.bool()
-            wrong_withdrawal = withdrawn & (q["answer"] != UNKNOWN)  # "no longer known" of a live fact
-            out.append((pool_features(qp.question, qp.pool), positive, stale & ~withdrawn, wrong_withdrawal))
+            out.append((pool_features(qp.question, qp.pool), positive, stale & ~qp.pool.withdrawn.bool()))
     return PoolSet.stack(out)
 
 
@@ -180,11 +168,11 @@ def pick_accuracy(scorer: ReadScorer, pools: PoolSet, labels: Optional[torch.Ten
 
 def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4,
                seed: int = 0, init: Optional[ReadScorer] = None, only: Sequence[str] = (),
-               stale_weight: float = 0.0, withdrawal_weight: float = 0.0) -> tuple[ReadScorer, list[dict]]:
-    """Full-batch Adam on :func:`listwise_loss` plus, per kind of wrong entry (:data:`AVOID`), its
-    weight times :func:`avoid_loss` on those entries, from the prior (or from a copy of ``init``);
-    keeps the epoch with the best validation pick accuracy less each weight times the rate at which
-    such entries are picked (ties: the earlier one). Returns the scorer and a log per 10 epochs.
+               stale_weight: float = 0.0) -> tuple[ReadScorer, list[dict]]:
+    """Full-batch Adam on :func:`listwise_loss` plus ``stale_weight`` times :func:`stale_loss`, from
+    the prior (or from a copy of ``init``); keeps the epoch with the best validation pick accuracy
+    less ``stale_weight`` times its stale pick rate (ties: the earlier one). Returns the scorer and
+    a log per 10 epochs.
 
     ``only`` (feature names, with ``init``): fit only the input weights of those features (their
     column of the linear score and of the MLP's first layer), without weight decay; every other
@@ -205,30 +193,26 @@ def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01
         weight_decay = 0.0
     opt = torch.optim.Adam([p for p in scorer.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
-    weights = dict(zip(AVOID, (stale_weight, withdrawal_weight)))
+    def criterion() -> tuple[float, float, float]:
+        acc, stale = pick_accuracy(scorer, val), pick_accuracy(scorer, val, val.stale)
+        return acc - stale_weight * stale, acc, stale
 
-    def criterion() -> tuple[float, dict]:
-        rates = {"val_pick": pick_accuracy(scorer, val)}
-        rates.update({f"val_{name}_pick": pick_accuracy(scorer, val, getattr(val, name)) for name in AVOID})
-        return rates["val_pick"] - sum(w * rates[f"val_{name}_pick"] for name, w in weights.items()), rates
-
-    best_score, rates = criterion()
+    best_score, acc, stale = criterion()
     best = copy.deepcopy(scorer.state_dict())
-    log = [{"epoch": 0, "loss": None, **rates}]
+    log = [{"epoch": 0, "loss": None, "val_pick": acc, "val_stale_pick": stale}]
     for epoch in range(1, epochs + 1):
         opt.zero_grad()
         scores = scorer(train.features)
         loss = listwise_loss(scores, train.valid, train.positive)
-        for name, w in weights.items():
-            if w:
-                loss = loss + w * avoid_loss(scores, train.valid, getattr(train, name))
+        if stale_weight:
+            loss = loss + stale_weight * stale_loss(scores, train.valid, train.stale)
         loss.backward()
         opt.step()
-        score, rates = criterion()
+        score, acc, stale = criterion()
         if score > best_score:
             best, best_score = copy.deepcopy(scorer.state_dict()), score
         if epoch % 10 == 0:
-            log.append({"epoch": epoch, "loss": float(loss.detach()), **rates})
+            log.append({"epoch": epoch, "loss": float(loss.detach()), "val_pick": acc, "val_stale_pick": stale})
     scorer.load_state_dict(best)
     return scorer, log
 
@@ -311,8 +295,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stale-weight", type=float, default=0.0,
                    help="weight of the loss on entries of superseded versions, and of the stale pick rate "
                         "subtracted from the validation pick accuracy that chooses the epoch")
-    p.add_argument("--withdrawal-weight", type=float, default=0.0,
-                   help="the same for withdrawals in the pools of questions whose fact is live")
     return p
 
 
@@ -331,21 +313,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     progress = not args.no_progress
     train = _pools(model, args.pools, train_specs, args.seed, args.filler_tokens, progress)
     val = _pools(model, args.val_pools, val_specs, args.seed + 1, args.filler_tokens, progress)
-    for flag, name in (("--stale-weight", "stale"), ("--withdrawal-weight", "wrong_withdrawal")):
-        if getattr(args, flag[2:].replace("-", "_")) and not bool(getattr(train, name).any()):
-            raise ConfigError(f"{flag}: the training pools mark no {name} entry (pools cached before these labels? "
-                              "collect them again)")
+    if args.stale_weight and not bool(train.stale.any()):
+        raise ConfigError("--stale-weight: the training pools mark no stale entry (pools cached before stale labels? "
+                          "collect them again)")
     prior, own = ReadScorer(), copy.deepcopy(model.read_scorer).float().cpu()
     scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed, stale_weight=args.stale_weight,
-                             withdrawal_weight=args.withdrawal_weight, init=own if args.only else None, only=args.only)
+                             init=own if args.only else None, only=args.only)
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
               "train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
               "val_coverage": val.coverage(), "prior_val_pick": pick_accuracy(prior, val),
               "fitted_val_pick": pick_accuracy(scorer, val), "fitted_train_pick": pick_accuracy(scorer, train),
-              "adapter_val_pick": pick_accuracy(own, val),
-              **{f"{who}_val_{name}_pick": pick_accuracy(s, val, getattr(val, name))
-                 for who, s in (("prior", prior), ("adapter", own), ("fitted", scorer)) for name in AVOID},
-              "stale_weight": args.stale_weight, "withdrawal_weight": args.withdrawal_weight, "only": args.only, "features": list(FEATURES), "log": log}
+              "prior_val_stale_pick": pick_accuracy(prior, val, val.stale), "adapter_val_pick": pick_accuracy(own, val),
+              "adapter_val_stale_pick": pick_accuracy(own, val, val.stale),
+              "fitted_val_stale_pick": pick_accuracy(scorer, val, val.stale), "stale_weight": args.stale_weight,
+              "only": args.only, "features": list(FEATURES), "log": log}
     model.read_scorer.load_state_dict(scorer.state_dict())
     model.save_pretrained(args.out)
     save_report(args.out, "fit_reader", report, ("log", "features"))
