@@ -192,24 +192,6 @@ def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Ten
     return (total - pos)[has].mean()
 
 
-def stale_loss(scores: torch.Tensor, valid: torch.Tensor, stale: torch.Tensor) -> torch.Tensor:
-    """Mean over pools of -log (1 - softmax mass on the stale entries): the entries of a fact's
-    superseded versions, which :func:`listwise_loss` counts no worse than any other wrong entry.
-    scores, valid, stale: [P, N]; a pool without a stale entry adds nothing.
-
-    Example:
-        >>> s = torch.tensor([[2.0, 0.0, 0.0]]); v = torch.ones(1, 3, dtype=torch.bool)
-        >>> round(float(stale_loss(s, v, torch.tensor([[False, True, False]]))), 3)
-        0.113
-    """
-    scores = scores.masked_fill(~valid, -1e9)
-    has = (stale & valid).any(-1)  # [P]
-    if not bool(has.any()):
-        return scores.sum() * 0.0
-    log_p = torch.logsumexp(scores.masked_fill(~(stale & valid), -1e9), -1) - torch.logsumexp(scores, -1)  # [P]
-    return -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))[has].mean()
-
-
 @torch.no_grad()
 def score_pools(scorer: ReadScorer, pools: Sequence[tuple[str, ReadPool]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(question, pool) pairs -> (scores [B, N], valid [B, N]): every entry of every pool in one

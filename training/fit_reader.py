@@ -5,11 +5,9 @@ stream is ingested once, and each of its questions gets the pool ``select`` woul
 (``MemAdapterForCausalLM.read_pools``). An entry is positive when it sits in the sentence of the
 question's answer event (the generator's character spans: a training target, never seen at
 inference) and reads as the answer does: a withdrawal for a withdrawn fact, an entry with a value
-otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong). An entry
-is stale when it holds a value in the sentence of a superseded version of the asked fact
-(:func:`stale_events`). The scorer is fitted listwise on those pools (:func:`fit_scorer`), with
-``--stale-weight`` pushing the stale entries down further; the epoch is chosen on the pools of a
-validation split, and the adapter is saved with the fitted scorer.
+otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong). The
+scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen on the pools of
+a validation split, and the adapter is saved with the fitted scorer.
 
     python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
         --data open:train:80 --data lifecycle:train:40 --data counterfactual:train:40 \\
@@ -40,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from memadapter.errors import ConfigError
-from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, listwise_loss, pool_features, stale_loss
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, listwise_loss, pool_features
 
 from .generation_eval import question_ids
 from .lifecycle_data import UNKNOWN
@@ -48,38 +46,31 @@ from .lifecycle_data import UNKNOWN
 
 @dataclass
 class PoolSet:
-    """Padded pools: features [P, N, F], valid [P, N], positive [P, N] and stale [P, N] (None:
-    no entry is stale)."""
+    """Padded pools: features [P, N, F], valid [P, N], positive [P, N]."""
 
     features: torch.Tensor
     valid: torch.Tensor
     positive: torch.Tensor
-    stale: Optional[torch.Tensor] = None
-
-    def __post_init__(self) -> None:
-        if self.stale is None:
-            self.stale = torch.zeros_like(self.positive)
 
     @classmethod
-    def stack(cls, pools: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> "PoolSet":
-        """(features [n, F], positive [n], stale [n]) per pool -> one padded PoolSet."""
-        n = max([1] + [f.shape[0] for f, _, _ in pools])
+    def stack(cls, pools: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> "PoolSet":
+        """(features [n, F], positive [n]) per pool -> one padded PoolSet."""
+        n = max([1] + [f.shape[0] for f, _ in pools])
         out = cls(torch.zeros(len(pools), n, NUM_FEATURES), torch.zeros(len(pools), n, dtype=torch.bool),
                   torch.zeros(len(pools), n, dtype=torch.bool))
-        for i, (f, pos, stale) in enumerate(pools):
-            m = f.shape[0]
-            out.features[i, :m], out.valid[i, :m], out.positive[i, :m], out.stale[i, :m] = f, True, pos, stale
+        for i, (f, pos) in enumerate(pools):
+            out.features[i, :f.shape[0]], out.valid[i, :f.shape[0]], out.positive[i, :f.shape[0]] = f, True, pos
         return out
 
     def save(self, path: str) -> None:
-        save_file({"features": self.features, "valid": self.valid, "positive": self.positive, "stale": self.stale}, path)
+        save_file({"features": self.features, "valid": self.valid, "positive": self.positive}, path)
 
     @classmethod
     def load(cls, path: str) -> "PoolSet":
         t = load_file(path)
         if t["features"].shape[-1] != NUM_FEATURES:
             raise ConfigError(f"pools: {path} has {t['features'].shape[-1]} features, this reader reads {NUM_FEATURES}")
-        return cls(t["features"], t["valid"], t["positive"], t.get("stale"))
+        return cls(t["features"], t["valid"], t["positive"])
 
     def coverage(self) -> float:
         """Share of pools holding a positive entry (what any reader can get right at most)."""
@@ -115,23 +106,6 @@ def reads_as(withdrawn: torch.Tensor, answer: str) -> torch.Tensor:
     return withdrawn.bool() == (answer == UNKNOWN)
 
 
-def stale_events(stream: dict, question: dict) -> list[dict]:
-    """The events that state a superseded value of the asked fact: the answer event's entity and
-    attribute, an earlier version, a value (hearsay, version 0, is wrong but not stale).
-
-    Example:
-        >>> ev = [{"entity": "A", "attribute": "city", "version": 1, "value": "Rome", "event_type": "new"},
-        ...       {"entity": "A", "attribute": "city", "version": 2, "value": "Oslo", "event_type": "update"},
-        ...       {"entity": "A", "attribute": "city", "version": 0, "value": "Nice", "event_type": "irrelevant"}]
-        >>> [e["value"] for e in stale_events({"events": ev}, {"answer_event": 1})]
-        ['Rome']
-    """
-    answer = stream["events"][question["answer_event"]]
-    return [e for i, e in enumerate(stream["events"]) if i != question["answer_event"]
-            and (e.get("entity"), e.get("attribute")) == (answer.get("entity"), answer.get("attribute"))
-            and 0 < e.get("version", 0) < answer.get("version", 0) and e.get("value")]
-
-
 @torch.no_grad()
 def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) -> PoolSet:
     """Ingest each stream once and build the labelled pool of each of its questions."""
@@ -148,31 +122,23 @@ def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) ->
             qp = model.read_pools(memory, ids, torch.ones_like(ids))[0]
             positive = label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])
             positive &= reads_as(qp.pool.withdrawn, q["answer"])
-            stale = torch.zeros_like(positive)
-            for event in stale_events(stream, q):
-                stale |= label_pool(qp.pool.order, starts, event)
-            out.append((pool_features(qp.question, qp.pool), positive, stale & ~qp.pool.withdrawn.bool()))
+            out.append((pool_features(qp.question, qp.pool), positive))
     return PoolSet.stack(out)
 
 
-def pick_accuracy(scorer: ReadScorer, pools: PoolSet, labels: Optional[torch.Tensor] = None) -> float:
-    """Share of pools whose best-scored entry is positive (pools without a positive count as misses);
-    with ``labels`` [P, N], the share whose pick is one of those instead (``pools.stale``: the stale
-    pick rate)."""
+def pick_accuracy(scorer: ReadScorer, pools: PoolSet) -> float:
+    """Share of pools whose best-scored entry is positive (pools without a positive count as misses)."""
     with torch.no_grad():
         scores = scorer(pools.features).masked_fill(~pools.valid, float("-inf"))
     pick = scores.argmax(-1)
-    labels = pools.positive if labels is None else labels
-    return float(labels.gather(1, pick[:, None]).float().mean()) if len(pick) else 0.0
+    return float(pools.positive.gather(1, pick[:, None]).float().mean()) if len(pick) else 0.0
 
 
 def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4,
-               seed: int = 0, init: Optional[ReadScorer] = None, only: Sequence[str] = (),
-               stale_weight: float = 0.0) -> tuple[ReadScorer, list[dict]]:
-    """Full-batch Adam on :func:`listwise_loss` plus ``stale_weight`` times :func:`stale_loss`, from
-    the prior (or from a copy of ``init``); keeps the epoch with the best validation pick accuracy
-    less ``stale_weight`` times its stale pick rate (ties: the earlier one). Returns the scorer and
-    a log per 10 epochs.
+               seed: int = 0, init: Optional[ReadScorer] = None, only: Sequence[str] = ()) -> tuple[ReadScorer, list[dict]]:
+    """Full-batch Adam on :func:`listwise_loss` from the prior (or from a copy of ``init``); keeps the
+    epoch with the best validation pick accuracy (ties: the earlier one). Returns the scorer and a
+    log per 10 epochs.
 
     ``only`` (feature names, with ``init``): fit only the input weights of those features (their
     column of the linear score and of the MLP's first layer), without weight decay; every other
@@ -192,27 +158,18 @@ def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01
             w.register_hook(lambda g: g * columns.to(g.dtype))
         weight_decay = 0.0
     opt = torch.optim.Adam([p for p in scorer.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-
-    def criterion() -> tuple[float, float, float]:
-        acc, stale = pick_accuracy(scorer, val), pick_accuracy(scorer, val, val.stale)
-        return acc - stale_weight * stale, acc, stale
-
-    best_score, acc, stale = criterion()
-    best = copy.deepcopy(scorer.state_dict())
-    log = [{"epoch": 0, "loss": None, "val_pick": acc, "val_stale_pick": stale}]
+    best, best_acc = copy.deepcopy(scorer.state_dict()), pick_accuracy(scorer, val)
+    log = [{"epoch": 0, "loss": None, "val_pick": best_acc}]
     for epoch in range(1, epochs + 1):
         opt.zero_grad()
-        scores = scorer(train.features)
-        loss = listwise_loss(scores, train.valid, train.positive)
-        if stale_weight:
-            loss = loss + stale_weight * stale_loss(scores, train.valid, train.stale)
+        loss = listwise_loss(scorer(train.features), train.valid, train.positive)
         loss.backward()
         opt.step()
-        score, acc, stale = criterion()
-        if score > best_score:
-            best, best_score = copy.deepcopy(scorer.state_dict()), score
+        acc = pick_accuracy(scorer, val)
+        if acc > best_acc:
+            best, best_acc = copy.deepcopy(scorer.state_dict()), acc
         if epoch % 10 == 0:
-            log.append({"epoch": epoch, "loss": float(loss.detach()), "val_pick": acc, "val_stale_pick": stale})
+            log.append({"epoch": epoch, "loss": float(loss.detach()), "val_pick": acc})
     scorer.load_state_dict(best)
     return scorer, log
 
@@ -292,9 +249,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-pools", default=None, help="the same for the validation pools")
     p.add_argument("--only", action="append", default=[], metavar="FEATURE", choices=FEATURES,
                    help="fit only this feature's input weights, starting from the adapter's own scorer (repeatable)")
-    p.add_argument("--stale-weight", type=float, default=0.0,
-                   help="weight of the loss on entries of superseded versions, and of the stale pick rate "
-                        "subtracted from the validation pick accuracy that chooses the epoch")
     return p
 
 
@@ -313,19 +267,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     progress = not args.no_progress
     train = _pools(model, args.pools, train_specs, args.seed, args.filler_tokens, progress)
     val = _pools(model, args.val_pools, val_specs, args.seed + 1, args.filler_tokens, progress)
-    if args.stale_weight and not bool(train.stale.any()):
-        raise ConfigError("--stale-weight: the training pools mark no stale entry (pools cached before stale labels? "
-                          "collect them again)")
-    prior, own = ReadScorer(), copy.deepcopy(model.read_scorer).float().cpu()
-    scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed, stale_weight=args.stale_weight,
-                             init=own if args.only else None, only=args.only)
+    prior = ReadScorer()
+    scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed,
+                             init=model.read_scorer.float().cpu() if args.only else None, only=args.only)
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
               "train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
               "val_coverage": val.coverage(), "prior_val_pick": pick_accuracy(prior, val),
               "fitted_val_pick": pick_accuracy(scorer, val), "fitted_train_pick": pick_accuracy(scorer, train),
-              "prior_val_stale_pick": pick_accuracy(prior, val, val.stale), "adapter_val_pick": pick_accuracy(own, val),
-              "adapter_val_stale_pick": pick_accuracy(own, val, val.stale),
-              "fitted_val_stale_pick": pick_accuracy(scorer, val, val.stale), "stale_weight": args.stale_weight,
               "only": args.only, "features": list(FEATURES), "log": log}
     model.read_scorer.load_state_dict(scorer.state_dict())
     model.save_pretrained(args.out)

@@ -68,35 +68,6 @@ def test_fit_scorer_only_learns_the_named_feature_from_the_given_scorer():
         fit_scorer(pools(4, 0), pools(4, 1), epochs=1, only=["answer_hedge"])
 
 
-def test_fit_scorer_with_a_stale_weight_pushes_superseded_versions_down(tmp_path):
-    """No pool holds its answer (listwise has nothing to learn), and the best key match is a
-    superseded version marked by later_version: only the stale loss moves the pick off it, and
-    the epoch is chosen by validation pick accuracy less the stale pick rate."""
-    def pools(n, seed):
-        g = torch.Generator().manual_seed(seed)
-        f = torch.zeros(n, 3, NUM_FEATURES)
-        f[..., FEATURES.index("key_match")] = torch.rand(n, 3, generator=g)
-        f[:, 0, FEATURES.index("key_match")] += 1.0
-        f[:, 0, FEATURES.index("later_version")] = 0.9
-        stale = torch.tensor([[True, False, False]] * n)
-        return PoolSet(f, torch.ones(n, 3, dtype=torch.bool), torch.zeros(n, 3, dtype=torch.bool), stale)
-    train, val = pools(32, 0), pools(16, 1)
-    plain, _ = fit_scorer(train, val, epochs=50, lr=0.1)
-    assert pick_accuracy(plain, val, val.stale) == 1.0
-    weighted, log = fit_scorer(train, val, epochs=50, lr=0.1, stale_weight=1.0)
-    assert log[0]["val_stale_pick"] == 1.0 and pick_accuracy(weighted, val, val.stale) == 0.0
-    train.save(str(tmp_path / "p.safetensors"))
-    assert torch.equal(PoolSet.load(str(tmp_path / "p.safetensors")).stale, train.stale)
-
-
-def test_pools_cached_without_stale_labels_load_with_none_marked(tmp_path):
-    from safetensors.torch import save_file
-    f, v = torch.zeros(2, 3, NUM_FEATURES), torch.ones(2, 3, dtype=torch.bool)
-    save_file({"features": f, "valid": v, "positive": v.clone()}, str(tmp_path / "old.safetensors"))
-    old = PoolSet.load(str(tmp_path / "old.safetensors"))
-    assert old.stale.shape == (2, 3) and not bool(old.stale.any())
-
-
 def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
     rng = random.Random(0)
     streams = [generate_stream(rng, split="train", num_entities=2, num_updates=1, num_distractors=1, num_uniform=1)
@@ -125,7 +96,6 @@ def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
     pools.save(str(tmp_path / "p.safetensors"))
     again = PoolSet.load(str(tmp_path / "p.safetensors"))
     assert torch.equal(again.features, pools.features) and torch.equal(again.positive, pools.positive)
-    assert torch.equal(again.stale, pools.stale) and not bool((pools.stale & pools.positive).any())  # other sentences
     memory = model.new_memory()
     model.ingest(memory, streams[0]["text"], progress=False)
     every = list(range(len(memory.indexes[0])))
