@@ -136,7 +136,7 @@ def pick_accuracy(scorer: ReadScorer, pools: PoolSet) -> float:
 
 def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4,
                seed: int = 0, init: Optional[ReadScorer] = None, only: Sequence[str] = ()) -> tuple[ReadScorer, list[dict]]:
-    """Full-batch Adam on :func:`listwise_loss` from the prior (or from a copy of ``init``); keeps the
+    """Full-batch Adam on :func:`listwise_loss` from the prior (or from a float32 CPU copy of ``init``); keeps the
     epoch with the best validation pick accuracy (ties: the earlier one). Returns the scorer and a
     log per 10 epochs.
 
@@ -145,7 +145,7 @@ def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01
     tensor stays as ``init`` has it. So a feature appended to a fitted scorer is learned without
     moving what the scorer had learned."""
     torch.manual_seed(seed)
-    scorer = ReadScorer() if init is None else copy.deepcopy(init)
+    scorer = ReadScorer() if init is None else copy.deepcopy(init).float().cpu()
     if only:
         if init is None:
             raise ConfigError("fit_scorer: only= needs init= (the scorer whose other weights stay)")
@@ -269,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     val = _pools(model, args.val_pools, val_specs, args.seed + 1, args.filler_tokens, progress)
     prior = ReadScorer()
     scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed,
-                             init=model.read_scorer.float().cpu() if args.only else None, only=args.only)
+                             init=model.read_scorer if args.only else None, only=args.only)
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
               "train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
               "val_coverage": val.coverage(), "prior_val_pick": pick_accuracy(prior, val),
