@@ -23,23 +23,13 @@ from memadapter.modeling.read_answers import pair_ids, pointer_features
 from memadapter.training import generation_eval as ge
 
 
-def padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and mask [G, T]."""
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for g, r in enumerate(rows):
-        ids[g, :len(r)], mask[g, :len(r)] = torch.tensor(r), 1
-    return ids, mask
-
-
 def shared_prompt_features(model, prompt: list[int], sentences: list[list[int]], layers: list[int]) -> torch.Tensor:
     """``pointer_features`` of [prompt + sentence] rows [G, n + S, L * H], the prompt read once."""
     decoder = backbone_parts(model.backbone).decoder
     device = next(model.backbone.parameters()).device
     p = torch.tensor([prompt], device=device)  # [1, n]
     head = decoder(input_ids=p, attention_mask=torch.ones_like(p), use_cache=True, output_hidden_states=True)
-    ids, mask = padded(sentences, device)  # [G, S]
+    ids, mask = model._right_pad(sentences)  # [G, S], padded as the read path pads its pairs
     g, n = len(sentences), len(prompt)
     cache = head.past_key_values
     cache.batch_repeat_interleave(g)  # the prompt's keys and values, once per sentence
@@ -51,13 +41,14 @@ def shared_prompt_features(model, prompt: list[int], sentences: list[list[int]],
     return torch.cat([states[i] for i in layers], -1)
 
 
-def best_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    """(the fastest of ``repeats`` calls of ``fn``, in seconds; what the last call returned)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        out = fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return min(times), out
 
 
 def main():
@@ -96,12 +87,11 @@ def main():
                     continue
                 encoded = [pair_ids(tok, question, s) for _, _, s, _ in found]
                 n = encoded[0][1]
-                pair_ids_, mask = padded([e for e, _ in encoded], device)
-                plain = pointer_features(model, pair_ids_, mask, layers)[0]
-                shared = shared_prompt_features(model, encoded[0][0][:n], [e[n:] for e, _ in encoded], layers)
-                t_plain = best_time(lambda: pointer_features(model, pair_ids_, mask, layers), args.repeats)
-                t_shared = best_time(lambda: shared_prompt_features(model, encoded[0][0][:n], [e[n:] for e, _ in encoded],
-                                                                    layers), args.repeats)
+                pairs, mask = model._right_pad([e for e, _ in encoded])  # as the read path pads them
+                sentences = [e[n:] for e, _ in encoded]
+                t_plain, plain = best_time(lambda: pointer_features(model, pairs, mask, layers)[0], args.repeats)
+                t_shared, shared = best_time(lambda: shared_prompt_features(model, encoded[0][0][:n], sentences, layers),
+                                             args.repeats)
                 rows.append({"question": question, "prompt_tokens": n, "sentence_tokens": [len(e) - n for e, _ in encoded],
                              "plain_s": t_plain, "shared_s": t_shared, "ratio": t_shared / t_plain,
                              "max_abs_diff": float((plain - shared)[mask.bool()].abs().max())})
