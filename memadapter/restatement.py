@@ -70,6 +70,30 @@ def restatement(sentence: str, earlier: str) -> tuple[float, list[tuple[int, int
     return shared / len(b), changes
 
 
+_EDGE_PUNCT = ".,;:!?"
+
+
+def replaced_runs(sentence: str, earlier: str) -> tuple[float, list[tuple[int, int]]]:
+    """(share of ``sentence``'s words ``earlier`` repeats, [(start, end)] characters of each run of
+    ``sentence``'s words that replace words of ``earlier``, without the sentence punctuation at its
+    edges): in a correction that restates its sentence, the candidate new values.
+
+    >>> s = "Correction: The Rhine is the longest river in Brest."
+    >>> share, runs = replaced_runs(s, "The Rhine is the longest river in Germany.")
+    >>> [s[a:b] for a, b in runs]
+    ['Brest']
+    """
+    share, changes = restatement(sentence, earlier)
+    runs = []
+    for start, end, kind in changes:
+        piece = sentence[start:end]
+        left = len(piece) - len(piece.lstrip(_EDGE_PUNCT))
+        right = len(piece) - len(piece.rstrip(_EDGE_PUNCT))
+        if kind == "replaced" and left + right < len(piece):
+            runs.append((start + left, end - right))
+    return share, runs
+
+
 def nearest_earlier(sentence: str, earlier: Sequence[str]) -> Optional[int]:
     """Index of the sentence of ``earlier`` that holds the largest share of ``sentence``'s distinct
     words (the first on a tie; a set count, cheap over a whole chunk's sentences); None when none

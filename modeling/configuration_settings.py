@@ -164,6 +164,10 @@ class ReadConfig(_Settings):
     word_spans: bool = _help(False, """The AnswerPointer's spans start and end at word boundaries: never inside a
         run of non-space characters ("28564" of "2856496", "-21" of "D-21"), though before a word's trailing
         punctuation or possessive "'s". False: any tokens, as the pointer was trained.""")
+    restated_runs: float = _help(0.0, """A sentence the AnswerPointer reads that repeats at least this share of its
+        words from an earlier retrieved sentence (a correction restating what it corrects) adds each run of words
+        it replaced there to the pool as answers, whole and as the pointer's best span touching the run, whatever
+        the pointer's own span; the ReadScorer weighs them (features restated_run, restated_span). 0: none.""")
     withdrawn_text: Optional[str] = _help(None, """What a selected entry without value text (a withdrawn fact, or
         a fact read without a value span) copies as its value tokens, e.g. "unknown"; None = none, its pooled
         vector alone. Training copies the same tokens for such gold events, so set it before training.""")
@@ -174,6 +178,7 @@ class ReadConfig(_Settings):
         self._count("fallback_chunks", optional=True)
         self._count("name_chunks", allow_zero=True)
         self._count("answer_sentences", allow_zero=True)
+        self._number("restated_runs", 0.0, 1.0)
         if self.withdrawn_text is not None and (not isinstance(self.withdrawn_text, str) or not self.withdrawn_text.strip()):
             raise ConfigError(f"read.withdrawn_text: expected None or a non-empty string, got {self.withdrawn_text!r}")
 

@@ -24,10 +24,10 @@ from typing import Any, Optional
 
 import torch
 
-from memadapter.answer_pointer import PROMPT, best_spans, withdraws, word_bounds
+from memadapter.answer_pointer import MAX_SPAN, PROMPT, best_spans, withdraws, word_bounds
 from memadapter.bm25 import lexical_agreement
 from memadapter.request_memory import RequestMemory
-from memadapter.restatement import FEATURES as RESTATEMENT_FEATURES, nearest_earlier, token_changes
+from memadapter.restatement import FEATURES as RESTATEMENT_FEATURES, nearest_earlier, replaced_runs, token_changes
 from memadapter.sentences import sentence_spans
 
 from .backbones import backbone_parts
@@ -97,7 +97,7 @@ class AnswersMixin:
             return []
         agree = lexical_agreement(question, [s for _, _, s in found], True)
         best = sorted(sorted(range(len(found)), key=lambda j: -agree[j])[:self.config.read.answer_sentences])
-        restates = bool(self.answer_pointer.restated.detach().abs().sum() > 0)
+        restates = bool(self.answer_pointer.restated.detach().abs().sum() > 0) or self.config.read.restated_runs > 0
         at = lambda f: (memory.indexes[b].span(f[0])[0], f[1])  # noqa: E731  a sentence's place in the stream
         out = []
         for j in (j for j in best if agree[j] > 0):
@@ -135,8 +135,55 @@ class AnswersMixin:
                 if float(withdrawal[r]) > 0:
                     found.append(self._withdrawal_event(memory, b, chunk_id, char, sentence, hidden[r], text[r],
                                                         float(withdrawal[r])))
+                bounds = None if starts is None else (starts[r], ends[r])
+                found[0], runs = self._restated_runs(memory, pairs[k], encoded[k], hidden[r], text[r], logits[r], bounds,
+                                                     found[0])
+                found += runs
                 out[b] += [replace(e, answer_hedge=float(hedge[r])) for e in found]
         return out
+
+    def _restated_runs(self, memory: RequestMemory, pair: tuple, encoded: tuple[list[int], int], hidden: torch.Tensor,
+                       text: torch.Tensor, logits: torch.Tensor, bounds: Optional[tuple[torch.Tensor, torch.Tensor]],
+                       answer: GroundedEvent) -> tuple[GroundedEvent, list[GroundedEvent]]:
+        """(``answer``, [more answer events]) for one pair. When its sentence restates an earlier one
+        (repeats at least ``read.restated_runs`` of its words), each run of words it replaces there
+        (:func:`replaced_runs`: in a correction, the new value) gives two answer events: the run
+        whole (``restated_run``) and the pointer's best span that overlaps it (``restated_span``;
+        logits [T, 3]; ``bounds``: where a span may start / end [T] each, None: anywhere). A run can
+        carry the update's own words ("now 0.8" for "861 GB" -> "now 0.8 GB") and a span can cut a
+        value, so the ReadScorer weighs both. Each field holds the share repeated; an event equal to
+        another (``answer`` included) marks that one instead of being added twice."""
+        b, chunk_id, char, sentence, earlier = pair
+        floor = self.config.read.restated_runs
+        found = None if earlier is None or floor <= 0 else _sentence_offsets(self.tokenizer, sentence)
+        share, runs = replaced_runs(found[0], earlier) if found is not None else (0.0, [])
+        if share < floor or not runs:
+            return answer, []
+        n = encoded[1]
+        null = torch.tensor([n - 1], device=logits.device)  # the prompt's last token is the null position
+        pos = torch.arange(text.shape[0], device=text.device)
+        events = {(answer.value_text, answer.position): answer}
+        for c0, c1 in runs:
+            tokens = [t for t, (s, e) in enumerate(found[1]) if e > c0 and s < c1]
+            if not tokens:
+                continue
+            first, last = n + tokens[0], n + tokens[-1]  # the run's first and last token in the pair
+            spans = []
+            if last - first < MAX_SPAN:
+                whole = logits[first, 0] + logits[last, 1] - logits[n - 1, 0] - logits[n - 1, 1]
+                spans.append(("restated_run", first, last, float(whole)))
+            start_ok, end_ok = text & (pos <= last), text & (pos >= first)  # [T]: the span touches the run
+            if bounds is not None:
+                start_ok, end_ok = start_ok & bounds[0], end_ok & bounds[1]
+            s, e, margin = best_spans(logits[None, :, :2], text[None], null, starts=start_ok[None], ends=end_ok[None])
+            if int(s[0]) <= last and int(e[0]) >= first:
+                spans.append(("restated_span", int(s[0]), int(e[0]), float(margin[0])))
+            for field, s_, e_, m in spans:
+                event = self._answer_event(memory, b, chunk_id, char, sentence, encoded, hidden, text, s_, e_, m)
+                key = (event.value_text, event.position)
+                events[key] = replace(events.get(key, event), **{field: share})
+        answer = events.pop((answer.value_text, answer.position))
+        return answer, list(events.values())
 
     def _changes(self, pairs: list[tuple[str, Optional[str]]], n: torch.Tensor, text: torch.Tensor) -> Optional[torch.Tensor]:
         """Each row's restatement features [G, T, R] (:func:`sentence_changes` of its (sentence,

@@ -20,7 +20,7 @@ Example:
     ...                 confidence=torch.tensor([0.9, 1.0]))
     >>> f = pool_features("Where does Alice live?", pool)
     >>> f.shape, int(ReadScorer()(f).argmax())
-    (torch.Size([2, 23]), 0)
+    (torch.Size([2, 25]), 0)
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ FEATURES: tuple[str, ...] = (
     "answer_margin",  # sigmoid of its span's margin over "no answer here" (a withdrawal: of its score; others 0)
     # appended 2026-12-07
     "answer_hedge",  # sigmoid of the pointer's hedge score of its sentence, on a pointer answer with a value (others 0)
+    # appended 2026-12-07 (thirteenth session)
+    "restated_run",  # a pointer answer that is a whole run of words its sentence replaces in an earlier one: the share repeated (others 0)
+    "restated_span",  # the pointer's best span touching such a run: the share repeated (others 0)
 )
 NUM_FEATURES = len(FEATURES)
 PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score
@@ -69,8 +72,9 @@ class ReadPool:
     """One question's candidates, slots first then grounded events: their key, sentence and value
     texts (value None: withdrawn or none), unit keys [N, dk], key match with the question [N],
     stream order [N], and per entry whether it is a slot, a withdrawal, its event type name ("" for
-    a slot, "answer" for a pointer answer), its confidence, its pointer margin and its sentence's
-    hedge score (None: no pointer answer in the pool; else [N], 0 for the other entries)."""
+    a slot, "answer" for a pointer answer), its confidence, its pointer margin, its sentence's
+    hedge score and, on a replaced run of a restated sentence or the pointer's best span touching
+    one, the share repeated (None: no pointer answer in the pool; else [N], 0 for the other entries)."""
 
     key_texts: list[str]
     sentences: list[str]
@@ -84,6 +88,8 @@ class ReadPool:
     confidence: torch.Tensor
     answer_margin: Optional[torch.Tensor] = None
     answer_hedge: Optional[torch.Tensor] = None
+    restated_run: Optional[torch.Tensor] = None
+    restated_span: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.key_texts)
@@ -130,7 +136,8 @@ def pool_features(question: str, pool: ReadPool) -> torch.Tensor:
     has_value = torch.tensor([float(bool(v and v.strip())) for v in pool.value_texts])
     # a hedge discounts a value told as hearsay; a withdrawal states no value, so it gets none
     hedge = torch.zeros(n) if pool.answer_hedge is None else torch.sigmoid(pool.answer_hedge.float()) * answer * has_value
-    tail = [rank, later, earlier, has_value, pool.confidence.float(), answer, margin, hedge]
+    run, span = (torch.zeros(n) if r is None else r.float() for r in (pool.restated_run, pool.restated_span))
+    tail = [rank, later, earlier, has_value, pool.confidence.float(), answer, margin, hedge, run, span]
     return torch.cat([torch.stack(columns, -1), types, torch.stack(tail, -1)], -1).float()  # [N, F]
 
 
@@ -190,6 +197,24 @@ def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Ten
     total = torch.logsumexp(scores, -1)
     pos = torch.logsumexp(scores.masked_fill(~(positive & valid), -1e9), -1)
     return (total - pos)[has].mean()
+
+
+def stale_loss(scores: torch.Tensor, valid: torch.Tensor, stale: torch.Tensor) -> torch.Tensor:
+    """Mean over pools of -log (1 - softmax mass on the stale entries): the entries of a fact's
+    superseded versions, which :func:`listwise_loss` counts no worse than any other wrong entry.
+    scores, valid, stale: [P, N]; a pool without a stale entry adds nothing.
+
+    Example:
+        >>> s = torch.tensor([[2.0, 0.0, 0.0]]); v = torch.ones(1, 3, dtype=torch.bool)
+        >>> round(float(stale_loss(s, v, torch.tensor([[False, True, False]]))), 3)
+        0.113
+    """
+    scores = scores.masked_fill(~valid, -1e9)
+    has = (stale & valid).any(-1)  # [P]
+    if not bool(has.any()):
+        return scores.sum() * 0.0
+    log_p = torch.logsumexp(scores.masked_fill(~(stale & valid), -1e9), -1) - torch.logsumexp(scores, -1)  # [P]
+    return -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))[has].mean()
 
 
 @torch.no_grad()

@@ -222,7 +222,10 @@ class GroundedEvent:
     score (its key's match with the question), position (token offset of its key in the stream)
     and the text of its sentence (:func:`sentence_around`; None: the key text stands for it). A
     pointer answer (``memadapter.modeling.read_answers``) also has the margin of its span over
-    "no answer here" and its sentence's hedge score (``AnswerPointer.hedges``)."""
+    "no answer here" and its sentence's hedge score (``AnswerPointer.hedges``). When its sentence
+    restates an earlier one, an answer that is a whole run of words replaced there has
+    ``restated_run``, and the pointer's best span touching such a run ``restated_span``: each the
+    share of the sentence the earlier one repeats."""
 
     key_text: str
     value_text: Optional[str]
@@ -234,6 +237,8 @@ class GroundedEvent:
     sentence: Optional[str] = None
     answer_margin: Optional[float] = None
     answer_hedge: Optional[float] = None
+    restated_run: Optional[float] = None
+    restated_span: Optional[float] = None
 
     @property
     def withdraws(self) -> bool:

@@ -75,7 +75,7 @@ def test_card_renders_the_bundled_adapter_and_names_a_bad_folder(tmp_path, capsy
     out = tmp_path / "README.md"
     assert cli.main(["card", str(bundled_adapter_path()), "--results", str(results), "--out", str(out)]) == 0
     card = out.read_text()
-    assert card.startswith("---\nlibrary_name: memadapter") and "0.9" in card and "1677594" in card.replace(",", "")  # heads 1,231,629 + pointer 445,140 + reader 825
+    assert card.startswith("---\nlibrary_name: memadapter") and "0.9" in card and "1677660" in card.replace(",", "")  # heads 1,231,629 + pointer 445,140 + reader 891
     assert capsys.readouterr().err.strip() == f"wrote {out}"
     _user_error(["card", str(tmp_path / "nope")], capsys, "nope")
     results.write_text("[1, 2]")

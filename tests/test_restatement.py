@@ -1,6 +1,8 @@
 """memadapter.restatement: which words of a restated sentence changed, and the earlier sentence it restates."""
 
-from memadapter.restatement import FEATURES, nearest_earlier, restatement, token_changes
+import pytest
+
+from memadapter.restatement import FEATURES, nearest_earlier, replaced_runs, restatement, token_changes
 
 
 def test_a_correction_marks_its_new_value_replaced_and_its_signal_inserted():
@@ -35,3 +37,11 @@ def test_nearest_earlier_prefers_the_sentence_holding_most_of_its_words():
     assert nearest_earlier("The Rhine is the longest river in Brest.", earlier) == 2
     assert nearest_earlier("Nothing shared here", earlier) is None
     assert nearest_earlier("anything", []) is None
+
+
+def test_replaced_runs_are_the_replaced_words_without_sentence_punctuation_at_their_edges():
+    new = 'Correction: the band was formed in "Time", Tennessee in 1999.'
+    share, runs = replaced_runs(new, "The band was formed in Knoxville, Tennessee in 1999.")
+    assert [new[a:b] for a, b in runs] == ['"Time"'] and share == pytest.approx(8 / 10)
+    assert replaced_runs("Alice lives in Paris.", "Alice lives in Paris.") == (1.0, [])  # nothing changed
+    assert replaced_runs("Update: Alice lives in Paris.", "Alice lives in Paris.")[1] == []  # inserted only

@@ -5,9 +5,12 @@ stream is ingested once, and each of its questions gets the pool ``select`` woul
 (``MemAdapterForCausalLM.read_pools``). An entry is positive when it sits in the sentence of the
 question's answer event (the generator's character spans: a training target, never seen at
 inference) and reads as the answer does: a withdrawal for a withdrawn fact, an entry with a value
-otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong). The
-scorer is fitted listwise on those pools (:func:`fit_scorer`); the epoch is chosen on the pools of
-a validation split, and the adapter is saved with the fitted scorer.
+otherwise (a pointer answer read from a retraction's words, "no longer works", is wrong), and of
+those, the ones whose value text is the answer where any is (:func:`spells`). An entry is stale
+when it holds a value in the sentence of a superseded version of the asked fact
+(:func:`stale_events`). The scorer is fitted listwise on those pools (:func:`fit_scorer`), with
+``--stale-weight`` pushing the stale entries down further; the epoch is chosen on the pools of a
+validation split, and the adapter is saved with the fitted scorer.
 
     python -m memadapter.training.fit_reader --adapter runs/smollm2_open --out runs/smollm2_open_reader \\
         --data open:train:80 --data lifecycle:train:40 --data counterfactual:train:40 \\
@@ -38,39 +41,47 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from memadapter.errors import ConfigError
-from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, listwise_loss, pool_features
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer, listwise_loss, pool_features, stale_loss
 
+from .answer_scoring import exact_match
 from .generation_eval import question_ids
 from .lifecycle_data import UNKNOWN
 
 
 @dataclass
 class PoolSet:
-    """Padded pools: features [P, N, F], valid [P, N], positive [P, N]."""
+    """Padded pools: features [P, N, F], valid [P, N], positive [P, N] and stale [P, N] (None:
+    no entry is stale)."""
 
     features: torch.Tensor
     valid: torch.Tensor
     positive: torch.Tensor
+    stale: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.stale is None:
+            self.stale = torch.zeros_like(self.positive)
 
     @classmethod
-    def stack(cls, pools: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> "PoolSet":
-        """(features [n, F], positive [n]) per pool -> one padded PoolSet."""
-        n = max([1] + [f.shape[0] for f, _ in pools])
+    def stack(cls, pools: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> "PoolSet":
+        """(features [n, F], positive [n], stale [n]) per pool -> one padded PoolSet."""
+        n = max([1] + [f.shape[0] for f, _, _ in pools])
         out = cls(torch.zeros(len(pools), n, NUM_FEATURES), torch.zeros(len(pools), n, dtype=torch.bool),
                   torch.zeros(len(pools), n, dtype=torch.bool))
-        for i, (f, pos) in enumerate(pools):
-            out.features[i, :f.shape[0]], out.valid[i, :f.shape[0]], out.positive[i, :f.shape[0]] = f, True, pos
+        for i, (f, pos, stale) in enumerate(pools):
+            m = f.shape[0]
+            out.features[i, :m], out.valid[i, :m], out.positive[i, :m], out.stale[i, :m] = f, True, pos, stale
         return out
 
     def save(self, path: str) -> None:
-        save_file({"features": self.features, "valid": self.valid, "positive": self.positive}, path)
+        save_file({"features": self.features, "valid": self.valid, "positive": self.positive, "stale": self.stale}, path)
 
     @classmethod
     def load(cls, path: str) -> "PoolSet":
         t = load_file(path)
         if t["features"].shape[-1] != NUM_FEATURES:
             raise ConfigError(f"pools: {path} has {t['features'].shape[-1]} features, this reader reads {NUM_FEATURES}")
-        return cls(t["features"], t["valid"], t["positive"])
+        return cls(t["features"], t["valid"], t["positive"], t.get("stale"))
 
     def coverage(self) -> float:
         """Share of pools holding a positive entry (what any reader can get right at most)."""
@@ -95,6 +106,21 @@ def label_pool(order: torch.Tensor, char_starts: list[int], event: dict) -> torc
     return torch.tensor([event["start"] <= c < event["end"] for c in chars], dtype=torch.bool)
 
 
+def spells(value_texts: Sequence[Optional[str]], answer: str, positive: torch.Tensor) -> torch.Tensor:
+    """[N] bool: of the ``positive`` entries, those whose value text is the answer (exact match after
+    normalising); all of them when none is, or when the fact was withdrawn. Two answers read from
+    the answer's sentence ("formed in Time", "Time") are not equally right.
+
+    Example:
+        >>> spells(["formed in Time", "Time", "Time"], "Time", torch.tensor([True, True, False])).tolist()
+        [False, True, False]
+    """
+    if answer == UNKNOWN:
+        return positive
+    exact = torch.tensor([bool(v) and exact_match(v, answer) for v in value_texts], dtype=torch.bool) & positive
+    return exact if bool(exact.any()) else positive
+
+
 def reads_as(withdrawn: torch.Tensor, answer: str) -> torch.Tensor:
     """[N] bool: the entries that read as ``answer`` does (``withdrawn`` [N]): withdrawals when the
     fact was withdrawn (``answer`` is "unknown"), entries that hold a value otherwise.
@@ -104,6 +130,23 @@ def reads_as(withdrawn: torch.Tensor, answer: str) -> torch.Tensor:
         ([True, False], [False, True])
     """
     return withdrawn.bool() == (answer == UNKNOWN)
+
+
+def stale_events(stream: dict, question: dict) -> list[dict]:
+    """The events that state a superseded value of the asked fact: the answer event's entity and
+    attribute, an earlier version, a value (hearsay, version 0, is wrong but not stale).
+
+    Example:
+        >>> ev = [{"entity": "A", "attribute": "city", "version": 1, "value": "Rome", "event_type": "new"},
+        ...       {"entity": "A", "attribute": "city", "version": 2, "value": "Oslo", "event_type": "update"},
+        ...       {"entity": "A", "attribute": "city", "version": 0, "value": "Nice", "event_type": "irrelevant"}]
+        >>> [e["value"] for e in stale_events({"events": ev}, {"answer_event": 1})]
+        ['Rome']
+    """
+    answer = stream["events"][question["answer_event"]]
+    return [e for i, e in enumerate(stream["events"]) if i != question["answer_event"]
+            and (e.get("entity"), e.get("attribute")) == (answer.get("entity"), answer.get("attribute"))
+            and 0 < e.get("version", 0) < answer.get("version", 0) and e.get("value")]
 
 
 @torch.no_grad()
@@ -122,23 +165,47 @@ def collect_pools(model: Any, streams: Iterable[dict], progress: bool = True) ->
             qp = model.read_pools(memory, ids, torch.ones_like(ids))[0]
             positive = label_pool(qp.pool.order, starts, stream["events"][q["answer_event"]])
             positive &= reads_as(qp.pool.withdrawn, q["answer"])
-            out.append((pool_features(qp.question, qp.pool), positive))
+            positive = spells(qp.pool.value_texts, q["answer"], positive)
+            stale = torch.zeros_like(positive)
+            for event in stale_events(stream, q):
+                stale |= label_pool(qp.pool.order, starts, event)
+            out.append((pool_features(qp.question, qp.pool), positive, stale & ~qp.pool.withdrawn.bool()))
     return PoolSet.stack(out)
 
 
-def pick_accuracy(scorer: ReadScorer, pools: PoolSet) -> float:
-    """Share of pools whose best-scored entry is positive (pools without a positive count as misses)."""
+def pick_accuracy(scorer: ReadScorer, pools: PoolSet, labels: Optional[torch.Tensor] = None) -> float:
+    """Share of pools whose best-scored entry is positive (pools without a positive count as misses);
+    with ``labels`` [P, N], the share whose pick is one of those instead (``pools.stale``: the stale
+    pick rate)."""
     with torch.no_grad():
         scores = scorer(pools.features).masked_fill(~pools.valid, float("-inf"))
     pick = scores.argmax(-1)
-    return float(pools.positive.gather(1, pick[:, None]).float().mean()) if len(pick) else 0.0
+    labels = pools.positive if labels is None else labels
+    return float(labels.gather(1, pick[:, None]).float().mean()) if len(pick) else 0.0
+
+
+def live_withdrawals(pools: PoolSet) -> torch.Tensor:
+    """[P, N] bool: the withdrawal entries of the pools whose answer is a value (a positive that is
+    not a withdrawal): picking one says "unknown" for a live fact.
+
+    Example:
+        >>> f = torch.zeros(2, 2, NUM_FEATURES); f[:, 1, FEATURES.index("withdrawn")] = 1.0
+        >>> pools = PoolSet(f, torch.ones(2, 2, dtype=torch.bool), torch.tensor([[True, False], [False, True]]))
+        >>> live_withdrawals(pools).tolist()
+        [[False, True], [False, False]]
+    """
+    withdrawn = pools.features[..., FEATURES.index("withdrawn")] > 0.5  # [P, N]
+    live = (pools.positive & ~withdrawn).any(-1) & ~(pools.positive & withdrawn).any(-1)  # [P]
+    return withdrawn & pools.valid & live[:, None]
 
 
 def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01, weight_decay: float = 1e-4,
-               seed: int = 0, init: Optional[ReadScorer] = None, only: Sequence[str] = ()) -> tuple[ReadScorer, list[dict]]:
-    """Full-batch Adam on :func:`listwise_loss` from the prior (or from a float32 CPU copy of ``init``); keeps the
-    epoch with the best validation pick accuracy (ties: the earlier one). Returns the scorer and a
-    log per 10 epochs.
+               seed: int = 0, init: Optional[ReadScorer] = None, only: Sequence[str] = (),
+               stale_weight: float = 0.0) -> tuple[ReadScorer, list[dict]]:
+    """Full-batch Adam on :func:`listwise_loss` plus ``stale_weight`` times :func:`stale_loss`, from
+    the prior (or from a float32 CPU copy of ``init``); keeps the epoch with the best validation pick
+    accuracy less ``stale_weight`` times its stale pick rate (ties: the earlier one). Returns the
+    scorer and a log per 10 epochs.
 
     ``only`` (feature names, with ``init``): fit only the input weights of those features (their
     column of the linear score and of the MLP's first layer), without weight decay; every other
@@ -158,18 +225,27 @@ def fit_scorer(train: PoolSet, val: PoolSet, epochs: int = 300, lr: float = 0.01
             w.register_hook(lambda g: g * columns.to(g.dtype))
         weight_decay = 0.0
     opt = torch.optim.Adam([p for p in scorer.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    best, best_acc = copy.deepcopy(scorer.state_dict()), pick_accuracy(scorer, val)
-    log = [{"epoch": 0, "loss": None, "val_pick": best_acc}]
+
+    def criterion() -> tuple[float, float, float]:
+        acc, stale = pick_accuracy(scorer, val), pick_accuracy(scorer, val, val.stale)
+        return acc - stale_weight * stale, acc, stale
+
+    best_score, acc, stale = criterion()
+    best = copy.deepcopy(scorer.state_dict())
+    log = [{"epoch": 0, "loss": None, "val_pick": acc, "val_stale_pick": stale}]
     for epoch in range(1, epochs + 1):
         opt.zero_grad()
-        loss = listwise_loss(scorer(train.features), train.valid, train.positive)
+        scores = scorer(train.features)
+        loss = listwise_loss(scores, train.valid, train.positive)
+        if stale_weight:
+            loss = loss + stale_weight * stale_loss(scores, train.valid, train.stale)
         loss.backward()
         opt.step()
-        acc = pick_accuracy(scorer, val)
-        if acc > best_acc:
-            best, best_acc = copy.deepcopy(scorer.state_dict()), acc
+        score, acc, stale = criterion()
+        if score > best_score:
+            best, best_score = copy.deepcopy(scorer.state_dict()), score
         if epoch % 10 == 0:
-            log.append({"epoch": epoch, "loss": float(loss.detach()), "val_pick": acc})
+            log.append({"epoch": epoch, "loss": float(loss.detach()), "val_pick": acc, "val_stale_pick": stale})
     scorer.load_state_dict(best)
     return scorer, log
 
@@ -234,7 +310,7 @@ def fit_setup(args: argparse.Namespace, pointer: bool = False) -> tuple[Any, lis
     :func:`fit_parser` arguments; with ``pointer``, exits when the adapter has no answer pointer."""
     from .generation_eval import _load_model, _model_dirs
 
-    args.set = []
+    args.set = getattr(args, "set", None) or []
     train_specs, val_specs = parse_data(args.data, "--data"), parse_data(args.val_data, "--val-data")
     model = _load_model(args, *_model_dirs(args))
     if pointer and model.answer_pointer is None:
@@ -249,6 +325,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-pools", default=None, help="the same for the validation pools")
     p.add_argument("--only", action="append", default=[], metavar="FEATURE", choices=FEATURES,
                    help="fit only this feature's input weights, starting from the adapter's own scorer (repeatable)")
+    p.add_argument("--stale-weight", type=float, default=0.0,
+                   help="weight of the loss on entries of superseded versions, and of the stale pick rate "
+                        "subtracted from the validation pick accuracy that chooses the epoch")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a read setting the pools are read with and the saved adapter keeps, by its flat name, "
+                        "the value as JSON (--set restated_runs=0.5)")
     return p
 
 
@@ -267,13 +349,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     progress = not args.no_progress
     train = _pools(model, args.pools, train_specs, args.seed, args.filler_tokens, progress)
     val = _pools(model, args.val_pools, val_specs, args.seed + 1, args.filler_tokens, progress)
-    prior = ReadScorer()
-    scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed,
-                             init=model.read_scorer if args.only else None, only=args.only)
+    if args.stale_weight and not bool(train.stale.any()):
+        raise ConfigError("--stale-weight: the training pools mark no stale entry (pools cached before stale labels? "
+                          "collect them again)")
+    prior, own = ReadScorer(), copy.deepcopy(model.read_scorer).float().cpu()
+    scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed, stale_weight=args.stale_weight,
+                             init=own if args.only else None, only=args.only)
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
               "train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
               "val_coverage": val.coverage(), "prior_val_pick": pick_accuracy(prior, val),
               "fitted_val_pick": pick_accuracy(scorer, val), "fitted_train_pick": pick_accuracy(scorer, train),
+              "prior_val_stale_pick": pick_accuracy(prior, val, val.stale), "adapter_val_pick": pick_accuracy(own, val),
+              "adapter_val_stale_pick": pick_accuracy(own, val, val.stale),
+              "fitted_val_stale_pick": pick_accuracy(scorer, val, val.stale), "stale_weight": args.stale_weight,
+              "adapter_val_live_withdrawal_pick": pick_accuracy(own, val, live_withdrawals(val)),
+              "fitted_val_live_withdrawal_pick": pick_accuracy(scorer, val, live_withdrawals(val)),
               "only": args.only, "features": list(FEATURES), "log": log}
     model.read_scorer.load_state_dict(scorer.state_dict())
     model.save_pretrained(args.out)

@@ -14,7 +14,7 @@ def test_the_bundled_adapter_is_package_data_with_both_files():
     heads = sum(t.numel() for k, t in weights.items() if not k.startswith(("read_scorer.", "answer_pointer.")))
     assert heads == 1_231_629  # the heads trained on 2026-12-03
     assert sum(t.numel() for k, t in weights.items() if k.startswith("answer_pointer.")) == 445_140  # its answer pointer (16: restatement weights; 1,729: hedge head)
-    assert sum(t.numel() for k, t in weights.items() if k.startswith("read_scorer.")) == 825  # its fitted reader (23 features)
+    assert sum(t.numel() for k, t in weights.items() if k.startswith("read_scorer.")) == 891  # its fitted reader (25 features)
 
 
 def test_a_missing_bundled_adapter_names_the_reinstall(monkeypatch):

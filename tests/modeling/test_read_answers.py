@@ -8,7 +8,7 @@ from conftest import STREAM, build, ingest, tiny_backbone, tiny_tokenizer
 from memadapter.errors import ConfigError
 from memadapter.modeling import MemAdapterConfig, MemAdapterForCausalLM
 from memadapter.modeling.read_answers import ANSWER, pair_ids
-from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, pool_features
 from memadapter.restatement import FEATURES as RESTATEMENT_FEATURES
 
 
@@ -138,6 +138,73 @@ def test_a_sentence_is_read_against_the_earlier_sentence_it_restates_once_the_po
         [("Update alice lives in berlin .", "Alice lives in paris .")]
     update = [e for e in _answers(model, mem, tok, "where does alice live") if e.sentence.startswith("Update")]
     assert [e.value_text for e in update] == ["berlin"]
+
+
+def _restated(e):
+    return e.restated_run is not None or e.restated_span is not None
+
+
+def test_restated_runs_add_the_replaced_words_of_a_restated_sentence_as_answers():
+    tok = tiny_tokenizer(tuple(RESTATED.split()) + ("where", "does", "live"))
+    model = _pointer_model(tok, chunk_tokens=32)  # zero restatement weights: the pointer's spans are its own
+    model.config.read.answer_sentences = 3
+    mem = ingest(model, [RESTATED])
+    before = _answers(model, mem, tok, "where does alice live")
+    assert not any(_restated(e) for e in before)
+    model.config.read.restated_runs = 0.5  # read time only: the same memory
+    after = _answers(model, mem, tok, "where does alice live")
+    # "Update alice lives in berlin ." repeats 4 of its 6 words from "Alice lives in paris ."
+    whole = [e for e in after if e.restated_run is not None]
+    assert [(e.value_text, round(e.restated_run, 3)) for e in whole] == [("berlin", round(4 / 6, 3))]
+    assert all(e.sentence.startswith("Update") and e.answer_margin is not None for e in after if _restated(e))
+    touching = [e for e in after if e.restated_span is not None]  # the pointer's best span over "berlin"
+    assert len(touching) == 1 and "berlin" in touching[0].value_text.split()
+    assert len({(e.value_text, e.position) for e in after}) == len(after)  # each span once
+    unmarked = {(e.value_text, e.position) for e in after if not _restated(e)}
+    assert unmarked <= {(e.value_text, e.position) for e in before}
+    enc = tok(["where does alice live"], return_tensors="pt", padding=True)
+    pool = model.read_pools(mem, enc["input_ids"], enc["attention_mask"])[0].pool
+    features = pool_features("where does alice live", pool)
+    for name, marked in (("restated_run", whole), ("restated_span", touching)):
+        column = features[:, FEATURES.index(name)]
+        assert sorted(column[column > 0].tolist()) == pytest.approx([4 / 6] * len(marked))
+    model.config.read.restated_runs = 0.9  # the update repeats less than that: nothing added
+    assert not any(_restated(e) for e in _answers(model, mem, tok, "where does alice live"))
+
+
+def test_a_restated_run_gives_the_whole_run_and_the_pointers_best_span_touching_it(monkeypatch):
+    from memadapter.modeling import read_answers
+
+    text = "Alice lives in paris gb . Bob lives in rome . Update alice lives in now berlin gb ."
+    tok = tiny_tokenizer(tuple(text.split()) + ("where", "does", "live"))
+    model = _pointer_model(tok, chunk_tokens=32)
+    model.config.read.answer_sentences, model.config.read.restated_runs = 3, 0.5
+    mem = ingest(model, [text])
+    ids_of = tok.convert_tokens_to_ids
+    seen, original = {}, read_answers.pointer_features
+
+    def features(m, ids, mask, layers):  # remember the pairs' ids for the pointer below
+        seen["ids"] = ids
+        return original(m, ids, mask, layers)
+
+    def pointer(feats, changes=None):  # spans start on "berlin" and end on "gb"; nothing is withdrawn
+        logits = torch.zeros(*seen["ids"].shape, 3)
+        logits[..., 0] = (seen["ids"] == ids_of("berlin")).float() * 10.0
+        logits[..., 1] = (seen["ids"] == ids_of("gb")).float() * 10.0
+        logits[..., 2] = -100.0
+        return logits
+
+    monkeypatch.setattr(read_answers, "pointer_features", features)
+    monkeypatch.setattr(model.answer_pointer, "forward", pointer)
+    found = [e for e in _answers(model, mem, tok, "where does alice live") if e.sentence.startswith("Update")]
+    # the update replaced "paris" by "now berlin": the whole run, and the pointer's span that runs on to its unit
+    assert {e.value_text for e in found if e.restated_run is not None} == {"now berlin"}
+    assert {e.value_text for e in found if e.restated_span is not None} == {"berlin gb"}
+
+
+def test_restated_runs_must_be_a_share():
+    with pytest.raises(ConfigError, match="restated_runs"):
+        MemAdapterConfig(read={"restated_runs": 1.5})
 
 
 def test_an_adapter_saved_before_the_restatement_weights_loads_them_as_zeros(tokenizer):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadPool, ReadScorer, listwise_loss, pool_features
+from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadPool, ReadScorer, listwise_loss, pool_features, stale_loss
 
 
 def _pool(key_texts, order, keys=None, slots=None, withdrawn=None, types=None, values=None, match=None):
@@ -66,6 +66,14 @@ def test_listwise_loss_wants_the_positive_first_and_skips_pools_without_one():
     assert listwise_loss(good, valid, pos) < 0.01 < listwise_loss(bad, valid, pos)  # padding never counts
     assert float(listwise_loss(good, valid, torch.zeros_like(pos))) == 0.0
 
+
+def test_stale_loss_wants_little_mass_on_the_stale_entries_and_skips_pools_without_one():
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    stale = torch.tensor([[True, False, True], [False, False, False]])
+    low, high = torch.tensor([[-5.0, 5.0, 9.0], [1.0, 2.0, 3.0]]), torch.tensor([[5.0, -5.0, -9.0], [1.0, 2.0, 3.0]])
+    assert stale_loss(low, valid, stale) < 0.01 < 1.0 < stale_loss(high, valid, stale)  # padding never counts
+    assert float(stale_loss(high, valid, torch.zeros_like(stale))) == 0.0
+    assert torch.isfinite(stale_loss(torch.tensor([[50.0, -50.0, 0.0]]), valid[:1], stale[:1]))  # all mass stale: capped
 
 def test_pointer_answers_bring_their_margin_and_hedge_score():
     pool = _pool(["a", "b", "c", "d"], [0, 1, 2, 3], types=["new", "answer", "answer", "answer"], values=["v", "v", "v", None])

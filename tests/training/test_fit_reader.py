@@ -12,8 +12,8 @@ from memadapter.modeling.modeling_memadapter import MemAdapterForCausalLM
 from memadapter.modeling.read_candidates import reference_read
 from memadapter.modeling.read_scorer import FEATURES, NUM_FEATURES, ReadScorer
 from memadapter.modeling.tiny import tiny_backbone
-from memadapter.training.fit_reader import PoolSet, collect_pools, fit_scorer, label_pool, pick_accuracy
-from memadapter.training.lifecycle_data import generate_stream
+from memadapter.training.fit_reader import PoolSet, collect_pools, fit_scorer, label_pool, live_withdrawals, pick_accuracy, spells
+from memadapter.training.lifecycle_data import UNKNOWN, generate_stream
 from memadapter.training.train import build_word_tokenizer
 
 
@@ -21,6 +21,14 @@ def test_label_pool_marks_the_entries_in_the_answer_sentence():
     starts = [0, 4, 9, 15, 20]  # characters where tokens 0..4 start
     event = {"start": 9, "end": 20}
     assert label_pool(torch.tensor([0.0, 2.0, 3.5, 4.0, 99.0]), starts, event).tolist() == [False, True, True, False, False]
+
+
+def test_spells_keeps_the_entries_whose_value_is_the_answer_where_any_is():
+    positive = torch.tensor([True, True, True, False])
+    values = ["formed in Time", "Time.", None, "Time"]
+    assert spells(values, "time", positive).tolist() == [False, True, False, False]
+    assert spells(values, "Knoxville", positive).tolist() == positive.tolist()  # none spells it: all stay
+    assert spells(values, UNKNOWN, positive).tolist() == positive.tolist()  # a withdrawn fact: no value to spell
 
 
 def test_fit_scorer_learns_what_the_prior_gets_wrong():
@@ -68,6 +76,35 @@ def test_fit_scorer_only_learns_the_named_feature_from_the_given_scorer():
         fit_scorer(pools(4, 0), pools(4, 1), epochs=1, only=["answer_hedge"])
 
 
+def test_fit_scorer_with_a_stale_weight_pushes_superseded_versions_down(tmp_path):
+    """No pool holds its answer (listwise has nothing to learn), and the best key match is a
+    superseded version marked by later_version: only the stale loss moves the pick off it, and
+    the epoch is chosen by validation pick accuracy less the stale pick rate."""
+    def pools(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        f = torch.zeros(n, 3, NUM_FEATURES)
+        f[..., FEATURES.index("key_match")] = torch.rand(n, 3, generator=g)
+        f[:, 0, FEATURES.index("key_match")] += 1.0
+        f[:, 0, FEATURES.index("later_version")] = 0.9
+        stale = torch.tensor([[True, False, False]] * n)
+        return PoolSet(f, torch.ones(n, 3, dtype=torch.bool), torch.zeros(n, 3, dtype=torch.bool), stale)
+    train, val = pools(32, 0), pools(16, 1)
+    plain, _ = fit_scorer(train, val, epochs=50, lr=0.1)
+    assert pick_accuracy(plain, val, val.stale) == 1.0
+    weighted, log = fit_scorer(train, val, epochs=50, lr=0.1, stale_weight=1.0)
+    assert log[0]["val_stale_pick"] == 1.0 and pick_accuracy(weighted, val, val.stale) == 0.0
+    train.save(str(tmp_path / "p.safetensors"))
+    assert torch.equal(PoolSet.load(str(tmp_path / "p.safetensors")).stale, train.stale)
+
+
+def test_pools_cached_without_stale_labels_load_with_none_marked(tmp_path):
+    from safetensors.torch import save_file
+    f, v = torch.zeros(2, 3, NUM_FEATURES), torch.ones(2, 3, dtype=torch.bool)
+    save_file({"features": f, "valid": v, "positive": v.clone()}, str(tmp_path / "old.safetensors"))
+    old = PoolSet.load(str(tmp_path / "old.safetensors"))
+    assert old.stale.shape == (2, 3) and not bool(old.stale.any())
+
+
 def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
     rng = random.Random(0)
     streams = [generate_stream(rng, split="train", num_entities=2, num_updates=1, num_distractors=1, num_uniform=1)
@@ -96,6 +133,7 @@ def test_collect_pools_from_a_tiny_model_and_cache_them(tmp_path):
     pools.save(str(tmp_path / "p.safetensors"))
     again = PoolSet.load(str(tmp_path / "p.safetensors"))
     assert torch.equal(again.features, pools.features) and torch.equal(again.positive, pools.positive)
+    assert torch.equal(again.stale, pools.stale) and not bool((pools.stale & pools.positive).any())  # other sentences
     memory = model.new_memory()
     model.ingest(memory, streams[0]["text"], progress=False)
     every = list(range(len(memory.indexes[0])))
@@ -111,3 +149,19 @@ def _chunk_texts(model, stream):
     memory = model.new_memory()
     model.ingest(memory, stream["text"], progress=False)
     return [memory.indexes[0].text(i) for i in range(len(memory.indexes[0]))]
+
+
+def test_live_withdrawals_are_the_withdrawals_of_pools_whose_answer_is_a_value():
+    f = torch.zeros(3, 3, NUM_FEATURES)
+    f[:, 2, FEATURES.index("withdrawn")] = 1.0  # the last entry of each pool is a withdrawal
+    valid = torch.tensor([[True, True, True], [True, True, True], [True, True, False]])
+    positive = torch.tensor([[True, False, False],  # a live fact: its withdrawal says "unknown" wrongly
+                             [False, False, True],  # a withdrawn fact: the withdrawal is right
+                             [True, False, False]])  # a live fact, its withdrawal entry padding
+    pools = PoolSet(f, valid, positive)
+    assert live_withdrawals(pools).tolist() == [[False, False, True], [False, False, False], [False, False, False]]
+    scorer = ReadScorer()
+    with torch.no_grad():
+        scorer.linear.weight.zero_()
+        scorer.linear.weight[0, FEATURES.index("withdrawn")] = 5.0  # picks every withdrawal it can
+    assert pick_accuracy(scorer, pools, live_withdrawals(pools)) == pytest.approx(1 / 3)
