@@ -181,6 +181,14 @@ def widen_features(saved: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     return saved
 
 
+def _log_share(scores: torch.Tensor, valid: torch.Tensor, entries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log of the softmax mass on ``entries`` [P], whether the pool holds one [P]); scores, valid,
+    entries: [P, N], the invalid entries left out of the softmax."""
+    scores = scores.masked_fill(~valid, -1e9)
+    chosen = entries & valid
+    return torch.logsumexp(scores.masked_fill(~chosen, -1e9), -1) - torch.logsumexp(scores, -1), chosen.any(-1)
+
+
 def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """Mean over pools of -log (softmax mass on the positive entries). scores, valid, positive:
     [P, N]; a pool without a positive entry adds nothing.
@@ -190,13 +198,8 @@ def listwise_loss(scores: torch.Tensor, valid: torch.Tensor, positive: torch.Ten
         >>> round(float(listwise_loss(s, v, torch.tensor([[True, False, False]]))), 3)
         0.24
     """
-    scores = scores.masked_fill(~valid, -1e9)
-    has = (positive & valid).any(-1)  # [P]
-    if not bool(has.any()):
-        return scores.sum() * 0.0
-    total = torch.logsumexp(scores, -1)
-    pos = torch.logsumexp(scores.masked_fill(~(positive & valid), -1e9), -1)
-    return (total - pos)[has].mean()
+    log_p, has = _log_share(scores, valid, positive)
+    return -log_p[has].mean() if bool(has.any()) else scores.sum() * 0.0
 
 
 def stale_loss(scores: torch.Tensor, valid: torch.Tensor, stale: torch.Tensor) -> torch.Tensor:
@@ -209,12 +212,8 @@ def stale_loss(scores: torch.Tensor, valid: torch.Tensor, stale: torch.Tensor) -
         >>> round(float(stale_loss(s, v, torch.tensor([[False, True, False]]))), 3)
         0.113
     """
-    scores = scores.masked_fill(~valid, -1e9)
-    has = (stale & valid).any(-1)  # [P]
-    if not bool(has.any()):
-        return scores.sum() * 0.0
-    log_p = torch.logsumexp(scores.masked_fill(~(stale & valid), -1e9), -1) - torch.logsumexp(scores, -1)  # [P]
-    return -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))[has].mean()
+    log_p, has = _log_share(scores, valid, stale)
+    return -torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))[has].mean() if bool(has.any()) else scores.sum() * 0.0
 
 
 @torch.no_grad()

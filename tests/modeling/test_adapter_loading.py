@@ -56,7 +56,7 @@ def test_the_keys_transformers_writes_and_the_committed_adapter_still_load(caplo
     with pytest.raises(ConfigError, match="^lifecycle_typing: a retired research variant"):
         MemAdapterConfig.from_dict({**committed, "lifecycle_typing": True})  # its weights need the removed layer
     assert loaded.read == ReadConfig(router_confidence_threshold=0.5, fallback_chunks=5, name_chunks=3, withdrawn_text="unknown",
-                                     answer_sentences=4, word_spans=True)
+                                     answer_sentences=4, word_spans=True, restated_runs=0.5)
     assert not set(loaded.to_dict()["read"]) & set(RETIRED_READ_SETTINGS)
     assert all(t.is_floating_point() for t in hub.load_adapter_weights(COMMITTED).values())
 

@@ -30,10 +30,11 @@ def test_committed_adapter_loads_ingests_and_generates():
     assert ingest.retract_tombstones and ingest.snap_spans
     assert ingest.chunk_boundary == "sentence"
     # its read rules were retired; the live settings are kept, the answer pointer reads 4 sentences with
-    # word-bounded spans (v8), and the learned reader was fitted on the adapter's own pools (fit_reader,
+    # word-bounded spans (v8), the words a correction replaced join the pool (v27), and the learned reader
+    # was fitted on the adapter's own pools (fit_reader,
     # epoch chosen on validation halves)
     assert read == ReadConfig(router_confidence_threshold=0.5, fallback_chunks=5, name_chunks=3, withdrawn_text="unknown",
-                              answer_sentences=4, word_spans=True)
+                              answer_sentences=4, word_spans=True, restated_runs=0.5)
     assert cfg.answer_layers == [8, 16, 30] and model.answer_pointer is not None
     state = model.adapter_state_dict()
     assert sum(v.numel() for k, v in state.items()
