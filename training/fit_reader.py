@@ -282,7 +282,7 @@ def fit_parser(prog: str, doc: str, saved: str, cache: bool = False) -> argparse
     p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="trained adapter directory (save_pretrained output)")
-    p.add_argument("--base", default=None, help="local base model directory (default: the SmolLM2 cache dir)")
+    p.add_argument("--base", default=None, help="local base model directory (default: the cache of the adapter's real base model, else SmolLM2's)")
     p.add_argument("--out", required=True, help=f"where the adapter with the {saved} is saved")
     p.add_argument("--data", action="append", required=True, metavar="BUILDER:SPLIT:STREAMS",
                    help="training streams, e.g. open:train:60 (repeat the flag to mix builders)")

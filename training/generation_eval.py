@@ -29,6 +29,7 @@ ci_low, ci_high, contains}``, one per (method, question kind) and a pooled ``kin
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -320,7 +321,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m memadapter.training.generation_eval",
                                 description="Exact-match accuracy of generated answers on held-out lifecycle streams.")
     p.add_argument("--adapter", required=True, help="local adapter directory (save_pretrained output)")
-    p.add_argument("--base", default=None, help="local base model directory (default: the SmolLM2 cache dir)")
+    p.add_argument("--base", default=None, help="local base model directory (default: the cache of the adapter's real base model, else SmolLM2's)")
     p.add_argument("--builder", default="lifecycle", choices=("lifecycle", "open", "counterfactual"),
                    help="stream generator for --split (open: open_data.SPLITS; counterfactual: counterfactual.SPLITS)")
     p.add_argument("--split", default="test_unseen_entities")
@@ -356,11 +357,20 @@ def _local_dir(flag: str, path: Any) -> str:
 
 
 def _model_dirs(args: argparse.Namespace) -> tuple[str, str]:
-    """(base, adapter) as local directories; ConfigError naming the flag otherwise (no Hub, no network)."""
-    from memadapter.modeling.real_models import default_cache_dir
+    """(base, adapter) as local directories; ConfigError naming the flag otherwise (no Hub, no network).
+    Without ``--base``, the cache of the real model the adapter was trained on (its config's
+    ``base_model_name_or_path``, e.g. "gemma3"), else SmolLM2's."""
+    from memadapter.modeling.real_models import REAL_MODELS, default_cache_dir
 
     adapter = _local_dir("--adapter", args.adapter)
-    return _local_dir("--base", args.base if args.base is not None else default_cache_dir()), adapter
+    if args.base is not None:
+        return _local_dir("--base", args.base), adapter
+    config = Path(adapter) / "adapter_config.json"
+    try:  # an unreadable config is reported by from_pretrained, with its own error
+        name = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return _local_dir("--base", default_cache_dir(name if name in REAL_MODELS else "smollm2")), adapter
 
 
 

@@ -306,3 +306,24 @@ def test_chat_text_row_puts_the_selection_inside_the_user_turn(model, tok, strea
     assert prompts and all(p.split()[0] == "<bos>" and p.split()[-1] == "<eos>" for p in prompts)
     # "Memory: <selected text>" opens the turn ("Memory" is <unk> to the word tokenizer), then the question.
     assert all(p.split()[1:3] == ["<unk>", ":"] and p.split()[3] != "what" for p in prompts)
+
+
+def test_default_base_follows_the_adapters_real_model(tmp_path, monkeypatch):
+    import argparse
+    from memadapter.training.generation_eval import _model_dirs
+
+    monkeypatch.setenv("MEMADAPTER_CACHE", str(tmp_path / "cache"))
+    for sub in ("gemma3-270m", "smollm2-135m-instruct"):
+        (tmp_path / "cache" / sub).mkdir(parents=True)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    args = argparse.Namespace(adapter=str(adapter), base=None)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "gemma3"}))
+    assert _model_dirs(args)[0].endswith("gemma3-270m")
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/some/local/dir"}))
+    assert _model_dirs(args)[0].endswith("smollm2-135m-instruct")  # not a packaged model: SmolLM2's cache
+    (adapter / "adapter_config.json").write_text("{not json")
+    assert _model_dirs(args)[0].endswith("smollm2-135m-instruct")  # from_pretrained reports the bad file
+    args.base = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="--base"):
+        _model_dirs(args)
