@@ -25,8 +25,6 @@ import re
 from functools import lru_cache
 from typing import Optional, Sequence
 
-from .bm25 import content_words, tokenize
-
 _WORD = re.compile(r"\S+")
 KINDS = ("replaced", "inserted")
 # Per token: in a replaced word, in an inserted word, the first and the last token of a run of
@@ -94,24 +92,6 @@ def replaced_runs(sentence: str, earlier: str) -> tuple[float, list[tuple[int, i
         if kind == "replaced" and left + right < len(piece):
             runs.append((start + left, end - right))
     return share, runs
-
-
-def dropped_words(question: str, sentence: str, earlier: str) -> float:
-    """The share of the question's content words named by ``earlier`` that ``sentence`` leaves out.
-    A sentence that restates another with the asked name changed ("snowy-desert" -> "curious-desert",
-    "Anna" -> "Anne") is about another entity, not a correction of the asked fact, however much of
-    it repeats; the ReadScorer weighs this share (feature ``restated_drop``). 0 when ``earlier``
-    names none of them.
-
-    >>> q = "What is the special magic number for snowy-desert?"
-    >>> dropped_words(q, "The special magic number for curious-desert is 4.", "The special magic number for snowy-desert is 7.")
-    0.2
-    >>> dropped_words(q, "The special magic number for snowy-desert is now 4.", "The special magic number for snowy-desert is 7.")
-    0.0
-    """
-    said, kept = (set(words) for words in tokenize([earlier, sentence]))
-    named = content_words(question) & said
-    return len(named - kept) / len(named) if named else 0.0
 
 
 def nearest_earlier(sentence: str, earlier: Sequence[str]) -> Optional[int]:

@@ -27,8 +27,7 @@ import torch
 from memadapter.answer_pointer import MAX_SPAN, PROMPT, best_spans, withdraws, word_bounds
 from memadapter.bm25 import lexical_agreement
 from memadapter.request_memory import RequestMemory
-from memadapter.restatement import (FEATURES as RESTATEMENT_FEATURES, dropped_words, nearest_earlier, replaced_runs,
-                                    token_changes)
+from memadapter.restatement import FEATURES as RESTATEMENT_FEATURES, nearest_earlier, replaced_runs, token_changes
 from memadapter.sentences import sentence_spans
 
 from .backbones import backbone_parts
@@ -140,9 +139,7 @@ class AnswersMixin:
                 found[0], runs = self._restated_runs(memory, pairs[k], encoded[k], hidden[r], text[r], logits[r], bounds,
                                                      found[0])
                 found += runs
-                earlier = pairs[k][4]
-                drop = None if earlier is None else dropped_words(questions[b], sentence, earlier)
-                out[b] += [replace(e, answer_hedge=float(hedge[r]), restated_drop=drop) for e in found]
+                out[b] += [replace(e, answer_hedge=float(hedge[r])) for e in found]
         return out
 
     def _restated_runs(self, memory: RequestMemory, pair: tuple, encoded: tuple[list[int], int], hidden: torch.Tensor,

@@ -148,8 +148,7 @@ class CandidatesMixin:
             answer_margin=torch.tensor([0.0] * len(slots) + [e.answer_margin or 0.0 for e in events]) if answers else None,
             answer_hedge=torch.tensor([0.0] * len(slots) + [e.answer_hedge or 0.0 for e in events]) if answers else None,
             restated_run=torch.tensor([0.0] * len(slots) + [e.restated_run or 0.0 for e in events]) if answers else None,
-            restated_span=torch.tensor([0.0] * len(slots) + [e.restated_span or 0.0 for e in events]) if answers else None,
-            restated_drop=torch.tensor([0.0] * len(slots) + [e.restated_drop or 0.0 for e in events]) if answers else None)
+            restated_span=torch.tensor([0.0] * len(slots) + [e.restated_span or 0.0 for e in events]) if answers else None)
         return QuestionPool(question, pool, slots, events, chunks)
 
     def _retrieved_chunks(self, memory: RequestMemory, b: int, chunk_query: torch.Tensor, question: str) -> list[int]:

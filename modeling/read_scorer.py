@@ -62,8 +62,6 @@ FEATURES: tuple[str, ...] = (
     # appended 2026-12-07 (thirteenth session)
     "restated_run",  # a pointer answer that is a whole run of words its sentence replaces in an earlier one: the share repeated (others 0)
     "restated_span",  # the pointer's best span touching such a run: the share repeated (others 0)
-    # appended 2026-12-08
-    "restated_drop",  # a pointer entry whose sentence restates an earlier one: the share of the question's words the earlier one names and it drops (others 0)
 )
 NUM_FEATURES = len(FEATURES)
 PRIOR = {"key_match": 1.0, "lexical_sentence": 0.3}  # the untrained score: the plain joint score
@@ -75,9 +73,8 @@ class ReadPool:
     texts (value None: withdrawn or none), unit keys [N, dk], key match with the question [N],
     stream order [N], and per entry whether it is a slot, a withdrawal, its event type name ("" for
     a slot, "answer" for a pointer answer), its confidence, its pointer margin, its sentence's
-    hedge score, on a replaced run of a restated sentence or the pointer's best span touching
-    one, the share repeated, and on a pointer entry of a restated sentence, the share of the
-    question's words it drops (None: no pointer answer in the pool; else [N], 0 for the other entries)."""
+    hedge score and, on a replaced run of a restated sentence or the pointer's best span touching
+    one, the share repeated (None: no pointer answer in the pool; else [N], 0 for the other entries)."""
 
     key_texts: list[str]
     sentences: list[str]
@@ -93,7 +90,6 @@ class ReadPool:
     answer_hedge: Optional[torch.Tensor] = None
     restated_run: Optional[torch.Tensor] = None
     restated_span: Optional[torch.Tensor] = None
-    restated_drop: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.key_texts)
@@ -140,9 +136,8 @@ def pool_features(question: str, pool: ReadPool) -> torch.Tensor:
     has_value = torch.tensor([float(bool(v and v.strip())) for v in pool.value_texts])
     # a hedge discounts a value told as hearsay; a withdrawal states no value, so it gets none
     hedge = torch.zeros(n) if pool.answer_hedge is None else torch.sigmoid(pool.answer_hedge.float()) * answer * has_value
-    run, span, drop = (torch.zeros(n) if r is None else r.float()
-                       for r in (pool.restated_run, pool.restated_span, pool.restated_drop))
-    tail = [rank, later, earlier, has_value, pool.confidence.float(), answer, margin, hedge, run, span, drop]
+    run, span = (torch.zeros(n) if r is None else r.float() for r in (pool.restated_run, pool.restated_span))
+    tail = [rank, later, earlier, has_value, pool.confidence.float(), answer, margin, hedge, run, span]
     return torch.cat([torch.stack(columns, -1), types, torch.stack(tail, -1)], -1).float()  # [N, F]
 
 

@@ -225,10 +225,7 @@ class GroundedEvent:
     "no answer here" and its sentence's hedge score (``AnswerPointer.hedges``). When its sentence
     restates an earlier one, an answer that is a whole run of words replaced there has
     ``restated_run``, and the pointer's best span touching such a run ``restated_span``: each the
-    share of the sentence the earlier one repeats. Every pointer entry of a sentence that has an
-    earlier one has ``restated_drop``: the share of the question's words that the earlier sentence
-    names and this one leaves out (:func:`~memadapter.restatement.dropped_words`; another entity's
-    fact in the same words, not a correction)."""
+    share of the sentence the earlier one repeats."""
 
     key_text: str
     value_text: Optional[str]
@@ -242,7 +239,6 @@ class GroundedEvent:
     answer_hedge: Optional[float] = None
     restated_run: Optional[float] = None
     restated_span: Optional[float] = None
-    restated_drop: Optional[float] = None
 
     @property
     def withdraws(self) -> bool:

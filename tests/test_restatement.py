@@ -45,13 +45,3 @@ def test_replaced_runs_are_the_replaced_words_without_sentence_punctuation_at_th
     assert [new[a:b] for a, b in runs] == ['"Time"'] and share == pytest.approx(8 / 10)
     assert replaced_runs("Alice lives in Paris.", "Alice lives in Paris.") == (1.0, [])  # nothing changed
     assert replaced_runs("Update: Alice lives in Paris.", "Alice lives in Paris.")[1] == []  # inserted only
-
-
-def test_dropped_words_counts_the_question_words_an_earlier_sentence_names_and_this_one_leaves_out():
-    from memadapter.restatement import dropped_words
-
-    q = "Where does Anna Brandt live now?"  # content words: anna, brandt, live
-    assert dropped_words(q, "Anne Brandt lives in Oslo.", "Anna Brandt lives in Bergen.") == 0.5  # names anna, brandt
-    assert dropped_words(q, "Anna Brandt moved to Oslo.", "Anna Brandt lives in Bergen.") == 0.0
-    assert dropped_words(q, "Tom lives in Oslo.", "Rain fell on Bergen.") == 0.0  # the earlier one names none
-    assert dropped_words(q, "Tom left.", "Anna Brandt left.") == 1.0
