@@ -105,9 +105,20 @@ def collect_examples(model: Any, streams: Iterable[dict], progress: bool = True)
     return out
 
 
+def _stack_entries(tensors: Sequence[torch.Tensor], fill: float) -> torch.Tensor:
+    """[K_i, ...] each -> [B, max K_i, ...], ``fill`` after each row's own entries: a selection
+    holds one entry (an event) or several (slots, a chunk row), so rows differ in K."""
+    k = max(t.shape[0] for t in tensors)
+    out = torch.full((len(tensors), k, *tensors[0].shape[1:]), fill, dtype=tensors[0].dtype)
+    for i, t in enumerate(tensors):
+        out[i, :t.shape[0]] = t
+    return out
+
+
 def batch_of(examples: Sequence[CopyExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and labels (answer tokens only) [B, T]; the
-    selections stacked: values [B, K, dv], valid [B, K], value_ids [B, K, L]."""
+    selections stacked: values [B, K, dv], valid [B, K], value_ids [B, K, L] (K: the most entries
+    of a row; the others padded with invalid entries that have no value tokens)."""
     T = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(examples), T, dtype=torch.long)
@@ -117,8 +128,9 @@ def batch_of(examples: Sequence[CopyExample], pad_id: int) -> dict[str, torch.Te
         mask[i, :len(e.ids)] = 1
         labels[i, e.question_tokens:len(e.ids)] = torch.tensor(e.ids[e.question_tokens:])
     return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "values": torch.stack([e.values for e in examples]), "valid": torch.stack([e.valid for e in examples]),
-            "value_ids": torch.stack([e.value_ids for e in examples])}
+            "values": _stack_entries([e.values for e in examples], 0.0),
+            "valid": _stack_entries([e.valid for e in examples], False),
+            "value_ids": _stack_entries([e.value_ids for e in examples], -1)}
 
 
 def _forward(model: Any, batch: dict) -> torch.Tensor:

@@ -63,6 +63,16 @@ def test_batch_of_labels_only_the_answer_and_pads_right():
     assert batch["values"].shape == (2, 1, 16) and batch["value_ids"].shape == (2, 1, 4)
 
 
+def test_batch_of_pads_selections_of_different_sizes_with_invalid_entries():
+    # an event row selects one entry, a chunk row or a slot row with top_k > 1 several
+    one = CopyExample(torch.ones(1, 3), torch.tensor([True]), torch.tensor([[5, 6]]), [1, 2, 3], 2, "x")
+    two = CopyExample(torch.full((2, 3), 2.0), torch.tensor([True, True]), torch.tensor([[7, -1], [8, 9]]), [1, 4], 1, "y")
+    batch = batch_of([one, two], pad_id=0)
+    assert batch["values"].shape == (2, 2, 3) and batch["values"][0, 1].eq(0).all()
+    assert batch["valid"].tolist() == [[True, False], [True, True]]
+    assert batch["value_ids"].tolist() == [[[5, 6], [-1, -1]], [[7, -1], [8, 9]]]
+
+
 def test_collect_examples_targets_the_selected_value_not_the_gold(monkeypatch):
     model = _model()
     tok = model.tokenizer
