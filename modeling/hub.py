@@ -110,9 +110,9 @@ def adapter_card(config: dict, n_params: int, results: Any = None, repo_id: Opti
     from .real_models import base_license, upstream_id
 
     name = config.get("base_model_name_or_path")
-    terms = {"license": base_license(name)} if base_license(name) and not config.get("license") else {}
-    return render_model_card({**config, **terms, "base_model": upstream_id(name), "adapter_parameters": n_params}, results,
-                             repo_id=repo_id)
+    terms = config.get("license") or base_license(name)
+    return render_model_card({**config, **({"license": terms} if terms else {}), "base_model": upstream_id(name),
+                              "adapter_parameters": n_params}, results, repo_id=repo_id)
 
 
 def _save_target(save_directory: Any) -> Path:

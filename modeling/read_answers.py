@@ -20,6 +20,7 @@ backbone forwards of up to ``GROUND_TOKENS`` tokens.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any, Optional
 
 import torch
@@ -44,15 +45,17 @@ def pair_ids(tokenizer: Any, question: str, sentence: str) -> tuple[list[int], i
     return list(prompt) + list(text), len(prompt)
 
 
-def _sentence_offsets(tokenizer: Any, sentence: str) -> Optional[tuple[str, list[tuple[int, int]]]]:
+@lru_cache(maxsize=1024)
+def _sentence_offsets(tokenizer: Any, sentence: str) -> Optional[tuple[str, tuple[tuple[int, int], ...]]]:
     """(the sentence's text as :func:`pair_ids` reads it, its tokens' character offsets in it);
-    None for a tokenizer without offsets (a slow one)."""
+    None for a tokenizer without offsets (a slow one). Remembered: one read asks it for the same
+    sentence up to three times (its word bounds, its restatement features, its replaced runs)."""
     text = " " + sentence.strip()
     try:
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     except (NotImplementedError, KeyError, TypeError):
         return None
-    return text, [tuple(o) for o in offsets]
+    return text, tuple(tuple(o) for o in offsets)
 
 
 def sentence_bounds(tokenizer: Any, sentence: str) -> Optional[tuple[list[bool], list[bool]]]:

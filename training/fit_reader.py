@@ -282,7 +282,9 @@ def fit_parser(prog: str, doc: str, saved: str, cache: bool = False) -> argparse
     p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="trained adapter directory (save_pretrained output)")
-    p.add_argument("--base", default=None, help="local base model directory (default: the cache of the adapter's real base model, else SmolLM2's)")
+    p.add_argument("--base", default=None,
+                   help="local base model directory (default: the cache of the adapter's real base model, "
+                        "else SmolLM2's)")
     p.add_argument("--out", required=True, help=f"where the adapter with the {saved} is saved")
     p.add_argument("--data", action="append", required=True, metavar="BUILDER:SPLIT:STREAMS",
                    help="training streams, e.g. open:train:60 (repeat the flag to mix builders)")
@@ -355,6 +357,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prior, own = ReadScorer(), copy.deepcopy(model.read_scorer).float().cpu()
     scorer, log = fit_scorer(train, val, epochs=args.epochs, seed=args.seed, stale_weight=args.stale_weight,
                              init=own if args.only else None, only=args.only)
+    live = live_withdrawals(val)
     report = {"data": args.data, "val_data": args.val_data, "filler_tokens": args.filler_tokens,
               "train_pools": len(train.valid), "val_pools": len(val.valid), "train_coverage": train.coverage(),
               "val_coverage": val.coverage(), "prior_val_pick": pick_accuracy(prior, val),
@@ -362,8 +365,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "prior_val_stale_pick": pick_accuracy(prior, val, val.stale), "adapter_val_pick": pick_accuracy(own, val),
               "adapter_val_stale_pick": pick_accuracy(own, val, val.stale),
               "fitted_val_stale_pick": pick_accuracy(scorer, val, val.stale), "stale_weight": args.stale_weight,
-              "adapter_val_live_withdrawal_pick": pick_accuracy(own, val, live_withdrawals(val)),
-              "fitted_val_live_withdrawal_pick": pick_accuracy(scorer, val, live_withdrawals(val)),
+              "adapter_val_live_withdrawal_pick": pick_accuracy(own, val, live),
+              "fitted_val_live_withdrawal_pick": pick_accuracy(scorer, val, live),
               "only": args.only, "features": list(FEATURES), "log": log}
     model.read_scorer.load_state_dict(scorer.state_dict())
     model.save_pretrained(args.out)

@@ -321,7 +321,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m memadapter.training.generation_eval",
                                 description="Exact-match accuracy of generated answers on held-out lifecycle streams.")
     p.add_argument("--adapter", required=True, help="local adapter directory (save_pretrained output)")
-    p.add_argument("--base", default=None, help="local base model directory (default: the cache of the adapter's real base model, else SmolLM2's)")
+    p.add_argument("--base", default=None,
+                   help="local base model directory (default: the cache of the adapter's real base model, "
+                        "else SmolLM2's)")
     p.add_argument("--builder", default="lifecycle", choices=("lifecycle", "open", "counterfactual"),
                    help="stream generator for --split (open: open_data.SPLITS; counterfactual: counterfactual.SPLITS)")
     p.add_argument("--split", default="test_unseen_entities")
